@@ -1,0 +1,103 @@
+"""The client interface, shared by the in-process client and the remote (HTTP) client."""
+
+from __future__ import annotations
+
+import abc
+import os
+from typing import Any
+
+from .graph import Graph
+from .models import GraphInfo, InvocationInfo, TaskLogs
+
+DEFAULT_SERVICE_URL = "http://localhost:8900"
+DEFAULT_NAMESPACE = "default"
+
+
+class IndexifyClient(abc.ABC):
+    """Register graphs, invoke them, read their outputs. Same methods in-process and remote."""
+
+    namespace: str
+
+    @abc.abstractmethod
+    def register_compute_graph(self, graph: Graph) -> GraphInfo:
+        """Store the graph's code and definition; an unchanged graph keeps its version."""
+
+    @abc.abstractmethod
+    def graphs(self) -> list[str]:
+        """Names of the graphs registered in this client's namespace."""
+
+    @abc.abstractmethod
+    def graph(self, name: str) -> GraphInfo:
+        """One registered graph, with its definition and version."""
+
+    @abc.abstractmethod
+    def delete_graph(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def namespaces(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def create_namespace(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def invoke_graph_with_object(
+        self, graph: str, block_until_done: bool = False, **kwargs: Any
+    ) -> str:
+        """Start an invocation with ``kwargs`` as the start node's arguments; returns its id."""
+
+    @abc.abstractmethod
+    def invocation_status(self, graph: str, invocation_id: str) -> InvocationInfo: ...
+
+    @abc.abstractmethod
+    def invocations(self, graph: str) -> list[InvocationInfo]: ...
+
+    @abc.abstractmethod
+    def wait_for_invocation(
+        self, graph: str, invocation_id: str, timeout: float = 300.0
+    ) -> InvocationInfo:
+        """Block until the invocation is succeeded, failed or cancelled."""
+
+    @abc.abstractmethod
+    def graph_outputs(self, graph: str, invocation_id: str, fn_name: str) -> list[Any]:
+        """Every output ``fn_name`` produced in the invocation (an empty list if none).
+
+        Raises :class:`~indexify.errors.InvocationError` when ``fn_name`` itself failed.
+        """
+
+    @abc.abstractmethod
+    def logs(self, graph: str, invocation_id: str, fn_name: str) -> list[TaskLogs]:
+        """stdout, stderr and traceback of each task of ``fn_name`` in the invocation."""
+
+    @abc.abstractmethod
+    def cancel_invocation(self, graph: str, invocation_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def delete_invocation(self, graph: str, invocation_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def rerun_invocation(self, graph: str, invocation_id: str) -> str:
+        """Run an invocation again on the graph's current version; returns its id."""
+
+    def rerun_graph(self, graph: str) -> list[str]:
+        """Replay every invocation of ``graph`` on its current version (a backfill)."""
+        return [self.rerun_invocation(graph, inv.id) for inv in self.invocations(graph)]
+
+
+def create_client(
+    in_process: bool = False,
+    service_url: str | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    **options: Any,
+) -> IndexifyClient:
+    """``create_client(in_process=True)`` runs graphs here; otherwise talk to the server.
+
+    The server is ``service_url``, else ``$INDEXIFY_URL``, else ``http://localhost:8900``.
+    """
+    if in_process:
+        from .local import LocalClient
+
+        return LocalClient(namespace=namespace, **options)
+    from .remote import RemoteClient
+
+    url = service_url or os.environ.get("INDEXIFY_URL") or DEFAULT_SERVICE_URL
+    return RemoteClient(url, namespace=namespace, **options)

@@ -1,0 +1,159 @@
+"""How values are stored: JSON when the value survives a JSON round trip, cloudpickle otherwise.
+
+Every value is stored as a :class:`Payload` (bytes plus a content type). JSON payloads are
+decoded with a *type hint* (the producing function's return annotation), so a pydantic model,
+a tuple or a list of models comes back as the type the function returned. A value whose JSON
+form would not decode back to an equal value of the same type is pickled instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import types
+import typing
+from typing import Any
+
+import cloudpickle
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
+from .errors import EncodingError
+
+JSON = "application/json"
+PICKLE = "application/x-cloudpickle"
+CONTENT_TYPES = (JSON, PICKLE)
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+class Payload(BaseModel):
+    """Encoded bytes of one value and how to read them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    content_type: str
+    data: bytes
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@functools.lru_cache(maxsize=512)
+def _adapter(hint: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(hint)
+
+
+def _cached_adapter(hint: Any) -> TypeAdapter[Any] | None:
+    try:
+        return _adapter(hint)
+    except TypeError:  # unhashable hint: build uncached
+        try:
+            return TypeAdapter(hint)
+        except Exception:
+            return None
+    except Exception:
+        return None
+
+
+def _is_plain_hint(hint: Any) -> bool:
+    return hint is None or hint is Any or hint is object or hint is inspect.Parameter.empty
+
+
+def encode(value: Any, hint: Any = None, *, encoder: str = "auto") -> Payload:
+    """Encode ``value``; ``hint`` is the declared type it will be decoded with."""
+    if encoder == "cloudpickle":
+        return _pickle(value)
+    if type(value) in _PRIMITIVES and not (isinstance(value, float) and value != value):
+        return Payload(content_type=JSON, data=json.dumps(value).encode())
+    data = _try_json(value, hint)
+    if data is not None:
+        return Payload(content_type=JSON, data=data)
+    if encoder == "json":
+        raise EncodingError(
+            f"value of type {type(value).__name__} cannot be stored as JSON; "
+            "use encoder='auto' or 'cloudpickle' for this function"
+        )
+    return _pickle(value)
+
+
+def _try_json(value: Any, hint: Any) -> bytes | None:
+    try:
+        if _is_plain_hint(hint) or not _mentions_models_or_tuples(hint):
+            data = json.dumps(value, allow_nan=False).encode()
+        else:
+            adapter = _cached_adapter(hint)
+            if adapter is None:
+                return None
+            data = adapter.dump_json(value)
+        decoded = decode(Payload(content_type=JSON, data=data), hint)
+    except Exception:
+        return None
+    if type(decoded) is type(value) and decoded == value:
+        return data
+    return None
+
+
+def _mentions_models_or_tuples(hint: Any) -> bool:
+    if isinstance(hint, type):
+        return issubclass(hint, BaseModel | tuple) or hint in (set, frozenset)
+    origin = typing.get_origin(hint)
+    if origin in (tuple, set, frozenset):
+        return True
+    return any(_mentions_models_or_tuples(arg) for arg in typing.get_args(hint))
+
+
+def _pickle(value: Any) -> Payload:
+    try:
+        return Payload(content_type=PICKLE, data=cloudpickle.dumps(value))
+    except Exception as exc:
+        raise EncodingError(
+            f"value of type {type(value).__name__} can be stored neither as JSON nor with "
+            f"cloudpickle ({exc}); return plain data or a pydantic model"
+        ) from exc
+
+
+def decode(payload: Payload, hint: Any = None) -> Any:
+    """Decode a payload back to a Python value, typed by ``hint`` for JSON payloads."""
+    if payload.content_type == PICKLE:
+        try:
+            return cloudpickle.loads(payload.data)
+        except Exception as exc:
+            raise EncodingError(f"cannot unpickle a stored value: {exc}") from exc
+    if payload.content_type != JSON:
+        raise EncodingError(
+            f"unknown content type {payload.content_type!r}; expected one of {CONTENT_TYPES}"
+        )
+    try:
+        raw = json.loads(payload.data)
+    except ValueError as exc:
+        raise EncodingError(f"stored value is not valid JSON: {exc}") from exc
+    return coerce(raw, hint)
+
+
+def coerce(raw: Any, hint: Any) -> Any:
+    """Turn JSON data into ``hint`` (a model, tuple, ...); leave it as it is when it does not fit."""
+    if type(raw) in _PRIMITIVES or _is_plain_hint(hint):
+        return raw
+    adapter = _cached_adapter(hint)
+    if adapter is None:
+        return raw
+    try:
+        return adapter.validate_python(raw)
+    except Exception:
+        return raw
+
+
+def element_hint(return_hint: Any) -> Any:
+    """The hint of one output of a function whose return annotation is ``return_hint``.
+
+    A returned list fans out, so each output of ``-> list[int]`` is an ``int``.
+    """
+    origin = typing.get_origin(return_hint)
+    if origin in (list, typing.List):  # noqa: UP006 - both spellings appear in user code
+        args = typing.get_args(return_hint)
+        return args[0] if args else None
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(return_hint) if a is not type(None)]
+        if len(args) == 1:
+            return element_hint(args[0])
+    return return_hint

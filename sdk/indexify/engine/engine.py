@@ -1,0 +1,334 @@
+"""The execution engine: given a graph, an invocation's state and one event, decide what runs.
+
+Pure code: no I/O, no clocks, no randomness. :meth:`Engine.handle` updates the state it is
+given (the caller owns it) and returns the commands to carry out. The in-process runner and
+the scheduler service are both thin loops around it, so both have the same semantics.
+
+Rules:
+
+* the start node gets the invocation's input; every output of a function goes to each of its
+  successors (one task per output: a returned list fans out);
+* a router's chosen targets each get the router's input;
+* a reducer folds values into its accumulator in steps, one step in flight at a time, and
+  finalizes (one output: the accumulator) once no ancestor can produce more values;
+* a finished event for a task that is not waiting for that attempt is a duplicate: ignored;
+* a failed task is retried per the function's policy (platform errors do not use the budget);
+  when it gives up, that branch stops and the invocation ends failed once nothing else runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..definition import GraphDefinition
+from ..retry import compute_backoff
+from .model import (
+    INPUT_TASK_ID,
+    Attempt,
+    Command,
+    EngineEvent,
+    ErrorInfo,
+    FinishInvocation,
+    InvocationCancelled,
+    InvocationCreated,
+    InvocationState,
+    ReducerState,
+    RunTask,
+    Task,
+    TaskFinished,
+    TaskKind,
+    TaskRecord,
+    ValueRange,
+)
+
+DEFAULT_MAX_REDUCE_BATCH = 1000
+MAX_PLATFORM_RETRIES = 20
+
+
+def task_id_for(function: str, origin: str) -> str:
+    """Deterministic id: re-deciding the same step yields the same task (and storage keys)."""
+    digest = hashlib.blake2b(f"{origin}|{function}".encode(), digest_size=8).hexdigest()
+    return f"{function}-{digest}"
+
+
+def _jitter_fraction(task_id: str, attempt: int) -> float:
+    digest = hashlib.blake2b(f"{task_id}:{attempt}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") / 2**32
+
+
+class Engine:
+    """Decides what runs next for invocations of one graph version."""
+
+    def __init__(
+        self, definition: GraphDefinition, *, max_reduce_batch: int = DEFAULT_MAX_REDUCE_BATCH
+    ) -> None:
+        if max_reduce_batch < 1:
+            raise ValueError("max_reduce_batch must be at least 1")
+        self.definition = definition
+        self.max_reduce_batch = max_reduce_batch
+        self._reducers = [
+            name for name in definition.topological_order() if definition.nodes[name].reducer
+        ]
+
+    def new_state(
+        self, invocation_id: str, *, namespace: str = "default", created_at: float = 0.0
+    ) -> InvocationState:
+        return InvocationState(
+            invocation_id=invocation_id,
+            namespace=namespace,
+            graph=self.definition.name,
+            graph_version=self.definition.version,
+            created_at=created_at,
+        )
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def handle(self, state: InvocationState, event: EngineEvent) -> list[Command]:
+        """Apply ``event`` to ``state`` (in place) and return the commands to carry out."""
+        if state.terminal:
+            return []
+        commands: list[Command] = []
+        if isinstance(event, InvocationCreated):
+            if state.status != "pending":
+                return []
+            state.status = "running"
+            start = self.definition.start_node
+            origin = ValueRange(task_id=INPUT_TASK_ID, function="", start=0, stop=1)
+            self._deliver(state, start, [origin], origin_key=INPUT_TASK_ID, out=commands)
+        elif isinstance(event, TaskFinished):
+            if not self._on_task_finished(state, event, commands):
+                return []
+        elif isinstance(event, InvocationCancelled):
+            for record in state.tasks.values():
+                if record.status == "queued":
+                    record.status = "cancelled"
+            state.outstanding = {}
+            state.status = "cancelled"
+            state.finished_at = event.at or None
+            state.error = ErrorInfo(kind="permanent", message=event.reason, type="Cancelled")
+            return [FinishInvocation(status="cancelled", error=state.error)]
+        self._pump_reducers(state, commands)
+        self._maybe_finish(state, event, commands)
+        return commands
+
+    # -- task completion ---------------------------------------------------------------------
+
+    def _on_task_finished(
+        self, state: InvocationState, event: TaskFinished, out: list[Command]
+    ) -> bool:
+        record = state.tasks.get(event.task_id)
+        if record is None or record.status != "queued" or record.task.attempt != event.attempt:
+            return False  # unknown, already settled, or a stale attempt: a duplicate
+        record.attempts.append(
+            Attempt(
+                attempt=event.attempt,
+                executor=event.executor,
+                started_at=event.started_at,
+                finished_at=event.finished_at,
+                outcome=event.outcome,
+                error=event.error,
+            )
+        )
+        task = record.task
+        if event.outcome == "failure":
+            error = event.error or ErrorInfo(kind="user", message="task failed without an error")
+            if self._should_retry(record, error):
+                retry = task.model_copy(update={"attempt": task.attempt + 1})
+                record.task = retry
+                delay = 0.0
+                if error.kind == "user":
+                    policy = self.definition.nodes[task.function].retries
+                    delay = compute_backoff(
+                        policy, record.user_failures, _jitter_fraction(task.id, retry.attempt)
+                    )
+                out.append(RunTask(task=retry, delay_sec=delay))
+                return True
+            record.status = "failed"
+            record.error = error
+            self._settle(state, task.function)
+            if task.function not in state.failed_functions:
+                state.failed_functions.append(task.function)
+            if state.error is None:
+                state.error = error
+                state.error_function = task.function
+            if task.kind == "reduce":
+                state.reducers[task.function].running = None
+            return True
+
+        record.status = "succeeded"
+        record.output_count = event.output_count
+        record.route = event.route
+        self._settle(state, task.function)
+        if task.kind == "reduce":
+            reducer = state.reducers[task.function]
+            reducer.running = None
+            reducer.accumulator = ValueRange(
+                task_id=task.id, function=task.function, start=0, stop=1
+            )
+            reducer.reduced += task.input_count
+        elif task.kind == "route":
+            self._on_routed(state, record, event, out)
+        elif event.output_count > 0:
+            produced = ValueRange(
+                task_id=task.id, function=task.function, start=0, stop=event.output_count
+            )
+            state.outputs.setdefault(task.function, []).append(produced)
+            for child in self.definition.successors(task.function):
+                self._deliver(state, child, [produced], origin_key=task.id, out=out)
+        return True
+
+    def _should_retry(self, record: TaskRecord, error: ErrorInfo) -> bool:
+        if error.kind == "permanent":
+            return False
+        if error.kind == "platform":
+            record.platform_failures += 1
+            return record.platform_failures <= MAX_PLATFORM_RETRIES
+        record.user_failures += 1
+        policy = self.definition.nodes[record.task.function].retries
+        return record.user_failures <= policy.max_retries
+
+    def _on_routed(
+        self, state: InvocationState, record: TaskRecord, event: TaskFinished, out: list[Command]
+    ) -> None:
+        task = record.task
+        allowed = self.definition.route_targets(task.function)
+        chosen = list(dict.fromkeys(event.route or ()))
+        unknown = [name for name in chosen if name not in allowed]
+        if unknown:
+            record.status = "failed"
+            record.error = ErrorInfo(
+                kind="permanent",
+                type="RouteError",
+                message=f"router {task.function!r} returned {unknown}, which are not among its "
+                f"route targets {list(allowed)}; add them with g.route(...)",
+            )
+            if task.function not in state.failed_functions:
+                state.failed_functions.append(task.function)
+            if state.error is None:
+                state.error, state.error_function = record.error, task.function
+            return
+        for target in chosen:
+            self._deliver(state, target, list(task.inputs), origin_key=f"{task.id}>", out=out)
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def _deliver(
+        self,
+        state: InvocationState,
+        target: str,
+        values: list[ValueRange],
+        *,
+        origin_key: str,
+        out: list[Command],
+    ) -> None:
+        node = self.definition.nodes[target]
+        if node.reducer:
+            reducer = state.reducers.setdefault(target, ReducerState())
+            reducer.queue.extend(values)
+            reducer.received += sum(v.size for v in values)
+            return
+        kind: TaskKind = "route" if node.kind == "router" else "call"
+        for value_range in values:
+            for index in range(value_range.start, value_range.stop):
+                value = value_range.single(index)
+                origin = f"{origin_key}:{value.task_id}:{index}"
+                task = Task(
+                    id=task_id_for(target, origin),
+                    invocation_id=state.invocation_id,
+                    function=target,
+                    kind=kind,
+                    inputs=(value,),
+                )
+                self._queue(state, task, out)
+
+    def _queue(self, state: InvocationState, task: Task, out: list[Command]) -> None:
+        if task.id in state.tasks:
+            return  # already decided: deterministic ids make re-delivery a no-op
+        state.tasks[task.id] = TaskRecord(task=task)
+        state.outstanding[task.function] = state.outstanding.get(task.function, 0) + 1
+        out.append(RunTask(task=task))
+
+    @staticmethod
+    def _settle(state: InvocationState, function: str) -> None:
+        remaining = state.outstanding.get(function, 0) - 1
+        if remaining > 0:
+            state.outstanding[function] = remaining
+        else:
+            state.outstanding.pop(function, None)
+
+    def _pump_reducers(self, state: InvocationState, out: list[Command]) -> None:
+        for name in self._reducers:  # topological: a finalized reducer may feed a later one
+            reducer = state.reducers.get(name)
+            if reducer is None or reducer.running is not None or reducer.finalized:
+                continue
+            if name in state.failed_functions:
+                continue
+            if reducer.queue:
+                self._start_reduce_step(state, name, reducer, out)
+            elif self._inputs_complete(state, name):
+                self._finalize(state, name, reducer, out)
+
+    def _start_reduce_step(
+        self, state: InvocationState, name: str, reducer: ReducerState, out: list[Command]
+    ) -> None:
+        batch: list[ValueRange] = []
+        room = self.max_reduce_batch
+        while reducer.queue and room > 0:
+            head, rest = reducer.queue[0].split(room)
+            batch.append(head)
+            room -= head.size
+            if rest is None:
+                reducer.queue.pop(0)
+            else:
+                reducer.queue[0] = rest
+        reducer.step += 1
+        task = Task(
+            id=f"{name}-r{reducer.step}",
+            invocation_id=state.invocation_id,
+            function=name,
+            kind="reduce",
+            inputs=tuple(batch),
+            accumulator=reducer.accumulator,
+        )
+        reducer.running = task.id
+        self._queue(state, task, out)
+
+    def _inputs_complete(self, state: InvocationState, name: str) -> bool:
+        ancestors = self.definition.ancestors(name)
+        if any(state.outstanding.get(a) for a in ancestors):
+            return False
+        if any(f in ancestors for f in state.failed_functions):
+            return False
+        for other in ancestors:
+            upstream = state.reducers.get(other)
+            if upstream is not None and not upstream.finalized:
+                return False
+        return True
+
+    def _finalize(
+        self, state: InvocationState, name: str, reducer: ReducerState, out: list[Command]
+    ) -> None:
+        reducer.finalized = True
+        if reducer.accumulator is None:
+            return  # received nothing: an empty fan-out reduces to no output
+        final = reducer.accumulator
+        state.outputs[name] = [final]
+        for child in self.definition.successors(name):
+            self._deliver(state, child, [final], origin_key=final.task_id, out=out)
+
+    def _maybe_finish(self, state: InvocationState, event: EngineEvent, out: list[Command]) -> None:
+        if state.outstanding or state.status != "running":
+            return
+        for name, reducer in state.reducers.items():
+            if name in state.failed_functions:
+                continue
+            if reducer.running is not None or (reducer.queue and not state.failed_functions):
+                return
+        state.status = "failed" if state.failed_functions else "succeeded"
+        at = getattr(event, "finished_at", 0.0) or getattr(event, "at", 0.0)
+        state.finished_at = at or None
+        out.append(
+            FinishInvocation(
+                status=state.status, error=state.error, error_function=state.error_function
+            )
+        )

@@ -1,0 +1,207 @@
+"""Data the engine reads and writes: value references, tasks, invocation state, events, commands.
+
+Everything here is plain data (pydantic, JSON-able) so the scheduler can keep it in Redis and
+put it on Kafka. The engine never sees user values, only references to them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+INPUT_TASK_ID = "input"
+"""The pseudo task whose single output is the invocation's keyword arguments."""
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+InvocationStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+TaskStatus = Literal["queued", "succeeded", "failed", "cancelled"]
+TaskKind = Literal["call", "route", "reduce"]
+ErrorKind = Literal["user", "platform", "permanent"]
+
+
+class ValueRange(BaseModel):
+    """Outputs ``start`` to ``stop - 1`` of task ``task_id`` (run by function ``function``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: str
+    function: str
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def split(self, count: int) -> tuple[ValueRange, ValueRange | None]:
+        """The first ``count`` values, and the rest (None when nothing is left)."""
+        if count >= self.size:
+            return self, None
+        cut = self.start + count
+        head = self.model_copy(update={"stop": cut})
+        return head, self.model_copy(update={"start": cut})
+
+    def single(self, index: int) -> ValueRange:
+        return self.model_copy(update={"start": index, "stop": index + 1})
+
+
+class ErrorInfo(BaseModel):
+    """Why a task failed. ``kind`` decides whether and how it is retried."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: ErrorKind = "user"
+    message: str
+    type: str = ""
+    traceback: str = ""
+
+
+class Task(BaseModel):
+    """One unit of work: call a function on one value, route one value, or reduce a batch."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    invocation_id: str
+    function: str
+    kind: TaskKind
+    inputs: tuple[ValueRange, ...]
+    accumulator: ValueRange | None = None
+    attempt: int = 1
+
+    @property
+    def input_count(self) -> int:
+        return sum(r.size for r in self.inputs)
+
+
+class Attempt(BaseModel):
+    """One execution of a task, as reported by the executor that ran it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: int
+    executor: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    outcome: Literal["success", "failure"]
+    error: ErrorInfo | None = None
+
+
+class TaskRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task
+    status: TaskStatus = "queued"
+    user_failures: int = 0
+    platform_failures: int = 0
+    output_count: int = 0
+    route: tuple[str, ...] | None = None
+    error: ErrorInfo | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+
+
+class ReducerState(BaseModel):
+    """Progress of one reducer: values waiting, the step in flight, the accumulator so far."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue: list[ValueRange] = Field(default_factory=list)
+    step: int = 0
+    running: str | None = None
+    accumulator: ValueRange | None = None
+    received: int = 0
+    reduced: int = 0
+    finalized: bool = False
+
+
+class InvocationState(BaseModel):
+    """Everything the engine knows about one invocation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    invocation_id: str
+    namespace: str = "default"
+    graph: str
+    graph_version: str
+    status: InvocationStatus = "pending"
+    tasks: dict[str, TaskRecord] = Field(default_factory=dict)
+    outstanding: dict[str, int] = Field(default_factory=dict)
+    outputs: dict[str, list[ValueRange]] = Field(default_factory=dict)
+    reducers: dict[str, ReducerState] = Field(default_factory=dict)
+    failed_functions: list[str] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    error_function: str | None = None
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def output_count(self, function: str) -> int:
+        return sum(r.size for r in self.outputs.get(function, []))
+
+
+# -- events: what happened ------------------------------------------------------------------
+
+
+class InvocationCreated(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["invocation_created"] = "invocation_created"
+    at: float = 0.0
+
+
+class TaskFinished(BaseModel):
+    """An executor finished one attempt of a task (successfully or not)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["task_finished"] = "task_finished"
+    task_id: str
+    attempt: int = 1
+    outcome: Literal["success", "failure"]
+    output_count: int = 0
+    route: tuple[str, ...] | None = None
+    error: ErrorInfo | None = None
+    executor: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+class InvocationCancelled(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["invocation_cancelled"] = "invocation_cancelled"
+    reason: str = "cancelled by request"
+    at: float = 0.0
+
+
+EngineEvent = Annotated[
+    InvocationCreated | TaskFinished | InvocationCancelled, Field(discriminator="type")
+]
+
+
+# -- commands: what to do -------------------------------------------------------------------
+
+
+class RunTask(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["run_task"] = "run_task"
+    task: Task
+    delay_sec: float = 0.0
+
+
+class FinishInvocation(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["finish_invocation"] = "finish_invocation"
+    status: InvocationStatus
+    error: ErrorInfo | None = None
+    error_function: str | None = None
+
+
+Command = Annotated[RunTask | FinishInvocation, Field(discriminator="type")]

@@ -1,0 +1,341 @@
+"""The ``@indexify_function`` / ``@indexify_router`` decorators and class-based functions.
+
+A decorated function stays the user's function: it can be called directly (to unit-test it),
+and it carries a frozen :class:`FunctionSpec` under ``__indexify_spec__``. Class-based functions
+subclass :class:`IndexifyFunction` or :class:`IndexifyRouter`, set options as class attributes
+and implement ``run``; the class is instantiated once per worker process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar, overload
+
+from pydantic import BaseModel
+
+from .errors import GraphValidationError
+from .image import Image
+from .placement import ConstraintsInput, normalize_constraints
+from .retry import RetryPolicy, as_policy
+
+SPEC_ATTRIBUTE = "__indexify_spec__"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+ENCODERS = ("auto", "json", "cloudpickle")
+
+FunctionKind = Literal["function", "router"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def check_name(name: str, what: str) -> str:
+    """Names become part of Kafka topic names: only letters, digits, ``_`` and ``-``."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise GraphValidationError(
+            f"{what} name {name!r} cannot be used: names become part of Kafka topic names, so "
+            "use 1-100 letters, digits, '_' or '-' (e.g. 'sum_numbers')",
+            function=name if what == "function" else None,
+            parameter="name",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """Everything the platform needs to know about a function, fixed at decoration time."""
+
+    name: str
+    kind: FunctionKind
+    description: str = ""
+    image: Image | None = None
+    accumulate: type[Any] | None = None
+    placement_constraints: Mapping[str, str] = field(default_factory=dict)
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    encoder: str = "auto"
+
+    @property
+    def is_reducer(self) -> bool:
+        return self.accumulate is not None
+
+
+def _build_spec(
+    target: Any,
+    kind: FunctionKind,
+    *,
+    name: str | None,
+    description: str | None,
+    image: Image | None,
+    accumulate: type[Any] | None,
+    placement_constraints: ConstraintsInput,
+    retries: int | RetryPolicy | None,
+    timeout: float | None,
+    encoder: str,
+) -> FunctionSpec:
+    fn_name = check_name(name or target.__name__, "function")
+    if image is not None and not isinstance(image, Image):
+        raise GraphValidationError(
+            f"function {fn_name!r}: image= must be an indexify.Image, got {type(image).__name__}",
+            function=fn_name,
+            parameter="image",
+        )
+    if encoder not in ENCODERS:
+        raise GraphValidationError(
+            f"function {fn_name!r}: encoder={encoder!r} is unknown; use one of {ENCODERS}",
+            function=fn_name,
+            parameter="encoder",
+        )
+    if timeout is not None and not timeout > 0:
+        raise GraphValidationError(
+            f"function {fn_name!r}: timeout={timeout!r} must be a positive number of seconds",
+            function=fn_name,
+            parameter="timeout",
+        )
+    if accumulate is not None:
+        if kind == "router":
+            raise GraphValidationError(
+                f"router {fn_name!r} cannot accumulate: routers only choose the next functions; "
+                "put accumulate= on an @indexify_function instead",
+                function=fn_name,
+                parameter="accumulate",
+            )
+        _check_accumulator(fn_name, accumulate)
+    try:
+        policy = as_policy(retries)
+    except ValueError as exc:
+        raise GraphValidationError(
+            f"function {fn_name!r}: retries={retries!r} is invalid ({exc}); use a count 0-100 or "
+            "an indexify.RetryPolicy",
+            function=fn_name,
+            parameter="retries",
+        ) from exc
+    return FunctionSpec(
+        name=fn_name,
+        kind=kind,
+        description=description or inspect.getdoc(target) or "",
+        image=image,
+        accumulate=accumulate,
+        placement_constraints=normalize_constraints(placement_constraints, function=fn_name),
+        retries=policy,
+        timeout=timeout,
+        encoder=encoder,
+    )
+
+
+def _check_accumulator(fn_name: str, accumulate: Any) -> None:
+    if not isinstance(accumulate, type):
+        raise GraphValidationError(
+            f"function {fn_name!r}: accumulate= takes a class (e.g. a pydantic model with "
+            f"defaults), got {accumulate!r}",
+            function=fn_name,
+            parameter="accumulate",
+        )
+    try:
+        accumulate()
+    except Exception as exc:
+        raise GraphValidationError(
+            f"function {fn_name!r}: the accumulator {accumulate.__name__} must be constructible "
+            f"with no arguments (give every field a default): {exc}",
+            function=fn_name,
+            parameter="accumulate",
+        ) from exc
+
+
+def _decorator(kind: FunctionKind, **options: Any) -> Callable[[F], F]:
+    def wrap(fn: F) -> F:
+        if not callable(fn) or isinstance(fn, type):
+            raise GraphValidationError(
+                f"@indexify_{kind} decorates a plain function; for classes subclass "
+                f"Indexify{kind.capitalize()} and implement run()"
+            )
+        spec = _build_spec(fn, kind, **options)
+        setattr(fn, SPEC_ATTRIBUTE, spec)
+        return fn
+
+    return wrap
+
+
+@overload
+def indexify_function(fn: F, /) -> F: ...
+
+
+@overload
+def indexify_function(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    image: Image | None = None,
+    accumulate: type[Any] | None = None,
+    placement_constraints: ConstraintsInput = None,
+    retries: int | RetryPolicy | None = None,
+    timeout: float | None = None,
+    encoder: str = "auto",
+) -> Callable[[F], F]: ...
+
+
+def indexify_function(
+    fn: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    image: Image | None = None,
+    accumulate: type[Any] | None = None,
+    placement_constraints: ConstraintsInput = None,
+    retries: int | RetryPolicy | None = None,
+    timeout: float | None = None,
+    encoder: str = "auto",
+) -> Any:
+    """Make a function a graph node. ``accumulate=Model`` makes it a durable reducer."""
+    decorator = _decorator(
+        "function",
+        name=name,
+        description=description,
+        image=image,
+        accumulate=accumulate,
+        placement_constraints=placement_constraints,
+        retries=retries,
+        timeout=timeout,
+        encoder=encoder,
+    )
+    return decorator(fn) if fn is not None else decorator
+
+
+@overload
+def indexify_router(fn: F, /) -> F: ...
+
+
+@overload
+def indexify_router(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    image: Image | None = None,
+    placement_constraints: ConstraintsInput = None,
+    retries: int | RetryPolicy | None = None,
+    timeout: float | None = None,
+    encoder: str = "auto",
+) -> Callable[[F], F]: ...
+
+
+def indexify_router(
+    fn: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    image: Image | None = None,
+    placement_constraints: ConstraintsInput = None,
+    retries: int | RetryPolicy | None = None,
+    timeout: float | None = None,
+    encoder: str = "auto",
+) -> Any:
+    """Make a function a router: it returns the next function(s) to run, or None."""
+    decorator = _decorator(
+        "router",
+        name=name,
+        description=description,
+        image=image,
+        accumulate=None,
+        placement_constraints=placement_constraints,
+        retries=retries,
+        timeout=timeout,
+        encoder=encoder,
+    )
+    return decorator(fn) if fn is not None else decorator
+
+
+class _ClassFunction:
+    """Shared base of class-based functions: options are class attributes, work is ``run``."""
+
+    kind: ClassVar[FunctionKind] = "function"
+    name: ClassVar[str | None] = None
+    description: ClassVar[str | None] = None
+    image: ClassVar[Image | None] = None
+    accumulate: ClassVar[type[Any] | None] = None
+    placement_constraints: ClassVar[ConstraintsInput] = None
+    retries: ClassVar[int | RetryPolicy | None] = None
+    timeout: ClassVar[float | None] = None
+    encoder: ClassVar[str] = "auto"
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__name__ in ("IndexifyFunction", "IndexifyRouter") or cls.run is _ClassFunction.run:
+            return
+        spec = _build_spec(
+            cls,
+            cls.kind,
+            name=cls.name or cls.__name__,
+            description=cls.description,
+            image=cls.image,
+            accumulate=cls.accumulate,
+            placement_constraints=cls.placement_constraints,
+            retries=cls.retries,
+            timeout=cls.timeout,
+            encoder=cls.encoder,
+        )
+        setattr(cls, SPEC_ATTRIBUTE, spec)
+
+
+class IndexifyFunction(_ClassFunction):
+    """Subclass, set options as class attributes, and implement ``run``."""
+
+    kind: ClassVar[FunctionKind] = "function"
+
+
+class IndexifyRouter(_ClassFunction):
+    """Subclass and implement ``run`` returning the next function(s), or None."""
+
+    kind: ClassVar[FunctionKind] = "router"
+
+
+def spec_of(node: Any) -> FunctionSpec:
+    """The spec of a decorated function or function class; a clear error otherwise."""
+    target = type(node) if isinstance(node, _ClassFunction) else node
+    spec = getattr(target, SPEC_ATTRIBUTE, None)
+    if not isinstance(spec, FunctionSpec):
+        label = getattr(node, "__name__", repr(node))
+        raise GraphValidationError(
+            f"{label!r} is not an Indexify function: decorate it with @indexify_function() or "
+            "@indexify_router(), or subclass IndexifyFunction / IndexifyRouter",
+            function=str(label),
+        )
+    return spec
+
+
+def node_class(node: Any) -> Any:
+    """The decorated object for a node (the class for class-based functions)."""
+    return type(node) if isinstance(node, _ClassFunction) else node
+
+
+def signature_target(node: Any) -> Callable[..., Any]:
+    """The function whose signature and annotations describe the node's inputs and output."""
+    target = node_class(node)
+    if isinstance(target, type) and issubclass(target, _ClassFunction):
+        run: Callable[..., Any] = target.run
+        return run
+    fn: Callable[..., Any] = target
+    return fn
+
+
+def make_callable(node: Any) -> Callable[..., Any]:
+    """What to call to run the node: the function, or ``run`` of a fresh instance."""
+    target = node_class(node)
+    if isinstance(target, type) and issubclass(target, _ClassFunction):
+        instance = node if isinstance(node, _ClassFunction) else target()
+        bound: Callable[..., Any] = instance.run
+        return bound
+    fn: Callable[..., Any] = target
+    return fn
+
+
+def is_model_class(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)

@@ -1,0 +1,260 @@
+"""The in-process client: runs graphs in this process with the shared engine and runtime."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import DEFAULT_NAMESPACE, IndexifyClient
+from .definition import GraphDefinition
+from .encoding import Payload, encode
+from .engine import (
+    DEFAULT_MAX_REDUCE_BATCH,
+    INPUT_TASK_ID,
+    Command,
+    Engine,
+    InvocationCancelled,
+    InvocationCreated,
+    InvocationState,
+    RunTask,
+    TaskFinished,
+    ValueRange,
+)
+from .errors import InvocationError, NotFoundError
+from .functions import check_name
+from .graph import Graph
+from .models import GraphInfo, InvocationInfo, TaskLogs
+from .runtime import FunctionRunner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Registered:
+    graph: Graph
+    definition: GraphDefinition
+    engine: Engine
+    runner: FunctionRunner
+    created_at: float
+
+
+@dataclass
+class _Invocation:
+    state: InvocationState
+    graph_name: str
+    input: Payload
+    payloads: dict[str, list[Payload]] = field(default_factory=dict)
+    logs: dict[str, TaskLogs] = field(default_factory=dict)
+
+
+class LocalClient(IndexifyClient):
+    """Runs every invocation to completion inside ``invoke_graph_with_object``."""
+
+    def __init__(
+        self,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        max_reduce_batch: int = 10_000,
+        echo_output: bool = True,
+    ) -> None:
+        self.namespace = check_name(namespace, "namespace")
+        self._namespaces: set[str] = {DEFAULT_NAMESPACE, namespace}
+        self._graphs: dict[str, _Registered] = {}
+        self._invocations: dict[str, _Invocation] = {}
+        self._max_reduce_batch = max_reduce_batch or DEFAULT_MAX_REDUCE_BATCH
+        self._echo_output = echo_output
+
+    # -- graphs -----------------------------------------------------------------------------
+
+    def register_compute_graph(self, graph: Graph) -> GraphInfo:
+        definition = graph.definition()
+        current = self._graphs.get(graph.name)
+        if current is None or current.definition.version != definition.version:
+            self._graphs[graph.name] = _Registered(
+                graph=graph,
+                definition=definition,
+                engine=Engine(definition, max_reduce_batch=self._max_reduce_batch),
+                runner=FunctionRunner(graph),
+                created_at=time.time(),
+            )
+        return self._info(self._graphs[graph.name])
+
+    def _info(self, registered: _Registered) -> GraphInfo:
+        d = registered.definition
+        return GraphInfo(
+            namespace=self.namespace,
+            name=d.name,
+            version=d.version,
+            description=d.description,
+            created_at=registered.created_at,
+            definition=d,
+        )
+
+    def _registered(self, name: str) -> _Registered:
+        try:
+            return self._graphs[name]
+        except KeyError:
+            raise NotFoundError(
+                f"graph {name!r} is not registered in namespace {self.namespace!r}; "
+                "call register_compute_graph(graph) first"
+            ) from None
+
+    def graphs(self) -> list[str]:
+        return sorted(self._graphs)
+
+    def graph(self, name: str) -> GraphInfo:
+        return self._info(self._registered(name))
+
+    def delete_graph(self, name: str) -> None:
+        self._registered(name)
+        del self._graphs[name]
+        for inv_id in [i for i, inv in self._invocations.items() if inv.graph_name == name]:
+            del self._invocations[inv_id]
+
+    def namespaces(self) -> list[str]:
+        return sorted(self._namespaces)
+
+    def create_namespace(self, name: str) -> None:
+        self._namespaces.add(check_name(name, "namespace"))
+
+    # -- invocations ------------------------------------------------------------------------
+
+    def invoke_graph_with_object(
+        self, graph: str, block_until_done: bool = False, **kwargs: Any
+    ) -> str:
+        registered = self._registered(graph)
+        invocation_id = uuid.uuid4().hex
+        state = registered.engine.new_state(
+            invocation_id, namespace=self.namespace, created_at=time.time()
+        )
+        invocation = _Invocation(state=state, graph_name=graph, input=encode(kwargs))
+        self._invocations[invocation_id] = invocation
+        self._run(registered, invocation)
+        return invocation_id
+
+    def _run(self, registered: _Registered, invocation: _Invocation) -> None:
+        engine, runner, state = registered.engine, registered.runner, invocation.state
+
+        def load(value: ValueRange) -> list[Payload]:
+            if value.task_id == INPUT_TASK_ID:
+                return [invocation.input]
+            return invocation.payloads.get(value.task_id, [])[value.start : value.stop]
+
+        pending: deque[Command] = deque(engine.handle(state, InvocationCreated(at=time.time())))
+        while pending:
+            command = pending.popleft()
+            if not isinstance(command, RunTask):
+                continue
+            if command.delay_sec:
+                time.sleep(command.delay_sec)
+            task = command.task
+            result = runner.run(task, load)
+            if result.succeeded:
+                invocation.payloads[task.id] = result.outputs
+            invocation.logs[task.id] = TaskLogs(
+                task_id=task.id,
+                function=task.function,
+                stdout=result.stdout,
+                stderr=result.stderr,
+                traceback=result.error.traceback if result.error else "",
+            )
+            if self._echo_output:
+                sys.stdout.write(result.stdout)
+                sys.stderr.write(result.stderr)
+            event = TaskFinished(
+                task_id=task.id,
+                attempt=task.attempt,
+                outcome="success" if result.succeeded else "failure",
+                output_count=len(result.outputs),
+                route=result.route,
+                error=result.error,
+                executor="in-process",
+                started_at=result.started_at,
+                finished_at=result.finished_at,
+            )
+            pending.extend(engine.handle(state, event))
+        if state.status == "failed" and state.error is not None:
+            logger.warning(
+                "invocation %s of %s failed in %s: %s",
+                state.invocation_id,
+                state.graph,
+                state.error_function,
+                state.error.message,
+            )
+
+    def _invocation(self, graph: str, invocation_id: str) -> _Invocation:
+        self._registered(graph)
+        invocation = self._invocations.get(invocation_id)
+        if invocation is None or invocation.graph_name != graph:
+            raise NotFoundError(f"graph {graph!r} has no invocation {invocation_id!r}")
+        return invocation
+
+    def invocation_status(self, graph: str, invocation_id: str) -> InvocationInfo:
+        return InvocationInfo.from_state(self._invocation(graph, invocation_id).state)
+
+    def invocations(self, graph: str) -> list[InvocationInfo]:
+        self._registered(graph)
+        return [
+            InvocationInfo.from_state(inv.state, with_tasks=False)
+            for inv in self._invocations.values()
+            if inv.graph_name == graph
+        ]
+
+    def wait_for_invocation(
+        self, graph: str, invocation_id: str, timeout: float = 300.0
+    ) -> InvocationInfo:
+        return self.invocation_status(graph, invocation_id)  # in-process runs finish at once
+
+    def graph_outputs(self, graph: str, invocation_id: str, fn_name: str) -> list[Any]:
+        invocation = self._invocation(graph, invocation_id)
+        registered = self._registered(graph)
+        if fn_name not in registered.definition.nodes:
+            raise NotFoundError(
+                f"graph {graph!r} has no function {fn_name!r}; "
+                f"it has {sorted(registered.definition.nodes)}"
+            )
+        state = invocation.state
+        if fn_name in state.failed_functions:
+            failed = [
+                r for r in state.tasks.values() if r.task.function == fn_name and r.error
+            ]
+            error = failed[0].error if failed else state.error
+            message = error.message if error else "failed"
+            trace = f"\n{error.traceback}" if error and error.traceback else ""
+            raise InvocationError(
+                f"{fn_name!r} failed in invocation {invocation_id}: {message}{trace}",
+                invocation_id=invocation_id,
+            )
+        values = []
+        for produced in state.outputs.get(fn_name, []):
+            for payload in invocation.payloads[produced.task_id][produced.start : produced.stop]:
+                values.append(registered.runner.decoded_output(fn_name, payload))
+        return values
+
+    def logs(self, graph: str, invocation_id: str, fn_name: str) -> list[TaskLogs]:
+        invocation = self._invocation(graph, invocation_id)
+        return [log for log in invocation.logs.values() if log.function == fn_name]
+
+    def cancel_invocation(self, graph: str, invocation_id: str) -> None:
+        invocation = self._invocation(graph, invocation_id)
+        self._registered(graph).engine.handle(invocation.state, InvocationCancelled())
+
+    def delete_invocation(self, graph: str, invocation_id: str) -> None:
+        self._invocation(graph, invocation_id)
+        del self._invocations[invocation_id]
+
+    def rerun_invocation(self, graph: str, invocation_id: str) -> str:
+        invocation = self._invocation(graph, invocation_id)
+        registered = self._registered(graph)
+        invocation.state = registered.engine.new_state(
+            invocation_id, namespace=self.namespace, created_at=time.time()
+        )
+        invocation.payloads.clear()
+        invocation.logs.clear()
+        self._run(registered, invocation)
+        return invocation_id
