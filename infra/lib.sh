@@ -39,6 +39,7 @@ die() {
 # Seconds since the EPOCHREALTIME value $1, with one decimal.
 elapsed() { awk -v s="$1" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.1f", e - s }'; }
 
+# shellcheck disable=SC2120  # callers in the component scripts pass directories
 ensure_dirs() { mkdir -p "$RUN_DIR" "$LOG_DIR" "$@"; }
 
 # Run a command as root (directly, or through sudo when available).
@@ -79,11 +80,19 @@ read_pid() {
   printf '%s' "$pid"
 }
 
+# alive <pid>: the process exists and is not a zombie (PID 1 in a container may not reap).
+alive() {
+  local pid=$1 state
+  kill -0 "$pid" 2>/dev/null || return 1
+  state=$(sed 's/.*) //; s/ .*//' "/proc/$pid/stat" 2>/dev/null || true)
+  [[ $state != Z && $state != X ]]
+}
+
 # pid_matches <pid> <pattern>: the process is alive and its command line contains <pattern>
 # (guards against a recycled PID belonging to something else).
 pid_matches() {
   local pid=$1 pattern=$2
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ -n $pid ]] && alive "$pid" || return 1
   [[ -r /proc/$pid/cmdline ]] || return 0
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$pattern"
 }
@@ -140,13 +149,13 @@ stop_pid() {
   t0=$EPOCHREALTIME
   kill -TERM "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + INDEXIFY_STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+  while alive "$pid" && ((SECONDS < deadline)); do
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     warn "$name (pid $pid) still alive after ${INDEXIFY_STOP_TIMEOUT} s; sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    while alive "$pid"; do sleep 0.1; done
   fi
   rm -f "$(pid_file "$name")"
   log "$name stopped (pid $pid, $(elapsed "$t0") s)"
@@ -163,13 +172,28 @@ wait_for_port() {
   done
 }
 
+# port_users <port>: who listens on the port, e.g. "python3",pid=123 (empty without ss).
+port_users() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o '"[^"]*",pid=[0-9]*' | sort -u | paste -sd ' ' - || true
+}
+
+# check_owner <name> <port>: the port is served by our recorded PID, not by some other process
+# (e.g. the port setting changed while ours kept running). Skipped when ss is unavailable.
+check_owner() {
+  local name=$1 port=$2 pid
+  command -v ss >/dev/null 2>&1 || return 0
+  pid=$(read_pid "$name")
+  ss -Hltnp "sport = :$port" 2>/dev/null | grep -q "pid=$pid," && return 0
+  die "$name runs as pid $pid but $HOST:$port is served by another process ($(port_users "$port")) - stop it, or run infra/$name.sh restart if the port setting changed"
+}
+
 # refuse_foreign_port <name> <port>: fail clearly when something that is not ours holds it.
 refuse_foreign_port() {
   local name=$1 port=$2
   if port_open "$port"; then
     local who=""
-    who=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:(([^)]*' | head -n 1 || true)
-    die "port $HOST:$port is already in use by a process not started by infra/ ${who:+($who) }- stop it or set another port for $name"
+    who=$(port_users "$port")
+    die "port $HOST:$port is already in use by a process not started by infra/${who:+ ($who)} - stop it or set another port for $name"
   fi
 }
 

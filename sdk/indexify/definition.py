@@ -21,6 +21,7 @@ class NodeDefinition(BaseModel):
     reducer: bool = False
     accumulator: str | None = None
     parameters: tuple[str, ...] = ()
+    required_parameters: tuple[str, ...] = ()
     image: ImageDefinition | None = None
     placement_constraints: dict[str, str] = Field(default_factory=dict)
     required_labels: dict[str, str] = Field(default_factory=dict)

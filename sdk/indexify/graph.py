@@ -249,12 +249,17 @@ def _is_user_module(module: types.ModuleType) -> bool:
     return not any(path.startswith(root) for root in library_roots)
 
 
-def _parameters(node: Any) -> list[str]:
+def _parameters(node: Any, *, required_only: bool = False) -> list[str]:
     target = signature_target(node)
     params = list(inspect.signature(target).parameters.values())
     if isinstance(node_class(node), type):
         params = params[1:]  # drop self
-    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return [
+        p.name
+        for p in params
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and not (required_only and p.default is not p.empty)
+    ]
 
 
 def _type_hints(node: Any) -> dict[str, Any]:
@@ -327,6 +332,7 @@ def _node_definition(node: Any) -> NodeDefinition:
         reducer=spec.is_reducer,
         accumulator=spec.accumulate.__qualname__ if spec.accumulate is not None else None,
         parameters=tuple(_parameters(node)),
+        required_parameters=tuple(_parameters(node, required_only=True)),
         image=spec.image.definition() if spec.image is not None else None,
         placement_constraints=dict(spec.placement_constraints),
         required_labels=required,

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Redis (Debian's redis-server) on 127.0.0.1 with AOF on.
+# usage: infra/redis.sh {install|start|stop|status|restart}
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+REDIS_DATA="$INDEXIFY_DATA_DIR/redis"
+REDIS_LOG="$LOG_DIR/redis.log"
+REDIS_PATTERN=redis-server
+
+redis_install() {
+  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
+  ensure_dirs
+  # The package may enable a system service; we never use it, we run our own below.
+  apt_install "$LOG_DIR/redis-install.log" redis-server
+  command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
+}
+
+redis_ping() { [[ $(redis-cli -h "$HOST" -p "$INDEXIFY_REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+
+redis_start() {
+  local t0=$EPOCHREALTIME deadline=$((SECONDS + INDEXIFY_READY_TIMEOUT))
+  if ! is_running redis "$REDIS_PATTERN"; then
+    if port_open "$INDEXIFY_REDIS_PORT" && redis_ping; then
+      die "a Redis not started by infra/ already answers on $HOST:$INDEXIFY_REDIS_PORT (a system service? try 'systemctl stop redis-server') - stop it or set INDEXIFY_REDIS_PORT"
+    fi
+    refuse_foreign_port redis "$INDEXIFY_REDIS_PORT"
+    ensure_dirs "$REDIS_DATA"
+    start_daemon redis "$REDIS_LOG" redis-server --bind "$HOST" --port "$INDEXIFY_REDIS_PORT" \
+      --dir "$REDIS_DATA" --appendonly yes --appendfsync everysec --save "" \
+      --daemonize no --protected-mode no
+  fi
+  # PING answers -LOADING while the AOF is replayed, PONG once Redis serves.
+  until redis_ping; do
+    is_running redis "$REDIS_PATTERN" || fail_start redis "$REDIS_LOG" "redis exited"
+    ((SECONDS < deadline)) || fail_start redis "$REDIS_LOG" "redis not ready within ${INDEXIFY_READY_TIMEOUT} s"
+    sleep 0.05
+  done
+  check_owner redis "$INDEXIFY_REDIS_PORT"
+  log "redis ready on $HOST:$INDEXIFY_REDIS_PORT (pid $(read_pid redis), $(elapsed "$t0") s)"
+}
+
+redis_stop() { stop_pid redis "$REDIS_PATTERN"; }
+
+redis_status() {
+  if is_running redis "$REDIS_PATTERN" && redis_ping; then
+    log "redis running (pid $(read_pid redis), $HOST:$INDEXIFY_REDIS_PORT)"
+  else
+    log "redis not running"
+    return 3
+  fi
+}
+
+dispatch redis "${1:-}"

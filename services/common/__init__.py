@@ -1,0 +1,1 @@
+"""What every service shares: wire schemas, Kafka/Redis/MinIO adapters, settings, logging."""

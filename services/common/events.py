@@ -1,0 +1,214 @@
+"""Every message on the wire, in one module: JSON, frozen, ``extra="forbid"``, versioned.
+
+Envelope: event id, type, schema version, namespace, graph, invocation id, task id, time.
+Nothing on Kafka is pickled: user values travel as :class:`StoredValues`, inline (small) or as
+a reference to one MinIO object. Decoding failures raise :class:`MessageDecodeError`, which
+keeps the raw bytes for the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal, TypeVar
+
+from indexify.encoding import Payload
+from indexify.engine import ErrorInfo, Task, TaskFinished
+from indexify.engine.model import InvocationStatus
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+SCHEMA_VERSION = 1
+_T = TypeVar("_T")
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Frozen(BaseModel):
+    """Bytes fields hold raw bytes in Python and base64 in JSON."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+
+class StoredValues(_Frozen):
+    """Several encoded values: inline bytes, or byte ranges of one object in MinIO."""
+
+    content_types: tuple[str, ...]
+    inline: tuple[bytes, ...] | None = None
+    object_key: str | None = None
+    offsets: tuple[int, ...] | None = None  # cumulative byte offsets, len(content_types) + 1
+
+    @property
+    def count(self) -> int:
+        return len(self.content_types)
+
+    @property
+    def size(self) -> int:
+        if self.inline is not None:
+            return sum(len(d) for d in self.inline)
+        return (self.offsets[-1] - self.offsets[0]) if self.offsets else 0
+
+    def slice(self, start: int, stop: int) -> StoredValues:
+        if self.inline is not None:
+            return StoredValues(
+                content_types=self.content_types[start:stop], inline=self.inline[start:stop]
+            )
+        assert self.offsets is not None
+        return StoredValues(
+            content_types=self.content_types[start:stop],
+            object_key=self.object_key,
+            offsets=self.offsets[start : stop + 1],
+        )
+
+    @classmethod
+    def from_payloads(cls, payloads: list[Payload]) -> StoredValues:
+        return cls(
+            content_types=tuple(p.content_type for p in payloads),
+            inline=tuple(p.data for p in payloads),
+        )
+
+    def inline_payloads(self) -> list[Payload]:
+        assert self.inline is not None
+        return [
+            Payload(content_type=ct, data=data)
+            for ct, data in zip(self.content_types, self.inline, strict=True)
+        ]
+
+
+class _Envelope(_Frozen):
+    event_id: str = Field(default_factory=new_event_id)
+    schema_version: Literal[1] = SCHEMA_VERSION
+    namespace: str
+    graph: str
+    invocation_id: str
+    task_id: str | None = None
+    at: float = Field(default_factory=time.time)
+
+
+# -- the events topic (consumed by the scheduler) -------------------------------------------
+
+
+class InvocationCreatedEvent(_Envelope):
+    type: Literal["invocation.created"] = "invocation.created"
+    graph_version: str
+    input: StoredValues
+
+
+class TaskFinishedEvent(_Envelope):
+    """Sent by an executor after one attempt; ``outputs`` is set on success."""
+
+    type: Literal["task.finished"] = "task.finished"
+    finished: TaskFinished
+    outputs: StoredValues | None = None
+    stdout_key: str | None = None
+    stderr_key: str | None = None
+
+
+class InvocationCancelEvent(_Envelope):
+    type: Literal["invocation.cancel"] = "invocation.cancel"
+    reason: str = "cancelled by request"
+
+
+SchedulerEvent = Annotated[
+    InvocationCreatedEvent | TaskFinishedEvent | InvocationCancelEvent,
+    Field(discriminator="type"),
+]
+
+# -- task topics (consumed by executors) ----------------------------------------------------
+
+
+class TaskMessage(_Envelope):
+    """Run ``task`` of graph version ``graph_version``; inputs align with ``task.inputs``."""
+
+    type: Literal["task.ready"] = "task.ready"
+    graph_version: str
+    task: Task
+    inputs: tuple[StoredValues, ...]
+    accumulator: StoredValues | None = None
+    timeout_sec: float | None = None
+
+
+# -- dead letters and progress --------------------------------------------------------------
+
+
+class DeadLetter(_Frozen):
+    """A message that could not be processed, kept with its reason and original bytes."""
+
+    type: Literal["deadletter"] = "deadletter"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes
+    at: float = Field(default_factory=time.time)
+
+
+ProgressType = Literal[
+    "invocation.accepted",
+    "task.created",
+    "task.started",
+    "task.finished",
+    "invocation.finished",
+]
+
+
+class ProgressEvent(_Frozen):
+    """Published on Redis for live progress (the API streams these as Server-Sent Events)."""
+
+    type: ProgressType
+    invocation_id: str
+    task_id: str | None = None
+    function: str | None = None
+    attempt: int | None = None
+    executor: str | None = None
+    outcome: Literal["success", "failure"] | None = None
+    status: InvocationStatus | None = None
+    error: ErrorInfo | None = None
+    at: float = Field(default_factory=time.time)
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+class MessageDecodeError(Exception):
+    """The bytes are not a message we understand; ``raw`` goes to the dead-letter topic."""
+
+    def __init__(self, reason: str, raw: bytes):
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+_scheduler_events: TypeAdapter[SchedulerEvent] = TypeAdapter(SchedulerEvent)
+
+
+def _decode(adapter: TypeAdapter[_T], raw: bytes) -> _T:
+    try:
+        return adapter.validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise MessageDecodeError(
+            f"invalid message ({first.get('type')} at {where or 'top level'}: {first.get('msg')})",
+            raw,
+        ) from None
+
+
+def decode_scheduler_event(raw: bytes) -> SchedulerEvent:
+    return _decode(_scheduler_events, raw)
+
+
+_task_messages: TypeAdapter[TaskMessage] = TypeAdapter(TaskMessage)
+
+
+def decode_task_message(raw: bytes) -> TaskMessage:
+    return _decode(_task_messages, raw)
+
+
+def encode_message(message: BaseModel) -> bytes:
+    return message.model_dump_json().encode()

@@ -1,0 +1,106 @@
+"""Names of topics, Redis keys and object keys: deterministic, derived from one prefix.
+
+Keys of task outputs and logs are derived from (namespace, graph, invocation, task, attempt),
+so a re-run of a task writes the same keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Names:
+    prefix: str
+
+    # -- Kafka topics ----------------------------------------------------------------------
+
+    @property
+    def events_topic(self) -> str:
+        """Everything the scheduler consumes, keyed by invocation id."""
+        return f"{self.prefix}.events"
+
+    @property
+    def deadletter_topic(self) -> str:
+        """Messages that could not be processed, with the reason and the original bytes."""
+        return f"{self.prefix}.deadletter"
+
+    def task_topic(self, placement_key: str, namespace: str, graph: str, function: str) -> str:
+        return f"{self.prefix}.tasks.{placement_key}.{namespace}.{graph}.{function}"
+
+    @property
+    def task_topic_prefix(self) -> str:
+        return f"{self.prefix}.tasks."
+
+    # -- Redis keys ------------------------------------------------------------------------
+
+    @property
+    def namespaces_key(self) -> str:
+        return f"{self.prefix}:namespaces"
+
+    def graphs_key(self, namespace: str) -> str:
+        """Hash: graph name -> JSON GraphRecord (the current version)."""
+        return f"{self.prefix}:ns:{namespace}:graphs"
+
+    def graph_versions_key(self, namespace: str, graph: str) -> str:
+        """Hash: version -> JSON GraphDefinition (every version ever registered)."""
+        return f"{self.prefix}:ns:{namespace}:graph:{graph}:versions"
+
+    def invocations_key(self, namespace: str, graph: str) -> str:
+        """Sorted set of invocation ids by creation time."""
+        return f"{self.prefix}:ns:{namespace}:graph:{graph}:invocations"
+
+    @property
+    def graphs_epoch_key(self) -> str:
+        """Incremented on every registration/deletion: executors watch it to resubscribe."""
+        return f"{self.prefix}:graphs:epoch"
+
+    def invocation_key(self, invocation_id: str) -> str:
+        """Hash with fields ``state`` (JSON InvocationState), ``rev``, ``status``, ``meta``."""
+        return f"{self.prefix}:inv:{invocation_id}"
+
+    def outputs_key(self, invocation_id: str) -> str:
+        """Hash: task id (or 'input') -> JSON StoredValues."""
+        return f"{self.prefix}:inv:{invocation_id}:outputs"
+
+    def done_key(self, invocation_id: str) -> str:
+        """Set of task ids whose completion the scheduler recorded (executors skip them)."""
+        return f"{self.prefix}:inv:{invocation_id}:done"
+
+    def logs_key(self, invocation_id: str) -> str:
+        """Hash: task id -> JSON TaskLogPointers."""
+        return f"{self.prefix}:inv:{invocation_id}:logs"
+
+    def progress_channel(self, invocation_id: str) -> str:
+        """Redis pub/sub channel of progress events (for SSE)."""
+        return f"{self.prefix}:progress:{invocation_id}"
+
+    @property
+    def delayed_key(self) -> str:
+        """Sorted set of delayed task messages (retries with backoff), scored by due time."""
+        return f"{self.prefix}:delayed"
+
+    @property
+    def executors_key(self) -> str:
+        """Hash: executor id -> JSON ExecutorInfo (labels, heartbeat)."""
+        return f"{self.prefix}:executors"
+
+    # -- object keys -----------------------------------------------------------------------
+
+    def code_object(self, namespace: str, graph: str, version: str) -> str:
+        return f"{self.prefix}/graphs/{namespace}/{graph}/{version}/code.pkl"
+
+    def invocation_prefix(self, namespace: str, graph: str, invocation_id: str) -> str:
+        return f"{self.prefix}/invocations/{namespace}/{graph}/{invocation_id}/"
+
+    def input_object(self, namespace: str, graph: str, invocation_id: str) -> str:
+        return self.invocation_prefix(namespace, graph, invocation_id) + "input"
+
+    def outputs_object(self, namespace: str, graph: str, invocation_id: str, task_id: str) -> str:
+        return self.invocation_prefix(namespace, graph, invocation_id) + f"tasks/{task_id}/outputs"
+
+    def log_object(
+        self, namespace: str, graph: str, invocation_id: str, task_id: str, attempt: int, stream: str
+    ) -> str:
+        base = self.invocation_prefix(namespace, graph, invocation_id)
+        return base + f"tasks/{task_id}/{attempt}/{stream}"

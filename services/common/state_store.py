@@ -1,0 +1,380 @@
+"""Redis, the system of record: namespaces, graphs and versions, invocation state, outputs.
+
+Invocation state is one JSON document per invocation with a revision number. The scheduler that
+owns the invocation's partition saves it with a compare-and-set on the revision (one Lua call,
+together with the outputs it recorded), so a scheduler that lost its partition in a rebalance
+cannot overwrite newer state. Task outputs are recorded first-writer-wins.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from indexify.definition import GraphDefinition
+from indexify.engine import InvocationState
+from pydantic import BaseModel, ConfigDict
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import PlatformUnavailable
+from .events import ProgressEvent, StoredValues
+from .names import Names
+from .settings import InfraSettings
+
+DEFAULT_NAMESPACE = "default"
+INPUT_FIELD = "input"
+
+# KEYS: invocation hash, outputs hash, done set
+# ARGV: expected rev, state json, status, n_outputs, (task_id, values json)*n, done task ids...
+_SAVE_SCRIPT = """
+local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '-1')
+if rev ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'status', ARGV[3], 'rev', rev + 1)
+local n = tonumber(ARGV[4])
+for i = 0, n - 1 do
+  redis.call('HSETNX', KEYS[2], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+end
+for i = 5 + 2 * n, #ARGV do
+  redis.call('SADD', KEYS[3], ARGV[i])
+end
+return rev + 1
+"""
+
+
+class GraphRecord(BaseModel):
+    """A registered graph version: its definition and where its code is stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str
+    name: str
+    version: str
+    description: str = ""
+    created_at: float
+    definition: GraphDefinition
+    code_key: str
+
+
+class ExecutorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    labels: dict[str, str]
+    concurrency: int
+    running: int = 0
+    heartbeat_at: float
+
+
+def _unavailable(exc: Exception) -> PlatformUnavailable:
+    return PlatformUnavailable(f"Redis is unavailable ({exc}); retry when it is back")
+
+
+class StateStore:
+    """Async access to everything the services keep in Redis."""
+
+    def __init__(self, settings: InfraSettings) -> None:
+        self.names = Names(settings.prefix)
+        self._redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=10, socket_connect_timeout=5
+        )
+        self._save = self._redis.register_script(_SAVE_SCRIPT)
+
+    async def __aenter__(self) -> StateStore:
+        await self.ping()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    # -- namespaces ------------------------------------------------------------------------
+
+    async def create_namespace(self, namespace: str) -> bool:
+        return bool(await self._call(self._redis.sadd(self.names.namespaces_key, namespace)))
+
+    async def namespaces(self) -> list[str]:
+        members = await self._call(self._redis.smembers(self.names.namespaces_key))
+        return sorted({DEFAULT_NAMESPACE, *(m.decode() for m in members)})
+
+    async def namespace_exists(self, namespace: str) -> bool:
+        if namespace == DEFAULT_NAMESPACE:
+            return True
+        return bool(
+            await self._call(self._redis.sismember(self.names.namespaces_key, namespace))
+        )
+
+    # -- graphs ----------------------------------------------------------------------------
+
+    async def put_graph(self, record: GraphRecord) -> tuple[GraphRecord, bool]:
+        """Store a graph; an unchanged version keeps its record. Returns (current, is_new)."""
+        current = await self.get_graph(record.namespace, record.name)
+        if current is not None and current.version == record.version:
+            return current, False
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self.names.graphs_key(record.namespace), record.name, record.model_dump_json())
+        pipe.hset(
+            self.names.graph_versions_key(record.namespace, record.name),
+            record.version,
+            record.model_dump_json(),
+        )
+        pipe.incr(self.names.graphs_epoch_key)
+        await self._call(pipe.execute())
+        return record, True
+
+    async def get_graph(self, namespace: str, name: str) -> GraphRecord | None:
+        raw = await self._call(self._redis.hget(self.names.graphs_key(namespace), name))
+        return GraphRecord.model_validate_json(raw) if raw else None
+
+    async def get_graph_version(
+        self, namespace: str, name: str, version: str
+    ) -> GraphRecord | None:
+        raw = await self._call(
+            self._redis.hget(self.names.graph_versions_key(namespace, name), version)
+        )
+        return GraphRecord.model_validate_json(raw) if raw else None
+
+    async def list_graphs(self, namespace: str) -> list[GraphRecord]:
+        raw = await self._call(self._redis.hgetall(self.names.graphs_key(namespace)))
+        records = [GraphRecord.model_validate_json(v) for v in raw.values()]
+        return sorted(records, key=lambda r: r.name)
+
+    async def all_graphs(self) -> list[GraphRecord]:
+        records: list[GraphRecord] = []
+        for namespace in await self.namespaces():
+            records.extend(await self.list_graphs(namespace))
+        return records
+
+    async def delete_graph(self, namespace: str, name: str) -> list[str]:
+        """Remove a graph and its invocation index; returns the invocation ids it had."""
+        ids = await self.list_invocations(namespace, name, limit=None)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(self.names.graphs_key(namespace), name)
+        pipe.delete(self.names.graph_versions_key(namespace, name))
+        pipe.delete(self.names.invocations_key(namespace, name))
+        for inv in ids:
+            self._delete_invocation_keys(pipe, inv)
+        pipe.incr(self.names.graphs_epoch_key)
+        await self._call(pipe.execute())
+        return ids
+
+    async def graphs_epoch(self) -> int:
+        raw = await self._call(self._redis.get(self.names.graphs_epoch_key))
+        return int(raw or 0)
+
+    # -- invocations -----------------------------------------------------------------------
+
+    async def create_invocation(self, state: InvocationState, input_values: StoredValues) -> None:
+        """Record an accepted invocation (status pending) before its event is published."""
+        key = self.names.invocation_key(state.invocation_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(
+            key,
+            mapping={"state": state.model_dump_json(), "status": state.status, "rev": 0},
+        )
+        pipe.hset(
+            self.names.outputs_key(state.invocation_id),
+            INPUT_FIELD,
+            input_values.model_dump_json(),
+        )
+        pipe.zadd(
+            self.names.invocations_key(state.namespace, state.graph),
+            {state.invocation_id: state.created_at or time.time()},
+        )
+        await self._call(pipe.execute())
+
+    async def load_invocation(self, invocation_id: str) -> tuple[InvocationState, int] | None:
+        raw = await self._call(
+            self._redis.hmget(self.names.invocation_key(invocation_id), ["state", "rev"])
+        )
+        if raw[0] is None:
+            return None
+        return InvocationState.model_validate_json(raw[0]), int(raw[1] or 0)
+
+    async def load_invocations(
+        self, invocation_ids: Iterable[str]
+    ) -> dict[str, tuple[InvocationState, int]]:
+        ids = list(invocation_ids)
+        pipe = self._redis.pipeline(transaction=False)
+        for inv in ids:
+            pipe.hmget(self.names.invocation_key(inv), ["state", "rev"])
+        rows = await self._call(pipe.execute())
+        return {
+            inv: (InvocationState.model_validate_json(row[0]), int(row[1] or 0))
+            for inv, row in zip(ids, rows, strict=True)
+            if row[0] is not None
+        }
+
+    async def invocation_status(self, invocation_id: str) -> str | None:
+        raw = await self._call(
+            self._redis.hget(self.names.invocation_key(invocation_id), "status")
+        )
+        return raw.decode() if raw else None
+
+    async def save_invocation(
+        self,
+        state: InvocationState,
+        expected_rev: int,
+        *,
+        outputs: Mapping[str, StoredValues] | None = None,
+        done: Iterable[str] = (),
+    ) -> int | None:
+        """Compare-and-set the state; record outputs (first writer wins) and finished tasks.
+
+        Returns the new revision, or None when another writer saved a newer state first.
+        """
+        outputs = outputs or {}
+        args: list[Any] = [expected_rev, state.model_dump_json(), state.status, len(outputs)]
+        for task_id, values in outputs.items():
+            args += [task_id, values.model_dump_json()]
+        args += list(done)
+        keys = [
+            self.names.invocation_key(state.invocation_id),
+            self.names.outputs_key(state.invocation_id),
+            self.names.done_key(state.invocation_id),
+        ]
+        result = await self._call(self._save(keys=keys, args=args))
+        return None if int(result) < 0 else int(result)
+
+    async def list_invocations(
+        self, namespace: str, graph: str, limit: int | None = 1000
+    ) -> list[str]:
+        end = -1 if limit is None else limit - 1
+        raw = await self._call(
+            self._redis.zrevrange(self.names.invocations_key(namespace, graph), 0, end)
+        )
+        return [r.decode() for r in raw]
+
+    def _delete_invocation_keys(self, pipe: Any, invocation_id: str) -> None:
+        pipe.delete(
+            self.names.invocation_key(invocation_id),
+            self.names.outputs_key(invocation_id),
+            self.names.done_key(invocation_id),
+            self.names.logs_key(invocation_id),
+        )
+
+    async def delete_invocation(self, namespace: str, graph: str, invocation_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(self.names.invocations_key(namespace, graph), invocation_id)
+        self._delete_invocation_keys(pipe, invocation_id)
+        await self._call(pipe.execute())
+
+    # -- outputs, finished tasks, logs -----------------------------------------------------
+
+    async def get_outputs(
+        self, invocation_id: str, task_ids: Iterable[str]
+    ) -> dict[str, StoredValues]:
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        raw = await self._call(self._redis.hmget(self.names.outputs_key(invocation_id), ids))
+        return {
+            task_id: StoredValues.model_validate_json(value)
+            for task_id, value in zip(ids, raw, strict=True)
+            if value is not None
+        }
+
+    async def should_skip(self, invocation_id: str, task_id: str) -> str | None:
+        """Why an executor need not run a task (done already, invocation over), or None."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(self.names.invocation_key(invocation_id), "status")
+        pipe.sismember(self.names.done_key(invocation_id), task_id)
+        status, done = await self._call(pipe.execute())
+        if status is None:
+            return "invocation deleted"
+        if status.decode() in ("succeeded", "failed", "cancelled"):
+            return f"invocation {status.decode()}"
+        if done:
+            return "task already finished"
+        return None
+
+    async def put_logs(self, invocation_id: str, task_id: str, pointers: Mapping[str, Any]) -> None:
+        await self._call(
+            self._redis.hset(self.names.logs_key(invocation_id), task_id, json.dumps(pointers))
+        )
+
+    async def get_logs(self, invocation_id: str) -> dict[str, dict[str, Any]]:
+        raw = await self._call(self._redis.hgetall(self.names.logs_key(invocation_id)))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    # -- progress (pub/sub) ----------------------------------------------------------------
+
+    async def publish_progress(self, events: Iterable[ProgressEvent]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        count = 0
+        for event in events:
+            pipe.publish(self.names.progress_channel(event.invocation_id), event.model_dump_json())
+            count += 1
+        if count:
+            await self._call(pipe.execute())
+
+    async def subscribe_progress(self, invocation_id: str) -> AsyncIterator[ProgressEvent | None]:
+        """Progress events of one invocation as they are published; None every idle second.
+
+        The idle ticks let a caller re-check the stored status (nothing is lost if the
+        subscription started after an event was published).
+        """
+        pubsub = self._redis.pubsub()
+        await self._call(pubsub.subscribe(self.names.progress_channel(invocation_id)))
+        try:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:
+                    yield None
+                    continue
+                yield ProgressEvent.model_validate_json(message["data"])
+        finally:
+            await pubsub.aclose()
+
+    # -- delayed tasks (retries with backoff) ----------------------------------------------
+
+    async def schedule_delayed(self, due_at: float, item: str) -> None:
+        await self._call(self._redis.zadd(self.names.delayed_key, {item: due_at}))
+
+    async def due_delayed(self, now: float, limit: int = 500) -> list[str]:
+        raw = await self._call(
+            self._redis.zrangebyscore(self.names.delayed_key, 0, now, start=0, num=limit)
+        )
+        return [r.decode() for r in raw]
+
+    async def remove_delayed(self, items: Iterable[str]) -> None:
+        items = list(items)
+        if items:
+            await self._call(self._redis.zrem(self.names.delayed_key, *items))
+
+    # -- executors -------------------------------------------------------------------------
+
+    async def heartbeat(self, info: ExecutorInfo) -> None:
+        await self._call(
+            self._redis.hset(self.names.executors_key, info.id, info.model_dump_json())
+        )
+
+    async def remove_executor(self, executor_id: str) -> None:
+        await self._call(self._redis.hdel(self.names.executors_key, executor_id))
+
+    async def executors(self, max_age_sec: float = 30.0) -> list[ExecutorInfo]:
+        raw = await self._call(self._redis.hgetall(self.names.executors_key))
+        now = time.time()
+        infos = [ExecutorInfo.model_validate_json(v) for v in raw.values()]
+        return [i for i in infos if now - i.heartbeat_at <= max_age_sec]
