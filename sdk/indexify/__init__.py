@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-from .client import IndexifyClient, create_client  # noqa: E402
-from .definition import GraphDefinition, NodeDefinition  # noqa: E402
-from .errors import (  # noqa: E402
+from .client import IndexifyClient, create_client
+from .definition import GraphDefinition, NodeDefinition
+from .errors import (
     ApiError,
     EncodingError,
     GraphValidationError,
@@ -14,17 +14,17 @@ from .errors import (  # noqa: E402
     NonRetryable,
     NotFoundError,
 )
-from .functions import (  # noqa: E402
+from .functions import (
     FunctionSpec,
     IndexifyFunction,
     IndexifyRouter,
     indexify_function,
     indexify_router,
 )
-from .graph import Graph  # noqa: E402
-from .image import Image  # noqa: E402
-from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs  # noqa: E402
-from .retry import RetryPolicy  # noqa: E402
+from .graph import Graph
+from .image import Image
+from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs
+from .retry import RetryPolicy
 
 __all__ = [
     "ApiError",

@@ -131,7 +131,7 @@ def decode(payload: Payload, hint: Any = None) -> Any:
 
 
 def coerce(raw: Any, hint: Any) -> Any:
-    """Turn JSON data into ``hint`` (a model, tuple, ...); leave it as it is when it does not fit."""
+    """Turn JSON data into ``hint`` (a model, a tuple...); leave it as it is if it does not fit."""
     if type(raw) in _PRIMITIVES or _is_plain_hint(hint):
         return raw
     adapter = _cached_adapter(hint)
@@ -153,7 +153,7 @@ def element_hint(return_hint: Any) -> Any:
         args = typing.get_args(return_hint)
         return args[0] if args else None
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(return_hint) if a is not type(None)]
-        if len(args) == 1:
-            return element_hint(args[0])
+        members = [a for a in typing.get_args(return_hint) if a is not type(None)]
+        if len(members) == 1:
+            return element_hint(members[0])
     return return_hint

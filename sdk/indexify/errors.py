@@ -58,5 +58,5 @@ class ApiError(IndexifyError):
         self.message = message
 
 
-class NonRetryable(Exception):  # noqa: N818 - the name reads as the intent in user code
+class NonRetryable(Exception):
     """Raise from a function to fail its task immediately, skipping any remaining retries."""

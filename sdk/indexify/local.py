@@ -220,9 +220,7 @@ class LocalClient(IndexifyClient):
             )
         state = invocation.state
         if fn_name in state.failed_functions:
-            failed = [
-                r for r in state.tasks.values() if r.task.function == fn_name and r.error
-            ]
+            failed = [r for r in state.tasks.values() if r.task.function == fn_name and r.error]
             error = failed[0].error if failed else state.error
             message = error.message if error else "failed"
             trace = f"\n{error.traceback}" if error and error.traceback else ""

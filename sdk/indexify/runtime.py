@@ -158,9 +158,9 @@ class FunctionRunner:
         fn = self._callable(function)
         names, required = self._signature(function)
         free = names[len(leading) :]
-        if isinstance(value, dict) and value and set(value) <= set(free):
-            if required - set(names[: len(leading)]) <= set(value):
-                return fn(*leading, **value)
+        spreads = isinstance(value, dict) and value and set(value) <= set(free)
+        if spreads and required - set(names[: len(leading)]) <= set(value):
+            return fn(*leading, **value)
         if isinstance(value, tuple):
             return fn(*leading, *value)
         return fn(*leading, value)

@@ -17,7 +17,7 @@ from indexify.engine import ErrorInfo, Task, TaskFinished
 from indexify.engine.model import InvocationStatus
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 _T = TypeVar("_T")
 
 

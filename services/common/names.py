@@ -100,7 +100,13 @@ class Names:
         return self.invocation_prefix(namespace, graph, invocation_id) + f"tasks/{task_id}/outputs"
 
     def log_object(
-        self, namespace: str, graph: str, invocation_id: str, task_id: str, attempt: int, stream: str
+        self,
+        namespace: str,
+        graph: str,
+        invocation_id: str,
+        task_id: str,
+        attempt: int,
+        stream: str,
     ) -> str:
         base = self.invocation_prefix(namespace, graph, invocation_id)
         return base + f"tasks/{task_id}/{attempt}/{stream}"

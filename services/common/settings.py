@@ -58,9 +58,7 @@ class ApiSettings(BaseSettings):
 
 
 class SchedulerSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="INDEXIFY_SCHEDULER_", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="INDEXIFY_SCHEDULER_", extra="ignore", frozen=True)
 
     group_id: str = "indexify-scheduler"
     max_batch: int = Field(default=500, ge=1, description="events handled per poll")
@@ -73,9 +71,7 @@ def _default_executor_id() -> str:
 
 
 class ExecutorSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="INDEXIFY_EXECUTOR_", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="INDEXIFY_EXECUTOR_", extra="ignore", frozen=True)
 
     id: str = Field(default_factory=_default_executor_id)
     image: str = "indexify-executor-default"

@@ -121,9 +121,7 @@ class StateStore:
     async def namespace_exists(self, namespace: str) -> bool:
         if namespace == DEFAULT_NAMESPACE:
             return True
-        return bool(
-            await self._call(self._redis.sismember(self.names.namespaces_key, namespace))
-        )
+        return bool(await self._call(self._redis.sismember(self.names.namespaces_key, namespace)))
 
     # -- graphs ----------------------------------------------------------------------------
 
@@ -227,9 +225,7 @@ class StateStore:
         }
 
     async def invocation_status(self, invocation_id: str) -> str | None:
-        raw = await self._call(
-            self._redis.hget(self.names.invocation_key(invocation_id), "status")
-        )
+        raw = await self._call(self._redis.hget(self.names.invocation_key(invocation_id), "status"))
         return raw.decode() if raw else None
 
     async def save_invocation(

@@ -39,4 +39,5 @@ __all__ = [
     "TaskFinished",
     "TaskRecord",
     "ValueRange",
+    "task_id_for",
 ]

@@ -1,0 +1,127 @@
+"""compose.yaml cannot be started here (no Docker engine), so check it against the code."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from pydantic_settings import BaseSettings
+
+from services.common.settings import ApiSettings, ExecutorSettings, InfraSettings, SchedulerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_SERVICES = {
+    "api": "services.api",
+    "scheduler": "services.scheduler",
+    "executor": "services.executor",
+}
+SETTINGS_BY_PREFIX: list[tuple[str, type[BaseSettings]]] = [
+    ("INDEXIFY_API_", ApiSettings),
+    ("INDEXIFY_SCHEDULER_", SchedulerSettings),
+    ("INDEXIFY_EXECUTOR_", ExecutorSettings),
+    ("INDEXIFY_", InfraSettings),
+]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _services(compose: dict[str, Any]) -> dict[str, Any]:
+    services = compose["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def test_stack_has_every_part(compose: dict[str, Any]) -> None:
+    assert set(_services(compose)) >= {"kafka", "redis", "minio", "init", *APP_SERVICES}
+
+
+@pytest.mark.parametrize("name", [*APP_SERVICES, "init"])
+def test_commands_name_modules_that_exist(compose: dict[str, Any], name: str) -> None:
+    command = _services(compose)[name]["command"]
+    assert command[:2] == ["python", "-m"], command
+    module = command[2]
+    assert importlib.util.find_spec(module) is not None, f"{name}: no module {module}"
+    if name in APP_SERVICES:
+        assert module == APP_SERVICES[name]
+        assert importlib.util.find_spec(f"{module}.__main__") is not None
+
+
+def _settings_field(variable: str) -> tuple[type[BaseSettings], str]:
+    for prefix, settings in SETTINGS_BY_PREFIX:
+        if variable.startswith(prefix):
+            return settings, variable[len(prefix) :].lower()
+    raise AssertionError(f"{variable} has no INDEXIFY_ prefix")
+
+
+@pytest.mark.parametrize("name", [*APP_SERVICES, "init"])
+def test_environment_variables_are_real_settings(compose: dict[str, Any], name: str) -> None:
+    env = _services(compose)[name]["environment"]
+    assert env, f"{name} has no environment"
+    for variable in env:
+        settings, field = _settings_field(variable)
+        assert field in settings.model_fields, f"{name}: {variable} is not a field of {settings}"
+
+
+def test_infrastructure_addresses_point_at_compose_services(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    env = services["api"]["environment"]
+    kafka_host = env["INDEXIFY_KAFKA_BOOTSTRAP"]
+    assert (
+        f"PLAINTEXT://{kafka_host}"
+        == services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    )
+    assert urlparse(env["INDEXIFY_REDIS_URL"]).hostname in services
+    assert env["INDEXIFY_MINIO_ENDPOINT"].split(":")[0] in services
+    assert services["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "--appendonly" in services["redis"]["command"]
+
+
+def test_api_port_matches_settings_and_healthcheck(compose: dict[str, Any]) -> None:
+    api = _services(compose)["api"]
+    port = int(api["environment"]["INDEXIFY_API_PORT"])
+    assert port == ApiSettings().port == 8900
+    assert f"{port}:{port}" in api["ports"]
+    probe = " ".join(api["healthcheck"]["test"])
+    assert re.search(rf":{port}/health\b", probe), probe
+
+
+def test_api_serves_the_health_route_the_healthcheck_uses() -> None:
+    from services.api.app import create_app
+
+    app = create_app(InfraSettings(), ApiSettings())
+    paths = {getattr(route, "path", None) for route in app.routes}
+    assert "/health" in paths
+
+
+def test_long_running_services_have_healthchecks(compose: dict[str, Any]) -> None:
+    for name, service in _services(compose).items():
+        if name != "init":
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+def test_executors_scale_with_replicas(compose: dict[str, Any]) -> None:
+    assert _services(compose)["executor"]["deploy"]["replicas"] >= 1
+
+
+def test_services_wait_for_the_init_job(compose: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        depends = _services(compose)[name]["depends_on"]
+        assert depends["init"]["condition"] == "service_completed_successfully"
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source.rstrip("/")).exists(), f"Dockerfile copies missing {source}"
