@@ -38,7 +38,7 @@ dev: setup infra-up
 	$(BIN)/indexify-cli server-dev-mode
 
 bench: setup infra-up
-	$(BIN)/python -m tests.bench.run
+	$(BIN)/python tests/bench/run.py
 
 clean: infra-down
 	rm -rf $(VENV) .data .infra

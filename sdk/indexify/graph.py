@@ -272,6 +272,12 @@ def _type_hints(node: Any) -> dict[str, Any]:
             "define or import it before building the graph",
             function=spec_of(node).name,
         ) from exc
+    except TypeError as exc:
+        raise GraphValidationError(
+            f"function {spec_of(node).name!r}: an annotation cannot be evaluated ({exc}); "
+            "functions in router annotations must be written List[Union[a, b]], not a | b",
+            function=spec_of(node).name,
+        ) from exc
 
 
 def _check_signature(node: Any, *, resolve: bool) -> None:

@@ -1,0 +1,139 @@
+"""Run the whole stack (API, schedulers, executors) as local subprocesses.
+
+Used by ``indexify-cli server-dev-mode``, the end-to-end tests, the benchmarks and the fault
+injection tests (which kill and restart processes with :meth:`DevStack.kill` / ``restart``).
+Kafka, Redis and MinIO must already run (``make infra-up``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ProcessSpec:
+    name: str
+    module: str
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Running:
+    spec: ProcessSpec
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+class DevStack:
+    """Start API + scheduler(s) + executor(s) with one environment; stop them all."""
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        log_dir: Path | None = None,
+        api_port: int | None = None,
+    ) -> None:
+        self.api_port = api_port or free_port()
+        self.env = {**os.environ, **(env or {}), "INDEXIFY_API_PORT": str(self.api_port)}
+        self.env.setdefault("INDEXIFY_API_HOST", "127.0.0.1")
+        self.log_dir = log_dir
+        self.processes: dict[str, _Running] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self, spec: ProcessSpec) -> None:
+        if spec.name in self.processes and self.processes[spec.name].process.poll() is None:
+            raise RuntimeError(f"{spec.name} is already running")
+        log: IO[bytes]
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = (self.log_dir / f"{spec.name}.log").open("ab")
+        else:
+            log = open(os.devnull, "wb")  # noqa: SIM115 - closed in stop()
+        process = subprocess.Popen(
+            [sys.executable, "-m", spec.module, *spec.args],
+            env={**self.env, **spec.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes[spec.name] = _Running(spec, process, log)
+
+    def start_default(self, *, executors: int = 1, concurrency: int = 2) -> None:
+        """API, one scheduler and ``executors`` executors; waits until the API is healthy."""
+        self.start(ProcessSpec("api", "services.api"))
+        self.start(ProcessSpec("scheduler", "services.scheduler"))
+        for index in range(executors):
+            self.start(
+                ProcessSpec(
+                    f"executor-{index}",
+                    "services.executor",
+                    ["--concurrency", str(concurrency), "--id", f"executor-{index}"],
+                )
+            )
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, running in self.processes.items():
+                if running.process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {running.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"the API did not become healthy at {self.url} in {timeout} s")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        running = self.processes[name]
+        if running.process.poll() is None:
+            os.killpg(running.process.pid, sig)
+            running.process.wait(timeout=30)
+
+    def restart(self, name: str) -> None:
+        self.kill(name)
+        self.start(self.processes[name].spec)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for running in self.processes.values():
+            if running.process.poll() is None:
+                os.killpg(running.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for running in self.processes.values():
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                running.process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                os.killpg(running.process.pid, signal.SIGKILL)
+                running.process.wait(timeout=10)
+            running.log.close()
+
+    def __enter__(self) -> DevStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,127 @@
+"""``make bench``: the same workloads in-process and on the stack; prints a table of medians.
+
+Run: ``python tests/bench/run.py [--runs 3] [--skip-stack]``. Kafka, Redis and MinIO must run
+(``make infra-up``); the API, a scheduler and executors are started here with a fresh prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workloads import chain_graph, map_reduce_graph, payload_graph
+
+from indexify import IndexifyClient, create_client
+
+PAYLOAD_BYTES = 10 * 1024 * 1024
+
+
+def _median_of(runs: int, measure: Callable[[], float]) -> float:
+    return statistics.median(measure() for _ in range(runs))
+
+
+def map_reduce(client: IndexifyClient, n: int) -> float:
+    start = time.perf_counter()
+    inv = client.invoke_graph_with_object("bench_sequence_summer", block_until_done=True, a=n)
+    elapsed = time.perf_counter() - start
+    (total,) = client.graph_outputs("bench_sequence_summer", inv, "sum_all_numbers")
+    assert total.val == n * (n - 1) // 2, total
+    return elapsed
+
+
+def chain_latencies(client: IndexifyClient, count: int) -> list[float]:
+    latencies = []
+    for i in range(count):
+        start = time.perf_counter()
+        inv = client.invoke_graph_with_object("bench_chain", block_until_done=True, x=i)
+        latencies.append(time.perf_counter() - start)
+        assert client.graph_outputs("bench_chain", inv, "step_three") == [(i + 1) * 2 - 3]
+    return latencies
+
+
+def concurrent_rate(make_client: Callable[[], IndexifyClient], count: int, threads: int) -> float:
+    clients = [make_client() for _ in range(threads)]
+    start = time.perf_counter()
+
+    def run(i: int) -> None:
+        client = clients[i % threads]
+        inv = client.invoke_graph_with_object("bench_chain", x=i)
+        info = client.wait_for_invocation("bench_chain", inv, timeout=300)
+        assert info.status == "succeeded", info
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, range(count)))
+    return count / (time.perf_counter() - start)
+
+
+def payload_rate(client: IndexifyClient) -> float:
+    start = time.perf_counter()
+    inv = client.invoke_graph_with_object(
+        "bench_payload", block_until_done=True, size=PAYLOAD_BYTES
+    )
+    elapsed = time.perf_counter() - start
+    assert client.graph_outputs("bench_payload", inv, "blob_length") == [PAYLOAD_BYTES]
+    return PAYLOAD_BYTES / elapsed / 1e6
+
+
+def measure(label: str, make_client: Callable[[], IndexifyClient], runs: int) -> dict[str, str]:
+    client = make_client()
+    for graph in (map_reduce_graph(), chain_graph(), payload_graph()):
+        client.register_compute_graph(graph)
+    map_reduce(client, 100)  # warm up code caches and consumers
+    chain_latencies(client, 5)
+    row = {"mode": label}
+    row["map-reduce n=1,000 (s)"] = f"{_median_of(runs, lambda: map_reduce(client, 1_000)):.3f}"
+    row["map-reduce n=10,000 (s)"] = f"{_median_of(runs, lambda: map_reduce(client, 10_000)):.3f}"
+    lat = sorted(chain_latencies(client, 200))
+    q = statistics.quantiles(lat, n=100)
+    row["chain p50/p95/p99 (ms)"] = f"{q[49] * 1e3:.1f} / {q[94] * 1e3:.1f} / {q[98] * 1e3:.1f}"
+    threads = 1 if label == "in-process" else 32
+    rate = _median_of(runs, lambda: concurrent_rate(make_client, 500, threads))
+    row["500 concurrent (inv/s)"] = f"{rate:.0f}"
+    row["10 MB through 2 fns (MB/s)"] = f"{_median_of(runs, lambda: payload_rate(client)):.0f}"
+    return row
+
+
+def print_table(rows: list[dict[str, str]]) -> None:
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in columns}
+    print(" | ".join(c.ljust(widths[c]) for c in columns))
+    print("-+-".join("-" * widths[c] for c in columns))
+    for row in rows:
+        print(" | ".join(row.get(c, "").ljust(widths[c]) for c in columns))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure; medians reported")
+    parser.add_argument("--skip-stack", action="store_true", help="in-process figures only")
+    parser.add_argument("--executors", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args()
+
+    local = create_client(in_process=True, echo_output=False)
+    rows = [measure("in-process", lambda: local, args.runs)]
+    if not args.skip_stack:
+        from services.devstack import DevStack
+
+        logs = Path(tempfile.mkdtemp(prefix="indexify-bench-"))
+        env = {"INDEXIFY_PREFIX": f"bench{uuid.uuid4().hex[:8]}", "INDEXIFY_LOG_LEVEL": "WARNING"}
+        with DevStack(env, log_dir=logs) as stack:
+            stack.start_default(executors=args.executors, concurrency=args.concurrency)
+            rows.append(measure("stack", lambda: create_client(service_url=stack.url), args.runs))
+        print(f"service logs: {logs}")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
