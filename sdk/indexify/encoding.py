@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -63,7 +64,7 @@ def encode(value: Any, hint: Any = None, *, encoder: str = "auto") -> Payload:
     """Encode ``value``; ``hint`` is the declared type it will be decoded with."""
     if encoder == "cloudpickle":
         return _pickle(value)
-    if type(value) in _PRIMITIVES and not (isinstance(value, float) and value != value):
+    if type(value) in _PRIMITIVES and not (isinstance(value, float) and not math.isfinite(value)):
         return Payload(content_type=JSON, data=json.dumps(value).encode())
     data = _try_json(value, hint)
     if data is not None:

@@ -189,19 +189,18 @@ class Graph:
     def serialize(self) -> bytes:
         """The graph's code, cloudpickled; user modules are pickled by value."""
         self.definition()
-        registered = []
+        already = set(cloudpickle.list_registry_pickle_by_value())
+        modules: dict[str, types.ModuleType] = {}
         for node in self.nodes.values():
             module = sys.modules.get(getattr(node_class(node), "__module__", ""))
-            if module is not None and _is_user_module(module):
-                try:
-                    cloudpickle.register_pickle_by_value(module)
-                    registered.append(module)
-                except ValueError:
-                    pass
+            if module is not None and module.__name__ not in already and _is_user_module(module):
+                modules[module.__name__] = module
+        for module in modules.values():
+            cloudpickle.register_pickle_by_value(module)
         try:
             return bytes(cloudpickle.dumps(self))
         finally:
-            for module in registered:
+            for module in modules.values():
                 cloudpickle.unregister_pickle_by_value(module)
 
     @staticmethod

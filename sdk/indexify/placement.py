@@ -16,7 +16,7 @@ from .errors import GraphValidationError
 
 IMAGE_LABEL = "image"
 ANY_PLACEMENT = "any"
-_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
+_SAFE = re.compile(r"^[A-Za-z0-9]+$")  # "-" and "_" separate the readable key's parts
 _MAX_READABLE_KEY = 60
 
 ConstraintsInput = Mapping[str, str] | Iterable[str] | None

@@ -1,5 +1,6 @@
 """Table-driven tests of the pure engine, with hand-built graph definitions and events."""
 
+import itertools
 import random
 
 import pytest
@@ -216,7 +217,7 @@ def test_reducer_fed_out_of_order_reduces_every_value_once_and_finalizes_once(
     assert [t.id for t in steps] == [f"r-r{i}" for i in range(1, len(steps) + 1)]
     # Each step folds into the accumulator the previous step produced.
     assert steps[0].accumulator is None
-    for previous, step in zip(steps, steps[1:], strict=False):
+    for previous, step in itertools.pairwise(steps):
         assert step.accumulator == ValueRange(task_id=previous.id, function="r", start=0, stop=1)
     # Every value of every b task is reduced exactly once.
     reduced = sorted(
@@ -234,6 +235,37 @@ def test_reducer_fed_out_of_order_reduces_every_value_once_and_finalizes_once(
     assert c_tasks[0].inputs == tuple(state.outputs["r"])
     assert state.status == "succeeded"
     assert sum(len(finishes(commands)) for commands in history) == 1
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_reducer_feeding_a_reducer_finalizes_each_once(order: str) -> None:
+    definition = graph(
+        "a", edges={"a": ("r1",), "r1": ("b",), "b": ("r2",)}, r1=reducer("r1"), r2=reducer("r2")
+    )
+    engine = Engine(definition, max_reduce_batch=2)
+    state, pending = started(engine)
+    drive(engine, state, pending, {"a": 5, "b": 3}, ORDERS[order])
+    assert state.status == "succeeded"
+    assert len(state.outputs["r1"]) == len(state.outputs["r2"]) == 1
+    assert (state.reducers["r1"].reduced, state.reducers["r2"].reduced) == (5, 3)
+    assert len([r for r in state.tasks.values() if r.task.function == "b"]) == 1
+
+
+def test_reducer_never_finalizes_when_an_upstream_task_failed() -> None:
+    definition = graph("a", edges={"a": ("b",), "b": ("r",), "r": ("c",)}, r=reducer("r"))
+    engine = Engine(definition)
+    state, (a,) = started(engine)
+    b1, b2, b3 = tasks_of(engine.handle(state, ok(a, outputs=3)))
+    assert engine.handle(state, fail(b1)) == []
+    step1 = only(tasks_of(engine.handle(state, ok(b2))))
+    assert engine.handle(state, ok(b3)) == []
+    step2 = only(tasks_of(engine.handle(state, ok(step1))))  # values already queued still fold
+    (finish,) = engine.handle(state, ok(step2))
+    assert isinstance(finish, FinishInvocation)
+    assert (finish.status, finish.error_function) == ("failed", "b")
+    assert not state.reducers["r"].finalized
+    assert "r" not in state.outputs
+    assert not any(r.task.function == "c" for r in state.tasks.values())
 
 
 def test_reducer_finalizes_only_after_every_ancestor_is_done() -> None:
@@ -343,7 +375,8 @@ def test_finished_event_for_an_unknown_task_is_ignored() -> None:
 
 
 def test_stale_attempt_is_ignored() -> None:
-    engine = Engine(graph("a", edges={"a": ("b",)}, a=node("a", retries=RetryPolicy(max_retries=3))))
+    retrying = node("a", retries=RetryPolicy(max_retries=3))
+    engine = Engine(graph("a", edges={"a": ("b",)}, a=retrying))
     state, (a1,) = started(engine)
     a2 = only(tasks_of(engine.handle(state, fail(a1))))
     assert a2.attempt == 2
