@@ -1,0 +1,420 @@
+"""The Kafka adapter: one producer per process, consumers built the same way everywhere.
+
+Why it looks like this:
+
+* Every effect that must survive goes through :class:`KafkaBus` with ``acks="all"`` and the
+  idempotent producer, so a publish that returned is durable and a retried publish is not
+  duplicated by the producer itself (handlers are idempotent for the rest).
+* :meth:`KafkaBus.publish_many` sends a whole batch and only then awaits the acks: one
+  round trip per batch instead of one per message, which is what makes fan-out fast.
+* Consumers never auto-commit (:func:`make_consumer`): a service commits an offset only after
+  the effects of the message are durable; :class:`OffsetTracker` says how far that is when
+  the messages of one partition finish out of order.
+* aiokafka's exceptions stop here: they are translated into :mod:`services.common.errors`
+  (:class:`PlatformUnavailable` for "Kafka is not answering, retry later").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RebalanceInProgressError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
+from aiokafka.structs import TopicPartition
+
+from . import events
+from .errors import PayloadTooLarge, PlatformUnavailable, ServiceError
+from .logging import get_logger
+from .names import Names
+from .settings import InfraSettings
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "KafkaBus",
+    "OffsetTracker",
+    "Publisher",
+    "SourceRecord",
+    "TopicPartition",
+    "kafka_errors",
+    "make_consumer",
+]
+
+#: The broker's ``message.max.bytes`` (infra/kafka/server.properties.template); bigger values
+#: go to MinIO, never through Kafka.
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+_log = get_logger(__name__)
+
+
+# -- error translation ----------------------------------------------------------------------
+
+
+#: "Not now": the broker is unreachable or slow, or the group is rebalancing (a commit that
+#: failed because of that is harmless: the new owner gets the uncommitted messages again).
+#: aiokafka marks some of these ``retriable=False``, so they are listed explicitly.
+_TRANSIENT = (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+    TimeoutError,
+    OSError,
+)
+
+
+def _translate(exc: BaseException, what: str) -> ServiceError:
+    """The service error for an aiokafka (or socket) failure while doing ``what``."""
+    if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
+        return PayloadTooLarge(f"{what}: message over the {MAX_MESSAGE_BYTES} byte limit ({exc})")
+    if isinstance(exc, _TRANSIENT) or (isinstance(exc, KafkaError) and exc.retriable):
+        return PlatformUnavailable(
+            f"{what}: Kafka is unavailable ({exc}); it is retried later. Is the broker up "
+            "(`make infra-up`) and does the topic exist?"
+        )
+    return ServiceError(f"{what}: Kafka refused ({exc})")
+
+
+@asynccontextmanager
+async def kafka_errors(what: str) -> AsyncIterator[None]:
+    """Translate aiokafka failures while doing ``what`` (also for consumer calls:
+    ``async with kafka_errors("committing offsets"): await consumer.commit(offsets)``)."""
+    try:
+        yield
+    except (KafkaError, TimeoutError, OSError) as exc:
+        raise _translate(exc, what) from exc
+
+
+# -- producing ------------------------------------------------------------------------------
+
+
+class Publisher(Protocol):
+    """What most code needs of Kafka: publish durably (a seam for in-memory fakes)."""
+
+    async def publish(self, topic: str, key: str, value: bytes) -> None: ...
+
+    async def publish_many(self, items: Sequence[tuple[str, str, bytes]]) -> None: ...
+
+
+class SourceRecord(Protocol):
+    """The parts of a consumed record a dead letter keeps (aiokafka's ``ConsumerRecord``)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class KafkaBus:
+    """The process's producer and admin client: ``async with KafkaBus(settings) as bus``.
+
+    The constructor does no I/O; entering connects (``PlatformUnavailable`` if Kafka does not
+    answer), leaving flushes what is in flight and closes.
+    """
+
+    def __init__(self, settings: InfraSettings, *, client_id: str | None = None):
+        self.settings = settings
+        self.names = Names(settings.prefix)
+        self.client_id = client_id or f"{settings.prefix}-{uuid.uuid4().hex[:8]}"
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def __aenter__(self) -> KafkaBus:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            compression_type=None,
+            max_batch_size=1024 * 1024,
+            max_request_size=MAX_MESSAGE_BYTES,
+            request_timeout_ms=30_000,
+        )
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=f"{self.client_id}-admin",
+            request_timeout_ms=30_000,
+        )
+        try:
+            async with kafka_errors(f"connecting to Kafka at {self.settings.kafka_bootstrap}"):
+                await producer.start()
+                await admin.start()
+        except BaseException:
+            await producer.stop()
+            await admin.close()
+            raise
+        self._producer, self._admin = producer, admin
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        producer, admin = self._producer, self._admin
+        self._producer = self._admin = None
+        try:
+            if producer is not None:
+                await producer.stop()  # flushes pending sends first
+        finally:
+            if admin is not None:
+                await admin.close()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("KafkaBus is not started: use `async with KafkaBus(settings)`")
+        return self._producer
+
+    @property
+    def admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise RuntimeError("KafkaBus is not started: use `async with KafkaBus(settings)`")
+        return self._admin
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish(self, topic: str, key: str, value: bytes) -> None:
+        """Send one message and wait until every in-sync replica has it."""
+        await self._send_all([(topic, key.encode(), value)])
+
+    async def publish_many(self, items: Sequence[tuple[str, str, bytes]]) -> None:
+        """Send ``(topic, key, value)`` items as one batch; return when all are acknowledged.
+
+        On failure some items may have been written: callers retry the whole batch, and
+        consumers are idempotent.
+        """
+        await self._send_all([(t, k.encode(), v) for t, k, v in items])
+
+    async def dead_letter(self, reason: str, record: SourceRecord) -> None:
+        """Park a message that can never be processed, with the reason and its exact bytes."""
+        letter = events.DeadLetter(
+            reason=reason,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value or b"",
+        )
+        topic = self.names.deadletter_topic
+        await self._send_all([(topic, record.key, events.encode_message(letter))])
+        _log.warning(
+            "message dead-lettered",
+            reason=reason,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+
+    async def _send_all(self, items: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+        for topic, _, value in items:
+            if len(value) > MAX_MESSAGE_BYTES:
+                raise PayloadTooLarge(
+                    f"a message of {len(value)} bytes for topic {topic} is over the "
+                    f"{MAX_MESSAGE_BYTES} byte limit; store the value in MinIO and send its key"
+                )
+        what = f"publishing {len(items)} message(s) to {sorted({t for t, _, _ in items})}"
+        producer = self.producer
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            async with kafka_errors(what):
+                for topic, key, value in items:
+                    futures.append(await producer.send(topic, value=value, key=key))
+        finally:
+            # Always collect every future, so none is left with an unretrieved exception.
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise _translate(result, what) from result
+
+    # -- topics -----------------------------------------------------------------------------
+
+    async def list_topics(self) -> set[str]:
+        async with kafka_errors("listing topics"):
+            return set(await self.admin.list_topics())
+
+    async def ensure_topics(self, topics: Mapping[str, int]) -> set[str]:
+        """Create the topics of ``{name: partitions}`` that do not exist; return those created.
+
+        Idempotent and safe to race: a topic another process created first counts as there.
+        Existing topics keep their partition count.
+        """
+        existing = await self.list_topics()
+        missing = {name: n for name, n in topics.items() if name not in existing}
+        if not missing:
+            return set()
+        new = [
+            NewTopic(name, num_partitions=n, replication_factor=1) for name, n in missing.items()
+        ]
+        async with kafka_errors(f"creating topics {sorted(missing)}"):
+            response = await self.admin.create_topics(new)
+        created: set[str] = set()
+        for topic, code, *message in response.topic_errors:
+            error = for_code(code)
+            if code == 0:
+                created.add(topic)
+            elif error is not TopicAlreadyExistsError:
+                detail = message[0] if message and message[0] else error.message
+                raise _translate(error(detail), f"creating topic {topic}")
+        if created:
+            _log.info("topics created", topics=sorted(created))
+        return created
+
+    async def delete_topics(self, topics: Iterable[str]) -> None:
+        """Delete topics (missing ones are ignored): graph deletion and test cleanup."""
+        names = sorted(set(topics) & await self.list_topics())
+        if not names:
+            return
+        async with kafka_errors(f"deleting topics {names}"):
+            response = await self.admin.delete_topics(names)
+        for topic, code, *_ in response.topic_error_codes:
+            error = for_code(code)
+            if code != 0 and error is not UnknownTopicOrPartitionError:
+                raise _translate(error(), f"deleting topic {topic}")
+
+
+# -- consuming ------------------------------------------------------------------------------
+
+
+def make_consumer(
+    settings: InfraSettings,
+    *,
+    group_id: str,
+    topics: Sequence[str] = (),
+    pattern: str | None = None,
+    listener: ConsumerRebalanceListener | None = None,
+    max_poll_records: int = 500,
+    session_timeout_ms: int = 10_000,
+    client_id: str | None = None,
+    metadata_max_age_ms: int = 5_000,
+) -> AIOKafkaConsumer:
+    """A consumer in ``group_id``, subscribed to ``topics`` or ``pattern`` (or neither: the
+    caller subscribes later). Not started: ``await consumer.start()`` / ``stop()``.
+
+    Must be called with an event loop running (aiokafka binds to it). No auto-commit: commit
+    what :class:`OffsetTracker` says once the effects are durable. ``max_poll_interval_ms`` is
+    long because user code runs in worker processes while the loop keeps heartbeating; a short
+    ``metadata_max_age_ms`` lets a pattern subscription see new topics within seconds.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        client_id=client_id or f"{group_id}-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(session_timeout_ms // 3, 100),
+        max_poll_interval_ms=30 * 60 * 1000,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+        metadata_max_age_ms=metadata_max_age_ms,
+    )
+    if topics or pattern:
+        consumer.subscribe(topics=list(topics), pattern=pattern, listener=listener)
+    return consumer
+
+
+@dataclass
+class _PartitionProgress:
+    unfinished: set[int] = field(default_factory=set)
+    heap: list[int] = field(default_factory=list)  # started offsets; finished ones lazily popped
+    highest_done: int = -1
+    committed: int | None = None
+
+
+class OffsetTracker:
+    """How far each partition may be committed when its messages finish out of order.
+
+    ``start(tp, offset)`` when a message is taken on, ``complete(tp, offset)`` when its effects
+    are durable. :meth:`committable` gives, per partition, the offset to commit: the lowest
+    unfinished one, or the highest completed + 1 when nothing is unfinished. Committing that
+    never skips an unfinished message, so a crash redelivers exactly the unfinished ones (and
+    possibly some finished ones after them, which idempotent handlers ignore).
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[TopicPartition, _PartitionProgress] = {}
+
+    def start(self, tp: TopicPartition, offset: int) -> None:
+        progress = self._parts.setdefault(tp, _PartitionProgress())
+        if offset not in progress.unfinished:
+            progress.unfinished.add(offset)
+            heapq.heappush(progress.heap, offset)
+
+    def complete(self, tp: TopicPartition, offset: int) -> bool:
+        """Mark ``offset`` done; ``False`` if it was not being tracked (e.g. partition revoked
+        while the task ran: its result must not move the new owner's offsets)."""
+        progress = self._parts.get(tp)
+        if progress is None or offset not in progress.unfinished:
+            return False
+        progress.unfinished.discard(offset)
+        progress.highest_done = max(progress.highest_done, offset)
+        while progress.heap and progress.heap[0] not in progress.unfinished:
+            heapq.heappop(progress.heap)
+        return True
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """``{partition: next offset to commit}`` for partitions that moved since the last
+        :meth:`mark_committed` (all partitions with progress if it is never called)."""
+        result: dict[TopicPartition, int] = {}
+        for tp, progress in self._parts.items():
+            if progress.heap:
+                position = progress.heap[0]
+            elif progress.highest_done >= 0:
+                position = progress.highest_done + 1
+            else:
+                continue
+            if position != progress.committed:
+                result[tp] = position
+        return result
+
+    def mark_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record a successful commit, so :meth:`committable` only reports new progress."""
+        for tp, offset in offsets.items():
+            if (progress := self._parts.get(tp)) is not None:
+                progress.committed = offset
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop revoked partitions: their unfinished messages belong to the next owner."""
+        for tp in partitions:
+            self._parts.pop(tp, None)
+
+    def unfinished(self, tp: TopicPartition | None = None) -> int:
+        """How many messages (of ``tp``, or of all partitions) are started and not complete."""
+        if tp is not None:
+            progress = self._parts.get(tp)
+            return len(progress.unfinished) if progress else 0
+        return sum(len(p.unfinished) for p in self._parts.values())
+
+    @property
+    def partitions(self) -> set[TopicPartition]:
+        return set(self._parts)

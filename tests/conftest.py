@@ -1,0 +1,62 @@
+"""Shared fixtures: the real-server check used by integration, end-to-end and fault tests.
+
+If Kafka, Redis or MinIO do not answer, tests that need them are skipped locally and FAIL in CI
+(env ``CI`` set): CI must never go green by skipping its integration suite.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import redis
+import urllib3
+from minio import Minio
+
+from services.common.settings import InfraSettings
+
+_HINT = "run `make infra-up` (or infra/up.sh) to start Kafka, Redis and MinIO"
+
+
+def infra_problems(settings: InfraSettings) -> list[str]:
+    """What does not answer (empty when all three servers are up)."""
+    problems: list[str] = []
+    host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError as exc:
+        problems.append(f"Kafka at {settings.kafka_bootstrap}: {exc}")
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        problems.append(f"Redis at {settings.redis_url}: {exc}")
+    try:
+        Minio(
+            settings.minio_endpoint,
+            access_key=settings.minio_access_key,
+            secret_key=settings.minio_secret_key,
+            secure=settings.minio_secure,
+            http_client=urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=2, read=5), retries=urllib3.Retry(total=0)
+            ),
+        ).list_buckets()
+    except Exception as exc:  # any failure means "not usable"; the message says which
+        problems.append(f"MinIO at {settings.minio_endpoint}: {exc}")
+    return problems
+
+
+@pytest.fixture(scope="session")
+def require_infra() -> None:
+    """Skip (locally) or fail (in CI) when the real servers are not running."""
+    problems = infra_problems(InfraSettings())
+    if not problems:
+        return
+    message = "servers not answering: " + "; ".join(problems) + f" -- {_HINT}"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
