@@ -1,0 +1,46 @@
+"""``python -m services.scheduler``: run one scheduler process until SIGTERM or SIGINT.
+
+Settings come from the environment (``INDEXIFY_*`` for the infrastructure,
+``INDEXIFY_SCHEDULER_*`` for the scheduler). Start as many processes as the events topic has
+partitions: they share the partitions through the consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import cast
+
+from services.common.errors import ServiceError
+from services.common.logging import LogFormat, configure_logging, get_logger
+from services.common.settings import InfraSettings, SchedulerSettings
+
+from .service import Scheduler
+
+_log = get_logger("services.scheduler")
+
+
+async def serve(infra: InfraSettings, settings: SchedulerSettings) -> None:
+    """Run until a signal asks to stop; the batch in hand is finished and committed first."""
+    async with Scheduler(infra, settings) as scheduler:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, scheduler.stop)
+        await scheduler.run()
+
+
+def main() -> int:
+    infra = InfraSettings()
+    settings = SchedulerSettings()
+    configure_logging(infra.log_level, cast(LogFormat, infra.log_format), service="scheduler")
+    try:
+        asyncio.run(serve(infra, settings))
+    except ServiceError as exc:
+        _log.error("scheduler failed", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""One poll batch of events: decide with the engine, publish tasks, save state, report.
+
+:class:`EventHandler` is the effectful shell around the pure :mod:`.messages`: per batch it
+groups the events by invocation, loads the states (:class:`.states.StateCache`), applies the
+events, resolves the new tasks' inputs, then publishes the task messages and parks retries,
+saves every changed state with its compare-and-set, and publishes progress, in that order.
+When :meth:`EventHandler.handle` returns, every effect of the batch is durable and its offsets
+may be committed. A ``PlatformUnavailable`` leaves the batch to be retried from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias, TypeVar
+
+from aiokafka import ConsumerRecord
+
+from indexify.definition import GraphDefinition
+from indexify.engine import Engine, ErrorInfo, InvocationState
+from services.common.errors import PlatformUnavailable
+from services.common.events import (
+    MessageDecodeError,
+    ProgressEvent,
+    SchedulerEvent,
+    StoredValues,
+    decode_scheduler_event,
+)
+from services.common.kafka_bus import KafkaBus
+from services.common.logging import get_logger
+from services.common.names import Names
+from services.common.settings import SchedulerSettings
+from services.common.state_store import StateStore
+
+from .messages import (
+    Decision,
+    DelayedItem,
+    MissingValues,
+    Outgoing,
+    apply_events,
+    build_messages,
+    fail_permanently,
+    needed_values,
+)
+from .states import StateCache, execute
+from .topics import TaskTopics
+
+__all__ = ["EventHandler", "Record"]
+
+_log = get_logger(__name__)
+_T = TypeVar("_T")
+_MAX_CAS_ROUNDS = 5
+_ENGINE_CACHE = 256
+_REDIS_CONCURRENCY = 32
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+@dataclass
+class _Work:
+    """One invocation's events of the current batch and what applying them decided."""
+
+    invocation_id: str
+    events: list[tuple[SchedulerEvent, Record]]
+    state: InvocationState | None = None
+    rev: int = 0
+    definition: GraphDefinition | None = None
+    decision: Decision | None = None
+    ready: Sequence[Outgoing] = ()
+    delayed: Sequence[tuple[float, DelayedItem]] = ()
+
+
+async def _bounded(aws: Iterable[Awaitable[_T]], limit: int = _REDIS_CONCURRENCY) -> list[_T]:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(aw: Awaitable[_T]) -> _T:
+        async with semaphore:
+            return await aw
+
+    return list(await asyncio.gather(*(one(aw) for aw in aws)))
+
+
+class EventHandler:
+    """Applies batches of event records; see the module docstring for the order of effects."""
+
+    def __init__(
+        self,
+        bus: KafkaBus,
+        store: StateStore,
+        settings: SchedulerSettings,
+        *,
+        topics: TaskTopics,
+        states: StateCache,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.settings = settings
+        self.names: Names = store.names
+        self._topics = topics
+        self._states = states
+        self._engines: OrderedDict[tuple[str, str, str], tuple[Engine, GraphDefinition]]
+        self._engines = OrderedDict()
+
+    async def handle(self, records: Sequence[Record]) -> None:
+        """Apply a batch of event records; every effect is durable when this returns."""
+        groups: dict[str, _Work] = {}
+        for record in records:
+            try:
+                if record.value is None:
+                    raise MessageDecodeError("empty message (no value)", b"")
+                event = decode_scheduler_event(record.value)
+            except MessageDecodeError as exc:
+                await self.bus.dead_letter(exc.reason, record)
+                continue
+            work = groups.setdefault(event.invocation_id, _Work(event.invocation_id, []))
+            work.events.append((event, record))
+        pending = list(groups.values())
+        for _ in range(_MAX_CAS_ROUNDS):
+            if not pending:
+                return
+            pending = await self._process(pending)
+        raise PlatformUnavailable(
+            f"invocations {[w.invocation_id for w in pending]} keep changing under this "
+            "scheduler (lost compare-and-set); retrying the batch"
+        )
+
+    async def _process(self, groups: list[_Work]) -> list[_Work]:
+        """Decide, publish, save, report. Returns the groups whose save lost the CAS."""
+        states = await self._states.load(w.invocation_id for w in groups)
+        live: list[_Work] = []
+        for work in groups:
+            loaded = states.get(work.invocation_id)
+            if loaded is None:
+                _log.warning(
+                    "events for an unknown or deleted invocation ignored",
+                    invocation=work.invocation_id,
+                    events=len(work.events),
+                )
+                continue
+            work.state, work.rev = loaded
+            await self._decide(work)
+            live.append(work)
+        values = await self._stored_values(live)
+        for work in live:
+            self._build(work, values.get(work.invocation_id, {}))
+        await self._emit(live)
+        changed = [w for w in live if w.decision is not None and w.decision.changed]
+        revs = await _bounded(self._save(w) for w in changed)
+        for work in live:
+            if work.decision is None or not work.decision.changed:
+                assert work.state is not None
+                self._states.keep(work.state, work.rev)  # untouched: duplicates only
+        lost: list[_Work] = []
+        progress: list[ProgressEvent] = []
+        for work, rev in zip(changed, revs, strict=True):
+            assert work.decision is not None and work.state is not None
+            if rev is None:
+                lost.append(work)
+                continue
+            self._states.keep(work.state, rev)
+            progress.extend(work.decision.progress)
+            if work.decision.finished is not None:
+                _log.info(
+                    "invocation finished",
+                    invocation=work.invocation_id,
+                    graph=work.state.graph,
+                    status=work.decision.finished.status,
+                )
+        await self.store.publish_progress(progress)
+        for work in lost:
+            _log.warning("state changed under us; reapplying", invocation=work.invocation_id)
+            work.decision, work.ready, work.delayed = None, (), ()
+        return lost
+
+    async def _decide(self, work: _Work) -> None:
+        state = work.state
+        assert state is not None
+        found = await self._engine(state.namespace, state.graph, state.graph_version)
+        events = [event for event, _ in work.events]
+        if found is None:
+            error = ErrorInfo(
+                kind="permanent",
+                type="UnknownGraphVersion",
+                message=f"graph {state.namespace}/{state.graph} has no version "
+                f"{state.graph_version!r} (deleted or never registered); register it again "
+                "and invoke anew",
+            )
+            work.decision = fail_permanently(state, error)
+            if work.decision.changed:
+                for _, record in work.events:
+                    await self.bus.dead_letter(error.message, record)
+            return
+        engine, work.definition = found
+        work.decision = apply_events(engine, state, events)
+
+    async def _engine(
+        self, namespace: str, graph: str, version: str
+    ) -> tuple[Engine, GraphDefinition] | None:
+        """The engine of a graph version (cached); None when the version is not registered
+        (not cached: it is looked up again next time)."""
+        key = (namespace, graph, version)
+        if key in self._engines:
+            self._engines.move_to_end(key)
+            return self._engines[key]
+        record = await self.store.get_graph_version(namespace, graph, version)
+        if record is None:
+            return None
+        engine = Engine(record.definition, max_reduce_batch=self.settings.max_reduce_batch)
+        self._engines[key] = found = (engine, record.definition)
+        while len(self._engines) > _ENGINE_CACHE:
+            self._engines.popitem(last=False)
+        return found
+
+    async def _stored_values(self, works: list[_Work]) -> dict[str, dict[str, StoredValues]]:
+        wanted = {
+            w.invocation_id: needed_values(w.decision)
+            for w in works
+            if w.decision is not None and w.decision.run
+        }
+        wanted = {inv: ids for inv, ids in wanted.items() if ids}
+        found = await _bounded(self.store.get_outputs(inv, ids) for inv, ids in wanted.items())
+        return dict(zip(wanted, found, strict=True))
+
+    def _build(self, work: _Work, values: dict[str, StoredValues]) -> None:
+        decision, state = work.decision, work.state
+        assert decision is not None and state is not None
+        if not decision.run or work.definition is None:
+            return
+        try:
+            work.ready, work.delayed = build_messages(
+                decision, state, work.definition, self.names, values
+            )
+        except MissingValues as exc:
+            error = ErrorInfo(kind="permanent", type="MissingValues", message=str(exc))
+            _log.error(
+                "invocation failed: inputs missing",
+                invocation=work.invocation_id,
+                task=exc.task_id,
+                missing=list(exc.missing),
+            )
+            failed = fail_permanently(state, error)
+            decision.run = []
+            decision.finished = failed.finished
+            decision.progress.extend(failed.progress)
+
+    async def _emit(self, works: list[_Work]) -> None:
+        """Make the task messages, retries and log pointers durable (before any state save)."""
+        ready = [item for w in works for item in w.ready]
+        delayed = [item for w in works for item in w.delayed]
+        topics = {topic for topic, _, _ in ready} | {item.topic for _, item in delayed}
+        await self._topics.ensure(topics)
+        if ready:
+            try:
+                await self.bus.publish_many(ready)
+            except PlatformUnavailable:
+                self._topics.forget({topic for topic, _, _ in ready})
+                raise
+        await _bounded(self.store.schedule_delayed(due, item.encode()) for due, item in delayed)
+        logs = [
+            (w.invocation_id, task_id, pointers)
+            for w in works
+            if w.decision is not None
+            for task_id, pointers in w.decision.logs.items()
+        ]
+        if logs:  # StateStore.put_logs, pipelined
+            pipe = self.store.redis.pipeline(transaction=False)
+            for inv, task_id, pointers in logs:
+                pipe.hset(self.names.logs_key(inv), task_id, json.dumps(pointers))
+            await execute(pipe)
+
+    async def _save(self, work: _Work) -> int | None:
+        decision, state = work.decision, work.state
+        assert decision is not None and state is not None
+        return await self.store.save_invocation(
+            state, work.rev, outputs=decision.outputs, done=decision.done
+        )

@@ -1,0 +1,329 @@
+"""The scheduler's decisions as pure functions: events in, task messages and progress out.
+
+No Kafka, Redis or MinIO here. :func:`apply_events` runs one invocation's events of a poll
+batch through the engine and collects everything the service must make durable
+(:class:`Decision`); :func:`build_messages` turns the engine's ``RunTask`` commands into
+:class:`TaskMessage` s (inputs resolved from stored values) addressed to the function's task
+topic, or into delayed items for retries with backoff. The service wraps these in I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from indexify.definition import GraphDefinition
+from indexify.engine import (
+    INPUT_TASK_ID,
+    Engine,
+    EngineEvent,
+    ErrorInfo,
+    FinishInvocation,
+    InvocationCancelled,
+    InvocationCreated,
+    InvocationState,
+    RunTask,
+    Task,
+    TaskFinished,
+)
+from services.common.events import (
+    InvocationCancelEvent,
+    InvocationCreatedEvent,
+    ProgressEvent,
+    SchedulerEvent,
+    StoredValues,
+    TaskFinishedEvent,
+    TaskMessage,
+    encode_message,
+)
+from services.common.names import Names
+
+__all__ = [
+    "Decision",
+    "DelayedItem",
+    "MissingValues",
+    "Outgoing",
+    "accepts",
+    "apply_events",
+    "build_messages",
+    "fail_permanently",
+    "needed_values",
+    "task_topic",
+    "to_engine_event",
+]
+
+Outgoing = tuple[str, str, bytes]
+"""``(topic, key, value)``, what :meth:`KafkaBus.publish_many` sends."""
+
+
+class MissingValues(LookupError):
+    """A task's input refers to outputs that were never recorded (state and outputs disagree)."""
+
+    def __init__(self, task_id: str, missing: Sequence[str]):
+        super().__init__(
+            f"task {task_id} needs the outputs of {list(missing)}, which are not recorded; "
+            "the invocation's Redis keys were probably deleted while it ran"
+        )
+        self.task_id = task_id
+        self.missing = tuple(missing)
+
+
+class DelayedItem(BaseModel):
+    """A task message to publish later (a retry with backoff); the sorted-set member."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: str
+    key: str
+    value: str  # the TaskMessage JSON
+
+    def encode(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def decode(cls, raw: str) -> DelayedItem:
+        return cls.model_validate_json(raw)
+
+    def outgoing(self) -> Outgoing:
+        return self.topic, self.key, self.value.encode()
+
+
+@dataclass
+class Decision:
+    """What applying one invocation's events produced, before anything is made durable."""
+
+    invocation_id: str
+    changed: bool = False
+    run: list[RunTask] = field(default_factory=list)
+    finished: FinishInvocation | None = None
+    outputs: dict[str, StoredValues] = field(default_factory=dict)  # accepted, first seen here
+    known: dict[str, StoredValues] = field(default_factory=dict)  # read from events, not new
+    done: list[str] = field(default_factory=list)  # tasks that reached a final status
+    logs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task id -> log pointers
+    progress: list[ProgressEvent] = field(default_factory=list)
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def to_engine_event(event: SchedulerEvent) -> EngineEvent:
+    """The engine's view of a wire event."""
+    if isinstance(event, InvocationCreatedEvent):
+        return InvocationCreated(at=event.at)
+    if isinstance(event, TaskFinishedEvent):
+        return event.finished
+    if isinstance(event, InvocationCancelEvent):
+        return InvocationCancelled(reason=event.reason, at=event.at)
+    raise TypeError(f"not a scheduler event: {type(event).__name__}")
+
+
+def accepts(state: InvocationState, event: EngineEvent) -> bool:
+    """Whether the engine would change ``state`` for ``event`` (False: a duplicate or stale)."""
+    if state.terminal:
+        return False
+    if isinstance(event, InvocationCreated):
+        return state.status == "pending"
+    if isinstance(event, TaskFinished):
+        record = state.tasks.get(event.task_id)
+        return (
+            record is not None
+            and record.status == "queued"
+            and record.task.attempt == event.attempt
+        )
+    return True  # a cancel of a live invocation
+
+
+def apply_events(
+    engine: Engine, state: InvocationState, events: Iterable[SchedulerEvent]
+) -> Decision:
+    """Apply ``events`` (one invocation's, in partition order) to ``state`` in place."""
+    decision = Decision(invocation_id=state.invocation_id)
+    for event in events:
+        engine_event = to_engine_event(event)
+        if not accepts(state, engine_event):
+            continue
+        decision.changed = True
+        commands = engine.handle(state, engine_event)
+        if isinstance(event, InvocationCreatedEvent):
+            decision.known[INPUT_TASK_ID] = event.input
+        if isinstance(event, TaskFinishedEvent):
+            _record_finished(state, event, decision)
+        for command in commands:
+            if isinstance(command, RunTask):
+                decision.run.append(command)
+            elif isinstance(command, FinishInvocation):
+                decision.finished = command
+                decision.progress.append(
+                    ProgressEvent(
+                        type="invocation.finished",
+                        invocation_id=state.invocation_id,
+                        status=command.status,
+                        error=command.error,
+                        function=command.error_function,
+                    )
+                )
+    decision.run = _still_wanted(state, decision.run)
+    return decision
+
+
+def _record_finished(state: InvocationState, event: TaskFinishedEvent, out: Decision) -> None:
+    finished = event.finished
+    record = state.tasks[finished.task_id]
+    if finished.outcome == "success" and event.outputs is not None:
+        out.outputs[finished.task_id] = event.outputs
+    if record.status != "queued":
+        out.done.append(finished.task_id)
+    if event.stdout_key or event.stderr_key:
+        out.logs[finished.task_id] = {
+            "stdout": event.stdout_key,
+            "stderr": event.stderr_key,
+            "attempt": finished.attempt,
+        }
+    out.progress.append(
+        ProgressEvent(
+            type="task.finished",
+            invocation_id=state.invocation_id,
+            task_id=finished.task_id,
+            function=record.task.function,
+            attempt=finished.attempt,
+            executor=finished.executor or None,
+            outcome=finished.outcome,
+            error=finished.error,
+        )
+    )
+
+
+def _still_wanted(state: InvocationState, run: list[RunTask]) -> list[RunTask]:
+    """Drop commands overtaken within the batch (task settled, retried again, cancelled)."""
+    wanted: dict[tuple[str, int], RunTask] = {}
+    for command in run:
+        record = state.tasks.get(command.task.id)
+        if (
+            record is not None
+            and record.status == "queued"
+            and record.task.attempt == command.task.attempt
+        ):
+            wanted[(command.task.id, command.task.attempt)] = command
+    return list(wanted.values())
+
+
+def fail_permanently(
+    state: InvocationState, error: ErrorInfo, *, at: float | None = None
+) -> Decision:
+    """End a live invocation as failed without the engine (e.g. its graph version is gone)."""
+    decision = Decision(invocation_id=state.invocation_id)
+    if state.terminal:
+        return decision
+    for record in state.tasks.values():
+        if record.status == "queued":
+            record.status = "cancelled"
+    state.outstanding = {}
+    state.status = "failed"
+    state.error = error
+    state.finished_at = at if at is not None else time.time()
+    decision.changed = True
+    decision.finished = FinishInvocation(status="failed", error=error)
+    decision.progress.append(
+        ProgressEvent(
+            type="invocation.finished",
+            invocation_id=state.invocation_id,
+            status="failed",
+            error=error,
+        )
+    )
+    return decision
+
+
+# -- task messages --------------------------------------------------------------------------
+
+
+def _value_ids(task: Task) -> list[str]:
+    ids = [r.task_id for r in task.inputs]
+    if task.accumulator is not None:
+        ids.append(task.accumulator.task_id)
+    return ids
+
+
+def needed_values(decision: Decision) -> set[str]:
+    """Task ids (``"input"`` for the invocation input) whose stored outputs the new tasks
+    read and that this batch did not record itself: look these up in Redis."""
+    needed = {tid for command in decision.run for tid in _value_ids(command.task)}
+    return needed - decision.outputs.keys() - decision.known.keys()
+
+
+def task_topic(names: Names, definition: GraphDefinition, namespace: str, function: str) -> str:
+    node = definition.nodes[function]
+    return names.task_topic(node.placement_key, namespace, definition.name, function)
+
+
+def build_messages(
+    decision: Decision,
+    state: InvocationState,
+    definition: GraphDefinition,
+    names: Names,
+    values: Mapping[str, StoredValues],
+    *,
+    now: float | None = None,
+) -> tuple[list[Outgoing], list[tuple[float, DelayedItem]]]:
+    """Task messages to publish now, and ``(due_at, item)`` retries to publish later.
+
+    ``values`` maps task ids to their stored outputs (the decision's own outputs are used
+    first). Adds a ``task.created`` progress event per task to ``decision.progress``.
+    Raises :class:`MissingValues` when an input's outputs are unknown.
+    """
+    now = time.time() if now is None else now
+    lookup = {**values, **decision.known, **decision.outputs}
+    ready: list[Outgoing] = []
+    delayed: list[tuple[float, DelayedItem]] = []
+    for command in decision.run:
+        task = command.task
+        message = task_message(task, state, definition, lookup)
+        topic = task_topic(names, definition, state.namespace, task.function)
+        value = encode_message(message)
+        if command.delay_sec > 0:
+            item = DelayedItem(topic=topic, key=task.id, value=value.decode())
+            delayed.append((now + command.delay_sec, item))
+        else:
+            ready.append((topic, task.id, value))
+        decision.progress.append(
+            ProgressEvent(
+                type="task.created",
+                invocation_id=state.invocation_id,
+                task_id=task.id,
+                function=task.function,
+                attempt=task.attempt,
+            )
+        )
+    return ready, delayed
+
+
+def task_message(
+    task: Task,
+    state: InvocationState,
+    definition: GraphDefinition,
+    values: Mapping[str, StoredValues],
+) -> TaskMessage:
+    """The message an executor needs to run ``task``: inputs sliced from stored values."""
+    missing = [tid for tid in _value_ids(task) if tid not in values]
+    if missing:
+        raise MissingValues(task.id, missing)
+    inputs = tuple(values[r.task_id].slice(r.start, r.stop) for r in task.inputs)
+    accumulator = None
+    if task.accumulator is not None:
+        acc = task.accumulator
+        accumulator = values[acc.task_id].slice(acc.start, acc.stop)
+    return TaskMessage(
+        namespace=state.namespace,
+        graph=state.graph,
+        invocation_id=state.invocation_id,
+        task_id=task.id,
+        graph_version=state.graph_version,
+        task=task,
+        inputs=inputs,
+        accumulator=accumulator,
+        timeout_sec=definition.nodes[task.function].timeout_sec,
+    )

@@ -1,0 +1,261 @@
+"""The scheduler: consume the events topic, drive the engine with state in Redis, emit tasks.
+
+``async with Scheduler(infra, settings) as scheduler: await scheduler.run()``
+
+Per poll batch (all partitions this process owns; the batch work is :mod:`.handler`):
+
+1. decode each record; an undecodable one goes to the dead-letter topic and the rest flows;
+2. group the events by invocation (partition order is kept), load the states in one pipeline,
+   and apply each invocation's events through the pure engine (:mod:`.messages`);
+3. resolve the new tasks' inputs (this batch's outputs, else ``StateStore.get_outputs``);
+4. **publish** the task messages (``publish_many``, all acks awaited) and park retries in the
+   delayed set, then **save** each changed state with its compare-and-set (new outputs and
+   finished tasks in the same Lua call), then publish progress, then **commit** the offsets.
+
+A crash anywhere re-derives the same deterministic tasks from the last saved state; a
+duplicate event changes nothing (the engine ignores it and the state is not saved). When
+Redis or Kafka is briefly unavailable the batch is retried from its first offsets after a
+backoff; nothing is committed past an unprocessed event. A lost compare-and-set (another
+scheduler saved first after a rebalance) reloads the state and applies the events again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack, suppress
+from types import TracebackType
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from services.common.errors import PlatformUnavailable
+from services.common.kafka_bus import KafkaBus, TopicPartition, make_consumer
+from services.common.logging import get_logger
+from services.common.names import Names
+from services.common.settings import InfraSettings, SchedulerSettings
+from services.common.state_store import StateStore
+
+from .delayed import DelayedTasks
+from .handler import EventHandler, Record
+from .states import StateCache
+from .topics import TaskTopics
+
+__all__ = ["Scheduler"]
+
+_log = get_logger(__name__)
+
+
+class _OnRevoke(ConsumerRebalanceListener):
+    def __init__(self, states: StateCache) -> None:
+        self._states = states
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        self._states.clear()
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        pass
+
+
+class Scheduler:
+    """Consumes ``<prefix>.events`` in the consumer group ``<prefix>.<group_id>``."""
+
+    def __init__(
+        self,
+        infra: InfraSettings,
+        settings: SchedulerSettings,
+        *,
+        bus: KafkaBus | None = None,
+        store: StateStore | None = None,
+        poll_timeout_ms: int = 200,
+        max_backoff_sec: float = 5.0,
+    ) -> None:
+        self.infra = infra
+        self.settings = settings
+        self.names = Names(infra.prefix)
+        self.group_id = f"{infra.prefix}.{settings.group_id}"
+        self._bus = bus
+        self._store = store
+        self._poll_timeout_ms = poll_timeout_ms
+        self._max_backoff = max_backoff_sec
+        self._stack = AsyncExitStack()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stop = asyncio.Event()
+        self._handler: EventHandler | None = None
+        self.delayed: DelayedTasks | None = None
+        self.handled = 0  # records handled and committed (duplicates and dead letters too)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Scheduler:
+        try:
+            if self._bus is None:
+                self._bus = await self._stack.enter_async_context(
+                    KafkaBus(self.infra, client_id=f"{self.infra.prefix}-scheduler")
+                )
+            if self._store is None:
+                self._store = await self._stack.enter_async_context(StateStore(self.infra))
+            await self._bus.ensure_topics(
+                {
+                    self.names.events_topic: self.infra.events_partitions,
+                    self.names.deadletter_topic: 1,
+                }
+            )
+            topics = TaskTopics(self._bus, self.infra.task_partitions)
+            states = StateCache(self._store)
+            self.delayed = DelayedTasks(self._bus, self._store, topics)
+            self._handler = EventHandler(
+                self._bus, self._store, self.settings, topics=topics, states=states
+            )
+            consumer = make_consumer(
+                self.infra,
+                group_id=self.group_id,
+                topics=[self.names.events_topic],
+                listener=_OnRevoke(states),
+                max_poll_records=self.settings.max_batch,
+                session_timeout_ms=self.settings.session_timeout_ms,
+                client_id=f"{self.group_id}-{id(self):x}",
+            )
+            try:
+                await consumer.start()
+            except KafkaError as exc:
+                await consumer.stop()
+                raise PlatformUnavailable(
+                    f"cannot join consumer group {self.group_id} at {self.infra.kafka_bootstrap} "
+                    f"({exc}); is Kafka up (`make infra-up`)?"
+                ) from exc
+            self._consumer = consumer
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        _log.info("scheduler started", group=self.group_id, topic=self.names.events_topic)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        consumer, self._consumer = self._consumer, None
+        try:
+            if consumer is not None:
+                await consumer.stop()  # leaves the group: partitions move at once
+        finally:
+            await self._stack.aclose()
+        _log.info("scheduler stopped", events_handled=self.handled)
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit it, and return from :meth:`run`."""
+        self._stop.set()
+
+    @property
+    def bus(self) -> KafkaBus:
+        if self._bus is None:
+            raise RuntimeError("Scheduler is not started: use `async with Scheduler(...)`")
+        return self._bus
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            raise RuntimeError("Scheduler is not started: use `async with Scheduler(...)`")
+        return self._store
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("Scheduler is not started: use `async with Scheduler(...)`")
+        return self._consumer
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, *, idle_sec: float | None = None) -> None:
+        """Consume until :meth:`stop` (SIGTERM), or, with ``idle_sec``, until partitions are
+        assigned, no event arrived for ``idle_sec`` and no retry is parked (burst mode)."""
+        assert self.delayed is not None
+        delayed = asyncio.create_task(self.delayed.run(self._stop), name="delayed-tasks")
+        try:
+            await self._consume(idle_sec)
+        finally:
+            self._stop.set()
+            await delayed
+
+    async def run_until_idle(self, idle_sec: float = 1.0) -> None:
+        """Burst mode for tests and one-off jobs: drain what is there, then return."""
+        await self.run(idle_sec=idle_sec)
+
+    async def _consume(self, idle_sec: float | None) -> None:
+        consumer = self.consumer
+        backoff = 0.1
+        last_activity = time.monotonic()
+        while not self._stop.is_set():
+            batch = await consumer.getmany(
+                timeout_ms=self._poll_timeout_ms, max_records=self.settings.max_batch
+            )
+            records = [record for part in batch.values() for record in part]
+            if not records:
+                if idle_sec is not None and await self._idle(last_activity, idle_sec):
+                    return
+                continue
+            last_activity = time.monotonic()
+            try:
+                await self.handle_batch(records)
+                await self._commit(records)
+                self.handled += len(records)
+                backoff = 0.1
+            except PlatformUnavailable as exc:
+                backoff = min(backoff * 2, self._max_backoff)
+                _log.warning(
+                    "platform unavailable; retrying the batch",
+                    error=str(exc),
+                    retry_in=backoff,
+                    events=len(records),
+                )
+                self._rewind(records)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)
+
+    async def _idle(self, last_activity: float, idle_sec: float) -> bool:
+        if not self.consumer.assignment():
+            return False
+        if time.monotonic() - last_activity < idle_sec:
+            return False
+        assert self.delayed is not None
+        try:
+            return await self.delayed.pending() == 0
+        except PlatformUnavailable:
+            return False
+
+    def _rewind(self, records: Sequence[Record]) -> None:
+        """Seek each partition back to its first record of the failed batch."""
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+
+    async def _commit(self, records: Sequence[Record]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        assigned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except CommitFailedError as exc:  # partitions moved: their new owner replays them
+            _log.warning("offset commit rejected after a rebalance", error=str(exc))
+        except KafkaError as exc:
+            raise PlatformUnavailable(f"committing offsets {offsets}: {exc}") from exc
+
+    async def handle_batch(self, records: Sequence[Record]) -> None:
+        """Apply a batch of event records; every effect is durable when this returns."""
+        if self._handler is None:
+            raise RuntimeError("Scheduler is not started: use `async with Scheduler(...)`")
+        await self._handler.handle(records)
