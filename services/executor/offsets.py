@@ -1,0 +1,90 @@
+"""How far the executor may commit, across tasks finishing out of order and rebalances.
+
+:class:`OffsetKeeper` wraps the shared :class:`OffsetTracker` with what the consumer needs:
+
+* ``taken(record)`` when a message is fetched, ``done(tp, offset)`` when its completion event
+  is acknowledged; a background :meth:`OffsetKeeper.commit_loop` commits up to the lowest
+  unfinished offset of each partition whenever something completed.
+* It is the consumer's rebalance listener. On revocation it commits what it can and keeps
+  tracking; on assignment it forgets the partitions that went elsewhere (their unfinished
+  messages belong to the next owner) and, for partitions handed back to us, seeks past what
+  was already fetched, so tasks still running are not fetched and run a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from services.common.kafka_bus import OffsetTracker, TopicPartition
+from services.common.logging import get_logger
+
+__all__ = ["OffsetKeeper"]
+
+_log = get_logger(__name__)
+
+
+class OffsetKeeper(ConsumerRebalanceListener):
+    """Tracks taken/done offsets of one consumer and commits them; its rebalance listener."""
+
+    def __init__(self, consumer: AIOKafkaConsumer):
+        self._consumer = consumer
+        self._tracker = OffsetTracker()
+        self._fetched: dict[TopicPartition, int] = {}  # next offset to fetch, per partition
+        self._wanted = asyncio.Event()
+
+    def taken(self, tp: TopicPartition, offset: int) -> None:
+        self._tracker.start(tp, offset)
+        self._fetched[tp] = offset + 1
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        """The message's effects are durable; ignored if the partition was lost meanwhile."""
+        if self._tracker.complete(tp, offset):
+            self._wanted.set()
+
+    def reset(self) -> None:
+        """Forget everything (the consumer unsubscribed from every topic)."""
+        self._tracker.forget(self._tracker.partitions)
+        self._fetched.clear()
+
+    async def commit_loop(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            await self.commit()
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit every assigned partition's progress (of ``only``, if given)."""
+        assigned = self._consumer.assignment()
+        offsets = {
+            tp: offset
+            for tp, offset in self._tracker.committable().items()
+            if tp in assigned and (only is None or tp in only)
+        }
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:  # rebalancing or broker gone: the next commit catches up
+            _log.warning("offset commit failed; retried later", error=str(exc))
+            return
+        self._tracker.mark_committed(offsets)
+
+    # -- ConsumerRebalanceListener --------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # Keep tracking: a partition handed back in this rebalance keeps its tasks in flight.
+        await self.commit(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        assigned = set(assigned)
+        lost = (self._tracker.partitions | set(self._fetched)) - assigned
+        self._tracker.forget(lost)
+        for tp in lost:
+            self._fetched.pop(tp, None)
+        for tp in assigned & set(self._fetched):
+            self._consumer.seek(tp, self._fetched[tp])  # skip what we fetched before
+        _log.info("partitions assigned", partitions=len(assigned), kept=len(self._fetched))

@@ -1,0 +1,315 @@
+"""Worker processes that run user functions, so the executor's event loop never does.
+
+The pool keeps ``size`` worker processes, each running one task at a time. They are started
+with the ``spawn`` method (a fork of a process running asyncio and aiokafka threads is not
+safe) and talk to the executor over a pipe::
+
+    executor                               worker (services.executor.task_runner)
+        ── TaskMessage ──────────────────►  load code and inputs
+        ◄───────────────────── "started" ─  (only with a timeout, which starts here)
+                                            run the function, store outputs and logs
+        ◄──────────── TaskFinishedEvent ──
+
+The executor waits on the pipe with ``loop.add_reader``, so heartbeats, Kafka and other tasks
+go on while a function computes. A task that runs past its ``timeout_sec`` gets its worker
+process killed and replaced and reports a user error of type ``TimeoutError``; a worker that
+dies under a task (segfault, OOM kill, ``os._exit``) is replaced too and the task reports a
+``platform`` error, retried without spending the user's budget. The executor survives both.
+
+Like every ``spawn`` user, a program that embeds the pool must guard its entry point with
+``if __name__ == "__main__":`` (``python -m services.executor`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from indexify.engine import ErrorInfo
+from services.common.errors import ServiceError
+from services.common.events import TaskFinishedEvent, TaskMessage
+from services.common.logging import configure_logging, get_logger
+from services.common.settings import InfraSettings
+
+from .task_runner import TaskRunner, failure_event
+
+__all__ = ["WorkerPool", "WorkerStartError"]
+
+_READY = "ready"
+_STARTED = "started"
+_SETUP_TIMEOUT_SEC = 600.0  # loading code and inputs of a task with a timeout
+_log = get_logger(__name__)
+
+
+class WorkerStartError(ServiceError):
+    """A worker process could not be started (it died or did not answer while starting)."""
+
+
+class _WorkerDied(Exception):
+    def __init__(self, exitcode: int | None):
+        super().__init__(f"exit code {exitcode}")
+        self.exitcode = exitcode
+
+
+# -- inside the worker process ----------------------------------------------------------------
+
+
+def _worker_main(conn: Connection, infra: InfraSettings, executor_id: str) -> None:
+    """The worker process: run task messages from ``conn`` until ``None`` or end of pipe."""
+    # The executor decides when its workers stop: a Ctrl-C or SIGTERM sent to the whole
+    # process group must not kill tasks it is still waiting for.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(infra.log_level, infra.log_format, service="executor-worker")
+    runner = TaskRunner(infra, executor_id)
+    conn.send(_READY)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the executor is gone
+        if message is None:
+            return
+        started_at = time.time()
+        # Only a task with a timeout needs to say when its function starts (one message less).
+        on_start = (lambda: conn.send(_STARTED)) if message.timeout_sec is not None else _nothing
+        try:
+            event = runner.run(message, on_start=on_start)
+        except Exception as exc:  # a bug of ours, not of the user's code: keep the worker
+            get_logger(__name__).exception("worker failed to run a task")
+            error = ErrorInfo(
+                kind="platform", type=type(exc).__name__, message=f"executor worker error: {exc}"
+            )
+            event = failure_event(message, error, executor_id, started_at)
+        conn.send(event)
+
+
+def _nothing() -> None:
+    pass
+
+
+# -- in the executor --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+
+
+class WorkerPool:
+    """``size`` worker processes: ``async with WorkerPool(...) as pool: await pool.run(msg)``."""
+
+    def __init__(
+        self,
+        infra: InfraSettings,
+        executor_id: str,
+        size: int,
+        *,
+        start_timeout_sec: float = 60.0,
+        stop_timeout_sec: float = 5.0,
+    ):
+        if size < 1:
+            raise ValueError(f"a worker pool needs at least one worker, got size={size}")
+        self.infra = infra
+        self.executor_id = executor_id
+        self.size = size
+        self.start_timeout_sec = start_timeout_sec
+        self.stop_timeout_sec = stop_timeout_sec
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: set[_Worker] = set()
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._spawners: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.busy = 0
+
+    async def __aenter__(self) -> WorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        try:
+            workers = await asyncio.gather(*(self._spawn() for _ in range(self.size)))
+        except BaseException:
+            await self.close()
+            raise
+        for worker in workers:
+            self._idle.put_nowait(worker)
+        _log.info("worker processes started", workers=self.size)
+
+    # -- running tasks ------------------------------------------------------------------
+
+    async def run(self, message: TaskMessage) -> TaskFinishedEvent:
+        """Run ``message`` on the next free worker; failures come back as the event."""
+        worker = await self._idle.get()
+        self.busy += 1
+        try:
+            return await self._run_on(worker, message)
+        finally:
+            self.busy -= 1
+
+    async def _run_on(self, worker: _Worker, message: TaskMessage) -> TaskFinishedEvent:
+        started_at = time.time()
+        function = message.task.function
+        running = False
+        try:
+            worker.conn.send(message)
+            if message.timeout_sec is None:
+                reply = await self._receive(worker, None)
+            else:
+                reply = await self._receive(worker, _SETUP_TIMEOUT_SEC)
+                if reply == _STARTED:
+                    running = True
+                    reply = await self._receive(worker, message.timeout_sec)
+        except TimeoutError:
+            self._replace(worker)
+            if running:
+                error = ErrorInfo(
+                    kind="user",
+                    type="TimeoutError",
+                    message=f"function {function!r} exceeded its timeout of "
+                    f"{message.timeout_sec:g} s",
+                )
+            else:
+                error = ErrorInfo(
+                    kind="platform",
+                    type="TimeoutError",
+                    message=f"loading the code and inputs of {function!r} took over "
+                    f"{_SETUP_TIMEOUT_SEC:g} s; is MinIO answering?",
+                )
+            return failure_event(message, error, self.executor_id, started_at)
+        except (_WorkerDied, OSError):
+            # The pipe closes a moment before the process can be reaped: wait for its code.
+            await asyncio.to_thread(worker.process.join, 1.0)
+            exitcode = worker.process.exitcode
+            self._replace(worker)
+            error = ErrorInfo(
+                kind="platform",
+                type="WorkerDied",
+                message=f"the worker process running {function!r} died (exit code {exitcode}); "
+                "the task is retried without counting against its retries",
+            )
+            return failure_event(message, error, self.executor_id, started_at)
+        except BaseException:  # cancelled (shutdown): the worker is mid-task, retire it
+            self._replace(worker)
+            raise
+        self._idle.put_nowait(worker)
+        if not isinstance(reply, TaskFinishedEvent):
+            raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
+        return reply
+
+    async def _receive(self, worker: _Worker, timeout: float | None) -> Any:
+        """The worker's next message, waiting on the pipe without blocking the loop."""
+        conn = worker.conn
+        if not conn.poll():
+            loop = asyncio.get_running_loop()
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def wake() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            fds = (conn.fileno(), worker.process.sentinel)
+            for fd in fds:
+                loop.add_reader(fd, wake)
+            try:
+                await asyncio.wait_for(ready, timeout)
+            finally:
+                for fd in fds:
+                    loop.remove_reader(fd)
+            if not conn.poll():
+                raise _WorkerDied(worker.process.exitcode)
+        try:
+            return conn.recv()
+        except (EOFError, OSError):
+            raise _WorkerDied(worker.process.exitcode) from None
+
+    # -- starting and replacing workers --------------------------------------------------
+
+    async def _spawn(self) -> _Worker:
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child_conn, self.infra, self.executor_id),
+            name=f"indexify-worker-{self.executor_id}",
+        )
+        await asyncio.to_thread(process.start)
+        child_conn.close()
+        worker = _Worker(process=process, conn=parent_conn)
+        self._workers.add(worker)
+        try:
+            reply = await self._receive(worker, self.start_timeout_sec)
+        except (TimeoutError, _WorkerDied) as exc:
+            await self._stop(worker, kill=True)
+            raise WorkerStartError(
+                f"a worker process did not start within {self.start_timeout_sec:g} s ({exc!r}); "
+                "its stderr says why (is the executor's Python environment complete?)"
+            ) from exc
+        if reply != _READY:
+            await self._stop(worker, kill=True)
+            raise WorkerStartError(f"a worker process answered {reply!r} instead of ready")
+        return worker
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill ``worker`` (it is mid-task or broken) and start another in the background."""
+        with contextlib.suppress(OSError, ValueError):
+            worker.process.kill()
+        task = asyncio.create_task(self._respawn(worker))
+        self._spawners.add(task)
+        task.add_done_callback(self._spawners.discard)
+
+    async def _respawn(self, old: _Worker) -> None:
+        await self._stop(old, kill=True)
+        delay = 0.5
+        while not self._closing:
+            try:
+                worker = await self._spawn()
+            except WorkerStartError as exc:
+                _log.error("worker process failed to start; retrying", error=str(exc), delay=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if self._closing:
+                await self._stop(worker, kill=False)
+            else:
+                self._idle.put_nowait(worker)
+                _log.info("worker process replaced", pid=worker.process.pid)
+            return
+
+    async def _stop(self, worker: _Worker, *, kill: bool) -> None:
+        process = worker.process
+        if not kill:
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
+            await asyncio.to_thread(process.join, self.stop_timeout_sec)
+        if process.is_alive():
+            process.kill()
+        await asyncio.to_thread(process.join, self.stop_timeout_sec)
+        worker.conn.close()
+        with contextlib.suppress(ValueError):
+            process.close()
+        self._workers.discard(worker)
+
+    async def close(self) -> None:
+        """Stop every worker: idle ones finish, busy ones (the caller gave up) are killed."""
+        self._closing = True
+        for task in list(self._spawners):
+            task.cancel()
+        await asyncio.gather(*self._spawners, return_exceptions=True)
+        idle: set[_Worker] = set()
+        while not self._idle.empty():
+            idle.add(self._idle.get_nowait())
+        await asyncio.gather(
+            *(self._stop(w, kill=w not in idle) for w in list(self._workers)),
+            return_exceptions=True,
+        )

@@ -1,0 +1,575 @@
+"""The executor against the real Kafka, Redis and MinIO.
+
+Each test plays the API and the scheduler by hand: graph code into MinIO, the graph record
+into Redis, task topics created, an invocation created (status running) and ``TaskMessage``s
+published. Then an executor runs, and the test reads what it reported on the events topic.
+
+No ``from __future__ import annotations``: the functions below keep real annotation objects.
+"""
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from pydantic import BaseModel
+
+from indexify import Graph, indexify_function
+from indexify.encoding import decode, encode
+from indexify.engine import INPUT_TASK_ID, InvocationState, Task, ValueRange
+from services.common.blobs import BlobStore, load_values
+from services.common.events import (
+    DeadLetter,
+    StoredValues,
+    TaskFinishedEvent,
+    TaskMessage,
+    decode_scheduler_event,
+    encode_message,
+)
+from services.common.kafka_bus import KafkaBus
+from services.common.names import Names
+from services.common.settings import ExecutorSettings, InfraSettings
+from services.common.state_store import GraphRecord, StateStore
+from services.executor.service import Executor
+
+# -- the user's code ------------------------------------------------------------------------
+
+
+@indexify_function()
+def add(a: int, b: int) -> int:
+    print(f"adding {a} and {b}")
+    return a + b
+
+
+@indexify_function()
+def spread(x: int) -> list[int]:
+    return [x, x + 1, x + 2]
+
+
+@indexify_function()
+def big(x: int) -> str:
+    return "x" * 200_000
+
+
+@indexify_function()
+def boom(x: int) -> int:
+    raise ValueError(f"bad value {x}")
+
+
+class Total(BaseModel):
+    value: int = 0
+
+
+@indexify_function(accumulate=Total)
+def total(acc: Total, x: int) -> Total:
+    return Total(value=acc.value + x)
+
+
+@indexify_function(timeout=1)
+def sleepy(x: int) -> int:
+    time.sleep(30)
+    return x
+
+
+@indexify_function()
+def dies(x: int) -> int:
+    os._exit(3)
+
+
+@indexify_function(placement_constraints={"gpu": "a100"})
+def on_gpu(x: int) -> int:
+    return x * 10
+
+
+@indexify_function()
+def slow(x: int) -> int:
+    time.sleep(1.5)
+    return x
+
+
+def _graph(name: str, *after_add: Any) -> Graph:
+    graph = Graph(name=name, start_node=add)
+    for node in after_add:
+        graph.add_edge(add, node)
+    return graph
+
+
+# -- playing the API and the scheduler ------------------------------------------------------
+
+
+class Stack:
+    """The test's view of the servers: register graphs, create invocations, send tasks."""
+
+    def __init__(self, infra: InfraSettings, bus: KafkaBus, blobs: BlobStore, store: StateStore):
+        self.infra, self.bus, self.blobs, self.store = infra, bus, blobs, store
+        self.names = Names(infra.prefix)
+
+    async def register(self, graph: Graph, code: bytes | None = None) -> GraphRecord:
+        """Register ``graph`` as the API does (``code``: other bytes than its real code)."""
+        definition = graph.definition()
+        code_key = self.names.code_object("default", graph.name, definition.version)
+        await self.blobs.put(code_key, graph.serialize() if code is None else code)
+        topics = {self.topic(definition, fn): self.infra.task_partitions for fn in definition.nodes}
+        await self.bus.ensure_topics(topics)
+        record = GraphRecord(
+            namespace="default",
+            name=graph.name,
+            version=definition.version,
+            created_at=time.time(),
+            definition=definition,
+            code_key=code_key,
+        )
+        await self.store.put_graph(record)
+        return record
+
+    def topic(self, definition: Any, function: str) -> str:
+        node = definition.nodes[function]
+        return self.names.task_topic(node.placement_key, "default", definition.name, function)
+
+    async def invocation(self, record: GraphRecord, **kwargs: Any) -> str:
+        invocation_id = uuid.uuid4().hex
+        state = InvocationState(
+            invocation_id=invocation_id,
+            graph=record.name,
+            graph_version=record.version,
+            status="running",
+            created_at=time.time(),
+        )
+        await self.store.create_invocation(state, StoredValues.from_payloads([encode(kwargs)]))
+        return invocation_id
+
+    def task(
+        self, record: GraphRecord, invocation_id: str, function: str, value: Any = None, **kw: Any
+    ) -> TaskMessage:
+        """A task of ``function``: on the invocation's kwargs (start node) or on ``value``
+        as if ``add`` had output it."""
+        if function == record.definition.start_node:
+            source = ValueRange(task_id=INPUT_TASK_ID, function="", start=0, stop=1)
+            stored = StoredValues.from_payloads([encode(kw)])
+        else:
+            source = ValueRange(
+                task_id=f"up-{uuid.uuid4().hex[:6]}", function="add", start=0, stop=1
+            )
+            stored = StoredValues.from_payloads([encode(value)])
+        node = record.definition.nodes[function]
+        task_id = f"{function}-{uuid.uuid4().hex[:8]}"
+        return TaskMessage(
+            namespace="default",
+            graph=record.name,
+            invocation_id=invocation_id,
+            task_id=task_id,
+            graph_version=record.version,
+            task=Task(
+                id=task_id,
+                invocation_id=invocation_id,
+                function=function,
+                kind="call",
+                inputs=(source,),
+            ),
+            inputs=(stored,),
+            timeout_sec=node.timeout_sec,
+        )
+
+    async def send(self, record: GraphRecord, *messages: TaskMessage) -> None:
+        await self.bus.publish_many(
+            [
+                (self.topic(record.definition, m.task.function), m.task.id, encode_message(m))
+                for m in messages
+            ]
+        )
+
+    async def outputs(self, event: TaskFinishedEvent, function_hint: Any = None) -> list[Any]:
+        assert event.outputs is not None
+        return [decode(p, function_hint) for p in await load_values(self.blobs, event.outputs)]
+
+
+class EventsReader:
+    """Reads the events topic (no group: every partition, from the beginning)."""
+
+    def __init__(self, infra: InfraSettings):
+        self.infra = infra
+        self.names = Names(infra.prefix)
+        self.finished: dict[str, TaskFinishedEvent] = {}
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=infra.kafka_bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+
+    async def __aenter__(self) -> "EventsReader":
+        await self._consumer.start()
+        self._consumer.assign(
+            [
+                TopicPartition(self.names.events_topic, p)
+                for p in range(self.infra.events_partitions)
+            ]
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def wait_for(self, task_id: str, timeout: float = 30.0) -> TaskFinishedEvent:
+        deadline = time.monotonic() + timeout
+        while task_id not in self.finished:
+            assert time.monotonic() < deadline, f"no task.finished event for {task_id}"
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    event = decode_scheduler_event(record.value)
+                    if isinstance(event, TaskFinishedEvent):
+                        self.finished[event.finished.task_id] = event
+        return self.finished[task_id]
+
+
+async def _eventually(check: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def stack(
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore
+) -> AsyncIterator[Stack]:
+    names = Names(infra_settings.prefix)
+    await kafka_bus.ensure_topics(
+        {names.events_topic: infra_settings.events_partitions, names.deadletter_topic: 1}
+    )
+    async with StateStore(infra_settings) as store:
+        yield Stack(infra_settings, kafka_bus, blob_store, store)
+        keys = [k async for k in store.redis.scan_iter(match=f"{infra_settings.prefix}:*")]
+        if keys:
+            await store.redis.delete(*keys)
+
+
+@pytest.fixture
+async def events(infra_settings: InfraSettings, stack: Stack) -> AsyncIterator[EventsReader]:
+    async with EventsReader(infra_settings) as reader:
+        yield reader
+
+
+def _settings(**overrides: Any) -> ExecutorSettings:
+    values: dict[str, Any] = {
+        "id": f"exec-{uuid.uuid4().hex[:6]}",
+        "concurrency": 2,
+        "heartbeat_interval_sec": 0.3,
+        "refresh_interval_sec": 0.2,
+        "session_timeout_ms": 6000,
+    }
+    return ExecutorSettings(**{**values, **overrides})
+
+
+@asynccontextmanager
+async def running(infra: InfraSettings, settings: ExecutorSettings) -> AsyncIterator[Executor]:
+    """An executor consuming in the background; stopped (gracefully) on exit."""
+    async with Executor(infra, settings) as executor:
+        task = asyncio.create_task(executor.run())
+        try:
+            yield executor
+        finally:
+            executor.request_stop()
+            await task
+
+
+async def _committed(bus: KafkaBus, group: str, topic: str) -> int:
+    offsets = await bus.admin.list_consumer_group_offsets(group)
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+async def test_runs_tasks_and_reports_outputs_logs_and_failures(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("calc", spread, big, boom, total))
+    inv = await stack.invocation(record, a=2, b=3)
+    first = stack.task(record, inv, "add", a=2, b=3)
+    reduce_step = _reduce_step(stack.task(record, inv, "total", 0))
+    fan = stack.task(record, inv, "spread", 5)
+    large = stack.task(record, inv, "big", 1)
+    failing = stack.task(record, inv, "boom", 7)
+    done = stack.task(record, inv, "spread", 1)
+    state, rev = (await stack.store.load_invocation(inv)) or (None, 0)
+    assert state is not None
+    assert await stack.store.save_invocation(state, rev, done=[done.task.id]) is not None
+    await stack.send(record, done, first, fan, large, failing, reduce_step)
+    undecodable = (stack.topic(record.definition, "add"), "junk", b'{"type": "nonsense"}')
+    await stack.bus.publish_many([undecodable])
+
+    progress = stack.store.subscribe_progress(inv)
+    await anext(progress)  # subscribed before anything runs
+    settings = _settings()
+    async with running(stack.infra, settings) as executor:
+        assert executor.labels == {"image": "indexify-executor-default"}
+        assert executor.topics == {
+            stack.topic(record.definition, f) for f in record.definition.nodes
+        }
+        infos = await stack.store.executors()
+        assert [(i.id, i.labels) for i in infos] == [(settings.id, executor.labels)]
+
+        event = await events.wait_for(first.task.id)
+        assert event.finished.outcome == "success"
+        assert event.finished.executor == settings.id
+        assert event.invocation_id == inv
+        assert await stack.outputs(event) == [5]
+        assert event.stdout_key == stack.names.log_object(
+            "default", "calc", inv, first.task.id, 1, "stdout"
+        )
+        assert await stack.blobs.get(event.stdout_key) == b"adding 2 and 3\n"
+        assert event.stderr_key is None
+
+        event = await events.wait_for(fan.task.id)
+        assert event.finished.output_count == 3
+        assert await stack.outputs(event) == [5, 6, 7]
+
+        event = await events.wait_for(large.task.id)
+        assert event.outputs is not None and event.outputs.inline is None
+        assert event.outputs.object_key == stack.names.outputs_object(
+            "default", "calc", inv, large.task.id
+        )
+        assert await stack.outputs(event) == ["x" * 200_000]
+
+        event = await events.wait_for(failing.task.id)
+        assert event.finished.outcome == "failure" and event.outputs is None
+        error = event.finished.error
+        assert error is not None and (error.kind, error.type) == ("user", "ValueError")
+        assert error.message == "bad value 7"
+        assert "in boom" in error.traceback and "ValueError: bad value 7" in error.traceback
+
+        event = await events.wait_for(reduce_step.task.id)
+        assert await stack.outputs(event, Total) == [Total(value=10 + 3 + 4)]
+
+        started = set()
+        while len(started) < 5:
+            item = await asyncio.wait_for(anext(progress), 10)
+            if item is not None and item.type == "task.started":
+                assert item.executor == settings.id
+                started.add(item.task_id)
+        assert done.task.id not in started
+
+        group, topic = executor.group_id, stack.topic(record.definition, "spread")
+        await _eventually(
+            lambda: _committed_is(stack.bus, group, topic, 2), what="committed offsets"
+        )
+        await _eventually(
+            lambda: _committed_is(stack.bus, group, stack.topic(record.definition, "add"), 2),
+            what="the dead letter's offset committed",
+        )
+        assert executor.tasks_run == 5
+    await progress.aclose()
+    assert done.task.id not in events.finished  # skipped: already finished
+    assert await stack.store.executors() == []  # removed on shutdown
+
+    (letter,) = await _dead_letters(stack.infra)
+    assert letter.value == b'{"type": "nonsense"}' and "invalid message" in letter.reason
+
+
+def _reduce_step(message: TaskMessage) -> TaskMessage:
+    """``message`` turned into one reduce step: values 3 and 4 onto an accumulator of 10."""
+    values = ValueRange(task_id="up", function="add", start=0, stop=2)
+    acc = ValueRange(task_id="previous-step", function="total", start=0, stop=1)
+    task = message.task.model_copy(
+        update={"kind": "reduce", "inputs": (values,), "accumulator": acc}
+    )
+    return message.model_copy(
+        update={
+            "task": task,
+            "inputs": (StoredValues.from_payloads([encode(3), encode(4)]),),
+            "accumulator": StoredValues.from_payloads([encode(Total(value=10), Total)]),
+        }
+    )
+
+
+async def _dead_letters(infra: InfraSettings) -> list[DeadLetter]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=infra.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(Names(infra.prefix).deadletter_topic, 0)])
+        await consumer.seek_to_beginning()
+        records = await consumer.getmany(timeout_ms=5000)
+    finally:
+        await consumer.stop()
+    return [DeadLetter.model_validate_json(r.value) for rs in records.values() for r in rs]
+
+
+async def _committed_is(bus: KafkaBus, group: str, topic: str, total: int) -> bool:
+    return await _committed(bus, group, topic) == total
+
+
+async def test_timeout_kills_the_worker_and_the_executor_goes_on(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("slowpoke", sleepy, dies))
+    inv = await stack.invocation(record, a=1, b=1)
+    stuck = stack.task(record, inv, "sleepy", 3)
+    assert stuck.timeout_sec == 1
+    await stack.send(record, stuck)
+    async with running(stack.infra, _settings(concurrency=1)) as executor:
+        started = time.monotonic()
+        event = await events.wait_for(stuck.task.id)
+        assert time.monotonic() - started < 15
+        error = event.finished.error
+        assert error is not None and (error.kind, error.type) == ("user", "TimeoutError")
+        assert error.message == "function 'sleepy' exceeded its timeout of 1 s"
+
+        after = stack.task(record, inv, "add", a=20, b=22)
+        await stack.send(record, after)
+        event = await events.wait_for(after.task.id)
+        assert await stack.outputs(event) == [42]
+
+        crash = stack.task(record, inv, "dies", 1)
+        await stack.send(record, crash)
+        event = await events.wait_for(crash.task.id)
+        error = event.finished.error
+        assert error is not None and (error.kind, error.type) == ("platform", "WorkerDied")
+        assert "'dies'" in error.message and "exit code 3" in error.message
+
+        last = stack.task(record, inv, "add", a=1, b=1)
+        await stack.send(record, last)
+        assert await stack.outputs(await events.wait_for(last.task.id)) == [2]
+        assert executor.tasks_run == 4
+
+
+async def test_code_that_cannot_be_loaded_is_a_permanent_error(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("broken"), code=b"not a pickle")
+    inv = await stack.invocation(record, a=1, b=2)
+    message = stack.task(record, inv, "add", a=1, b=2)
+    await stack.send(record, message)
+    async with Executor(stack.infra, _settings(concurrency=1)) as executor:
+        await asyncio.wait_for(executor.run(idle_timeout_sec=0.5), 30)
+    error = (await events.wait_for(message.task.id)).finished.error
+    assert error is not None and error.kind == "permanent"
+    assert "cannot load the code of graph 'broken'" in error.message
+    assert "Python 3." in error.message
+
+
+async def test_labels_decide_which_executor_runs_a_task(stack: Stack, events: EventsReader) -> None:
+    record = await stack.register(_graph("placed", on_gpu))
+    definition = record.definition
+    gpu_topic, any_topic = stack.topic(definition, "on_gpu"), stack.topic(definition, "add")
+    assert gpu_topic != any_topic and ".gpu-a100." in gpu_topic
+    gpu_settings = _settings(labels={"gpu": "a100"})
+    async with AsyncExitStack() as executors:
+        gpu = await executors.enter_async_context(running(stack.infra, gpu_settings))
+        cpu = await executors.enter_async_context(running(stack.infra, _settings()))
+        assert gpu.topics == {gpu_topic, any_topic}
+        assert cpu.topics == {any_topic}
+        assert gpu.labels == {"gpu": "a100", "image": "indexify-executor-default"}
+
+        inv = await stack.invocation(record, a=1, b=2)
+        constrained = [stack.task(record, inv, "on_gpu", i) for i in range(4)]
+        anywhere = [stack.task(record, inv, "add", a=i, b=i) for i in range(4)]
+        await stack.send(record, *constrained, *anywhere)
+        for message in constrained:
+            event = await events.wait_for(message.task.id)
+            assert event.finished.executor == gpu_settings.id
+        for message in anywhere:
+            event = await events.wait_for(message.task.id)
+            assert event.finished.outcome == "success"
+
+
+async def test_a_graph_registered_later_is_picked_up_without_restart(
+    stack: Stack, events: EventsReader
+) -> None:
+    first = await stack.register(_graph("first", slow))
+    inv = await stack.invocation(first, a=0, b=0)
+    running_task = stack.task(first, inv, "slow", 1)
+    progress = stack.store.subscribe_progress(inv)
+    await anext(progress)
+    await stack.send(first, running_task)
+    async with running(stack.infra, _settings()) as executor:
+        assert executor.topics == {stack.topic(first.definition, f) for f in ("add", "slow")}
+        while (item := await asyncio.wait_for(anext(progress), 20)) is None:
+            pass
+        assert item.type == "task.started"
+
+        # A new graph while a task runs: resubscribing rebalances, and the running task is
+        # neither fetched again nor left uncommitted.
+        record = await stack.register(_graph("late", spread))
+        expected = executor.topics | {stack.topic(record.definition, f) for f in ("add", "spread")}
+
+        async def subscribed() -> bool:
+            return executor.topics == expected
+
+        await _eventually(subscribed, what="the new graph's topics")
+        inv = await stack.invocation(record, a=4, b=5)
+        message = stack.task(record, inv, "add", a=4, b=5)
+        await stack.send(record, message)
+        event = await events.wait_for(message.task.id)
+        assert await stack.outputs(event) == [9]
+        assert await stack.outputs(await events.wait_for(running_task.task.id)) == [1]
+        topic = stack.topic(first.definition, "slow")
+        await _eventually(
+            lambda: _committed_is(stack.bus, executor.group_id, topic, 1), what="the commit"
+        )
+        assert executor.tasks_run == 2
+    await progress.aclose()
+
+
+async def test_burst_mode_drains_and_returns(stack: Stack, events: EventsReader) -> None:
+    record = await stack.register(_graph("burst"))
+    inv = await stack.invocation(record, a=0, b=0)
+    messages = [stack.task(record, inv, "add", a=i, b=1) for i in range(20)]
+    await stack.send(record, *messages)
+    async with Executor(stack.infra, _settings(concurrency=3)) as executor:
+        await asyncio.wait_for(executor.run(idle_timeout_sec=1.0), 30)
+        assert executor.tasks_run == 20
+        assert (
+            await _committed(stack.bus, executor.group_id, stack.topic(record.definition, "add"))
+            == 20
+        )
+    for i, message in enumerate(messages):
+        assert await stack.outputs(await events.wait_for(message.task.id)) == [i + 1]
+
+
+async def test_sigterm_lets_the_running_task_finish(stack: Stack, events: EventsReader) -> None:
+    record = await stack.register(_graph("term", slow))
+    inv = await stack.invocation(record, a=0, b=0)
+    message = stack.task(record, inv, "slow", 8)
+    progress = stack.store.subscribe_progress(inv)
+    await anext(progress)
+    await stack.send(record, message)
+    env = {**os.environ, "INDEXIFY_PREFIX": stack.infra.prefix, "INDEXIFY_LOG_LEVEL": "WARNING"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.executor",
+        "--id",
+        "terminated",
+        "--concurrency",
+        "1",
+        "--label",
+        "zone=eu",
+        env=env,
+    )
+    try:
+        while True:
+            item = await asyncio.wait_for(anext(progress), 30)
+            if item is not None and item.type == "task.started":
+                break
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        await progress.aclose()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    event = await events.wait_for(message.task.id, timeout=5)
+    assert event.finished.outcome == "success" and event.finished.executor == "terminated"
+    assert await stack.store.executors() == []
