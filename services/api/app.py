@@ -1,0 +1,116 @@
+"""The FastAPI application: ``create_app(infra, api_settings)``.
+
+The lifespan opens the process's Kafka producer, Redis connection pool and MinIO client
+(retrying for a while if they are still starting, as under compose), makes sure the events
+and dead-letter topics and the bucket exist, and closes everything on shutdown. No I/O
+happens at import or in ``create_app`` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+
+from services.common.blobs import BlobStore
+from services.common.errors import PlatformUnavailable
+from services.common.kafka_bus import KafkaBus
+from services.common.logging import get_logger
+from services.common.settings import ApiSettings, InfraSettings
+from services.common.state_store import StateStore
+
+from . import routes_graphs, routes_invocations, ui
+from .errors import install_error_handlers
+from .limits import BodyLimitMiddleware
+from .routes_graphs import Service
+from .schemas import ExecutorList, Health
+from .service import ApiService
+
+__all__ = ["create_app"]
+
+_log = get_logger(__name__)
+
+
+async def _open(stack: AsyncExitStack, infra: InfraSettings) -> ApiService:
+    bus = await stack.enter_async_context(KafkaBus(infra, client_id=f"{infra.prefix}-api"))
+    store = await stack.enter_async_context(StateStore(infra))
+    blobs = BlobStore(infra)
+    service = ApiService(infra, bus, store, blobs)
+    await bus.ensure_topics(
+        {service.names.events_topic: infra.events_partitions, service.names.deadletter_topic: 1}
+    )
+    await blobs.ensure_bucket()
+    return service
+
+
+async def _open_with_retry(
+    stack: AsyncExitStack, infra: InfraSettings, timeout_sec: float
+) -> ApiService:
+    deadline = time.monotonic() + timeout_sec
+    delay = 0.5
+    while True:
+        attempt = AsyncExitStack()
+        try:
+            service = await _open(attempt, infra)
+        except PlatformUnavailable as exc:
+            await attempt.aclose()
+            if time.monotonic() + delay > deadline:
+                raise
+            _log.warning("backends not ready; retrying", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        except BaseException:
+            await attempt.aclose()
+            raise
+        stack.push_async_exit(attempt)
+        return service
+
+
+def create_app(
+    infra: InfraSettings, api_settings: ApiSettings, *, startup_timeout_sec: float = 60.0
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            app.state.service = await _open_with_retry(stack, infra, startup_timeout_sec)
+            _log.info(
+                "api ready",
+                prefix=infra.prefix,
+                kafka=infra.kafka_bootstrap,
+                redis=infra.redis_url,
+                minio=infra.minio_endpoint,
+            )
+            yield
+            _log.info("api stopping")
+
+    app = FastAPI(
+        title="Indexify",
+        summary="Register compute graphs, invoke them, follow their progress, read outputs.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.api_settings = api_settings
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=api_settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(routes_graphs.router)
+    app.include_router(routes_invocations.router)
+    app.include_router(ui.router)
+
+    @app.get("/health", tags=["platform"], responses={503: {"model": Health}})
+    async def health(service: Service) -> Response:
+        """200 when Redis, Kafka and MinIO answer, else 503 with what is down."""
+        report = await service.health()
+        status = 200 if report.status == "ok" else 503
+        return JSONResponse(report.model_dump(), status_code=status)
+
+    @app.get("/internal/executors", tags=["platform"])
+    async def executors(service: Service) -> ExecutorList:
+        """Executors that sent a heartbeat recently, with their labels and load."""
+        return ExecutorList(executors=await service.store.executors())
+
+    return app

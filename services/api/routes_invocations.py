@@ -1,0 +1,184 @@
+"""Routes for invocations: invoke, status, cancel, delete, rerun, outputs and logs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from indexify.models import InvocationInfo, TaskLogs
+from services.common.settings import ApiSettings
+
+from . import outputs
+from .errors import ERROR_RESPONSES
+from .routes_graphs import Service
+from .schemas import (
+    CancelRequested,
+    FunctionOutputs,
+    InvocationAccepted,
+    InvocationDeleted,
+    InvocationList,
+    OutputCounts,
+    RerunAll,
+)
+from .sse import invoke_streaming
+
+router = APIRouter(responses=ERROR_RESPONSES, tags=["invocations"])
+
+_GRAPH = "/namespaces/{namespace}/compute_graphs/{graph}"
+_INVOCATION = _GRAPH + "/invocations/{invocation_id}"
+_TRUE = frozenset({"1", "true", "yes"})
+
+_INVOKE_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "additionalProperties": True},
+                "example": {"x": 1},
+            },
+            "application/x-cloudpickle": {
+                "schema": {"type": "string", "format": "binary"},
+            },
+        },
+        "description": "A JSON object of the start function's keyword arguments; or, with "
+        "`X-Indexify-Encoded: 1`, the data of an SDK-encoded payload "
+        "(`indexify.encoding.encode(kwargs)`) of the given Content-Type.",
+    }
+}
+
+
+async def _read_body(request: Request) -> bytes:
+    """The whole body (the size limit is enforced while it streams, see ``limits``)."""
+    chunks = [chunk async for chunk in request.stream()]
+    return b"".join(chunks)
+
+
+@router.post(
+    _GRAPH + "/invoke_object",
+    openapi_extra=_INVOKE_BODY,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": '`{"id": ...}`, or with block_until_finish=true an SSE stream '
+            "ending with `event: invocation.finished`",
+        }
+    },
+    response_model=InvocationAccepted,
+)
+async def invoke(
+    namespace: str,
+    graph: str,
+    request: Request,
+    service: Service,
+    block_until_finish: bool = False,
+    encoded: Annotated[str | None, Header(alias="X-Indexify-Encoded")] = None,
+) -> Response | InvocationAccepted:
+    """Start an invocation; returns its id once the event is durable in Kafka."""
+    body = await _read_body(request)
+    content_type = request.headers.get("content-type")
+    is_encoded = (encoded or "").strip().lower() in _TRUE
+    if block_until_finish:
+        settings: ApiSettings = request.app.state.api_settings
+        return await invoke_streaming(
+            service, namespace, graph, body, content_type, is_encoded, settings.sse_keepalive_sec
+        )
+    invocation_id = await service.invoke(namespace, graph, body, content_type, is_encoded)
+    return InvocationAccepted(id=invocation_id)
+
+
+@router.get(_GRAPH + "/invocations")
+async def list_invocations(
+    namespace: str,
+    graph: str,
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+) -> InvocationList:
+    """The graph's invocations, newest first, without their tasks."""
+    return InvocationList(invocations=await service.invocations(namespace, graph, limit))
+
+
+@router.get(_INVOCATION)
+async def get_invocation(
+    namespace: str, graph: str, invocation_id: str, service: Service
+) -> InvocationInfo:
+    """Status (pending, running, succeeded, failed, cancelled), error and tasks."""
+    return await service.invocation(namespace, graph, invocation_id)
+
+
+@router.delete(_INVOCATION)
+async def delete_invocation(
+    namespace: str, graph: str, invocation_id: str, service: Service
+) -> InvocationDeleted:
+    await service.delete_invocation(namespace, graph, invocation_id)
+    return InvocationDeleted(id=invocation_id)
+
+
+@router.post(_INVOCATION + "/cancel", status_code=202)
+async def cancel_invocation(
+    namespace: str, graph: str, invocation_id: str, service: Service
+) -> CancelRequested:
+    """Ask the scheduler to cancel; ``requested`` is false if it had already finished."""
+    status, requested = await service.cancel_invocation(namespace, graph, invocation_id)
+    return CancelRequested(id=invocation_id, status=status, requested=requested)
+
+
+@router.post(_INVOCATION + "/rerun")
+async def rerun_invocation(
+    namespace: str, graph: str, invocation_id: str, service: Service
+) -> InvocationAccepted:
+    """A new invocation with the same input, on the graph's current version."""
+    return InvocationAccepted(id=await service.rerun_invocation(namespace, graph, invocation_id))
+
+
+@router.post(_GRAPH + "/rerun")
+async def rerun_graph(namespace: str, graph: str, service: Service) -> RerunAll:
+    """Replay every invocation of the graph on its current version (a backfill)."""
+    return RerunAll(invocations=await service.rerun_graph(namespace, graph))
+
+
+@router.get(_INVOCATION + "/outputs")
+async def output_counts(
+    namespace: str, graph: str, invocation_id: str, service: Service
+) -> OutputCounts:
+    """How many outputs each function produced so far."""
+    return await outputs.output_counts(service, namespace, graph, invocation_id)
+
+
+@router.get(_INVOCATION + "/fn/{function}/outputs")
+async def function_outputs(
+    namespace: str, graph: str, invocation_id: str, function: str, service: Service
+) -> FunctionOutputs:
+    """Every value ``function`` produced (base64 of the encoded value, with its content
+    type). When the function failed the answer is still 200, with ``status: failed`` and
+    ``error`` set."""
+    return await outputs.function_outputs(service, namespace, graph, invocation_id, function)
+
+
+@router.get(
+    _INVOCATION + "/fn/{function}/output/{task_id}/{index}",
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}, "application/x-cloudpickle": {}}}},
+)
+async def raw_output(
+    namespace: str,
+    graph: str,
+    invocation_id: str,
+    function: str,
+    task_id: str,
+    index: int,
+    service: Service,
+) -> Response:
+    """One encoded value, with its content type."""
+    payload = await outputs.raw_output(
+        service, namespace, graph, invocation_id, function, task_id, index
+    )
+    return Response(content=payload.data, media_type=payload.content_type)
+
+
+@router.get(_INVOCATION + "/fn/{function}/logs")
+async def task_logs(
+    namespace: str, graph: str, invocation_id: str, function: str, service: Service
+) -> list[TaskLogs]:
+    """stdout, stderr and traceback of each task of ``function``."""
+    return await outputs.task_logs(service, namespace, graph, invocation_id, function)

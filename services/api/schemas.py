@@ -1,0 +1,118 @@
+"""Request and response bodies of the REST API (what ``/docs`` shows).
+
+Graph and invocation summaries are the SDK's own models (:class:`indexify.models.GraphInfo`,
+:class:`indexify.models.InvocationInfo`, :class:`indexify.models.TaskLogs`), so the remote
+client parses exactly what the in-process client returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from indexify.engine import ErrorInfo
+from indexify.engine.model import InvocationStatus
+from indexify.models import GraphInfo, InvocationInfo
+from services.common.state_store import ExecutorInfo
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(_Body):
+    """Every 4xx/5xx answer: ``detail`` says what went wrong and what to fix."""
+
+    detail: str
+
+
+class NamespaceCreate(_Body):
+    name: str = Field(description="1-100 letters, digits, '_' or '-'")
+
+
+class NamespaceCreated(_Body):
+    name: str
+    created: bool
+
+
+class NamespaceList(_Body):
+    namespaces: list[str]
+
+
+class GraphUpload(_Body):
+    """``definition`` is ``Graph.definition()`` as JSON; ``code`` is base64 of
+    ``Graph.serialize()`` (cloudpickle)."""
+
+    definition: dict[str, Any]
+    code: str = Field(description="base64 of the graph's cloudpickled code")
+
+
+class GraphRegistered(GraphInfo):
+    """The registered graph; ``created`` is false when this exact version was already there."""
+
+    created: bool
+
+
+class GraphList(_Body):
+    compute_graphs: list[GraphInfo]
+
+
+class GraphDeleted(_Body):
+    name: str
+    deleted: bool = True
+    invocations: int = Field(description="how many invocations were deleted with it")
+
+
+class InvocationAccepted(_Body):
+    id: str
+
+
+class InvocationList(_Body):
+    invocations: list[InvocationInfo]
+
+
+class InvocationDeleted(_Body):
+    id: str
+    deleted: bool = True
+
+
+class CancelRequested(_Body):
+    id: str
+    status: InvocationStatus = Field(description="the status when the cancel was requested")
+    requested: bool = Field(description="false when the invocation had already finished")
+
+
+class RerunAll(_Body):
+    invocations: list[str]
+
+
+class OutputCounts(_Body):
+    status: InvocationStatus
+    outputs: dict[str, int]
+
+
+class OutputValue(_Body):
+    id: str = Field(description="'<task_id>:<index>', also the path of the raw value")
+    content_type: Literal["application/json", "application/x-cloudpickle"] | str
+    data: str = Field(description="base64 of the encoded value")
+
+
+class FunctionOutputs(_Body):
+    """All values of one function. ``error`` is set (and ``status`` is ``failed``) when that
+    function failed; outputs it produced before failing are still listed."""
+
+    status: InvocationStatus
+    function: str
+    error: ErrorInfo | None = None
+    outputs: list[OutputValue]
+
+
+class ExecutorList(_Body):
+    executors: list[ExecutorInfo]
+
+
+class Health(_Body):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]
+    detail: str = ""

@@ -1,0 +1,360 @@
+"""What the API does, one method per route: namespaces, graphs, invocations, health.
+
+The routes parse HTTP and call one method here; the methods speak in domain terms and raise
+:mod:`services.common.errors` (mapped to HTTP in :mod:`services.api.errors`). Nothing is
+published to Kafka for a request that fails validation: every check runs before the first
+write, and an invocation whose event cannot be published is removed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from indexify.encoding import Payload
+from indexify.engine import InvocationState
+from indexify.engine.model import InvocationStatus
+from indexify.models import GraphInfo, InvocationInfo
+from services.common.blobs import BlobStore, load_values, store_values
+from services.common.errors import NotFound, PayloadTooLarge, PlatformUnavailable, ServiceError
+from services.common.events import (
+    InvocationCancelEvent,
+    InvocationCreatedEvent,
+    StoredValues,
+    encode_message,
+)
+from services.common.kafka_bus import KafkaBus
+from services.common.logging import get_logger
+from services.common.names import Names
+from services.common.settings import InfraSettings
+from services.common.state_store import INPUT_FIELD, GraphRecord, StateStore
+
+from . import validation
+from .schemas import GraphRegistered, GraphUpload, Health
+
+_log = get_logger(__name__)
+_RERUN_BATCH = 500
+_HEALTH_TIMEOUT_SEC = 3.0
+
+
+def graph_info(record: GraphRecord) -> GraphInfo:
+    return GraphInfo(
+        namespace=record.namespace,
+        name=record.name,
+        version=record.version,
+        description=record.description,
+        created_at=record.created_at,
+        definition=record.definition,
+    )
+
+
+@dataclass(frozen=True)
+class AcceptedInvocation:
+    """Stored (record + input) but not yet published."""
+
+    state: InvocationState
+    event: InvocationCreatedEvent
+
+    @property
+    def id(self) -> str:
+        return self.state.invocation_id
+
+
+class ApiService:
+    def __init__(
+        self, infra: InfraSettings, bus: KafkaBus, store: StateStore, blobs: BlobStore
+    ) -> None:
+        self.infra = infra
+        self.names = Names(infra.prefix)
+        self.bus = bus
+        self.store = store
+        self.blobs = blobs
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    async def require_namespace(self, namespace: str) -> None:
+        if not await self.store.namespace_exists(namespace):
+            raise NotFound(
+                f"namespace {namespace!r} does not exist; create it with POST /namespaces "
+                f'{{"name": "{namespace}"}}'
+            )
+
+    async def require_graph(self, namespace: str, graph: str) -> GraphRecord:
+        record = await self.store.get_graph(namespace, graph)
+        if record is None:
+            await self.require_namespace(namespace)
+            known = [r.name for r in await self.store.list_graphs(namespace)]
+            raise NotFound(
+                f"graph {graph!r} is not registered in namespace {namespace!r} (registered: "
+                f"{known}); register it with POST /namespaces/{namespace}/compute_graphs"
+            )
+        return record
+
+    async def require_state(
+        self, namespace: str, graph: str, invocation_id: str
+    ) -> InvocationState:
+        loaded = await self.store.load_invocation(invocation_id)
+        if loaded is None or loaded[0].namespace != namespace or loaded[0].graph != graph:
+            await self.require_graph(namespace, graph)
+            raise NotFound(f"graph {graph!r} has no invocation {invocation_id!r}")
+        return loaded[0]
+
+    async def graph_version(self, state: InvocationState) -> GraphRecord:
+        """The graph version an invocation runs on (the current one if that was deleted)."""
+        record = await self.store.get_graph_version(
+            state.namespace, state.graph, state.graph_version
+        )
+        return record or await self.require_graph(state.namespace, state.graph)
+
+    # -- namespaces -------------------------------------------------------------------------
+
+    async def namespaces(self) -> list[str]:
+        return await self.store.namespaces()
+
+    async def create_namespace(self, name: str) -> bool:
+        return await self.store.create_namespace(validation.check_name(name, "namespace"))
+
+    # -- graphs -----------------------------------------------------------------------------
+
+    async def register_graph(self, namespace: str, upload: GraphUpload) -> GraphRegistered:
+        definition = validation.parse_definition(upload.definition, self.names, namespace)
+        code = validation.decode_code(upload.code)
+        await self.require_namespace(namespace)
+        current = await self.store.get_graph(namespace, definition.name)
+        if current is not None and current.version == definition.version:
+            return GraphRegistered(**graph_info(current).model_dump(), created=False)
+        code_key = self.names.code_object(namespace, definition.name, definition.version)
+        await self.blobs.put(code_key, code)
+        await self.bus.ensure_topics(
+            {
+                self.names.task_topic(node.placement_key, namespace, definition.name, name): (
+                    self.infra.task_partitions
+                )
+                for name, node in definition.nodes.items()
+            }
+        )
+        record = GraphRecord(
+            namespace=namespace,
+            name=definition.name,
+            version=definition.version,
+            description=definition.description,
+            created_at=time.time(),
+            definition=definition,
+            code_key=code_key,
+        )
+        stored, created = await self.store.put_graph(record)
+        _log.info(
+            "graph registered",
+            namespace=namespace,
+            graph=stored.name,
+            version=stored.version,
+            created=created,
+        )
+        return GraphRegistered(**graph_info(stored).model_dump(), created=created)
+
+    async def graphs(self, namespace: str) -> list[GraphInfo]:
+        await self.require_namespace(namespace)
+        return [graph_info(r) for r in await self.store.list_graphs(namespace)]
+
+    async def graph(self, namespace: str, graph: str) -> GraphInfo:
+        return graph_info(await self.require_graph(namespace, graph))
+
+    async def graph_code(self, namespace: str, graph: str, version: str | None) -> bytes:
+        record = await self.require_graph(namespace, graph)
+        if version is not None and version != record.version:
+            old = await self.store.get_graph_version(namespace, graph, version)
+            if old is None:
+                raise NotFound(f"graph {graph!r} has no version {version!r}")
+            record = old
+        return await self.blobs.get(record.code_key)
+
+    async def delete_graph(self, namespace: str, graph: str) -> int:
+        await self.require_graph(namespace, graph)
+        invocation_ids = await self.store.delete_graph(namespace, graph)
+        for prefix in (
+            f"{self.names.prefix}/graphs/{namespace}/{graph}/",
+            f"{self.names.prefix}/invocations/{namespace}/{graph}/",
+        ):
+            await self.blobs.delete_prefix(prefix)
+        _log.info(
+            "graph deleted", namespace=namespace, graph=graph, invocations=len(invocation_ids)
+        )
+        return len(invocation_ids)
+
+    # -- invoking ---------------------------------------------------------------------------
+
+    async def accept_invocation(
+        self,
+        namespace: str,
+        graph: str,
+        body: bytes,
+        content_type: str | None,
+        encoded: bool,
+    ) -> AcceptedInvocation:
+        """Validate the arguments, store the input and the pending record (not published)."""
+        record = await self.require_graph(namespace, graph)
+        payload = validation.invocation_payload(record.definition, body, content_type, encoded)
+        return await self._accept(record, payload)
+
+    async def _accept(self, record: GraphRecord, payload: Payload) -> AcceptedInvocation:
+        invocation_id = uuid.uuid4().hex
+        key = self.names.input_object(record.namespace, record.name, invocation_id)
+        stored = await store_values(self.blobs, [payload], key)
+        state = InvocationState(
+            invocation_id=invocation_id,
+            namespace=record.namespace,
+            graph=record.name,
+            graph_version=record.version,
+            status="pending",
+            created_at=time.time(),
+        )
+        await self.store.create_invocation(state, stored)
+        event = InvocationCreatedEvent(
+            namespace=record.namespace,
+            graph=record.name,
+            invocation_id=invocation_id,
+            graph_version=record.version,
+            input=stored,
+        )
+        return AcceptedInvocation(state=state, event=event)
+
+    async def publish_accepted(self, accepted: Sequence[AcceptedInvocation]) -> None:
+        """Publish the created events and await the acks; on failure remove the invocations
+        (they were never accepted) and raise :class:`PlatformUnavailable`."""
+        topic = self.names.events_topic
+        try:
+            await self.bus.publish_many([(topic, a.id, encode_message(a.event)) for a in accepted])
+        except ServiceError as exc:
+            for a in accepted:
+                await self.discard(a.state)
+            if isinstance(exc, PayloadTooLarge):
+                raise
+            raise PlatformUnavailable(
+                f"the invocation could not be queued ({exc}); nothing was started, retry later"
+            ) from exc
+        for a in accepted:
+            _log.info(
+                "invocation accepted",
+                namespace=a.state.namespace,
+                graph=a.state.graph,
+                invocation=a.id,
+                version=a.state.graph_version,
+            )
+
+    async def discard(self, state: InvocationState) -> None:
+        """Remove an accepted invocation that was never published (best effort)."""
+        try:
+            await self._delete_invocation_data(state)
+        except ServiceError as exc:
+            _log.warning(
+                "could not remove an unpublished invocation",
+                invocation=state.invocation_id,
+                error=str(exc),
+            )
+
+    async def invoke(
+        self,
+        namespace: str,
+        graph: str,
+        body: bytes,
+        content_type: str | None,
+        encoded: bool,
+    ) -> str:
+        accepted = await self.accept_invocation(namespace, graph, body, content_type, encoded)
+        await self.publish_accepted([accepted])
+        return accepted.id
+
+    async def _rerun_prepare(
+        self, state: InvocationState, record: GraphRecord
+    ) -> AcceptedInvocation:
+        stored = await self.input_values(state.invocation_id)
+        if stored is None:
+            raise NotFound(f"invocation {state.invocation_id!r} has no stored input to rerun")
+        payloads = await load_values(self.blobs, stored)
+        return await self._accept(record, payloads[0])
+
+    async def rerun_invocation(self, namespace: str, graph: str, invocation_id: str) -> str:
+        state = await self.require_state(namespace, graph, invocation_id)
+        record = await self.require_graph(namespace, graph)
+        accepted = await self._rerun_prepare(state, record)
+        await self.publish_accepted([accepted])
+        return accepted.id
+
+    async def rerun_graph(self, namespace: str, graph: str) -> list[str]:
+        """Replay every invocation of the graph on its current version (a backfill)."""
+        record = await self.require_graph(namespace, graph)
+        ids = await self.store.list_invocations(namespace, graph, limit=None)
+        new_ids: list[str] = []
+        for start in range(0, len(ids), _RERUN_BATCH):
+            states = await self.store.load_invocations(ids[start : start + _RERUN_BATCH])
+            batch = [await self._rerun_prepare(s, record) for s, _ in states.values()]
+            await self.publish_accepted(batch)
+            new_ids.extend(a.id for a in batch)
+        return new_ids
+
+    # -- invocations ------------------------------------------------------------------------
+
+    async def invocations(self, namespace: str, graph: str, limit: int) -> list[InvocationInfo]:
+        await self.require_graph(namespace, graph)
+        ids = await self.store.list_invocations(namespace, graph, limit=limit)
+        states = await self.store.load_invocations(ids)
+        return [
+            InvocationInfo.from_state(states[i][0], with_tasks=False) for i in ids if i in states
+        ]
+
+    async def invocation(self, namespace: str, graph: str, invocation_id: str) -> InvocationInfo:
+        return InvocationInfo.from_state(await self.require_state(namespace, graph, invocation_id))
+
+    async def cancel_invocation(
+        self, namespace: str, graph: str, invocation_id: str
+    ) -> tuple[InvocationStatus, bool]:
+        """Request a cancel; returns (status now, whether a cancel event was published)."""
+        state = await self.require_state(namespace, graph, invocation_id)
+        if state.terminal:
+            return state.status, False
+        event = InvocationCancelEvent(namespace=namespace, graph=graph, invocation_id=invocation_id)
+        await self.bus.publish(self.names.events_topic, invocation_id, encode_message(event))
+        _log.info("invocation cancel requested", graph=graph, invocation=invocation_id)
+        return state.status, True
+
+    async def delete_invocation(self, namespace: str, graph: str, invocation_id: str) -> None:
+        state = await self.require_state(namespace, graph, invocation_id)
+        await self._delete_invocation_data(state)
+        _log.info("invocation deleted", graph=graph, invocation=invocation_id)
+
+    async def _delete_invocation_data(self, state: InvocationState) -> None:
+        await self.store.delete_invocation(state.namespace, state.graph, state.invocation_id)
+        await self.blobs.delete_prefix(
+            self.names.invocation_prefix(state.namespace, state.graph, state.invocation_id)
+        )
+
+    async def input_values(self, invocation_id: str) -> StoredValues | None:
+        return (await self.store.get_outputs(invocation_id, [INPUT_FIELD])).get(INPUT_FIELD)
+
+    # -- platform ---------------------------------------------------------------------------
+
+    async def health(self) -> Health:
+        checks = {
+            "redis": self.store.ping(),
+            "kafka": self.bus.list_topics(),
+            "minio": self.blobs.ensure_bucket(),
+        }
+        results = await asyncio.gather(
+            *(asyncio.wait_for(c, _HEALTH_TIMEOUT_SEC) for c in checks.values()),
+            return_exceptions=True,
+        )
+        report = {
+            name: "ok" if not isinstance(r, BaseException) else f"unavailable: {r!r}"
+            for name, r in zip(checks, results, strict=True)
+        }
+        down = sorted(name for name, status in report.items() if status != "ok")
+        if down:
+            return Health(
+                status="unavailable",
+                checks=report,
+                detail=f"{', '.join(down)} not answering; see `checks`",
+            )
+        return Health(status="ok", checks=report)

@@ -1,0 +1,210 @@
+"""Checks at the API boundary: graph definitions, graph code and invocation bodies.
+
+Everything here is pure (no I/O) and raises :class:`BadRequest` with a message that names
+the field and the fix, so nothing invalid is stored or published.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from indexify.definition import GraphDefinition, NodeDefinition
+from indexify.encoding import CONTENT_TYPES, JSON, Payload, encode
+from services.common.errors import BadRequest
+from services.common.names import Names
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_MAX_TOPIC_LENGTH = 249  # Kafka's limit on topic names
+
+
+def check_name(name: str, what: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise BadRequest(
+            f"{what} name {name!r} is invalid: use 1-100 letters, digits, '_' or '-' "
+            "(names become part of Kafka topic names)"
+        )
+    return name
+
+
+def _validation_summary(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for error in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in error.get("loc", ())) or "top level"
+        parts.append(f"{where}: {error.get('msg')}")
+    more = f" (+{exc.error_count() - limit} more)" if exc.error_count() > limit else ""
+    return "; ".join(parts) + more
+
+
+def parse_definition(raw: dict[str, Any], names: Names, namespace: str) -> GraphDefinition:
+    """A complete, consistent graph definition, or :class:`BadRequest` saying what is wrong."""
+    try:
+        definition = GraphDefinition.model_validate(raw)
+    except ValidationError as exc:
+        raise BadRequest(
+            f"definition is not a valid graph definition ({_validation_summary(exc)}); send "
+            "`Graph.definition().model_dump(mode='json')`"
+        ) from None
+    check_name(definition.name, "graph")
+    if not definition.version or not _TOPIC_SAFE.match(definition.version):
+        raise BadRequest(
+            f"graph {definition.name!r}: version {definition.version!r} must be 1-100 letters, "
+            "digits, '_' or '-'; send the definition from `Graph.definition()`, which sets it"
+        )
+    if not definition.nodes:
+        raise BadRequest(f"graph {definition.name!r} has no functions; add at least one")
+    for key, node in definition.nodes.items():
+        _check_node(definition.name, key, node, names, namespace)
+    nodes = definition.nodes
+    if definition.start_node not in nodes:
+        raise BadRequest(
+            f"graph {definition.name!r}: start node {definition.start_node!r} is not one of "
+            f"its functions {sorted(nodes)}"
+        )
+    for kind, links in (("edge", definition.edges), ("route", definition.routes)):
+        for source, targets in links.items():
+            for endpoint in (source, *targets):
+                if endpoint not in nodes:
+                    raise BadRequest(
+                        f"graph {definition.name!r}: {kind} {source!r} -> {list(targets)} names "
+                        f"{endpoint!r}, which is not one of its functions {sorted(nodes)}"
+                    )
+    _check_acyclic(definition)
+    return definition
+
+
+def _check_node(graph: str, key: str, node: NodeDefinition, names: Names, namespace: str) -> None:
+    check_name(key, "function")
+    if node.name != key:
+        raise BadRequest(
+            f"graph {graph!r}: nodes[{key!r}] is named {node.name!r}; the key must be its name"
+        )
+    if not _TOPIC_SAFE.match(node.placement_key):
+        raise BadRequest(
+            f"function {key!r}: placement key {node.placement_key!r} must be 1-100 letters, "
+            "digits, '_' or '-'"
+        )
+    unknown = set(node.required_parameters) - set(node.parameters)
+    if unknown:
+        raise BadRequest(
+            f"function {key!r}: required_parameters {sorted(unknown)} are not in parameters "
+            f"{list(node.parameters)}"
+        )
+    topic = names.task_topic(node.placement_key, namespace, graph, key)
+    if len(topic) > _MAX_TOPIC_LENGTH:
+        raise BadRequest(
+            f"function {key!r}: its task topic {topic!r} is {len(topic)} characters, over "
+            f"Kafka's {_MAX_TOPIC_LENGTH}; use shorter namespace, graph or function names"
+        )
+
+
+def _check_acyclic(definition: GraphDefinition) -> None:
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in done:
+            return
+        if node in visiting:
+            cycle = [*path[path.index(node) :], node]
+            raise BadRequest(
+                f"graph {definition.name!r} has a cycle {' -> '.join(cycle)}; graphs must be "
+                "acyclic"
+            )
+        visiting.add(node)
+        for child in definition.children(node):
+            visit(child, [*path, node])
+        visiting.discard(node)
+        done.add(node)
+
+    for node in definition.nodes:
+        visit(node, [])
+
+
+def decode_code(code: str) -> bytes:
+    try:
+        data = base64.b64decode(code, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(
+            "code is not valid base64; send base64.b64encode(graph.serialize()).decode()"
+        ) from None
+    if not data:
+        raise BadRequest("code is empty; send base64 of `Graph.serialize()`")
+    return data
+
+
+# -- invocation bodies ----------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
+    if not data.strip():
+        return {}
+    try:
+        value = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise BadRequest(
+            f'{what} must be a JSON object of keyword arguments (e.g. {{"x": 1}}), got '
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+def check_arguments(definition: GraphDefinition, kwargs: dict[str, Any]) -> None:
+    """The start node must accept every keyword and get every required one."""
+    start = definition.nodes[definition.start_node]
+    unknown = sorted(set(kwargs) - set(start.parameters))
+    missing = sorted(set(start.required_parameters) - set(kwargs))
+    problems = []
+    if unknown:
+        problems.append(f"unknown argument(s) {unknown}")
+    if missing:
+        problems.append(f"missing required argument(s) {missing}")
+    if problems:
+        raise BadRequest(
+            f"graph {definition.name!r}: {' and '.join(problems)}; start function "
+            f"{start.name!r} takes {list(start.parameters)} "
+            f"(required: {list(start.required_parameters)})"
+        )
+
+
+def invocation_payload(
+    definition: GraphDefinition, body: bytes, content_type: str | None, encoded: bool
+) -> Payload:
+    """The invocation's input payload from a request body.
+
+    Plain bodies are a JSON object of keyword arguments. With ``X-Indexify-Encoded: 1`` the
+    body is the data of an SDK-encoded payload of ``content_type`` (JSON or cloudpickle);
+    only JSON arguments can be checked here (a pickle is never loaded by the API).
+    """
+    media = (content_type or JSON).split(";", 1)[0].strip().lower() or JSON
+    if encoded:
+        if media not in CONTENT_TYPES:
+            raise BadRequest(
+                f"X-Indexify-Encoded bodies must have Content-Type {' or '.join(CONTENT_TYPES)}, "
+                f"got {media!r}"
+            )
+        if media == JSON:
+            check_arguments(definition, parse_json_object(body, "the encoded arguments"))
+        elif not body:
+            raise BadRequest("the encoded arguments are empty; send `encode(kwargs).data`")
+        return Payload(content_type=media, data=body)
+    if media != JSON:
+        raise BadRequest(
+            f"Content-Type {media!r} is not supported: send a JSON object of keyword arguments "
+            f"({JSON}), or an SDK-encoded payload with the header X-Indexify-Encoded: 1"
+        )
+    kwargs = parse_json_object(body, "the request body")
+    check_arguments(definition, kwargs)
+    return encode(kwargs)

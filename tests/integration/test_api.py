@@ -1,0 +1,609 @@
+"""The REST API against the real Kafka, Redis and MinIO (no scheduler or executor).
+
+Each test gets a fresh prefix, so its own events topic, keys and objects. What the scheduler
+would do (save state, record outputs, publish progress) is done here by hand through the
+``StateStore``. No ``from __future__ import annotations``: the graph functions below keep
+real annotations.
+"""
+
+import asyncio
+import base64
+import contextlib
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+import httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaProducer
+
+from indexify import Graph, indexify_function
+from indexify.encoding import JSON, PICKLE, Payload, decode, encode
+from indexify.engine import ErrorInfo, Task, TaskRecord, ValueRange
+from services.api.app import create_app
+from services.api.service import ApiService
+from services.common.blobs import BlobStore
+from services.common.events import (
+    InvocationCancelEvent,
+    InvocationCreatedEvent,
+    ProgressEvent,
+    SchedulerEvent,
+    StoredValues,
+    decode_scheduler_event,
+)
+from services.common.kafka_bus import KafkaBus, make_consumer
+from services.common.names import Names
+from services.common.settings import ApiSettings, InfraSettings
+from services.common.state_store import ExecutorInfo, StateStore
+
+pytestmark = pytest.mark.timeout(60)
+
+MAX_BODY = 4096
+
+
+@indexify_function()
+def start(n: int, label: str = "x") -> list[int]:
+    return list(range(n))
+
+
+@indexify_function()
+def square(x: int) -> int:
+    return x * x
+
+
+@indexify_function()
+def cube(x: int) -> int:
+    return x * x * x
+
+
+def graph_v1() -> Graph:
+    return Graph(name="calc", start_node=start).add_edge(start, square)
+
+
+def graph_v2() -> Graph:
+    return Graph(name="calc", start_node=start).add_edge(start, cube)
+
+
+def upload(graph: Graph) -> dict[str, Any]:
+    return {
+        "definition": graph.definition().model_dump(mode="json"),
+        "code": base64.b64encode(graph.serialize()).decode(),
+    }
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    service: ApiService
+    settings: InfraSettings
+
+    @property
+    def store(self) -> StateStore:
+        return self.service.store
+
+    @property
+    def names(self) -> Names:
+        return self.service.names
+
+    async def register(self, graph: Graph) -> dict[str, Any]:
+        response = await self.client.post("/namespaces/default/compute_graphs", json=upload(graph))
+        assert response.status_code in (200, 201), response.text
+        return dict(response.json())
+
+    async def invoke(self, graph: str = "calc", **kwargs: Any) -> str:
+        response = await self.client.post(
+            f"/namespaces/default/compute_graphs/{graph}/invoke_object", json=kwargs
+        )
+        assert response.status_code == 200, response.text
+        return str(response.json()["id"])
+
+
+async def _drop_keys(settings: InfraSettings) -> None:
+    async with StateStore(settings) as store:
+        keys = [k async for k in store.redis.scan_iter(match=f"{settings.prefix}:*")]
+        if keys:
+            await store.redis.delete(*keys)
+
+
+@contextlib.asynccontextmanager
+async def running_api(
+    settings: InfraSettings, api_settings: ApiSettings | None = None
+) -> AsyncIterator[Api]:
+    app = create_app(settings, api_settings or ApiSettings(max_body_bytes=MAX_BODY))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield Api(client=client, service=app.state.service, settings=settings)
+
+
+@pytest.fixture
+async def api(
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore
+) -> AsyncIterator[Api]:
+    try:
+        async with running_api(infra_settings) as api:
+            yield api
+    finally:
+        await _drop_keys(infra_settings)
+
+
+async def consume_events(
+    settings: InfraSettings, expected: int, *, settle_sec: float = 0.5, timeout: float = 10.0
+) -> list[SchedulerEvent]:
+    """Everything on the events topic (fresh group, from the beginning): waits for
+    ``expected`` events, then ``settle_sec`` more to catch any extra."""
+    consumer = make_consumer(
+        settings,
+        group_id=f"test-{uuid.uuid4().hex[:8]}",
+        topics=[Names(settings.prefix).events_topic],
+    )
+    await consumer.start()
+    found: list[SchedulerEvent] = []
+    try:
+        deadline = time.monotonic() + timeout
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            if len(found) >= expected:
+                settle_until = settle_until or time.monotonic() + settle_sec
+                if time.monotonic() >= settle_until:
+                    break
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                found.extend(decode_scheduler_event(r.value) for r in records if r.value)
+            if expected == 0 and consumer.assignment() and settle_until is None:
+                settle_until = time.monotonic() + max(settle_sec, 1.0)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def assert_error(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body["detail"], str) and body["detail"], body
+    for word in words:
+        assert word in body["detail"], body["detail"]
+
+
+# -- platform ------------------------------------------------------------------------------
+
+
+async def test_docs_openapi_health_and_executors(api: Api) -> None:
+    docs = await api.client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    schema = (await api.client.get("/openapi.json")).json()
+    assert "/namespaces/{namespace}/compute_graphs/{graph}/invoke_object" in schema["paths"]
+    health = await api.client.get("/health")
+    assert health.status_code == 200, health.text
+    assert health.json()["checks"] == {"redis": "ok", "kafka": "ok", "minio": "ok"}
+    await api.store.heartbeat(
+        ExecutorInfo(id="ex-1", labels={"image": "i"}, concurrency=2, heartbeat_at=time.time())
+    )
+    executors = (await api.client.get("/internal/executors")).json()["executors"]
+    assert [e["id"] for e in executors] == ["ex-1"]
+    assert (await api.client.get("/ui")).status_code == 200
+    assert_error(await api.client.get("/no/such/route"), 404)
+
+
+async def test_namespaces(api: Api) -> None:
+    assert (await api.client.get("/namespaces")).json() == {"namespaces": ["default"]}
+    created = await api.client.post("/namespaces", json={"name": "team-a"})
+    assert created.status_code == 201 and created.json() == {"name": "team-a", "created": True}
+    again = await api.client.post("/namespaces", json={"name": "team-a"})
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert (await api.client.get("/namespaces")).json()["namespaces"] == ["default", "team-a"]
+    assert_error(await api.client.post("/namespaces", json={"name": "bad name!"}), 400, "name")
+    assert_error(await api.client.post("/namespaces", json={}), 422, "name")
+    assert_error(await api.client.get("/namespaces/nope/compute_graphs"), 404, "nope")
+
+
+# -- graphs --------------------------------------------------------------------------------
+
+
+async def test_register_keeps_version_and_changed_graph_gets_a_new_one(api: Api) -> None:
+    first = await api.register(graph_v1())
+    assert first["created"] is True and first["version"] == graph_v1().version
+    again = await api.client.post("/namespaces/default/compute_graphs", json=upload(graph_v1()))
+    assert again.status_code == 200
+    assert again.json()["created"] is False
+    assert again.json()["version"] == first["version"]
+    assert again.json()["created_at"] == first["created_at"]
+
+    second = await api.register(graph_v2())
+    assert second["created"] is True and second["version"] != first["version"]
+    current = (await api.client.get("/namespaces/default/compute_graphs/calc")).json()
+    assert current["version"] == second["version"]
+    assert set(current["definition"]["nodes"]) == {"start", "cube"}
+    listed = (await api.client.get("/namespaces/default/compute_graphs")).json()
+    assert [g["name"] for g in listed["compute_graphs"]] == ["calc"]
+
+    code = await api.client.get("/namespaces/default/compute_graphs/calc/code")
+    assert code.headers["content-type"] == "application/octet-stream"
+    assert Graph.deserialize(code.content).version == second["version"]
+    old = await api.client.get(
+        "/namespaces/default/compute_graphs/calc/code", params={"version": first["version"]}
+    )
+    assert Graph.deserialize(old.content).version == first["version"]
+
+    topics = await api.service.bus.list_topics()
+    for fn in ("start", "square", "cube"):
+        assert api.names.task_topic("any", "default", "calc", fn) in topics
+
+
+async def test_register_rejects_bad_definitions_and_code(api: Api) -> None:
+    good = upload(graph_v1())
+    definition = good["definition"]
+    url = "/namespaces/default/compute_graphs"
+
+    def with_definition(**changes: Any) -> dict[str, Any]:
+        return {"definition": {**definition, **changes}, "code": good["code"]}
+
+    cases: list[tuple[Any, int, str]] = [
+        ({"definition": "x", "code": good["code"]}, 422, "definition"),
+        ({"definition": {"name": "calc"}, "code": good["code"]}, 400, "start_node"),
+        (with_definition(version=""), 400, "version"),
+        (with_definition(start_node="missing"), 400, "missing"),
+        (with_definition(edges={"start": ["ghost"]}), 400, "ghost"),
+        (with_definition(edges={"square": ["start"], "start": ["square"]}), 400, "cycle"),
+        (with_definition(name="bad name"), 400, "bad name"),
+        ({"definition": definition, "code": "not base64!"}, 400, "base64"),
+        ({"definition": definition, "code": ""}, 400, "empty"),
+        ({"definition": definition}, 422, "code"),
+    ]
+    for body, status, word in cases:
+        assert_error(await api.client.post(url, json=body), status, word)
+    malformed = await api.client.post(
+        url, content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_error(malformed, 422)
+    assert_error(await api.client.post("/namespaces/nope/compute_graphs", json=good), 404, "nope")
+    assert (await api.client.get(url)).json() == {"compute_graphs": []}
+    assert_error(await api.client.get(f"{url}/calc"), 404, "calc")
+
+
+async def test_delete_graph_removes_invocations_and_code(api: Api) -> None:
+    await api.register(graph_v1())
+    invocation = await api.invoke(n=1)
+    response = await api.client.delete("/namespaces/default/compute_graphs/calc")
+    assert response.status_code == 200 and response.json()["invocations"] == 1
+    assert_error(await api.client.get("/namespaces/default/compute_graphs/calc"), 404)
+    assert await api.store.load_invocation(invocation) is None
+    assert not await api.service.blobs.exists(
+        api.names.code_object("default", "calc", graph_v1().version)
+    )
+
+
+# -- invoking ------------------------------------------------------------------------------
+
+
+async def test_invoke_publishes_exactly_one_created_event(api: Api) -> None:
+    info = await api.register(graph_v1())
+    invocation = await api.invoke(n=3)
+    events = await consume_events(api.settings, expected=1)
+    assert len(events) == 1
+    event = events[0]
+    assert isinstance(event, InvocationCreatedEvent)
+    assert event.invocation_id == invocation and event.graph_version == info["version"]
+    assert event.input.inline is not None
+    assert decode(event.input.inline_payloads()[0]) == {"n": 3}
+
+    status = await api.client.get(
+        f"/namespaces/default/compute_graphs/calc/invocations/{invocation}"
+    )
+    assert status.status_code == 200
+    assert status.json()["status"] == "pending" and status.json()["id"] == invocation
+    listed = await api.client.get("/namespaces/default/compute_graphs/calc/invocations")
+    assert [i["id"] for i in listed.json()["invocations"]] == [invocation]
+    assert_error(
+        await api.client.get("/namespaces/default/compute_graphs/calc/invocations/nope"),
+        404,
+        "nope",
+    )
+
+
+async def test_invoke_with_sdk_encoded_payloads(api: Api) -> None:
+    await api.register(graph_v1())
+    url = "/namespaces/default/compute_graphs/calc/invoke_object"
+    pickled = cloudpickle.dumps({"n": 2})
+    response = await api.client.post(
+        url, content=pickled, headers={"content-type": PICKLE, "X-Indexify-Encoded": "1"}
+    )
+    assert response.status_code == 200, response.text
+    as_json = encode({"n": 4, "label": "y"})
+    response = await api.client.post(
+        url, content=as_json.data, headers={"content-type": JSON, "X-Indexify-Encoded": "1"}
+    )
+    assert response.status_code == 200, response.text
+    events = await consume_events(api.settings, expected=2)
+    inputs = sorted(
+        (e.input.inline_payloads()[0] for e in events if isinstance(e, InvocationCreatedEvent)),
+        key=lambda p: p.content_type,
+    )
+    assert inputs == [
+        Payload(content_type=JSON, data=as_json.data),
+        Payload(content_type=PICKLE, data=pickled),
+    ]
+
+
+async def test_rejected_invokes_publish_nothing(api: Api) -> None:
+    await api.register(graph_v1())
+    url = "/namespaces/default/compute_graphs/calc/invoke_object"
+    post = api.client.post
+    assert_error(await post(url, json={"n": 1, "bogus": 2}), 400, "bogus")
+    assert_error(await post(url, json={"label": "y"}), 400, "'n'")
+    assert_error(await post(url, json=[1, 2]), 400, "object")
+    assert_error(await post(url, content=b"{nope", headers={"content-type": JSON}), 400, "JSON")
+    assert_error(await post(url, content=b"n=1", headers={"content-type": "text/plain"}), 400)
+    encoded_bad = await post(
+        url, content=b'{"zzz": 1}', headers={"content-type": JSON, "X-Indexify-Encoded": "1"}
+    )
+    assert_error(encoded_bad, 400, "zzz")
+    big = {"n": 1, "label": "x" * MAX_BODY}
+    assert_error(await post(url, json=big), 413, "limit")
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield b'{"n": 1, "label": "'
+        for _ in range(MAX_BODY // 512 + 1):
+            yield b"y" * 512
+        yield b'"}'
+
+    assert_error(await post(url, content=chunked(), headers={"content-type": JSON}), 413)
+    assert_error(await post("/namespaces/default/compute_graphs/nope/invoke_object", json={}), 404)
+    assert_error(await post("/namespaces/nope/compute_graphs/calc/invoke_object", json={}), 404)
+
+    assert await consume_events(api.settings, expected=0) == []
+    listed = await api.client.get("/namespaces/default/compute_graphs/calc/invocations")
+    assert listed.json() == {"invocations": []}
+
+
+async def test_large_input_is_stored_in_minio(
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore
+) -> None:
+    settings = infra_settings.model_copy(update={"inline_limit_bytes": 16})
+    try:
+        async with running_api(settings) as api:
+            await api.register(graph_v1())
+            invocation = await api.invoke(n=5, label="l" * 100)
+            (event,) = await consume_events(settings, expected=1)
+            assert isinstance(event, InvocationCreatedEvent)
+            assert event.input.object_key == api.names.input_object("default", "calc", invocation)
+            data = await api.service.blobs.get(event.input.object_key)
+            assert json.loads(data) == {"n": 5, "label": "l" * 100}
+    finally:
+        await _drop_keys(settings)
+
+
+async def test_failed_publish_is_503_and_leaves_nothing(api: Api) -> None:
+    """Kafka cannot take the event (its topic is gone, metadata times out): 503, and the
+    invocation's record and input are removed again."""
+    await api.register(graph_v1())
+    bus = api.service.bus
+    await bus.delete_topics([api.names.events_topic])
+
+    async def topic_gone() -> bool:
+        return api.names.events_topic not in await bus.list_topics()
+
+    await eventually(topic_gone)
+    impatient = AIOKafkaProducer(
+        bootstrap_servers=api.settings.kafka_bootstrap, request_timeout_ms=1000
+    )
+    await impatient.start()
+    original, bus._producer = bus._producer, impatient  # only the timeout differs
+    try:
+        response = await api.client.post(
+            "/namespaces/default/compute_graphs/calc/invoke_object", json={"n": 1}
+        )
+    finally:
+        bus._producer = original
+        await impatient.stop()
+    assert_error(response, 503, "retry later")
+    assert await api.store.list_invocations("default", "calc") == []
+    keys = [k async for k in api.store.redis.scan_iter(match=f"{api.settings.prefix}:inv:*")]
+    assert keys == []
+
+
+# -- invocations ---------------------------------------------------------------------------
+
+
+async def test_cancel_publishes_a_cancel_event(api: Api) -> None:
+    await api.register(graph_v1())
+    invocation = await api.invoke(n=1)
+    url = f"/namespaces/default/compute_graphs/calc/invocations/{invocation}/cancel"
+    response = await api.client.post(url)
+    assert response.status_code == 202
+    assert response.json() == {"id": invocation, "status": "pending", "requested": True}
+    events = await consume_events(api.settings, expected=2)
+    assert [type(e) for e in events] == [InvocationCreatedEvent, InvocationCancelEvent]
+    assert events[1].invocation_id == invocation
+
+    state, rev = await api.store.load_invocation(invocation) or pytest.fail("no state")
+    await api.store.save_invocation(state.model_copy(update={"status": "cancelled"}), rev)
+    done = await api.client.post(url)
+    assert done.json() == {"id": invocation, "status": "cancelled", "requested": False}
+    assert_error(
+        await api.client.post("/namespaces/default/compute_graphs/calc/invocations/x/cancel"), 404
+    )
+
+
+async def test_rerun_and_delete(api: Api) -> None:
+    first = await api.register(graph_v1())
+    invocation = await api.invoke(n=7)
+    second = await api.register(graph_v2())
+    base = "/namespaces/default/compute_graphs/calc"
+    rerun = await api.client.post(f"{base}/invocations/{invocation}/rerun")
+    assert rerun.status_code == 200, rerun.text
+    new_id = rerun.json()["id"]
+    assert new_id != invocation
+    all_again = await api.client.post(f"{base}/rerun")
+    assert len(all_again.json()["invocations"]) == 2
+
+    events = await consume_events(api.settings, expected=4)
+    created = [e for e in events if isinstance(e, InvocationCreatedEvent)]
+    assert len(created) == 4
+    by_id = {e.invocation_id: e for e in created}
+    assert by_id[invocation].graph_version == first["version"]
+    assert by_id[new_id].graph_version == second["version"]
+    assert {decode(e.input.inline_payloads()[0])["n"] for e in created} == {7}
+
+    deleted = await api.client.delete(f"{base}/invocations/{invocation}")
+    assert deleted.status_code == 200 and deleted.json() == {"id": invocation, "deleted": True}
+    assert_error(await api.client.get(f"{base}/invocations/{invocation}"), 404)
+    assert_error(await api.client.delete(f"{base}/invocations/{invocation}"), 404)
+
+
+async def _finish_with_outputs(api: Api, invocation: str) -> tuple[str, str]:
+    """Act as the scheduler: ``start`` produced 3 values inline, ``square`` one large value in
+    MinIO and then failed on another; logs for the square task."""
+    state, rev = await api.store.load_invocation(invocation) or pytest.fail("no state")
+    start_task, square_task, failing = "start-aaaa", "square-bbbb", "square-cccc"
+    start_values = StoredValues.from_payloads([encode(0), encode(1), encode(4)])
+    key = api.names.outputs_object("default", "calc", invocation, square_task)
+    await api.service.blobs.put(key, b"xx" + b"9" * 10 + b"yy")
+    square_values = StoredValues(content_types=(JSON, JSON), object_key=key, offsets=(0, 2, 12))
+    error = ErrorInfo(message="boom", type="ValueError", traceback="Traceback...\nValueError")
+
+    def record(task_id: str, fn: str, error: ErrorInfo | None = None) -> TaskRecord:
+        task = Task(id=task_id, invocation_id=invocation, function=fn, kind="call", inputs=())
+        status = "failed" if error else "succeeded"
+        return TaskRecord(task=task, status=status, error=error)
+
+    state.tasks = {
+        start_task: record(start_task, "start"),
+        square_task: record(square_task, "square"),
+        failing: record(failing, "square", error),
+    }
+    state.outputs = {
+        "start": [ValueRange(task_id=start_task, function="start", start=0, stop=3)],
+        "square": [ValueRange(task_id=square_task, function="square", start=1, stop=2)],
+    }
+    state.status, state.failed_functions, state.error = "failed", ["square"], error
+    saved = await api.store.save_invocation(
+        state, rev, outputs={start_task: start_values, square_task: square_values}
+    )
+    assert saved is not None
+    log_key = api.names.log_object("default", "calc", invocation, square_task, 1, "stdout")
+    await api.service.blobs.put(log_key, b"hello from square\n")
+    await api.store.put_logs(invocation, square_task, {"stdout": log_key, "stderr": None})
+    return start_task, square_task
+
+
+async def test_outputs_and_logs(api: Api) -> None:
+    await api.register(graph_v1())
+    invocation = await api.invoke(n=3)
+    start_task, square_task = await _finish_with_outputs(api, invocation)
+    base = f"/namespaces/default/compute_graphs/calc/invocations/{invocation}"
+
+    counts = await api.client.get(f"{base}/outputs")
+    assert counts.json() == {"status": "failed", "outputs": {"start": 3, "square": 1}}
+
+    listed = (await api.client.get(f"{base}/fn/start/outputs")).json()
+    assert listed["status"] == "failed" and listed["error"] is None
+    assert [o["id"] for o in listed["outputs"]] == [f"{start_task}:{i}" for i in range(3)]
+    values = [
+        decode(Payload(content_type=o["content_type"], data=base64.b64decode(o["data"])))
+        for o in listed["outputs"]
+    ]
+    assert values == [0, 1, 4]
+
+    failed = await api.client.get(f"{base}/fn/square/outputs")
+    assert failed.status_code == 200
+    body = failed.json()
+    assert body["error"]["message"] == "boom" and body["status"] == "failed"
+    assert [o["id"] for o in body["outputs"]] == [f"{square_task}:1"]
+    assert base64.b64decode(body["outputs"][0]["data"]) == b"9" * 10
+
+    raw = await api.client.get(f"{base}/fn/square/output/{square_task}/1")
+    assert raw.status_code == 200 and raw.content == b"9" * 10
+    assert raw.headers["content-type"] == JSON
+    assert_error(await api.client.get(f"{base}/fn/square/output/{square_task}/0"), 404)
+    assert_error(await api.client.get(f"{base}/fn/nope/outputs"), 404, "square")
+
+    logs = (await api.client.get(f"{base}/fn/square/logs")).json()
+    by_task = {entry["task_id"]: entry for entry in logs}
+    assert by_task[square_task]["stdout"] == "hello from square\n"
+    assert by_task["square-cccc"]["traceback"].endswith("ValueError")
+    assert (await api.client.get(f"{base}/fn/cube/logs")).status_code == 404
+
+
+# -- block_until_finish (SSE), over a real uvicorn -----------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":")
+        )
+        if "event" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+async def test_block_until_finish_streams_progress(
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore
+) -> None:
+    port = _free_port()
+    app = create_app(infra_settings, ApiSettings(port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: asyncio.sleep(0, server.started))
+        service: ApiService = app.state.service
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+            registered = await client.post(
+                "/namespaces/default/compute_graphs", json=upload(graph_v1())
+            )
+            assert registered.status_code == 201
+            url = "/namespaces/default/compute_graphs/calc/invoke_object"
+            async with client.stream(
+                "POST", url, json={"n": 2}, params={"block_until_finish": "true"}
+            ) as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                lines = response.aiter_lines()
+                first = [await anext(lines), await anext(lines)]
+                assert first[0] == "event: invocation.accepted"
+                invocation = json.loads(first[1].removeprefix("data: "))["id"]
+                # the stream is open before the invocation ends: now play the scheduler
+                store = service.store
+                progress = [
+                    ProgressEvent(type="task.created", invocation_id=invocation, task_id="t1"),
+                    ProgressEvent(type="task.finished", invocation_id=invocation, task_id="t1"),
+                ]
+                await store.publish_progress(progress)
+                state, rev = await store.load_invocation(invocation) or pytest.fail("no state")
+                await store.save_invocation(state.model_copy(update={"status": "succeeded"}), rev)
+                await store.publish_progress(
+                    [ProgressEvent(type="invocation.finished", invocation_id=invocation)]
+                )
+                rest = "\n".join([line async for line in lines])
+        events = _parse_sse("\n".join(first) + "\n\n" + rest)
+        kinds = [kind for kind, _ in events]
+        assert kinds[0] == "invocation.accepted" and kinds[-1] == "invocation.finished"
+        assert "task.created" in kinds and "task.finished" in kinds
+        final = events[-1][1]
+        assert final["id"] == invocation and final["status"] == "succeeded"
+        assert final["tasks"] == []
+    finally:
+        server.should_exit = True
+        await serving
+        await _drop_keys(infra_settings)
