@@ -1,0 +1,437 @@
+"""The remote client: the same methods as the in-process client, over the server's REST API.
+
+``create_client()`` (without ``in_process=True``) returns a :class:`RemoteClient`. It uploads
+a graph's definition and cloudpickled code, invokes graphs with the encoded keyword arguments,
+follows an invocation's Server-Sent Events when asked to block, and decodes outputs with the
+producing function's return type, exactly as the in-process client does.
+
+Errors keep the server's explanation: a 4xx/5xx answer becomes :class:`~indexify.errors.ApiError`
+(``status_code``, ``message``); a 404 is also a :class:`~indexify.errors.NotFoundError`; a server
+that does not answer is an ``ApiError`` with status 503 and a hint to start it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .client import DEFAULT_NAMESPACE, DEFAULT_SERVICE_URL, IndexifyClient
+from .encoding import JSON, Payload, coerce, decode, encode
+from .engine import TERMINAL_STATUSES
+from .errors import (
+    ApiError,
+    EncodingError,
+    InvocationError,
+    InvocationNotFinishedError,
+    NotFoundError,
+)
+from .functions import check_name
+from .graph import Graph
+from .models import GraphInfo, InvocationInfo, TaskLogs
+from .runtime import FunctionRunner
+from .sse import iter_events
+
+__all__ = ["RemoteClient", "RemoteNotFoundError"]
+
+logger = logging.getLogger(__name__)
+
+ENCODED_HEADER = "X-Indexify-Encoded"
+_PRIMITIVES = (str, int, float, bool, type(None))
+_POLL_START_SEC = 0.02
+_POLL_MAX_SEC = 0.5
+_MAX_LISTED = 100_000
+
+
+class RemoteNotFoundError(NotFoundError, ApiError):
+    """A 404 from the server: catch it as ``NotFoundError`` or as ``ApiError``."""
+
+
+@dataclass(frozen=True)
+class _Registered:
+    version: str
+    graph: Graph
+
+
+class RemoteClient(IndexifyClient):
+    """Talks to an Indexify server at ``service_url``; one namespace per client.
+
+    ``timeout`` bounds each HTTP request; ``wait_timeout`` bounds how long
+    ``graph_outputs`` and ``invoke_graph_with_object(block_until_done=True)`` wait for an
+    invocation to finish. Thread-safe: one client may serve many threads.
+    """
+
+    def __init__(
+        self,
+        service_url: str = DEFAULT_SERVICE_URL,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        timeout: float = 30.0,
+        wait_timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.namespace = check_name(namespace, "namespace")
+        self.service_url = service_url.rstrip("/")
+        self.timeout = timeout
+        self.wait_timeout = wait_timeout
+        self._http = httpx.Client(
+            base_url=self.service_url,
+            timeout=timeout,
+            transport=transport,
+            headers=headers,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=64),
+        )
+        self._lock = threading.Lock()
+        self._registered: dict[str, _Registered] = {}
+        self._runners: dict[tuple[str, str], FunctionRunner | None] = {}
+        self._namespace_ready = namespace == DEFAULT_NAMESPACE
+
+    def __repr__(self) -> str:
+        return f"RemoteClient({self.service_url!r}, namespace={self.namespace!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _path(self, *parts: str) -> str:
+        base = f"/namespaces/{quote(self.namespace, safe='')}"
+        return base + "".join("/" + quote(p, safe="") for p in parts)
+
+    def _graph_path(self, graph: str, *parts: str) -> str:
+        return self._path("compute_graphs", graph, *parts)
+
+    def _unreachable(self, exc: httpx.TransportError) -> ApiError:
+        return ApiError(
+            503,
+            f"cannot reach the Indexify server at {self.service_url} ({exc!r}); start it with "
+            "`indexify-cli server-dev-mode` or pass create_client(service_url=...)",
+        )
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(
+                response.status_code,
+                f"{method} {path} answered with a body that is not JSON: {response.text[:200]!r}",
+            ) from exc
+
+    # -- namespaces -------------------------------------------------------------------------
+
+    def _ensure_namespace(self) -> None:
+        if self._namespace_ready:
+            return
+        self.create_namespace(self.namespace)
+        self._namespace_ready = True
+
+    def namespaces(self) -> list[str]:
+        self._ensure_namespace()
+        return sorted(self._json("GET", "/namespaces")["namespaces"])
+
+    def create_namespace(self, name: str) -> None:
+        check_name(name, "namespace")
+        try:
+            self._request("POST", "/namespaces", json={"name": name})
+        except ApiError as exc:
+            if exc.status_code != 409:  # already there: creating is idempotent
+                raise
+
+    # -- graphs -----------------------------------------------------------------------------
+
+    def register_compute_graph(self, graph: Graph) -> GraphInfo:
+        definition = graph.definition()
+        code = graph.serialize()
+        self._ensure_namespace()
+        body = {
+            "definition": definition.model_dump(mode="json"),
+            "code": base64.b64encode(code).decode("ascii"),
+        }
+        info = _model(GraphInfo, self._json("POST", self._path("compute_graphs"), json=body))
+        with self._lock:
+            self._registered[graph.name] = _Registered(version=info.version, graph=graph)
+        return info
+
+    def graphs(self) -> list[str]:
+        body = self._json("GET", self._path("compute_graphs"))
+        return sorted(item["name"] for item in body["compute_graphs"])
+
+    def graph(self, name: str) -> GraphInfo:
+        return _model(GraphInfo, self._json("GET", self._graph_path(name)))
+
+    def delete_graph(self, name: str) -> None:
+        self._request("DELETE", self._graph_path(name))
+        with self._lock:
+            self._registered.pop(name, None)
+            for key in [k for k in self._runners if k[0] == name]:
+                del self._runners[key]
+
+    # -- invocations ------------------------------------------------------------------------
+
+    def invoke_graph_with_object(
+        self, graph: str, block_until_done: bool = False, **kwargs: Any
+    ) -> str:
+        payload = encode(kwargs)
+        path = self._graph_path(graph, "invoke_object")
+        headers = {"Content-Type": payload.content_type, ENCODED_HEADER: "1"}
+        if not block_until_done:
+            return str(self._json("POST", path, content=payload.data, headers=headers)["id"])
+        invocation_id = self._invoke_and_follow(graph, path, payload.data, headers)
+        if invocation_id is None:
+            raise ApiError(502, f"the server closed the stream of {path} without an id")
+        return invocation_id
+
+    def _invoke_and_follow(
+        self, graph: str, path: str, data: bytes, headers: dict[str, str]
+    ) -> str | None:
+        """POST with ``block_until_finish``, follow the events; poll if the stream breaks."""
+        invocation_id: str | None = None
+        headers = {**headers, "Accept": "text/event-stream"}
+        stream_timeout = httpx.Timeout(self.timeout, read=max(self.timeout, 60.0))
+        try:
+            with self._http.stream(
+                "POST",
+                path,
+                params={"block_until_finish": "true"},
+                content=data,
+                headers=headers,
+                timeout=stream_timeout,
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_response(response)
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    response.read()
+                    invocation_id = str(response.json()["id"])
+                else:
+                    for event in iter_events(response.iter_lines()):
+                        if event.event == "invocation.accepted":
+                            invocation_id = str(event.json()["id"])
+                        elif event.event == "invocation.finished":
+                            return invocation_id or str(event.json()["id"])
+                        elif event.event == "error":
+                            raise ApiError(500, _sse_error(event.data))
+        except httpx.TransportError as exc:
+            if invocation_id is None:
+                raise self._unreachable(exc) from exc
+            logger.info("progress stream of %s broke (%r); polling its status", invocation_id, exc)
+        if invocation_id is not None:
+            self.wait_for_invocation(graph, invocation_id, timeout=self.wait_timeout)
+        return invocation_id
+
+    def invocation_status(self, graph: str, invocation_id: str) -> InvocationInfo:
+        return _model(
+            InvocationInfo, self._json("GET", self._graph_path(graph, "invocations", invocation_id))
+        )
+
+    def invocations(self, graph: str) -> list[InvocationInfo]:
+        path = self._graph_path(graph, "invocations")
+        body = self._json("GET", path, params={"limit": _MAX_LISTED})
+        infos = [_model(InvocationInfo, item) for item in body["invocations"]]
+        return sorted(infos, key=lambda info: info.created_at)  # oldest first, as in-process
+
+    def wait_for_invocation(
+        self, graph: str, invocation_id: str, timeout: float = 300.0
+    ) -> InvocationInfo:
+        deadline = time.monotonic() + timeout
+        delay = _POLL_START_SEC
+        while True:
+            info = self.invocation_status(graph, invocation_id)
+            if info.status in TERMINAL_STATUSES:
+                return info
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise InvocationNotFinishedError(
+                    f"invocation {invocation_id} of graph {graph!r} is still {info.status} "
+                    f"after {timeout:g} s; wait longer with wait_for_invocation(timeout=...)",
+                    invocation_id=invocation_id,
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX_SEC)
+
+    # -- outputs and logs -------------------------------------------------------------------
+
+    def graph_outputs(self, graph: str, invocation_id: str, fn_name: str) -> list[Any]:
+        path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "outputs")
+        body = self._json("GET", path)
+        version: str | None = None
+        if body.get("status") not in TERMINAL_STATUSES:
+            # the in-process client's outputs are always final: wait for the same here
+            info = self.wait_for_invocation(graph, invocation_id, timeout=self.wait_timeout)
+            version = info.graph_version
+            body = self._json("GET", path)
+        error = body.get("error")
+        if error:
+            trace = f"\n{error['traceback']}" if error.get("traceback") else ""
+            raise InvocationError(
+                f"{fn_name!r} failed in invocation {invocation_id}: "
+                f"{error.get('message', 'failed')}{trace}",
+                invocation_id=invocation_id,
+            )
+        payloads = [
+            Payload(content_type=item["content_type"], data=base64.b64decode(item["data"]))
+            for item in body.get("outputs", [])
+        ]
+        return self._decode_outputs(graph, invocation_id, fn_name, payloads, version)
+
+    def _decode_outputs(
+        self,
+        graph: str,
+        invocation_id: str,
+        fn_name: str,
+        payloads: list[Payload],
+        version: str | None,
+    ) -> list[Any]:
+        values: list[Any] = []
+        runner: FunctionRunner | None = None
+        runner_loaded = False
+        for payload in payloads:
+            if payload.content_type != JSON:
+                values.append(decode(payload))  # pickles carry their own type
+                continue
+            try:
+                raw = json.loads(payload.data)
+            except ValueError as exc:
+                raise EncodingError(f"an output of {fn_name!r} is not valid JSON: {exc}") from exc
+            if type(raw) in _PRIMITIVES:  # typed decoding leaves these as they are
+                values.append(raw)
+                continue
+            if not runner_loaded:
+                if version is None:
+                    version = self.invocation_status(graph, invocation_id).graph_version
+                runner = self._runner(graph, version)
+                runner_loaded = True
+            values.append(coerce(raw, runner.output_hint(fn_name)) if runner else raw)
+        return values
+
+    def _runner(self, graph: str, version: str) -> FunctionRunner | None:
+        """A runner of one version of the graph (None: its code does not load here)."""
+        key = (graph, version)
+        with self._lock:
+            if key in self._runners:
+                return self._runners[key]
+            local = self._registered.get(graph)
+        runner: FunctionRunner | None = None
+        if local is not None and local.version == version:
+            runner = FunctionRunner(local.graph)
+        else:
+            runner = self._download_runner(graph, version)
+        with self._lock:
+            self._runners[key] = runner
+        return runner
+
+    def _download_runner(self, graph: str, version: str) -> FunctionRunner | None:
+        code = self._request(
+            "GET", self._graph_path(graph, "code"), params={"version": version}
+        ).content
+        try:
+            return FunctionRunner(Graph.deserialize(code))
+        except Exception as exc:  # user code may not unpickle here: fall back to plain values
+            logger.warning(
+                "cannot load the code of graph %r version %s (%r); outputs decode untyped",
+                graph,
+                version,
+                exc,
+            )
+            return None
+
+    def logs(self, graph: str, invocation_id: str, fn_name: str) -> list[TaskLogs]:
+        path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "logs")
+        body = self._json("GET", path)
+        items = body.get("logs", []) if isinstance(body, dict) else body
+        return [_model(TaskLogs, item) for item in items]
+
+    # -- lifecycle of invocations -----------------------------------------------------------
+
+    def cancel_invocation(self, graph: str, invocation_id: str) -> None:
+        self._request("POST", self._graph_path(graph, "invocations", invocation_id, "cancel"))
+
+    def delete_invocation(self, graph: str, invocation_id: str) -> None:
+        self._request("DELETE", self._graph_path(graph, "invocations", invocation_id))
+
+    def rerun_invocation(self, graph: str, invocation_id: str) -> str:
+        path = self._graph_path(graph, "invocations", invocation_id, "rerun")
+        return str(self._json("POST", path)["id"])
+
+    def rerun_graph(self, graph: str) -> list[str]:
+        body = self._json("POST", self._graph_path(graph, "rerun"))
+        return [item if isinstance(item, str) else item["id"] for item in body["invocations"]]
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _model(cls: Any, data: Any) -> Any:
+    """Validate ``data`` as ``cls``, ignoring fields a newer server added."""
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k in cls.model_fields}
+    return cls.model_validate(data)
+
+
+def _detail(body: Any) -> str | None:
+    if not isinstance(body, dict) or "detail" not in body:
+        return None
+    detail = body["detail"]
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):  # FastAPI's validation errors
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", ()))
+                parts.append(f"{where}: {item.get('msg', item)}" if where else str(item))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return json.dumps(detail)
+
+
+def error_from_response(response: httpx.Response) -> ApiError:
+    """The exception for a 4xx/5xx answer, carrying the server's ``detail``."""
+    try:
+        message = _detail(response.json())
+    except ValueError:
+        message = None
+    if message is None:
+        text = response.text.strip()
+        message = text[:500] if text else response.reason_phrase or "no explanation"
+    if response.status_code == 404:
+        return RemoteNotFoundError(404, message)
+    return ApiError(response.status_code, message)
+
+
+def _sse_error(data: str) -> str:
+    try:
+        return _detail(json.loads(data)) or data
+    except ValueError:
+        return data

@@ -1,0 +1,301 @@
+"""The remote client's HTTP layer: requests it sends, SSE it follows, errors it maps.
+
+The server is replaced by ``httpx.MockTransport`` (an in-memory transport for the HTTP layer
+only); the real API is exercised end to end in ``tests/e2e``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from indexify import Graph, indexify_function
+from indexify.encoding import Payload, decode, encode
+from indexify.errors import ApiError, InvocationError, InvocationNotFinishedError, NotFoundError
+from indexify.remote import ENCODED_HEADER, RemoteClient
+from indexify.sse import ServerSentEvent, iter_events
+
+URL = "http://indexify.test"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Point(BaseModel):
+    x: int
+    y: int
+
+
+@indexify_function()
+def make_point(n: int) -> Point:
+    return Point(x=n, y=n + 1)
+
+
+@indexify_function()
+def norm(p: Point) -> int:
+    return p.x * p.x + p.y * p.y
+
+
+def point_graph() -> Graph:
+    g = Graph(name="points", start_node=make_point)
+    g.add_edge(make_point, norm)
+    return g
+
+
+def client_for(handler: Handler, namespace: str = "default") -> RemoteClient:
+    return RemoteClient(URL, namespace, transport=httpx.MockTransport(handler), timeout=5)
+
+
+def status_body(status: str, version: str = "v1") -> dict[str, Any]:
+    return {
+        "id": "inv1",
+        "namespace": "default",
+        "graph": "points",
+        "graph_version": version,
+        "status": status,
+        "tasks": [],
+    }
+
+
+def outputs_body(status: str, *values: Any, error: dict[str, str] | None = None) -> dict:
+    outputs = []
+    for i, value in enumerate(values):
+        payload = encode(value)
+        data = base64.b64encode(payload.data).decode()
+        outputs.append({"id": f"t:{i}", "content_type": payload.content_type, "data": data})
+    return {"status": status, "function": "make_point", "error": error, "outputs": outputs}
+
+
+# -- SSE ------------------------------------------------------------------------------------
+
+
+def test_sse_parser_joins_data_lines_and_skips_comments() -> None:
+    lines = [
+        ": keep-alive",
+        "event: invocation.accepted",
+        'data: {"id":',
+        'data: "abc"}',
+        "id: 1",
+        "",
+        "",
+        "data: plain",
+        "",
+        "event: dropped-without-blank-line",
+        "data: x",
+    ]
+    events = list(iter_events(lines))
+    assert events == [
+        ServerSentEvent("invocation.accepted", '{"id":\n"abc"}', "1"),
+        ServerSentEvent("message", "plain", "1"),
+    ]
+    assert events[0].json() == {"id": "abc"}
+
+
+def test_sse_parser_handles_crlf_and_missing_space() -> None:
+    events = list(iter_events(["event:task.created\r\n", "data:{}\r\n", "\r\n"]))
+    assert events == [ServerSentEvent("task.created", "{}", None)]
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def test_invoke_sends_encoded_kwargs_with_its_content_type() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "inv1"})
+
+    client = client_for(handler)
+    assert client.invoke_graph_with_object("points", n=3, p=Point(x=1, y=2)) == "inv1"
+    (request,) = seen
+    assert request.url.path == "/namespaces/default/compute_graphs/points/invoke_object"
+    assert request.headers[ENCODED_HEADER] == "1"
+    assert request.headers["content-type"] == "application/x-cloudpickle"
+    sent = Payload(content_type=request.headers["content-type"], data=request.content)
+    assert decode(sent) == {"n": 3, "p": Point(x=1, y=2)}
+
+
+def test_register_creates_a_missing_namespace_and_strips_new_fields() -> None:
+    calls: list[tuple[str, str]] = []
+    graph = point_graph()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append((request.method, request.url.path))
+        if request.url.path == "/namespaces":
+            return httpx.Response(201, json={"name": "team", "created": True})
+        body = json.loads(request.content)
+        assert base64.b64decode(body["code"]) == graph.serialize()
+        info = {
+            "namespace": "team",
+            "name": "points",
+            "version": body["definition"]["version"],
+            "definition": body["definition"],
+            "created": True,
+        }
+        return httpx.Response(201, json=info)
+
+    info = client_for(handler, "team").register_compute_graph(graph)
+    assert info.version == graph.version
+    assert calls == [("POST", "/namespaces"), ("POST", "/namespaces/team/compute_graphs")]
+
+
+# -- blocking invocations -------------------------------------------------------------------
+
+
+def sse(*events: tuple[str, dict[str, Any]]) -> bytes:
+    return "".join(f"event: {e}\ndata: {json.dumps(d)}\n\n" for e, d in events).encode()
+
+
+def test_block_until_done_follows_the_stream_to_the_finished_event() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.params["block_until_finish"] == "true"
+        body = sse(
+            ("invocation.accepted", {"id": "inv1"}),
+            ("task.created", {"type": "task.created", "invocation_id": "inv1"}),
+            ("invocation.finished", status_body("succeeded")),
+        )
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    assert client_for(handler).invoke_graph_with_object("points", True, n=1) == "inv1"
+
+
+def test_block_until_done_polls_when_the_stream_ends_early() -> None:
+    polls = iter(["running", "running", "succeeded"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            body = sse(("invocation.accepted", {"id": "inv1"}))
+            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        assert request.url.path.endswith("/invocations/inv1")
+        return httpx.Response(200, json=status_body(next(polls)))
+
+    client = client_for(handler)
+    assert client.invoke_graph_with_object("points", block_until_done=True, n=1) == "inv1"
+    assert next(polls, None) is None
+
+
+def test_wait_for_invocation_times_out_with_a_hint() -> None:
+    client = client_for(lambda r: httpx.Response(200, json=status_body("running")))
+    with pytest.raises(InvocationNotFinishedError, match="still running"):
+        client.wait_for_invocation("points", "inv1", timeout=0.05)
+
+
+# -- outputs --------------------------------------------------------------------------------
+
+
+def test_outputs_decode_to_the_registered_functions_return_type() -> None:
+    graph = point_graph()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/compute_graphs"):
+            d = json.loads(request.content)["definition"]
+            return httpx.Response(
+                201,
+                json={
+                    "namespace": "default",
+                    "name": "points",
+                    "version": d["version"],
+                    "definition": d,
+                },
+            )
+        if path.endswith("/outputs"):
+            return httpx.Response(200, json=outputs_body("succeeded", {"x": 1, "y": 2}))
+        return httpx.Response(200, json=status_body("succeeded", graph.version))
+
+    client = client_for(handler)
+    client.register_compute_graph(graph)
+    assert client.graph_outputs("points", "inv1", "make_point") == [Point(x=1, y=2)]
+
+
+def test_outputs_download_the_code_of_the_invocations_version() -> None:
+    graph = point_graph()
+    downloads: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/code"):
+            downloads.append(request.url.params["version"])
+            return httpx.Response(200, content=graph.serialize())
+        if path.endswith("/outputs"):
+            return httpx.Response(200, json=outputs_body("succeeded", {"x": 1, "y": 2}))
+        return httpx.Response(200, json=status_body("succeeded", "v7"))
+
+    client = client_for(handler)
+    assert client.graph_outputs("points", "inv1", "make_point") == [Point(x=1, y=2)]
+    assert client.graph_outputs("points", "inv1", "make_point") == [Point(x=1, y=2)]
+    assert downloads == ["v7"]
+
+
+def test_primitive_outputs_need_no_code() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path.endswith("/outputs"), "no other request expected"
+        return httpx.Response(200, json=outputs_body("succeeded", 5, "a", None, 2.5))
+
+    assert client_for(handler).graph_outputs("points", "inv1", "norm") == [5, "a", None, 2.5]
+
+
+def test_outputs_wait_for_a_running_invocation() -> None:
+    answers = iter(
+        [outputs_body("running"), status_body("succeeded"), outputs_body("succeeded", 41)]
+    )
+    client = client_for(lambda r: httpx.Response(200, json=next(answers)))
+    assert client.graph_outputs("points", "inv1", "norm") == [41]
+
+
+def test_outputs_of_a_failed_function_raise_with_message_and_traceback() -> None:
+    error = {"kind": "user", "type": "ValueError", "message": "bad n", "traceback": "Trace..."}
+    client = client_for(lambda r: httpx.Response(200, json=outputs_body("failed", error=error)))
+    with pytest.raises(InvocationError, match="bad n") as info:
+        client.graph_outputs("points", "inv1", "make_point")
+    assert "Trace..." in str(info.value)
+    assert info.value.invocation_id == "inv1"
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_404_is_not_found_and_api_error_with_the_servers_message() -> None:
+    detail = "graph 'nope' is not registered in namespace 'default'"
+    client = client_for(lambda r: httpx.Response(404, json={"detail": detail}))
+    with pytest.raises(NotFoundError, match="is not registered") as info:
+        client.graph("nope")
+    assert isinstance(info.value, ApiError)
+    assert info.value.status_code == 404
+    assert info.value.message == detail
+
+
+def test_validation_errors_are_summarised() -> None:
+    detail = [{"loc": ["body", "definition"], "msg": "Field required", "type": "missing"}]
+    client = client_for(lambda r: httpx.Response(422, json={"detail": detail}))
+    with pytest.raises(ApiError) as info:
+        client.invocations("points")
+    assert info.value.status_code == 422
+    assert info.value.message == "body.definition: Field required"
+
+
+def test_non_json_errors_keep_the_body() -> None:
+    client = client_for(lambda r: httpx.Response(502, text="bad gateway from proxy"))
+    with pytest.raises(ApiError, match="bad gateway from proxy"):
+        client.graphs()
+
+
+def test_an_error_before_the_stream_starts_is_raised() -> None:
+    client = client_for(lambda r: httpx.Response(413, json={"detail": "input too large"}))
+    with pytest.raises(ApiError, match="input too large") as info:
+        client.invoke_graph_with_object("points", block_until_done=True, n=1)
+    assert info.value.status_code == 413
+
+
+def test_unreachable_server_says_how_to_start_it() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(ApiError, match="server-dev-mode") as info:
+        client_for(handler).graphs()
+    assert info.value.status_code == 503
