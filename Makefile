@@ -42,3 +42,7 @@ bench: setup infra-up
 
 clean: infra-down
 	rm -rf $(VENV) .data .infra
+
+MINUTES ?= 2
+chaos: setup infra-up
+	$(BIN)/python tests/fault/chaos.py --minutes $(MINUTES)

@@ -62,8 +62,11 @@ class DevStack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start(self, spec: ProcessSpec) -> None:
-        if spec.name in self.processes and self.processes[spec.name].process.poll() is None:
-            raise RuntimeError(f"{spec.name} is already running")
+        previous = self.processes.get(spec.name)
+        if previous is not None:
+            if previous.process.poll() is None:
+                raise RuntimeError(f"{spec.name} is already running")
+            previous.log.close()
         log: IO[bytes]
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)

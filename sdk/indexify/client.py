@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import Any
+from typing import Any, Self
 
 from .graph import Graph
 from .models import GraphInfo, InvocationInfo, TaskLogs
@@ -77,6 +77,15 @@ class IndexifyClient(abc.ABC):
     @abc.abstractmethod
     def rerun_invocation(self, graph: str, invocation_id: str) -> str:
         """Run an invocation again on the graph's current version; returns its id."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Release connections; the in-process client has none."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def rerun_graph(self, graph: str) -> list[str]:
         """Replay every invocation of ``graph`` on its current version (a backfill)."""

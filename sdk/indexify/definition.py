@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -22,6 +23,7 @@ class NodeDefinition(BaseModel):
     accumulator: str | None = None
     parameters: tuple[str, ...] = ()
     required_parameters: tuple[str, ...] = ()
+    accepts_any_keyword: bool = False
     image: ImageDefinition | None = None
     placement_constraints: dict[str, str] = Field(default_factory=dict)
     required_labels: dict[str, str] = Field(default_factory=dict)
@@ -48,6 +50,24 @@ class GraphDefinition(BaseModel):
 
     _ancestors: dict[str, frozenset[str]] | None = PrivateAttr(default=None)
     _topological: tuple[str, ...] | None = PrivateAttr(default=None)
+
+    def argument_problems(self, kwargs: Iterable[str]) -> str | None:
+        """Why the start node cannot be called with these keyword arguments (None if it can)."""
+        start = self.nodes[self.start_node]
+        given = set(kwargs)
+        unknown = [] if start.accepts_any_keyword else sorted(given - set(start.parameters))
+        missing = sorted(set(start.required_parameters) - given)
+        problems = []
+        if unknown:
+            problems.append(f"unknown argument(s) {unknown}")
+        if missing:
+            problems.append(f"missing required argument(s) {missing}")
+        if not problems:
+            return None
+        return (
+            f"graph {self.name!r}: {' and '.join(problems)}; start function {start.name!r} "
+            f"takes {list(start.parameters)} (required: {list(start.required_parameters)})"
+        )
 
     def successors(self, name: str) -> tuple[str, ...]:
         """Nodes that receive every output of ``name`` (routers use :meth:`route_targets`)."""

@@ -7,6 +7,7 @@ Grouped by what the caller can do about them::
     ├── EncodingError                a value could not be encoded or decoded
     ├── InvocationError              the invocation failed or cannot be read (see ``.error``)
     │   └── InvocationNotFinishedError  outputs were asked for before the invocation ended
+    ├── InvalidInputError            bad arguments for a request (e.g. unknown keyword arguments)
     ├── NotFoundError                an unknown namespace, graph, invocation or function
     └── ApiError                     the server refused a request (``status_code``, ``message``)
 
@@ -43,6 +44,10 @@ class InvocationError(IndexifyError):
 
 class InvocationNotFinishedError(InvocationError):
     """Outputs were requested while the invocation is still running."""
+
+
+class InvalidInputError(IndexifyError):
+    """A request's input is invalid (unknown or missing keyword arguments, a bad name)."""
 
 
 class NotFoundError(IndexifyError):

@@ -29,6 +29,7 @@ class Graph:
         self.nodes: dict[str, Any] = {}
         self.edges: dict[str, list[str]] = {}
         self.routes: dict[str, list[str]] = {}
+        self._hints: dict[str, dict[str, Any]] = {}
         self.start_node = self._add_node(start_node)
         self._definition: GraphDefinition | None = None
 
@@ -89,8 +90,9 @@ class Graph:
 
     def validate(self) -> None:
         """Check the whole graph; raises :class:`GraphValidationError` naming the fix."""
-        for node in self.nodes.values():
-            _check_signature(node, resolve=True)
+        for name, node in self.nodes.items():
+            _check_signature(node, resolve=False)
+            self.type_hints(name)
         for name, node in self.nodes.items():
             if spec_of(node).kind == "router":
                 self._check_router(name, node)
@@ -105,7 +107,7 @@ class Graph:
                 f"g.route({name}, [fn_a, fn_b])",
                 function=name,
             )
-        hints = _type_hints(node)
+        hints = self.type_hints(name)
         for fn in _functions_in_annotation(hints.get("return")):
             target = spec_of(fn).name
             if target not in targets:
@@ -189,6 +191,8 @@ class Graph:
     def serialize(self) -> bytes:
         """The graph's code, cloudpickled; user modules are pickled by value."""
         self.definition()
+        for name in self.nodes:
+            self.type_hints(name)
         already = set(cloudpickle.list_registry_pickle_by_value())
         modules: dict[str, types.ModuleType] = {}
         for node in self.nodes.values():
@@ -226,11 +230,22 @@ class Graph:
                 function=name,
             ) from None
 
+    def type_hints(self, name: str) -> dict[str, Any]:
+        """Resolved annotations of a function, kept with the graph when it is serialized.
+
+        Resolving them here (not where the code runs) matters for modules that use
+        ``from __future__ import annotations``: pickled code carries only the globals its
+        body uses, so string annotations could not be resolved on an executor.
+        """
+        if name not in self._hints:
+            self._hints[name] = _type_hints(self.function(name))
+        return self._hints[name]
+
     def return_hint(self, name: str) -> Any:
-        return _type_hints(self.function(name)).get("return")
+        return self.type_hints(name).get("return")
 
     def parameter_hints(self, name: str) -> dict[str, Any]:
-        hints = _type_hints(self.function(name))
+        hints = self.type_hints(name)
         return {p: hints.get(p) for p in _parameters(self.function(name))}
 
     def __repr__(self) -> str:
@@ -259,6 +274,11 @@ def _parameters(node: Any, *, required_only: bool = False) -> list[str]:
         if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         and not (required_only and p.default is not p.empty)
     ]
+
+
+def _accepts_any_keyword(node: Any) -> bool:
+    params = inspect.signature(signature_target(node)).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _type_hints(node: Any) -> dict[str, Any]:
@@ -338,6 +358,7 @@ def _node_definition(node: Any) -> NodeDefinition:
         accumulator=spec.accumulate.__qualname__ if spec.accumulate is not None else None,
         parameters=tuple(_parameters(node)),
         required_parameters=tuple(_parameters(node, required_only=True)),
+        accepts_any_keyword=_accepts_any_keyword(node),
         image=spec.image.definition() if spec.image is not None else None,
         placement_constraints=dict(spec.placement_constraints),
         required_labels=required,

@@ -25,7 +25,7 @@ from .engine import (
     TaskFinished,
     ValueRange,
 )
-from .errors import InvocationError, NotFoundError
+from .errors import InvalidInputError, InvocationError, NotFoundError
 from .functions import check_name
 from .graph import Graph
 from .models import GraphInfo, InvocationInfo, TaskLogs
@@ -128,11 +128,17 @@ class LocalClient(IndexifyClient):
         self, graph: str, block_until_done: bool = False, **kwargs: Any
     ) -> str:
         registered = self._registered(graph)
+        problem = registered.definition.argument_problems(kwargs)
+        if problem is not None:
+            raise InvalidInputError(problem)
+        return self._start(registered, graph, encode(kwargs))
+
+    def _start(self, registered: _Registered, graph: str, payload: Payload) -> str:
         invocation_id = uuid.uuid4().hex
         state = registered.engine.new_state(
             invocation_id, namespace=self.namespace, created_at=time.time()
         )
-        invocation = _Invocation(state=state, graph_name=graph, input=encode(kwargs))
+        invocation = _Invocation(state=state, graph_name=graph, input=payload)
         self._invocations[invocation_id] = invocation
         self._run(registered, invocation)
         return invocation_id
@@ -247,12 +253,7 @@ class LocalClient(IndexifyClient):
         del self._invocations[invocation_id]
 
     def rerun_invocation(self, graph: str, invocation_id: str) -> str:
+        """A new invocation with the same input on the graph's current version (as on the
+        server); the original stays for comparison."""
         invocation = self._invocation(graph, invocation_id)
-        registered = self._registered(graph)
-        invocation.state = registered.engine.new_state(
-            invocation_id, namespace=self.namespace, created_at=time.time()
-        )
-        invocation.payloads.clear()
-        invocation.logs.clear()
-        self._run(registered, invocation)
-        return invocation_id
+        return self._start(self._registered(graph), graph, invocation.input)

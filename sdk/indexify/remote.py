@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +29,7 @@ from .engine import TERMINAL_STATUSES
 from .errors import (
     ApiError,
     EncodingError,
+    InvalidInputError,
     InvocationError,
     InvocationNotFinishedError,
     NotFoundError,
@@ -40,7 +40,7 @@ from .models import GraphInfo, InvocationInfo, TaskLogs
 from .runtime import FunctionRunner
 from .sse import iter_events
 
-__all__ = ["RemoteClient", "RemoteNotFoundError"]
+__all__ = ["RemoteClient", "RemoteInvalidInputError", "RemoteNotFoundError"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ _MAX_LISTED = 100_000
 
 class RemoteNotFoundError(NotFoundError, ApiError):
     """A 404 from the server: catch it as ``NotFoundError`` or as ``ApiError``."""
+
+
+class RemoteInvalidInputError(InvalidInputError, ApiError):
+    """A 400 from the server: catch it as ``InvalidInputError`` or as ``ApiError``."""
 
 
 @dataclass(frozen=True)
@@ -100,17 +104,6 @@ class RemoteClient(IndexifyClient):
 
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> RemoteClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -427,6 +420,8 @@ def error_from_response(response: httpx.Response) -> ApiError:
         message = text[:500] if text else response.reason_phrase or "no explanation"
     if response.status_code == 404:
         return RemoteNotFoundError(404, message)
+    if response.status_code == 400:
+        return RemoteInvalidInputError(400, message)
     return ApiError(response.status_code, message)
 
 

@@ -163,20 +163,9 @@ def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
 
 def check_arguments(definition: GraphDefinition, kwargs: dict[str, Any]) -> None:
     """The start node must accept every keyword and get every required one."""
-    start = definition.nodes[definition.start_node]
-    unknown = sorted(set(kwargs) - set(start.parameters))
-    missing = sorted(set(start.required_parameters) - set(kwargs))
-    problems = []
-    if unknown:
-        problems.append(f"unknown argument(s) {unknown}")
-    if missing:
-        problems.append(f"missing required argument(s) {missing}")
-    if problems:
-        raise BadRequest(
-            f"graph {definition.name!r}: {' and '.join(problems)}; start function "
-            f"{start.name!r} takes {list(start.parameters)} "
-            f"(required: {list(start.required_parameters)})"
-        )
+    problem = definition.argument_problems(kwargs)
+    if problem is not None:
+        raise BadRequest(problem)
 
 
 def invocation_payload(

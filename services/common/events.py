@@ -12,10 +12,11 @@ import time
 import uuid
 from typing import Annotated, Literal, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
 from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, Task, TaskFinished
 from indexify.engine.model import InvocationStatus
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 SCHEMA_VERSION: Literal[1] = 1
 _T = TypeVar("_T")

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from indexify.definition import GraphDefinition
-from indexify.engine import InvocationState
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from indexify.definition import GraphDefinition
+from indexify.engine import InvocationState
 
 from .errors import PlatformUnavailable
 from .events import ProgressEvent, StoredValues

@@ -401,3 +401,60 @@ def test_serialized_graph_runs_in_a_process_without_the_test_module(tmp_path) ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [summing_graph().version, "['total=12']"]
+
+
+FUTURE_MODULE = """
+from __future__ import annotations
+
+from typing import List
+
+from pydantic import BaseModel
+
+from indexify import Graph, indexify_function
+
+
+class Acc(BaseModel):
+    total: int = 0
+
+
+@indexify_function()
+def spread(n: int) -> List[int]:
+    return list(range(n))
+
+
+@indexify_function(accumulate=Acc)
+def add(acc: Acc, x: int) -> Acc:
+    return Acc(total=acc.total + x)
+
+
+def build() -> Graph:
+    return Graph(name="future_graph", start_node=spread).add_edge(spread, add)
+"""
+
+
+def test_string_annotations_survive_serialization(tmp_path, monkeypatch) -> None:
+    """A workflow module using `from __future__ import annotations` runs where its module is
+    absent: the graph carries resolved annotations, not strings naming missing globals."""
+    (tmp_path / "future_workflow.py").write_text(FUTURE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import future_workflow  # type: ignore[import-not-found]
+
+    path = tmp_path / "graph.pkl"
+    path.write_bytes(future_workflow.build().serialize())
+    (tmp_path / "future_workflow.py").unlink()
+    script = textwrap.dedent(
+        f"""
+        import pathlib
+        from indexify import Graph, create_client
+        graph = Graph.deserialize(pathlib.Path({str(path)!r}).read_bytes())
+        client = create_client(in_process=True)
+        client.register_compute_graph(graph)
+        inv = client.invoke_graph_with_object(graph.name, n=5)
+        print(client.graph_outputs(graph.name, inv, "add")[0].total)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd="/", timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["10"]

@@ -15,6 +15,7 @@ from indexify import (
     IndexifyClient,
     IndexifyFunction,
     IndexifyRouter,
+    InvalidInputError,
     InvocationError,
     NonRetryable,
     NotFoundError,
@@ -318,13 +319,13 @@ def test_failing_function_fails_the_invocation_and_stops_downstream(
     assert "cannot handle 3" in log.traceback
 
 
-def test_wrong_invocation_arguments_fail_permanently(client: IndexifyClient) -> None:
-    g = Graph("args", start_node=double)
-    inv = run(client, g, y=1)
-    status = client.invocation_status("args", inv)
-    assert status.status == "failed"
-    assert status.error is not None and status.error.kind == "permanent"
-    assert "x" in status.error.message
+def test_wrong_invocation_arguments_are_refused_at_invoke(client: IndexifyClient) -> None:
+    """As on the server (HTTP 400): nothing is started for arguments the start node rejects."""
+    client.register_compute_graph(Graph("args", start_node=double))
+    with pytest.raises(InvalidInputError) as refused:
+        client.invoke_graph_with_object("args", y=1)
+    assert "['y']" in str(refused.value) and "['x']" in str(refused.value)
+    assert client.invocations("args") == []
 
 
 def test_retries_until_success(client: IndexifyClient) -> None:
@@ -533,10 +534,11 @@ def test_rerun_graph_gives_identical_outputs(client: IndexifyClient) -> None:
     client.register_compute_graph(g)
     invocations = [client.invoke_graph_with_object("rerun", n=n) for n in (3, 5)]
     before = [client.graph_outputs("rerun", inv, "add_up") for inv in invocations]
-    assert client.rerun_graph("rerun") == invocations
-    after = [client.graph_outputs("rerun", inv, "add_up") for inv in invocations]
+    reruns = client.rerun_graph("rerun")
+    assert len(reruns) == 2 and not set(reruns) & set(invocations)
+    after = [client.graph_outputs("rerun", inv, "add_up") for inv in reruns]
     assert after == before == [[Total(value=6)], [Total(value=20)]]
-    assert all(client.invocation_status("rerun", i).status == "succeeded" for i in invocations)
+    assert all(client.invocation_status("rerun", i).status == "succeeded" for i in reruns)
 
 
 def test_cancelling_a_finished_invocation_changes_nothing(client: IndexifyClient) -> None:

@@ -16,6 +16,7 @@ PUBLIC_API = [
     "IndexifyError",
     "IndexifyFunction",
     "IndexifyRouter",
+    "InvalidInputError",
     "InvocationError",
     "InvocationInfo",
     "InvocationNotFinishedError",

@@ -1,0 +1,36 @@
+"""Fault-injection fixtures: a real stack of subprocesses that tests kill and restart."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from services.devstack import DevStack
+
+
+@pytest.fixture
+def stack(tmp_path: Path, require_infra: None) -> Iterator[DevStack]:
+    env = {
+        "INDEXIFY_PREFIX": f"f{uuid.uuid4().hex[:10]}",
+        "INDEXIFY_EXECUTOR_SESSION_TIMEOUT_MS": "3000",
+        "INDEXIFY_SCHEDULER_SESSION_TIMEOUT_MS": "3000",
+    }
+    with DevStack(env, log_dir=tmp_path / "logs") as running:
+        yield running
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(stack, DevStack) and stack.log_dir is not None:
+        for log in sorted(stack.log_dir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-30:]
+            report.sections.append((f"log {log.name}", "\n".join(tail)))
