@@ -1,7 +1,8 @@
 """Run the whole stack (API, schedulers, executors) as local subprocesses.
 
-Used by ``indexify-cli server-dev-mode``, the end-to-end tests, the benchmarks and the fault
-injection tests (which kill and restart processes with :meth:`DevStack.kill` / ``restart``).
+Used by ``indexify-cli server-dev-mode`` (see :meth:`DevStack.supervise`), the end-to-end
+tests, the benchmarks and the fault injection tests (which kill and restart processes with
+:meth:`DevStack.kill` / ``restart``).
 Kafka, Redis and MinIO must already run (``make infra-up``).
 """
 
@@ -110,6 +111,25 @@ class DevStack:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"the API did not become healthy at {self.url} in {timeout} s")
+
+    def supervise(self, poll_sec: float = 0.2) -> tuple[str, int] | None:
+        """Run until SIGINT/SIGTERM (returns None) or until a process exits (its name, code)."""
+        stop: list[int] = []
+        previous = {
+            sig: signal.signal(sig, lambda signum, _frame: stop.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            while not stop:
+                for name, running in self.processes.items():
+                    code = running.process.poll()
+                    if code is not None:
+                        return name, code
+                time.sleep(poll_sec)
+            return None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         running = self.processes[name]

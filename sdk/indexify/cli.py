@@ -30,7 +30,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .dev_server import DevServer, infra_endpoints, unreachable
+from .dev_server import infra_endpoints, unreachable
 
 __all__ = ["main"]
 
@@ -72,22 +72,28 @@ def cmd_server_dev_mode(args: argparse.Namespace) -> int:
         for problem in problems:
             _err().print(f"[red]{problem}")
         return 1
-    env = {**os.environ, "INDEXIFY_API_PORT": str(args.port)}
-    env.setdefault("INDEXIFY_API_HOST", "127.0.0.1")
-    host = env["INDEXIFY_API_HOST"]
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{args.port}"
-    stack = DevServer(env)
-    stack.start("api", "services.api")
-    stack.start("scheduler", "services.scheduler")
-    for index in range(args.executors):
-        stack.start(
-            f"executor-{index}", "services.executor", "--concurrency", str(args.concurrency)
+    from services.devstack import DevStack
+
+    host = os.environ.get("INDEXIFY_API_HOST", "127.0.0.1")
+    with DevStack(api_port=args.port) as stack:
+        try:
+            stack.start_default(executors=args.executors, concurrency=args.concurrency)
+        except (RuntimeError, TimeoutError) as exc:
+            _err().print(f"[red]{exc}; stopping the rest")
+            return 1
+        url = stack.url if host in ("0.0.0.0", "::", "127.0.0.1") else f"http://{host}:{args.port}"
+        console.print(
+            f"[green]Indexify is ready at {url}[/] (UI {url}/ui, API docs {url}/docs) with "
+            f"{args.executors} executor(s) (Kafka {settings.kafka_bootstrap}, prefix "
+            f"{settings.prefix!r}); Ctrl-C stops it"
         )
-    console.print(
-        f"started API, scheduler and {args.executors} executor(s) "
-        f"(Kafka {settings.kafka_bootstrap}, prefix {settings.prefix!r})"
-    )
-    return stack.run(url, console)
+        exited = stack.supervise()
+    if exited is not None:
+        name, code = exited
+        _err().print(f"[red]{name} exited with code {code}; stopped the rest")
+        return code or 1
+    console.print("stopped")
+    return 0
 
 
 # -- one service ----------------------------------------------------------------------------
