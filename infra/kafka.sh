@@ -50,14 +50,16 @@ kafka_configure() {
     -e "s|@LOG_DIRS@|$KAFKA_DATA/data|g" \
     "$INFRA_DIR/kafka/server.properties.template" >"$KAFKA_DATA/server.properties"
   if [[ ! -s $KAFKA_DATA/cluster.id ]]; then
-    python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' \
-      >"$KAFKA_DATA/cluster.id"
+    # 22 chars of url-safe base64 of a UUID; one that starts with "-" would read as an option
+    python3 -c 'import base64, uuid
+while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
+print(cid)' >"$KAFKA_DATA/cluster.id"
   fi
   if [[ ! -f $KAFKA_DATA/data/meta.properties ]]; then
     local cid
     cid=$(<"$KAFKA_DATA/cluster.id")
     log "formatting Kafka storage in $KAFKA_DATA/data (cluster id $cid)"
-    kafka_java kafka.tools.StorageTool format -t "$cid" -c "$KAFKA_DATA/server.properties" \
+    kafka_java kafka.tools.StorageTool format --cluster-id="$cid" -c "$KAFKA_DATA/server.properties" \
       --ignore-formatted >>"$KAFKA_LOG" 2>&1 || fail_start kafka "$KAFKA_LOG" "kafka storage format failed"
   fi
 }
