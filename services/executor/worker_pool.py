@@ -10,11 +10,14 @@ safe) and talk to the executor over a pipe::
                                             run the function, store outputs and logs
         ◄──────────── TaskFinishedEvent ──
 
-The executor waits on the pipe with ``loop.add_reader``, so heartbeats, Kafka and other tasks
-go on while a function computes. A task that runs past its ``timeout_sec`` gets its worker
-process killed and replaced and reports a user error of type ``TimeoutError``; a worker that
-dies under a task (segfault, OOM kill, ``os._exit``) is replaced too and the task reports a
-``platform`` error, retried without spending the user's budget. The executor survives both.
+Pipe I/O runs in the pool's own threads, never on the event loop, so heartbeats, Kafka and
+other tasks go on while a function computes, and a message of megabytes (thousands of inline
+values) that crosses the pipe in pieces neither blocks the loop nor looks like a dead worker:
+only the process's sentinel says that a worker died. A task that runs past its
+``timeout_sec`` gets its worker process killed and replaced and reports a user error of type
+``TimeoutError``; a worker that dies under a task (segfault, OOM kill, ``os._exit``) is
+replaced too and the task reports a ``platform`` error, retried without spending the user's
+budget. The executor survives both.
 
 Like every ``spawn`` user, a program that embeds the pool must guard its entry point with
 ``if __name__ == "__main__":`` (``python -m services.executor`` does).
@@ -25,8 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import signal
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -58,17 +64,37 @@ class _WorkerDied(Exception):
         self.exitcode = exitcode
 
 
+def _receive_blocking(conn: Connection, sentinel: int, timeout: float | None) -> Any:
+    """Wait (in a pipe thread) for the next message on ``conn`` and read all of it; raise
+    ``TimeoutError`` after ``timeout`` s, or ``_WorkerDied`` if the process ended first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = multiprocessing.connection.wait([conn, sentinel], left)
+        if conn in ready:  # a message (read whole, however many pieces) or end of pipe
+            try:
+                return conn.recv()
+            except (EOFError, OSError):
+                raise _WorkerDied(None) from None
+        if ready:  # the sentinel alone: the process ended without another message
+            raise _WorkerDied(None)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError
+
+
 # -- inside the worker process ----------------------------------------------------------------
 
 
-def _worker_main(conn: Connection, infra: InfraSettings, executor_id: str) -> None:
+def _worker_main(
+    conn: Connection, infra: InfraSettings, executor_id: str, max_outputs: int | None = None
+) -> None:
     """The worker process: run task messages from ``conn`` until ``None`` or end of pipe."""
     # The executor decides when its workers stop: a Ctrl-C or SIGTERM sent to the whole
     # process group must not kill tasks it is still waiting for.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(infra.log_level, infra.log_format, service="executor-worker")
-    runner = TaskRunner(infra, executor_id)
+    runner = TaskRunner(infra, executor_id, max_outputs=max_outputs)
     conn.send(_READY)
     while True:
         try:
@@ -115,6 +141,7 @@ class WorkerPool:
         *,
         start_timeout_sec: float = 60.0,
         stop_timeout_sec: float = 5.0,
+        max_outputs: int | None = None,
     ):
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, got size={size}")
@@ -123,12 +150,16 @@ class WorkerPool:
         self.size = size
         self.start_timeout_sec = start_timeout_sec
         self.stop_timeout_sec = stop_timeout_sec
+        self.max_outputs = max_outputs
         self._context = multiprocessing.get_context("spawn")
         self._workers: set[_Worker] = set()
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._spawners: set[asyncio.Task[None]] = set()
         self._closing = False
         self.busy = 0
+        # Pipe I/O runs here, never on the loop: one waiting reader per busy worker, plus
+        # room for sends and for readers of killed workers that have not seen the end yet.
+        self._io = ThreadPoolExecutor(2 * size + 2, thread_name_prefix="indexify-worker-pipe")
 
     async def __aenter__(self) -> WorkerPool:
         await self.start()
@@ -149,9 +180,27 @@ class WorkerPool:
 
     # -- running tasks ------------------------------------------------------------------
 
-    async def run(self, message: TaskMessage) -> TaskFinishedEvent:
-        """Run ``message`` on the next free worker; failures come back as the event."""
+    async def run(
+        self,
+        message: TaskMessage,
+        still_wanted: Callable[[], Awaitable[bool]] | None = None,
+    ) -> TaskFinishedEvent | None:
+        """Run ``message`` on the next free worker; failures come back as the event.
+
+        When the task had to wait for a worker, ``still_wanted`` is asked once one is free
+        (e.g. the invocation was cancelled meanwhile): ``False`` returns None without running.
+        """
+        waited = self._idle.empty()
         worker = await self._idle.get()
+        if waited and still_wanted is not None:
+            try:
+                wanted = await still_wanted()
+            except BaseException:
+                self._idle.put_nowait(worker)
+                raise
+            if not wanted:
+                self._idle.put_nowait(worker)
+                return None
         self.busy += 1
         try:
             return await self._run_on(worker, message)
@@ -163,7 +212,7 @@ class WorkerPool:
         function = message.task.function
         running = False
         try:
-            worker.conn.send(message)
+            await self._send(worker, message)
             if message.timeout_sec is None:
                 reply = await self._receive(worker, None)
             else:
@@ -208,31 +257,21 @@ class WorkerPool:
             raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
         return reply
 
+    async def _send(self, worker: _Worker, message: Any) -> None:
+        """Send ``message`` from a pipe thread: a large one fills the pipe's buffer, and the
+        loop must not wait while the worker reads it."""
+        await asyncio.get_running_loop().run_in_executor(self._io, worker.conn.send, message)
+
     async def _receive(self, worker: _Worker, timeout: float | None) -> Any:
-        """The worker's next message, waiting on the pipe without blocking the loop."""
-        conn = worker.conn
-        if not conn.poll():
-            loop = asyncio.get_running_loop()
-            ready: asyncio.Future[None] = loop.create_future()
+        """The worker's next message, read by a pipe thread without blocking the loop.
 
-            def wake() -> None:
-                if not ready.done():
-                    ready.set_result(None)
-
-            fds = (conn.fileno(), worker.process.sentinel)
-            for fd in fds:
-                loop.add_reader(fd, wake)
-            try:
-                await asyncio.wait_for(ready, timeout)
-            finally:
-                for fd in fds:
-                    loop.remove_reader(fd)
-            if not conn.poll():
-                raise _WorkerDied(worker.process.exitcode)
-        try:
-            return conn.recv()
-        except (EOFError, OSError):
-            raise _WorkerDied(worker.process.exitcode) from None
+        A large message arrives in pieces: the thread waits until the pipe is readable and
+        then reads the whole message (blocking), so neither a partial message nor a wake-up
+        without one is ever taken for a dead worker. Only the process's sentinel says that.
+        """
+        return await asyncio.get_running_loop().run_in_executor(
+            self._io, _receive_blocking, worker.conn, worker.process.sentinel, timeout
+        )
 
     # -- starting and replacing workers --------------------------------------------------
 
@@ -240,7 +279,7 @@ class WorkerPool:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main,
-            args=(child_conn, self.infra, self.executor_id),
+            args=(child_conn, self.infra, self.executor_id, self.max_outputs),
             name=f"indexify-worker-{self.executor_id}",
         )
         await asyncio.to_thread(process.start)
@@ -313,3 +352,4 @@ class WorkerPool:
             *(self._stop(w, kill=w not in idle) for w in list(self._workers)),
             return_exceptions=True,
         )
+        self._io.shutdown(wait=False)
