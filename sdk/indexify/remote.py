@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 ENCODED_HEADER = "X-Indexify-Encoded"
 _PRIMITIVES = (str, int, float, bool, type(None))
 _POLL_START_SEC = 0.02
-_POLL_MAX_SEC = 0.5
+_POLL_MAX_SEC = 0.5  # polling backs off to this when the server answers without waiting
+_LONG_POLL_SEC = 20.0
 _MAX_LISTED = 100_000
 
 
@@ -243,9 +244,19 @@ class RemoteClient(IndexifyClient):
         return invocation_id
 
     def invocation_status(self, graph: str, invocation_id: str) -> InvocationInfo:
-        return _model(
-            InvocationInfo, self._json("GET", self._graph_path(graph, "invocations", invocation_id))
-        )
+        return self._invocation_info(graph, invocation_id)
+
+    def _invocation_info(
+        self, graph: str, invocation_id: str, wait_sec: float = 0.0
+    ) -> InvocationInfo:
+        """The status; with ``wait_sec`` the server answers once the invocation is terminal
+        (or after ``wait_sec``): a long poll instead of repeated requests."""
+        path = self._graph_path(graph, "invocations", invocation_id)
+        if wait_sec <= 0:
+            return _model(InvocationInfo, self._json("GET", path))
+        params = {"wait_sec": f"{wait_sec:.3f}"}
+        timeout = httpx.Timeout(self.timeout, read=self.timeout + wait_sec)
+        return _model(InvocationInfo, self._json("GET", path, params=params, timeout=timeout))
 
     def invocations(self, graph: str) -> list[InvocationInfo]:
         path = self._graph_path(graph, "invocations")
@@ -259,10 +270,15 @@ class RemoteClient(IndexifyClient):
         deadline = time.monotonic() + timeout
         delay = _POLL_START_SEC
         while True:
-            info = self.invocation_status(graph, invocation_id)
+            asked = time.monotonic()
+            wait = max(0.0, min(deadline - asked, _LONG_POLL_SEC))
+            info = self._invocation_info(graph, invocation_id, wait_sec=wait)
             if info.status in TERMINAL_STATUSES:
                 return info
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining > 0 and now - asked >= wait / 2:
+                continue  # the long poll ran its course: ask again at once
             if remaining <= 0:
                 raise InvocationNotFinishedError(
                     f"invocation {invocation_id} of graph {graph!r} is still {info.status} "

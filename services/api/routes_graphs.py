@@ -21,7 +21,8 @@ from .schemas import (
 from .service import ApiService
 
 
-def get_service(request: Request) -> ApiService:
+async def get_service(request: Request) -> ApiService:
+    # async: a sync dependency would cost every request a hop through the thread pool
     service: ApiService = request.app.state.service
     return service
 

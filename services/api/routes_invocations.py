@@ -21,7 +21,7 @@ from .schemas import (
     OutputCounts,
     RerunAll,
 )
-from .sse import invoke_streaming
+from .sse import invoke_streaming, wait_until_terminal
 
 router = APIRouter(responses=ERROR_RESPONSES, tags=["invocations"])
 
@@ -100,9 +100,18 @@ async def list_invocations(
 
 @router.get(_INVOCATION)
 async def get_invocation(
-    namespace: str, graph: str, invocation_id: str, service: Service
+    namespace: str,
+    graph: str,
+    invocation_id: str,
+    service: Service,
+    wait_sec: Annotated[float, Query(ge=0, le=60)] = 0,
 ) -> InvocationInfo:
-    """Status (pending, running, succeeded, failed, cancelled), error and tasks."""
+    """Status (pending, running, succeeded, failed, cancelled), error and tasks.
+
+    With ``wait_sec`` (a long poll), an invocation still running is answered once it
+    finishes, or after ``wait_sec`` seconds with its status then."""
+    if wait_sec > 0:  # cheap status checks while it runs; the full state is read once
+        await wait_until_terminal(service, invocation_id, wait_sec)
     return await service.invocation(namespace, graph, invocation_id)
 
 

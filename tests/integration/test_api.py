@@ -538,6 +538,34 @@ async def test_outputs_and_logs(api: Api) -> None:
     assert (await api.client.get(f"{base}/fn/cube/logs")).status_code == 404
 
 
+async def test_status_long_poll_answers_once_the_invocation_finishes(api: Api) -> None:
+    await api.register(graph_v1())
+    invocation = await api.invoke(n=1)
+    url = f"/namespaces/default/compute_graphs/calc/invocations/{invocation}"
+    waiting = asyncio.create_task(api.client.get(url, params={"wait_sec": 30}))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # still pending: the answer waits for the end
+    # play the scheduler: save the terminal state, then announce it
+    state, rev = await api.store.load_invocation(invocation) or pytest.fail("no state")
+    await api.store.save_invocation(state.model_copy(update={"status": "succeeded"}), rev)
+    await api.store.publish_progress(
+        [ProgressEvent(type="invocation.finished", invocation_id=invocation)]
+    )
+    response = await asyncio.wait_for(waiting, 20)
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == invocation and response.json()["status"] == "succeeded"
+    # terminal: answered at once
+    again = await api.client.get(url, params={"wait_sec": 30})
+    assert again.json()["status"] == "succeeded"
+    assert (await api.client.get(url, params={"wait_sec": 61})).status_code == 422
+    assert_error(
+        await api.client.get(
+            "/namespaces/default/compute_graphs/calc/invocations/nope", params={"wait_sec": 5}
+        ),
+        404,
+    )
+
+
 # -- block_until_finish (SSE), over a real uvicorn -----------------------------------------
 
 

@@ -179,6 +179,18 @@ def test_block_until_done_polls_when_the_stream_ends_early() -> None:
     assert next(polls, None) is None
 
 
+def test_wait_for_invocation_long_polls_the_status() -> None:
+    asked: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(float(request.url.params["wait_sec"]))
+        return httpx.Response(200, json=status_body("succeeded"))
+
+    info = client_for(handler).wait_for_invocation("points", "inv1", timeout=5)
+    assert info.status == "succeeded"
+    assert len(asked) == 1 and 0 < asked[0] <= 5
+
+
 def test_wait_for_invocation_times_out_with_a_hint() -> None:
     client = client_for(lambda r: httpx.Response(200, json=status_body("running")))
     with pytest.raises(InvocationNotFinishedError, match="still running"):
