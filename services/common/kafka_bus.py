@@ -17,6 +17,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -30,14 +31,18 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     RebalanceInProgressError,
     RecordTooLargeError,
     TopicAlreadyExistsError,
     UnknownMemberIdError,
+    UnknownProducerId,
     UnknownTopicOrPartitionError,
     for_code,
 )
@@ -84,11 +89,25 @@ _TRANSIENT = (
 )
 
 
+#: The idempotent producer's sequence state no longer matches the broker's (typically after
+#: the broker restarted and lost it): every later send fails the same way until the producer
+#: is replaced by a new one (a new producer id). :class:`KafkaBus` does that, then the send
+#: is retried like any "Kafka unavailable" failure.
+_PRODUCER_STATE = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+)
+
+
 def _translate(exc: BaseException, what: str) -> ServiceError:
     """The service error for an aiokafka (or socket) failure while doing ``what``."""
     if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
         return PayloadTooLarge(f"{what}: message over the {MAX_MESSAGE_BYTES} byte limit ({exc})")
-    if isinstance(exc, _TRANSIENT) or (isinstance(exc, KafkaError) and exc.retriable):
+    if isinstance(exc, _TRANSIENT + _PRODUCER_STATE) or (
+        isinstance(exc, KafkaError) and exc.retriable
+    ):
         return PlatformUnavailable(
             f"{what}: Kafka is unavailable ({exc}); it is retried later. Is the broker up "
             "(`make infra-up`) and does the topic exist?"
@@ -144,20 +163,24 @@ class KafkaBus:
         self.names = Names(settings.prefix)
         self.client_id = client_id or f"{settings.prefix}-{uuid.uuid4().hex[:8]}"
         self._producer: AIOKafkaProducer | None = None
+        self._replacing = asyncio.Lock()
         self._admin: AIOKafkaAdminClient | None = None
 
-    async def __aenter__(self) -> KafkaBus:
-        producer = AIOKafkaProducer(
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
+            linger_ms=0,  # one request in flight per broker batches under load anyway
             compression_type=None,
             max_batch_size=1024 * 1024,
             max_request_size=MAX_MESSAGE_BYTES,
             request_timeout_ms=30_000,
         )
+
+    async def __aenter__(self) -> KafkaBus:
+        producer = self._new_producer()
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=f"{self.client_id}-admin",
@@ -253,8 +276,26 @@ class KafkaBus:
             # Always collect every future, so none is left with an unretrieved exception.
             results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
+            if isinstance(result, _PRODUCER_STATE):
+                await self._replace_producer(producer, result)
             if isinstance(result, BaseException):
                 raise _translate(result, what) from result
+
+    async def _replace_producer(self, broken: AIOKafkaProducer, exc: BaseException) -> None:
+        """Swap a producer whose idempotence state the broker rejects for a new one (once,
+        however many sends saw the error); the failed sends are retried by their callers."""
+        async with self._replacing:
+            if id(self._producer) != id(broken):
+                return  # another send replaced it already
+            _log.warning(
+                "the broker rejected the producer's sequence; replacing it", error=str(exc)
+            )
+            producer = self._new_producer()
+            async with kafka_errors("restarting the Kafka producer"):
+                await producer.start()
+            self._producer = producer
+        with contextlib.suppress(Exception):
+            await broken.stop()
 
     # -- topics -----------------------------------------------------------------------------
 

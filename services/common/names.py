@@ -67,6 +67,16 @@ class Names:
         """Set of task ids whose completion the scheduler recorded (executors skip them)."""
         return f"{self.prefix}:inv:{invocation_id}:done"
 
+    def results_key(self, invocation_id: str) -> str:
+        """Hash: task id -> JSON TaskFinishedEvent of a success an executor recorded before
+        publishing it (a redelivered task re-publishes it instead of running again); the
+        scheduler removes the entry when it records the task done."""
+        return f"{self.prefix}:inv:{invocation_id}:results"
+
+    def lease_key(self, invocation_id: str, task_id: str) -> str:
+        """String with a TTL: the token of the executor process running the task."""
+        return f"{self.prefix}:inv:{invocation_id}:lease:{task_id}"
+
     def logs_key(self, invocation_id: str) -> str:
         """Hash: task id -> JSON TaskLogPointers."""
         return f"{self.prefix}:inv:{invocation_id}:logs"

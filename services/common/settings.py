@@ -82,3 +82,22 @@ class ExecutorSettings(BaseSettings):
     heartbeat_interval_sec: float = Field(default=2.0, gt=0)
     session_timeout_ms: int = 10_000
     max_poll_records: int = 200
+    max_outputs_per_task: int = Field(
+        default=100_000,
+        ge=1,
+        description="a function returning more values fails with an error saying so (a "
+        "fan-out of millions would not fit in one task result)",
+    )
+    lease_ttl_sec: float | None = Field(
+        default=None,
+        gt=0,
+        description="how long a running task's lease outlives its executor's last renewal "
+        "(default: the session timeout, at least 3 s); another executor that is handed the "
+        "same task waits for the lease instead of running it twice",
+    )
+    failpoint: str = Field(
+        default="",
+        description="TEST HOOK, never set in production: 'exit_before_finish:<function>' makes "
+        "the executor process os._exit(1) after a task of <function> stored its outputs and "
+        "its result record, before its task.finished event is published",
+    )

@@ -29,7 +29,7 @@ from .settings import InfraSettings
 DEFAULT_NAMESPACE = "default"
 INPUT_FIELD = "input"
 
-# KEYS: invocation hash, outputs hash, done set
+# KEYS: invocation hash, outputs hash, done set, results hash
 # ARGV: expected rev, state json, status, n_outputs, (task_id, values json)*n, done task ids...
 _SAVE_SCRIPT = """
 local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '-1')
@@ -41,8 +41,35 @@ for i = 0, n - 1 do
 end
 for i = 5 + 2 * n, #ARGV do
   redis.call('SADD', KEYS[3], ARGV[i])
+  redis.call('HDEL', KEYS[4], ARGV[i])
 end
 return rev + 1
+"""
+
+# KEYS: invocation hash, done set, results hash, lease key
+# ARGV: task id, lease token, lease ttl ms
+_CLAIM_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'skip', 'invocation deleted'} end
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+  return {'skip', 'invocation ' .. status}
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  return {'skip', 'task already finished'}
+end
+local recorded = redis.call('HGET', KEYS[3], ARGV[1])
+if recorded then return {'result', recorded} end
+if redis.call('SET', KEYS[4], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'run', ''} end
+local holder = redis.call('GET', KEYS[4])
+if holder == ARGV[2] then return {'run', ''} end
+return {'wait', holder or ''}
+"""
+
+# KEYS: lease key; ARGV: token, ttl ms (0: release)
+_LEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
 """
 
 
@@ -70,6 +97,10 @@ class ExecutorInfo(BaseModel):
     heartbeat_at: float
 
 
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
 def _unavailable(exc: Exception) -> PlatformUnavailable:
     return PlatformUnavailable(f"Redis is unavailable ({exc}); retry when it is back")
 
@@ -83,6 +114,8 @@ class StateStore:
             settings.redis_url, socket_timeout=10, socket_connect_timeout=5
         )
         self._save = self._redis.register_script(_SAVE_SCRIPT)
+        self._claim = self._redis.register_script(_CLAIM_SCRIPT)
+        self._lease = self._redis.register_script(_LEASE_SCRIPT)
 
     async def __aenter__(self) -> StateStore:
         await self.ping()
@@ -250,6 +283,7 @@ class StateStore:
             self.names.invocation_key(state.invocation_id),
             self.names.outputs_key(state.invocation_id),
             self.names.done_key(state.invocation_id),
+            self.names.results_key(state.invocation_id),
         ]
         result = await self._call(self._save(keys=keys, args=args))
         return None if int(result) < 0 else int(result)
@@ -268,6 +302,7 @@ class StateStore:
             self.names.invocation_key(invocation_id),
             self.names.outputs_key(invocation_id),
             self.names.done_key(invocation_id),
+            self.names.results_key(invocation_id),
             self.names.logs_key(invocation_id),
         )
 
@@ -305,6 +340,62 @@ class StateStore:
         if done:
             return "task already finished"
         return None
+
+    async def claim_task(
+        self, invocation_id: str, task_id: str, token: str, ttl_sec: float
+    ) -> tuple[str, str]:
+        """Whether an executor process (``token``) may run a task, in one atomic call:
+
+        * ``("skip", why)``: done already, or the invocation is over;
+        * ``("result", event json)``: a previous run recorded its success (outputs stored)
+          but its event may not have reached Kafka: publish that, do not run again;
+        * ``("run", "")``: the caller now holds the task's lease (renew it while running);
+        * ``("wait", holder)``: another live executor process runs it: ask again later.
+        """
+        keys = [
+            self.names.invocation_key(invocation_id),
+            self.names.done_key(invocation_id),
+            self.names.results_key(invocation_id),
+            self.names.lease_key(invocation_id, task_id),
+        ]
+        answer = await self._call(self._claim(keys=keys, args=[task_id, token, _ms(ttl_sec)]))
+        verdict, detail = (v.decode() if isinstance(v, bytes) else str(v) for v in answer)
+        return verdict, detail
+
+    async def renew_leases(
+        self, tasks: Iterable[tuple[str, str]], token: str, ttl_sec: float
+    ) -> None:
+        """Extend the leases ``token`` holds on ``(invocation id, task id)`` pairs."""
+        await self._lease_calls(tasks, token, _ms(ttl_sec))
+
+    async def record_results(
+        self, results: Iterable[tuple[str, str, str | None]], token: str
+    ) -> None:
+        """For ``(invocation id, task id, success event json or None)``: keep the successes
+        (first writer wins) and release ``token``'s leases, in one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for invocation_id, task_id, event_json in results:
+                if event_json is not None:
+                    pipe.hsetnx(self.names.results_key(invocation_id), task_id, event_json)
+                await self._lease(
+                    keys=[self.names.lease_key(invocation_id, task_id)],
+                    args=[token, 0],
+                    client=pipe,
+                )
+            await self._call(pipe.execute())
+
+    async def _lease_calls(self, tasks: Iterable[tuple[str, str]], token: str, ms: int) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            count = 0
+            for invocation_id, task_id in tasks:
+                await self._lease(
+                    keys=[self.names.lease_key(invocation_id, task_id)],
+                    args=[token, ms],
+                    client=pipe,
+                )
+                count += 1
+            if count:
+                await self._call(pipe.execute())
 
     async def put_logs(self, invocation_id: str, task_id: str, pointers: Mapping[str, Any]) -> None:
         await self._call(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.common.errors import ServiceError
+from services.common.errors import PlatformUnavailable, ServiceError
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import ExecutorSettings, InfraSettings
 
@@ -63,13 +64,29 @@ def build_settings(argv: Sequence[str] | None = None) -> tuple[InfraSettings, Ex
 
 
 async def serve(infra: InfraSettings, settings: ExecutorSettings) -> None:
-    """Run one executor until SIGTERM/SIGINT."""
-    executor = Executor(infra, settings)
+    """Run one executor until SIGTERM/SIGINT. If Kafka or Redis does not answer at start
+    (e.g. the broker is restarting), keep trying with backoff instead of exiting."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, executor.request_stop)
-    async with executor:
-        await executor.run()
+    stop = asyncio.Event()
+    delay = 0.5
+    while not stop.is_set():
+        executor = Executor(infra, settings)
+
+        def request_stop(executor: Executor = executor) -> None:
+            stop.set()
+            executor.request_stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop)
+        try:
+            async with executor:
+                await executor.run()
+            return
+        except PlatformUnavailable as exc:
+            _log.warning("cannot start the executor; retrying", error=str(exc), delay=delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,11 +6,16 @@
   subscribes to exactly the task topics its labels satisfy (:mod:`.subscription`) and checks
   ``StateStore.graphs_epoch()`` every ``refresh_interval_sec``: a newly registered graph is
   picked up without a restart.
-* **Per message**: decode (undecodable -> dead-letter topic); ``StateStore.should_skip`` (done
+* **Per message**: decode (undecodable -> dead-letter topic); ``StateStore.claim_task`` (done
   task or finished invocation -> skip); publish a ``task.started`` progress event; run it on
   the :class:`WorkerPool`; publish the ``TaskFinishedEvent`` (key = invocation id) and, once
   Kafka acknowledged it, mark the offset complete. Completions that happen together are sent
   as one batch (``publish_many``).
+* **Leases and recorded results.** ``claim_task`` takes a lease on the task (token per
+  process, renewed while it runs): an executor handed a task another live one is running
+  (rebalance, duplicate message) waits for it instead of running it twice. The worker
+  records a success in Redis right after storing its outputs, so a redelivered task whose
+  outputs are stored re-publishes that result instead of running again.
 * **Offsets.** Many tasks of one partition run at once; :class:`.offsets.OffsetKeeper` commits
   only up to the lowest unfinished offset, so a crash redelivers exactly the unfinished tasks,
   and a rebalance that hands a partition back does not fetch its running tasks twice.
@@ -25,7 +30,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from typing import Any, TypeVar
@@ -34,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from indexify.engine import ErrorInfo
 from services.common.errors import PlatformUnavailable, ServiceError
 from services.common.events import (
     MessageDecodeError,
@@ -43,7 +51,7 @@ from services.common.events import (
     decode_task_message,
     encode_message,
 )
-from services.common.kafka_bus import KafkaBus, TopicPartition, make_consumer
+from services.common.kafka_bus import MAX_MESSAGE_BYTES, KafkaBus, TopicPartition, make_consumer
 from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import ExecutorSettings, InfraSettings
@@ -58,6 +66,7 @@ __all__ = ["Executor"]
 
 _T = TypeVar("_T")
 _POLL_MS = 200
+_SHUTDOWN_STEP_SEC = 30.0
 _log = get_logger(__name__)
 
 
@@ -85,6 +94,12 @@ class Executor:
         self.max_unacknowledged = 20 * self.max_in_flight
         self.topics: frozenset[str] = frozenset()
         self.tasks_run = 0
+        # Leases: one token per process, so a restarted executor with the same id does not
+        # mistake its dead predecessor's leases for its own.
+        self._token = f"{self.id}:{uuid.uuid4().hex[:8]}"
+        self.lease_ttl_sec = settings.lease_ttl_sec or max(3.0, settings.session_timeout_ms / 1000)
+        self._leases: set[tuple[str, str]] = set()
+        self._failpoint = _parse_failpoint(settings.failpoint)
         self._epoch: int | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._unfinished_runs = 0  # messages taken whose task has not finished running
@@ -109,7 +124,12 @@ class Executor:
                 KafkaBus(self.infra, client_id=f"executor-{self.id}")
             )
             self._pool = await stack.enter_async_context(
-                WorkerPool(self.infra, self.id, self.settings.concurrency)
+                WorkerPool(
+                    self.infra,
+                    self.id,
+                    self.settings.concurrency,
+                    max_outputs=self.settings.max_outputs_per_task,
+                )
             )
             self._consumer = make_consumer(
                 self.infra,
@@ -131,6 +151,7 @@ class Executor:
             raise
         self._background = [
             asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._lease_loop()),
             asyncio.create_task(self._offsets.commit_loop()),
         ]
         _log.info(
@@ -144,23 +165,25 @@ class Executor:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Every step is bounded: a shutdown that waits forever on a broker that is busy
+        # rebalancing is worse than one that leaves a few offsets to be redelivered.
         self.request_stop()
         try:
             await self._drain()
             if self._offsets is not None:
-                await self._offsets.commit()
+                await _bounded(self._offsets.commit(), _SHUTDOWN_STEP_SEC, "final commit")
         finally:
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
-            await self._completions.close()
-            await self._progress.close()
+            await _bounded(self._completions.close(), _SHUTDOWN_STEP_SEC, "sending results")
+            await _bounded(self._progress.close(), _SHUTDOWN_STEP_SEC, "sending progress")
             if self._store is not None:
                 try:
                     await self._store.remove_executor(self.id)
                 except ServiceError as exc:
                     _log.warning("could not remove the executor record", error=str(exc))
-            await self._stack.aclose()
+            await _bounded(self._stack.aclose(), _SHUTDOWN_STEP_SEC, "closing clients")
             _log.info("executor stopped", executor=self.id, tasks_run=self.tasks_run)
 
     def request_stop(self) -> None:
@@ -261,13 +284,51 @@ class Executor:
             attempt=task.attempt,
         )
         store = self._require(self._store)
-        reason = await self._retrying(
-            "checking the task", lambda: store.should_skip(message.invocation_id, task.id)
-        )
-        if reason is not None:
-            log.info("task skipped", reason=reason)
+        inv, token, ttl = message.invocation_id, self._token, self.lease_ttl_sec
+        key = (inv, task.id)
+        if key in self._leases:  # the same task twice in this process: a duplicate message
+            verdict, detail = "wait", "this executor"
+        else:
+            verdict, detail = await self._retrying(
+                "checking the task", lambda: store.claim_task(inv, task.id, token, ttl)
+            )
+        if verdict == "wait":
+            # Another live executor process (or this one) runs this task: a rebalance moved
+            # its partition, or the message was delivered twice. Wait for its result or for
+            # its lease to lapse (it died) instead of running the function a second time.
+            log.info("task runs elsewhere; waiting for its lease", holder=detail)
+            while verdict == "wait":
+                await self._sleep(min(1.0, ttl / 3))
+                if self.stopping:
+                    return  # not completed: the next owner of the partition gets it
+                if key in self._leases:
+                    continue
+                verdict, detail = await self._retrying(
+                    "checking the task", lambda: store.claim_task(inv, task.id, token, ttl)
+                )
+        if verdict == "skip":
+            log.info("task skipped", reason=detail)
             self._complete(tp, record.offset)
             return
+        if verdict == "result":
+            await self._publish_recorded(message, detail, log)
+            self._complete(tp, record.offset)
+            return
+        self._leases.add(key)
+        try:
+            await self._run_task(tp, record, message, log, ran)
+        finally:
+            self._leases.discard(key)
+
+    async def _run_task(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[Any, Any],
+        message: TaskMessage,
+        log: Any,
+        ran: Callable[[], None],
+    ) -> None:
+        task = message.task
         log.debug("task started")
         self._progress.submit_nowait(
             ProgressEvent(
@@ -280,8 +341,27 @@ class Executor:
             )
         )
         started = time.monotonic()
-        event = await self._require(self._pool).run(message)
+        store, token, ttl = self._require(self._store), self._token, self.lease_ttl_sec
+        verdict: list[tuple[str, str]] = []
+
+        async def still_wanted() -> bool:  # asked when the task waited for a free worker
+            answer = await self._retrying(
+                "checking the task",
+                lambda: store.claim_task(message.invocation_id, task.id, token, ttl),
+            )
+            verdict.append(answer)
+            return answer[0] not in ("skip", "result")  # "wait": our lease lapsed; run
+
+        event = await self._require(self._pool).run(message, still_wanted)
         ran()
+        if event is None:  # cancelled, finished or recorded while it waited for a worker
+            kind, detail = verdict[-1]
+            if kind == "result":
+                await self._publish_recorded(message, detail, log)
+            else:
+                log.info("task skipped", reason=detail)
+            self._complete(tp, record.offset)
+            return
         try:
             await self._completions.submit(event)
         except ServiceError as exc:  # not retryable (e.g. too large): park the task message
@@ -292,6 +372,14 @@ class Executor:
         self.tasks_run += 1
         self._complete(tp, record.offset)
         self._log_finished(log, message, event, time.monotonic() - started)
+
+    async def _publish_recorded(self, message: TaskMessage, recorded_json: str, log: Any) -> None:
+        """A previous run stored the outputs and recorded its result, then maybe died before
+        publishing it: publish that result (as this attempt), never run the step again."""
+        recorded = TaskFinishedEvent.model_validate_json(recorded_json)
+        finished = recorded.finished.model_copy(update={"attempt": message.task.attempt})
+        log.info("task result recorded by an earlier run; re-publishing it")
+        await self._completions.submit(recorded.model_copy(update={"finished": finished}))
 
     @staticmethod
     def _log_finished(
@@ -328,9 +416,25 @@ class Executor:
     # -- sending (batched) ------------------------------------------------------------------
 
     async def _send_finished(self, events: list[TaskFinishedEvent]) -> None:
-        """One batch of results; the scheduler records their log pointers and outputs."""
-        bus = self._require(self._bus)
-        items = [(self.names.events_topic, e.invocation_id, encode_message(e)) for e in events]
+        """One batch of results; the scheduler records their log pointers and outputs.
+
+        The worker recorded each success in Redis right after storing its outputs: a crash
+        between there and Kafka's ack redelivers the task, which then re-publishes the
+        recorded result instead of running the function again. The leases are released.
+        """
+        bus, store = self._require(self._bus), self._require(self._store)
+        encoded = [_fit(e, encode_message(e)) for e in events]
+        results = [(e.invocation_id, e.finished.task_id, None) for e, _ in encoded]
+        await self._retrying(
+            "recording task results", lambda: store.record_results(results, self._token)
+        )
+        if self._failpoint is not None and any(
+            _function_of(e.finished.task_id) == self._failpoint and e.finished.outcome == "success"
+            for e in events
+        ):
+            _log.warning("failpoint exit_before_finish hit: exiting", function=self._failpoint)
+            os._exit(1)
+        items = [(self.names.events_topic, e.invocation_id, raw) for e, raw in encoded]
         await self._retrying("publishing task results", lambda: bus.publish_many(items))
 
     async def _send_progress(self, events: list[ProgressEvent]) -> None:
@@ -382,6 +486,18 @@ class Executor:
             )
         )
 
+    async def _lease_loop(self) -> None:
+        """Renew the leases of the tasks running here, three times per lease TTL."""
+        store = self._require(self._store)
+        while True:
+            await asyncio.sleep(self.lease_ttl_sec / 3)
+            if not self._leases:
+                continue
+            try:
+                await store.renew_leases(list(self._leases), self._token, self.lease_ttl_sec)
+            except ServiceError as exc:
+                _log.warning("renewing task leases failed", error=str(exc))
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_sec)
@@ -410,6 +526,52 @@ class Executor:
         if value is None:
             raise RuntimeError("the executor is not started: use `async with Executor(...)`")
         return value
+
+
+async def _bounded(step: Awaitable[object], seconds: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        _log.warning("shutdown step took too long; going on", step=what, seconds=seconds)
+
+
+def _parse_failpoint(spec: str) -> str | None:
+    """The function of ``exit_before_finish:<function>`` (a test hook), or None."""
+    if not spec:
+        return None
+    kind, _, function = spec.partition(":")
+    if kind != "exit_before_finish" or not function:
+        raise ValueError(f"unknown executor failpoint {spec!r}; use exit_before_finish:<function>")
+    return function
+
+
+def _function_of(task_id: str) -> str:
+    """``square-1a2b...`` and ``add_up-r3`` -> the function name (see ``task_id_for``)."""
+    return task_id.rsplit("-", 1)[0]
+
+
+def _fit(event: TaskFinishedEvent, raw: bytes) -> tuple[TaskFinishedEvent, bytes]:
+    """An event over Kafka's message limit becomes a permanent failure of its task (a batch
+    must not fail, and the invocation must end, because one result is too big)."""
+    if len(raw) <= MAX_MESSAGE_BYTES - 1024:
+        return event, raw
+    count = event.outputs.count if event.outputs is not None else 0
+    error = ErrorInfo(
+        kind="permanent",
+        type="ResultTooLarge",
+        message=f"the result of task {event.task_id} ({count} outputs) encodes to {len(raw)} "
+        f"bytes, over the {MAX_MESSAGE_BYTES} byte message limit; return fewer, larger values "
+        "(e.g. batch items into lists)",
+    )
+    failed = event.model_copy(
+        update={
+            "finished": event.finished.model_copy(
+                update={"outcome": "failure", "error": error, "output_count": 0, "route": None}
+            ),
+            "outputs": None,
+        }
+    )
+    return failed, encode_message(failed)
 
 
 async def _all_graph_versions(store: StateStore) -> list[GraphRecord]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Union
@@ -74,6 +76,113 @@ def slow_graph() -> Graph:
     g = Graph(name="chaos_slow", start_node=slow_step)
     g.add_edge(slow_step, after_slow)
     return g
+
+
+class Job(BaseModel):
+    """One item of a fan-out that leaves a marker file per execution in ``dir``."""
+
+    dir: str
+    x: int
+    seconds: float = 0.0
+
+
+def _mark(job: Job, what: str) -> None:
+    Path(job.dir, f"{what}-{job.x}-{uuid.uuid4().hex[:8]}").write_text(str(os.getppid()))
+
+
+@indexify_function()
+def jobs(marker_dir: str, n: int, seconds: float = 0.0) -> List[Job]:
+    return [Job(dir=marker_dir, x=i, seconds=seconds) for i in range(n)]
+
+
+@indexify_function()
+def step(job: Job) -> Job:
+    """Counts its executions (marker files), then sleeps ``job.seconds``."""
+    _mark(job, "step")
+    time.sleep(job.seconds)
+    return Job(dir=job.dir, x=job.x * 10)
+
+
+@indexify_function()
+def after_step(job: Job) -> int:
+    _mark(job, "after")
+    return job.x + 1
+
+
+def jobs_graph() -> Graph:
+    """jobs -> step (map, counted) -> after_step (counted)."""
+    g = Graph(name="fault_jobs", start_node=jobs)
+    g.add_edge(jobs, step)
+    g.add_edge(step, after_step)
+    return g
+
+
+@indexify_function()
+def slow_numbers(n: int) -> List[int]:
+    return list(range(n))
+
+
+@indexify_function()
+def slow_square(x: int) -> int:
+    time.sleep(0.002)
+    return x * x
+
+
+@indexify_function(accumulate=Total)
+def slow_add(total: Total, x: int) -> Total:
+    return Total(value=total.value + x)
+
+
+def slow_reduce_graph() -> Graph:
+    g = Graph(name="fault_slow_reduce", start_node=slow_numbers)
+    g.add_edge(slow_numbers, slow_square)
+    g.add_edge(slow_square, slow_add)
+    return g
+
+
+@indexify_function()
+def blob(size: int, marker_dir: str) -> str:
+    """A value over the inline limit (64 KB): it goes through MinIO."""
+    Path(marker_dir, f"blob-{uuid.uuid4().hex[:8]}").write_text("")
+    return "x" * size
+
+
+@indexify_function()
+def blob_len(value: str) -> int:
+    return len(value)
+
+
+def blob_graph() -> Graph:
+    g = Graph(name="fault_blob", start_node=blob)
+    g.add_edge(blob, blob_len)
+    return g
+
+
+@indexify_function()
+def million(n: int) -> List[int]:
+    return list(range(n))
+
+
+@indexify_function()
+def million_next(x: int) -> int:
+    return x
+
+
+def million_graph() -> Graph:
+    g = Graph(name="fault_million", start_node=million)
+    g.add_edge(million, million_next)
+    return g
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 FUNCTIONS = {

@@ -514,7 +514,10 @@ def test_platform_errors_are_retried_without_using_the_user_budget() -> None:
     for attempt in range(2, 5):
         (retry,) = engine.handle(state, fail(task, kind="platform"))
         assert isinstance(retry, RunTask)
-        assert (retry.task.attempt, retry.delay_sec) == (attempt, 0.0)
+        assert retry.task.attempt == attempt
+        # The first platform retry is immediate, the next ones back off (0.25 s, 0.5 s, +-20 %)
+        expected = 0.25 * 2 ** (attempt - 3) if attempt > 2 else 0.0
+        assert expected * 0.8 <= retry.delay_sec <= expected * 1.2
         task = retry.task
     record = state.tasks[task.id]
     assert (record.user_failures, record.platform_failures) == (0, 3)

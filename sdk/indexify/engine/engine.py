@@ -12,7 +12,9 @@ Rules:
 * a reducer folds values into its accumulator in steps, one step in flight at a time, and
   finalizes (one output: the accumulator) once no ancestor can produce more values;
 * a finished event for a task that is not waiting for that attempt is a duplicate: ignored;
-* a failed task is retried per the function's policy (platform errors do not use the budget);
+* a failed task is retried per the function's policy (platform errors do not use the budget:
+  the first is retried at once, the next ones back off up to PLATFORM_MAX_DELAY_SEC, so an
+  outage of MinIO or Redis of a minute is waited out);
   when it gives up, that branch stops and the invocation ends failed once nothing else runs.
 """
 
@@ -43,6 +45,16 @@ from .model import (
 
 DEFAULT_MAX_REDUCE_BATCH = 1000
 MAX_PLATFORM_RETRIES = 20
+PLATFORM_MAX_DELAY_SEC = 5.0
+
+
+def platform_backoff(failures: int, rand: float) -> float:
+    """Seconds before the retry after the ``failures``-th platform error of a task: 0 for the
+    first (an executor died: run it elsewhere now), then 0.25 s doubling up to 5 s, +-20 %."""
+    if failures <= 1:
+        return 0.0
+    base = min(0.25 * 2 ** (failures - 2), PLATFORM_MAX_DELAY_SEC)
+    return base * (0.8 + 0.4 * rand)
 
 
 def task_id_for(function: str, origin: str) -> str:
@@ -136,7 +148,11 @@ class Engine:
                 retry = task.model_copy(update={"attempt": task.attempt + 1})
                 record.task = retry
                 delay = 0.0
-                if error.kind == "user":
+                if error.kind == "platform":
+                    delay = platform_backoff(
+                        record.platform_failures, _jitter_fraction(task.id, retry.attempt)
+                    )
+                elif error.kind == "user":
                     policy = self.definition.nodes[task.function].retries
                     delay = compute_backoff(
                         policy, record.user_failures, _jitter_fraction(task.id, retry.attempt)
