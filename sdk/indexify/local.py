@@ -22,7 +22,6 @@ from .engine import (
     InvocationCreated,
     InvocationState,
     RunTask,
-    TaskFinished,
     ValueRange,
 )
 from .errors import InvalidInputError, InvocationError, NotFoundError
@@ -172,18 +171,7 @@ class LocalClient(IndexifyClient):
             if self._echo_output:
                 sys.stdout.write(result.stdout)
                 sys.stderr.write(result.stderr)
-            event = TaskFinished(
-                task_id=task.id,
-                attempt=task.attempt,
-                outcome="success" if result.succeeded else "failure",
-                output_count=len(result.outputs),
-                route=result.route,
-                error=result.error,
-                executor="in-process",
-                started_at=result.started_at,
-                finished_at=result.finished_at,
-            )
-            pending.extend(engine.handle(state, event))
+            pending.extend(engine.handle(state, result.finished(task, "in-process")))
         if state.status == "failed" and state.error is not None:
             logger.warning(
                 "invocation %s of %s failed in %s: %s",

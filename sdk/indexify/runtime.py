@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .encoding import Payload, coerce, decode, element_hint, encode
-from .engine.model import ErrorInfo, Task, ValueRange
+from .engine.model import ErrorInfo, Task, TaskFinished, ValueRange
 from .errors import EncodingError, NonRetryable
 from .functions import make_callable, node_class, spec_of
 from .graph import Graph
@@ -40,6 +40,20 @@ class TaskResult:
     @property
     def succeeded(self) -> bool:
         return self.error is None
+
+    def finished(self, task: Task, executor: str) -> TaskFinished:
+        """The engine event reporting this result of ``task``."""
+        return TaskFinished(
+            task_id=task.id,
+            attempt=task.attempt,
+            outcome="success" if self.succeeded else "failure",
+            output_count=len(self.outputs),
+            route=self.route,
+            error=self.error,
+            executor=executor,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
 
 
 class _PermanentError(Exception):
