@@ -139,7 +139,9 @@ async def wait_until_terminal(service: ApiService, invocation_id: str, wait_sec:
         while not await _terminal_or_gone(service, invocation_id):
             while (remaining := deadline - time.monotonic()) > 0:
                 event = await subscription.next(timeout=min(_CHECK_EVERY_SEC, remaining))
-                if event is None or event[0] == "invocation.finished":
+                if event is not None and event[0] == "invocation.finished":
+                    return  # published after the terminal state was saved: no re-check
+                if event is None:
                     break
             else:
                 return

@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from indexify.definition import GraphDefinition
@@ -30,18 +31,24 @@ DEFAULT_NAMESPACE = "default"
 INPUT_FIELD = "input"
 
 # KEYS: invocation hash, outputs hash, done set, results hash
-# ARGV: expected rev, state json, status, n_outputs, (task_id, values json)*n, done task ids...
+# ARGV: expected rev, state json, status, n_outputs, progress channel, n_progress,
+#       (task_id, values json)*n_outputs, progress json*n_progress, done task ids...
+# The progress messages are published only when the state was saved.
 _SAVE_SCRIPT = """
 local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '-1')
 if rev ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'status', ARGV[3], 'rev', rev + 1)
 local n = tonumber(ARGV[4])
+local p = tonumber(ARGV[6])
 for i = 0, n - 1 do
-  redis.call('HSETNX', KEYS[2], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+  redis.call('HSETNX', KEYS[2], ARGV[7 + 2 * i], ARGV[8 + 2 * i])
 end
-for i = 5 + 2 * n, #ARGV do
+for i = 7 + 2 * n + p, #ARGV do
   redis.call('SADD', KEYS[3], ARGV[i])
   redis.call('HDEL', KEYS[4], ARGV[i])
+end
+for i = 7 + 2 * n, 6 + 2 * n + p do
+  redis.call('PUBLISH', ARGV[5], ARGV[i])
 end
 return rev + 1
 """
@@ -99,6 +106,10 @@ class ExecutorInfo(BaseModel):
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _unavailable(exc: Exception) -> PlatformUnavailable:
@@ -274,10 +285,80 @@ class StateStore:
 
         Returns the new revision, or None when another writer saved a newer state first.
         """
-        outputs = outputs or {}
-        args: list[Any] = [expected_rev, state.model_dump_json(), state.status, len(outputs)]
+        keys, args = self._save_call(state, expected_rev, outputs or {}, done, ())
+        result = await self._call(self._save(keys=keys, args=args))
+        return None if int(result) < 0 else int(result)
+
+    async def save_invocations(
+        self,
+        saves: Iterable[
+            tuple[
+                InvocationState,
+                int,
+                Mapping[str, StoredValues] | None,
+                Iterable[str],
+                Iterable[ProgressEvent],
+            ]
+        ],
+    ) -> list[int | None]:
+        """:meth:`save_invocation` for ``(state, expected rev, outputs, done, progress)`` each,
+        in one pipeline (one round trip); every save is its own atomic compare-and-set, and
+        publishes its progress events (:meth:`publish_progress`) only when it succeeded."""
+        calls = [
+            self._save_call(state, rev, outputs or {}, done, progress)
+            for state, rev, outputs, done, progress in saves
+        ]
+        if not calls:
+            return []
+        results = await self._call(self._scripts(self._save, calls))
+        return [None if int(r) < 0 else int(r) for r in results]
+
+    async def _scripts(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)`` in one pipeline (one round trip; each call
+        atomic on its own). Calls refused with NOSCRIPT (script cache flushed) are re-run
+        after loading the script; no call runs twice."""
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(3):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                answers = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError):
+                    missing.append(i)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    results[i] = answer
+            if not missing:
+                return results
+            script.sha = await self._redis.script_load(script.script)
+            todo = missing
+        raise ResponseError("NOSCRIPT: the script keeps disappearing from Redis")
+
+    def _save_call(
+        self,
+        state: InvocationState,
+        expected_rev: int,
+        outputs: Mapping[str, StoredValues],
+        done: Iterable[str],
+        progress: Iterable[ProgressEvent],
+    ) -> tuple[list[str], list[Any]]:
+        messages = [event.model_dump_json() for event in progress]
+        args: list[Any] = [
+            expected_rev,
+            state.model_dump_json(),
+            state.status,
+            len(outputs),
+            self.names.progress_channel(state.invocation_id),
+            len(messages),
+        ]
         for task_id, values in outputs.items():
             args += [task_id, values.model_dump_json()]
+        args += messages
         args += list(done)
         keys = [
             self.names.invocation_key(state.invocation_id),
@@ -285,8 +366,7 @@ class StateStore:
             self.names.done_key(state.invocation_id),
             self.names.results_key(state.invocation_id),
         ]
-        result = await self._call(self._save(keys=keys, args=args))
-        return None if int(result) < 0 else int(result)
+        return keys, args
 
     async def list_invocations(
         self, namespace: str, graph: str, limit: int | None = 1000
@@ -327,6 +407,27 @@ class StateStore:
             if value is not None
         }
 
+    async def get_outputs_many(
+        self, wanted: Mapping[str, Iterable[str]]
+    ) -> dict[str, dict[str, StoredValues]]:
+        """:meth:`get_outputs` for ``invocation id -> task ids`` each, in one round trip."""
+        asked = {inv: list(dict.fromkeys(ids)) for inv, ids in wanted.items()}
+        asked = {inv: ids for inv, ids in asked.items() if ids}
+        if not asked:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for inv, ids in asked.items():
+            pipe.hmget(self.names.outputs_key(inv), ids)
+        rows = await self._call(pipe.execute())
+        return {
+            inv: {
+                task_id: StoredValues.model_validate_json(value)
+                for task_id, value in zip(ids, raw, strict=True)
+                if value is not None
+            }
+            for (inv, ids), raw in zip(asked.items(), rows, strict=True)
+        }
+
     async def should_skip(self, invocation_id: str, task_id: str) -> str | None:
         """Why an executor need not run a task (done already, invocation over), or None."""
         pipe = self._redis.pipeline(transaction=False)
@@ -352,15 +453,32 @@ class StateStore:
         * ``("run", "")``: the caller now holds the task's lease (renew it while running);
         * ``("wait", holder)``: another live executor process runs it: ask again later.
         """
-        keys = [
-            self.names.invocation_key(invocation_id),
-            self.names.done_key(invocation_id),
-            self.names.results_key(invocation_id),
-            self.names.lease_key(invocation_id, task_id),
+        (answer,) = await self.claim_tasks([(invocation_id, task_id)], token, ttl_sec)
+        return answer
+
+    async def claim_tasks(
+        self, tasks: Iterable[tuple[str, str]], token: str, ttl_sec: float
+    ) -> list[tuple[str, str]]:
+        """:meth:`claim_task` for ``(invocation id, task id)`` each, in one pipeline (one
+        round trip); every claim is its own atomic call."""
+        tasks = list(tasks)
+        if not tasks:
+            return []
+        ms = _ms(ttl_sec)
+        calls = [
+            (
+                [
+                    self.names.invocation_key(invocation_id),
+                    self.names.done_key(invocation_id),
+                    self.names.results_key(invocation_id),
+                    self.names.lease_key(invocation_id, task_id),
+                ],
+                [task_id, token, ms],
+            )
+            for invocation_id, task_id in tasks
         ]
-        answer = await self._call(self._claim(keys=keys, args=[task_id, token, _ms(ttl_sec)]))
-        verdict, detail = (v.decode() if isinstance(v, bytes) else str(v) for v in answer)
-        return verdict, detail
+        answers = await self._call(self._scripts(self._claim, calls))
+        return [(_text(verdict), _text(detail)) for verdict, detail in answers]
 
     async def renew_leases(
         self, tasks: Iterable[tuple[str, str]], token: str, ttl_sec: float
@@ -372,30 +490,24 @@ class StateStore:
         self, results: Iterable[tuple[str, str, str | None]], token: str
     ) -> None:
         """For ``(invocation id, task id, success event json or None)``: keep the successes
-        (first writer wins) and release ``token``'s leases, in one pipeline."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for invocation_id, task_id, event_json in results:
-                if event_json is not None:
+        (first writer wins), then release ``token``'s leases: one pipeline each (the releases
+        alone when there is no success to keep)."""
+        results = list(results)
+        successes = [(inv, task_id, raw) for inv, task_id, raw in results if raw is not None]
+        if successes:  # before the releases: a success is kept before its lease goes
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for invocation_id, task_id, event_json in successes:
                     pipe.hsetnx(self.names.results_key(invocation_id), task_id, event_json)
-                await self._lease(
-                    keys=[self.names.lease_key(invocation_id, task_id)],
-                    args=[token, 0],
-                    client=pipe,
-                )
-            await self._call(pipe.execute())
+                await self._call(pipe.execute())
+        await self._lease_calls(((inv, task_id) for inv, task_id, _ in results), token, 0)
 
     async def _lease_calls(self, tasks: Iterable[tuple[str, str]], token: str, ms: int) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            count = 0
-            for invocation_id, task_id in tasks:
-                await self._lease(
-                    keys=[self.names.lease_key(invocation_id, task_id)],
-                    args=[token, ms],
-                    client=pipe,
-                )
-                count += 1
-            if count:
-                await self._call(pipe.execute())
+        calls = [
+            ([self.names.lease_key(invocation_id, task_id)], [token, ms])
+            for invocation_id, task_id in tasks
+        ]
+        if calls:
+            await self._call(self._scripts(self._lease, calls))
 
     async def put_logs(self, invocation_id: str, task_id: str, pointers: Mapping[str, Any]) -> None:
         await self._call(

@@ -13,9 +13,10 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-__all__ = ["Batcher"]
+__all__ = ["BatchCaller", "Batcher"]
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class Batcher(Generic[_T]):
@@ -69,3 +70,46 @@ class Batcher(Generic[_T]):
             return
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(self._flusher, timeout_sec)
+
+
+class BatchCaller(Generic[_T, _R]):
+    """``await call(item)`` returns ``item``'s answer from a batched ``send``.
+
+    Like :class:`Batcher`, but ``send`` answers each item (same order): items asked while a
+    call is in flight go together in the next one (e.g. one Redis pipeline).
+    """
+
+    def __init__(
+        self, send: Callable[[list[_T]], Awaitable[list[_R]]], *, max_batch: int = 1000
+    ) -> None:
+        self._send = send
+        self._max_batch = max_batch
+        self._pending: list[tuple[_T, asyncio.Future[_R]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def call(self, item: _T) -> _R:
+        future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                answers = await self._send([item for item, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch + self._pending:
+                    future.cancel()
+                self._pending.clear()
+                raise
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)

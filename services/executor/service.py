@@ -7,9 +7,10 @@
   ``StateStore.graphs_epoch()`` every ``refresh_interval_sec``: a newly registered graph is
   picked up without a restart.
 * **Per message**: decode (undecodable -> dead-letter topic); ``StateStore.claim_task`` (done
-  task or finished invocation -> skip); publish a ``task.started`` progress event; run it on
-  the :class:`WorkerPool`; publish the ``TaskFinishedEvent`` (key = invocation id) and, once
-  Kafka acknowledged it, mark the offset complete. Completions that happen together are sent
+  task or finished invocation -> skip; the claims asked together go in one pipeline);
+  publish a ``task.started`` progress event; run it on the :class:`WorkerPool`; publish the
+  ``TaskFinishedEvent`` (key = invocation id) and, once Kafka acknowledged it, mark the
+  offset complete. Completions that happen together are sent
   as one batch (``publish_many``).
 * **Leases and recorded results.** ``claim_task`` takes a lease on the task (token per
   process, renewed while it runs): an executor handed a task another live one is running
@@ -57,7 +58,7 @@ from services.common.names import Names
 from services.common.settings import ExecutorSettings, InfraSettings
 from services.common.state_store import ExecutorInfo, GraphRecord, StateStore
 
-from .batcher import Batcher
+from .batcher import BatchCaller, Batcher
 from .offsets import OffsetKeeper
 from .subscription import executor_labels, satisfied_topics
 from .worker_pool import WorkerPool
@@ -113,6 +114,7 @@ class Executor:
         self._offsets: OffsetKeeper | None = None
         self._completions: Batcher[TaskFinishedEvent] = Batcher(self._send_finished)
         self._progress: Batcher[ProgressEvent] = Batcher(self._send_progress)
+        self._claims: BatchCaller[tuple[str, str], tuple[str, str]] = BatchCaller(self._claim_batch)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -283,15 +285,12 @@ class Executor:
             function=task.function,
             attempt=task.attempt,
         )
-        store = self._require(self._store)
-        inv, token, ttl = message.invocation_id, self._token, self.lease_ttl_sec
+        inv, ttl = message.invocation_id, self.lease_ttl_sec
         key = (inv, task.id)
         if key in self._leases:  # the same task twice in this process: a duplicate message
             verdict, detail = "wait", "this executor"
         else:
-            verdict, detail = await self._retrying(
-                "checking the task", lambda: store.claim_task(inv, task.id, token, ttl)
-            )
+            verdict, detail = await self._claim(key)
         if verdict == "wait":
             # Another live executor process (or this one) runs this task: a rebalance moved
             # its partition, or the message was delivered twice. Wait for its result or for
@@ -303,9 +302,7 @@ class Executor:
                     return  # not completed: the next owner of the partition gets it
                 if key in self._leases:
                     continue
-                verdict, detail = await self._retrying(
-                    "checking the task", lambda: store.claim_task(inv, task.id, token, ttl)
-                )
+                verdict, detail = await self._claim(key)
         if verdict == "skip":
             log.info("task skipped", reason=detail)
             self._complete(tp, record.offset)
@@ -317,6 +314,16 @@ class Executor:
         self._leases.add(key)
         try:
             await self._run_task(tp, record, message, log, ran)
+        finally:
+            self._leases.discard(key)
+
+    async def _claim(self, key: tuple[str, str]) -> tuple[str, str]:
+        """``StateStore.claim_task`` (batched with the claims asked meanwhile). The key is held
+        in ``_leases`` while asking: a duplicate message in this process (same token, maybe
+        the same pipeline) waits instead of running the task a second time."""
+        self._leases.add(key)
+        try:
+            return await self._retrying("checking the task", lambda: self._claims.call(key))
         finally:
             self._leases.discard(key)
 
@@ -341,13 +348,12 @@ class Executor:
             )
         )
         started = time.monotonic()
-        store, token, ttl = self._require(self._store), self._token, self.lease_ttl_sec
         verdict: list[tuple[str, str]] = []
 
         async def still_wanted() -> bool:  # asked when the task waited for a free worker
             answer = await self._retrying(
                 "checking the task",
-                lambda: store.claim_task(message.invocation_id, task.id, token, ttl),
+                lambda: self._claims.call((message.invocation_id, task.id)),
             )
             verdict.append(answer)
             return answer[0] not in ("skip", "result")  # "wait": our lease lapsed; run
@@ -436,6 +442,11 @@ class Executor:
             os._exit(1)
         items = [(self.names.events_topic, e.invocation_id, raw) for e, raw in encoded]
         await self._retrying("publishing task results", lambda: bus.publish_many(items))
+
+    async def _claim_batch(self, tasks: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``StateStore.claim_task`` for the tasks asked about together, in one round trip."""
+        store = self._require(self._store)
+        return await store.claim_tasks(tasks, self._token, self.lease_ttl_sec)
 
     async def _send_progress(self, events: list[ProgressEvent]) -> None:
         try:

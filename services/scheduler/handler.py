@@ -3,7 +3,8 @@
 :class:`EventHandler` is the effectful shell around the pure :mod:`.messages`: per batch it
 groups the events by invocation, loads the states (:class:`.states.StateCache`), applies the
 events, resolves the new tasks' inputs, then publishes the task messages and parks retries,
-saves every changed state with its compare-and-set, and publishes progress, in that order.
+saves every changed state with its compare-and-set, which publishes its progress once saved
+(all in one round trip), in that order.
 When :meth:`EventHandler.handle` returns, every effect of the batch is durable and its offsets
 may be committed. A ``PlatformUnavailable`` leaves the batch to be retried from the start.
 """
@@ -24,7 +25,6 @@ from indexify.engine import Engine, ErrorInfo, InvocationState
 from services.common.errors import PlatformUnavailable
 from services.common.events import (
     MessageDecodeError,
-    ProgressEvent,
     SchedulerEvent,
     StoredValues,
     decode_scheduler_event,
@@ -148,20 +148,18 @@ class EventHandler:
             self._build(work, values.get(work.invocation_id, {}))
         await self._emit(live)
         changed = [w for w in live if w.decision is not None and w.decision.changed]
-        revs = await _bounded(self._save(w) for w in changed)
+        revs = await self._save(changed)
         for work in live:
             if work.decision is None or not work.decision.changed:
                 assert work.state is not None
                 self._states.keep(work.state, work.rev)  # untouched: duplicates only
         lost: list[_Work] = []
-        progress: list[ProgressEvent] = []
         for work, rev in zip(changed, revs, strict=True):
             assert work.decision is not None and work.state is not None
             if rev is None:
                 lost.append(work)
                 continue
             self._states.keep(work.state, rev)
-            progress.extend(work.decision.progress)
             if work.decision.finished is not None:
                 _log.info(
                     "invocation finished",
@@ -169,7 +167,6 @@ class EventHandler:
                     graph=work.state.graph,
                     status=work.decision.finished.status,
                 )
-        await self.store.publish_progress(progress)
         for work in lost:
             _log.warning("state changed under us; reapplying", invocation=work.invocation_id)
             work.decision, work.ready, work.delayed = None, (), ()
@@ -220,9 +217,7 @@ class EventHandler:
             for w in works
             if w.decision is not None and w.decision.run
         }
-        wanted = {inv: ids for inv, ids in wanted.items() if ids}
-        found = await _bounded(self.store.get_outputs(inv, ids) for inv, ids in wanted.items())
-        return dict(zip(wanted, found, strict=True))
+        return await self.store.get_outputs_many(wanted)
 
     def _build(self, work: _Work, values: dict[str, StoredValues]) -> None:
         decision, state = work.decision, work.state
@@ -271,9 +266,12 @@ class EventHandler:
                 pipe.hset(self.names.logs_key(inv), task_id, json.dumps(pointers))
             await execute(pipe)
 
-    async def _save(self, work: _Work) -> int | None:
-        decision, state = work.decision, work.state
-        assert decision is not None and state is not None
-        return await self.store.save_invocation(
-            state, work.rev, outputs=decision.outputs, done=decision.done
-        )
+    async def _save(self, works: list[_Work]) -> list[int | None]:
+        """Every changed state's compare-and-set, in one round trip; each save publishes its
+        progress events when it succeeded."""
+        saves = []
+        for work in works:
+            decision, state = work.decision, work.state
+            assert decision is not None and state is not None
+            saves.append((state, work.rev, decision.outputs, decision.done, decision.progress))
+        return await self.store.save_invocations(saves)

@@ -325,11 +325,11 @@ class FlakyStore(StateStore):
 
     failures = 1
 
-    async def save_invocation(self, *args: Any, **kwargs: Any) -> int | None:
+    async def save_invocations(self, *args: Any, **kwargs: Any) -> list[int | None]:
         if self.failures:
             self.failures -= 1
             raise PlatformUnavailable("Redis is unavailable (injected)")
-        return await super().save_invocation(*args, **kwargs)
+        return await super().save_invocations(*args, **kwargs)
 
 
 async def test_a_batch_is_retried_when_redis_fails_mid_batch(
