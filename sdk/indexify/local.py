@@ -84,15 +84,7 @@ class LocalClient(IndexifyClient):
         return self._info(self._graphs[graph.name])
 
     def _info(self, registered: _Registered) -> GraphInfo:
-        d = registered.definition
-        return GraphInfo(
-            namespace=self.namespace,
-            name=d.name,
-            version=d.version,
-            description=d.description,
-            created_at=registered.created_at,
-            definition=d,
-        )
+        return GraphInfo.of(self.namespace, registered.definition, registered.created_at)
 
     def _registered(self, name: str) -> _Registered:
         try:

@@ -18,6 +18,17 @@ class GraphInfo(BaseModel):
     created_at: float = 0.0
     definition: GraphDefinition
 
+    @classmethod
+    def of(cls, namespace: str, definition: GraphDefinition, created_at: float) -> GraphInfo:
+        return cls(
+            namespace=namespace,
+            name=definition.name,
+            version=definition.version,
+            description=definition.description,
+            created_at=created_at,
+            definition=definition,
+        )
+
 
 class TaskInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")

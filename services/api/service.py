@@ -41,14 +41,7 @@ _HEALTH_TIMEOUT_SEC = 3.0
 
 
 def graph_info(record: GraphRecord) -> GraphInfo:
-    return GraphInfo(
-        namespace=record.namespace,
-        name=record.name,
-        version=record.version,
-        description=record.description,
-        created_at=record.created_at,
-        definition=record.definition,
-    )
+    return GraphInfo.of(record.namespace, record.definition, record.created_at)
 
 
 @dataclass(frozen=True)

@@ -80,21 +80,27 @@ def failure_event(
     stderr_key: str | None = None,
 ) -> TaskFinishedEvent:
     """The event reporting that one attempt of ``message``'s task failed with ``error``."""
-    task = message.task
+    result = TaskResult(error=error, started_at=started_at, finished_at=time.time())
+    return finished_event(
+        message, result.finished(message.task, executor), None, stdout_key, stderr_key
+    )
+
+
+def finished_event(
+    message: TaskMessage,
+    finished: TaskFinished,
+    outputs: StoredValues | None,
+    stdout_key: str | None,
+    stderr_key: str | None,
+) -> TaskFinishedEvent:
+    """The ``task.finished`` envelope around the engine's event for ``message``'s task."""
     return TaskFinishedEvent(
         namespace=message.namespace,
         graph=message.graph,
         invocation_id=message.invocation_id,
-        task_id=task.id,
-        finished=TaskFinished(
-            task_id=task.id,
-            attempt=task.attempt,
-            outcome="failure",
-            error=error,
-            executor=executor,
-            started_at=started_at,
-            finished_at=time.time(),
-        ),
+        task_id=message.task.id,
+        finished=finished,
+        outputs=outputs,
         stdout_key=stdout_key,
         stderr_key=stderr_key,
     )
@@ -250,16 +256,8 @@ class TaskRunner:
                 outputs = store_values_sync(self.blobs, result.outputs, key)
         except ServiceError as exc:
             raise _platform(f"cannot store the results of {task.function!r}", exc) from exc
-        return TaskFinishedEvent(
-            namespace=message.namespace,
-            graph=message.graph,
-            invocation_id=message.invocation_id,
-            task_id=task.id,
-            finished=result.finished(task, self.executor_id),
-            outputs=outputs,
-            stdout_key=stdout_key,
-            stderr_key=stderr_key,
-        )
+        finished = result.finished(task, self.executor_id)
+        return finished_event(message, finished, outputs, stdout_key, stderr_key)
 
     def _put_log(self, message: TaskMessage, stream: str, text: str) -> str | None:
         if not text:
