@@ -6,8 +6,10 @@ If Kafka, Redis or MinIO do not answer, tests that need them are skipped locally
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -60,3 +62,34 @@ def require_infra() -> None:
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def cleanup() -> Callable[[str], None]:
+    """``cleanup(prefix)`` removes a prefix's topics, Redis keys and objects: each test's
+    stack uses a fresh prefix, and a long-lived dev broker slows down with every topic left."""
+    return cleanup_prefix
+
+
+def cleanup_prefix(prefix: str) -> None:
+    """Remove the topics, Redis keys and objects of ``prefix``."""
+    import redis
+
+    from services.common.blobs import BlobStore
+    from services.common.kafka_bus import KafkaBus
+
+    settings = InfraSettings(prefix=prefix)
+
+    async def delete_topics() -> None:
+        async with KafkaBus(settings) as bus:
+            await bus.delete_topics(t for t in await bus.list_topics() if t.startswith(prefix))
+
+    asyncio.run(delete_topics())
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+    BlobStore(settings).delete_prefix_sync(f"{prefix}/")

@@ -11,7 +11,6 @@ and FAIL in CI (env ``CI`` set).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -97,40 +96,16 @@ def _executors(url: str) -> set[str]:
     return {e["id"] for e in body.get("executors", [])}
 
 
-def _cleanup(prefix: str) -> None:
-    """Remove the topics, Redis keys and objects of ``prefix``."""
-    import redis
-
-    from services.common.blobs import BlobStore
-    from services.common.kafka_bus import KafkaBus
-
-    settings = InfraSettings(prefix=prefix)
-
-    async def delete_topics() -> None:
-        async with KafkaBus(settings) as bus:
-            await bus.delete_topics(t for t in await bus.list_topics() if t.startswith(prefix))
-
-    asyncio.run(delete_topics())
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
-    BlobStore(settings).delete_prefix_sync(f"{prefix}/")
-
-
 def _new_prefix() -> str:
     return f"e2e{uuid4().hex[:10]}"
 
 
 @pytest.fixture
-def fresh_prefix() -> Iterator[str]:
+def fresh_prefix(cleanup: Callable[[str], None]) -> Iterator[str]:
     """A name prefix of this test's own; its topics, keys and objects are removed after."""
     prefix = _new_prefix()
     yield prefix
-    _cleanup(prefix)
+    cleanup(prefix)
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +115,9 @@ def await_condition() -> Callable[..., object]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, _infra_up: None) -> Iterator[DevStack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, _infra_up: None, cleanup: Callable[[str], None]
+) -> Iterator[DevStack]:
     """API + one scheduler + a plain and a ``gpu=a100`` executor, with a fresh prefix."""
     prefix = _new_prefix()
     log_dir = tmp_path_factory.mktemp("services")
@@ -166,7 +143,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, _infra_up: None) -> Iterator
         yield dev
     finally:
         dev.stop()
-        _cleanup(prefix)
+        cleanup(prefix)
 
 
 @pytest.fixture(scope="session")

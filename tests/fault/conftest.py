@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +15,18 @@ from services.devstack import DevStack
 
 
 @pytest.fixture
-def stack(tmp_path: Path, require_infra: None) -> Iterator[DevStack]:
+def stack(
+    tmp_path: Path, require_infra: None, cleanup: Callable[[str], None]
+) -> Iterator[DevStack]:
+    prefix = f"f{uuid.uuid4().hex[:10]}"
     env = {
-        "INDEXIFY_PREFIX": f"f{uuid.uuid4().hex[:10]}",
+        "INDEXIFY_PREFIX": prefix,
         "INDEXIFY_EXECUTOR_SESSION_TIMEOUT_MS": "3000",
         "INDEXIFY_SCHEDULER_SESSION_TIMEOUT_MS": "3000",
     }
     with DevStack(env, log_dir=tmp_path / "logs") as running:
         yield running
+    cleanup(prefix)
 
 
 @pytest.hookimpl(hookwrapper=True)
