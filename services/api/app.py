@@ -1,9 +1,10 @@
 """The FastAPI application: ``create_app(infra, api_settings)``.
 
-The lifespan opens the process's Kafka producer, Redis connection pool and MinIO client
-(retrying for a while if they are still starting, as under compose), makes sure the events
-and dead-letter topics and the bucket exist, and closes everything on shutdown. No I/O
-happens at import or in ``create_app`` itself.
+The lifespan opens the process's Kafka producer, Redis connection pool, shared pub/sub
+connection (:class:`.progress_hub.ProgressHub`) and MinIO client (retrying for a while if they
+are still starting, as under compose), makes sure the events and dead-letter topics and the
+bucket exist, and closes everything on shutdown. No I/O happens at import or in
+``create_app`` itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from services.common.state_store import StateStore
 from . import routes_graphs, routes_invocations, ui
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
+from .progress_hub import ProgressHub
 from .routes_graphs import Service
 from .schemas import ExecutorList, Health
 from .service import ApiService
@@ -38,8 +40,9 @@ _log = get_logger(__name__)
 async def _open(stack: AsyncExitStack, infra: InfraSettings) -> ApiService:
     bus = await stack.enter_async_context(KafkaBus(infra, client_id=f"{infra.prefix}-api"))
     store = await stack.enter_async_context(StateStore(infra))
+    hub = await stack.enter_async_context(ProgressHub(store))
     blobs = BlobStore(infra)
-    service = ApiService(infra, bus, store, blobs)
+    service = ApiService(infra, bus, store, blobs, hub)
     await bus.ensure_topics(
         {service.names.events_topic: infra.events_partitions, service.names.deadletter_topic: 1}
     )

@@ -33,6 +33,7 @@ from services.common.settings import InfraSettings
 from services.common.state_store import INPUT_FIELD, GraphRecord, StateStore
 
 from . import validation
+from .progress_hub import ProgressHub
 from .schemas import GraphRegistered, GraphUpload, Health
 
 _log = get_logger(__name__)
@@ -58,13 +59,19 @@ class AcceptedInvocation:
 
 class ApiService:
     def __init__(
-        self, infra: InfraSettings, bus: KafkaBus, store: StateStore, blobs: BlobStore
+        self,
+        infra: InfraSettings,
+        bus: KafkaBus,
+        store: StateStore,
+        blobs: BlobStore,
+        hub: ProgressHub,
     ) -> None:
         self.infra = infra
         self.names = Names(infra.prefix)
         self.bus = bus
         self.store = store
         self.blobs = blobs
+        self.hub = hub
 
     # -- lookups ----------------------------------------------------------------------------
 

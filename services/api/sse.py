@@ -1,4 +1,5 @@
-"""``invoke_object?block_until_finish=true``: the invocation's progress as Server-Sent Events.
+"""``invoke_object?block_until_finish=true``: the invocation's progress as Server-Sent Events;
+and the long poll behind ``GET .../invocations/{id}?wait_sec=``.
 
 The stream is::
 
@@ -7,31 +8,30 @@ The stream is::
     ...
     event: invocation.finished    data: <InvocationInfo JSON, without tasks>
 
-We subscribe to the invocation's Redis progress channel *before* its event is published, so
-no progress is missed; the stored status is re-checked at least every second anyway (a
-progress message is fire-and-forget), and a ``: keepalive`` comment is sent when nothing
-happened for ``ApiSettings.sse_keepalive_sec``. If the invocation disappears (deleted) or
-Redis fails mid-stream, the stream ends with ``event: error`` / ``data: {"detail": ...}``.
+Both listen through the process's :class:`.progress_hub.ProgressHub` (one shared pub/sub
+connection). A stream follows the invocation's progress channel, subscribed *before* its event
+is published, so no progress is missed; a long poll watches for the invocation's id on the
+finished channel. Either re-checks the stored status at least every second anyway (a
+progress message is fire-and-forget). A ``: keepalive`` comment is sent when nothing happened
+for ``ApiSettings.sse_keepalive_sec``. If the invocation disappears (deleted) or Redis fails
+mid-stream, the stream ends with ``event: error`` / ``data: {"detail": ...}``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import time
-import weakref
 from collections.abc import AsyncIterator
 
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 from starlette.responses import StreamingResponse
 
 from indexify.engine import TERMINAL_STATUSES
 from indexify.models import InvocationInfo
-from services.common.errors import PlatformUnavailable, ServiceError
+from services.common.errors import ServiceError
 from services.common.logging import get_logger
-from services.common.state_store import StateStore
 
+from .progress_hub import Listener
 from .service import AcceptedInvocation, ApiService
 
 _log = get_logger(__name__)
@@ -43,70 +43,20 @@ def format_event(event: str, data: str) -> bytes:
     return f"event: {event}\ndata: {data}\n\n".encode()
 
 
-class ProgressSubscription:
-    """One invocation's progress channel; subscribed when :meth:`open` returns.
-
-    The pub/sub connection is reused: :meth:`close` unsubscribes, reads up to the server's
-    confirmation (so no message of this channel is left) and parks the connection for the
-    next subscription of the same store, instead of opening a connection per invocation.
-    """
-
-    def __init__(self, store: StateStore, invocation_id: str) -> None:
-        self._store = store
-        self._channel = store.names.progress_channel(invocation_id)
-        idle = _IDLE.get(store)
-        self._pubsub: PubSub = idle.pop() if idle else store.redis.pubsub()
-
-    async def open(self) -> ProgressSubscription:
-        try:
-            await self._pubsub.subscribe(self._channel)
-        except (RedisError, OSError) as exc:
-            await self._discard()
-            raise PlatformUnavailable(f"Redis is unavailable ({exc}); retry later") from exc
-        return self
-
-    async def next(self, timeout: float) -> tuple[str, bytes] | None:
-        """The next progress event as ``(type, its JSON)`` (the JSON is forwarded as is, not
-        parsed into a model and dumped again), or None after ``timeout`` seconds without one."""
-        try:
-            message = await self._pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=timeout
-            )
-        except (RedisError, OSError) as exc:
-            raise PlatformUnavailable(f"Redis is unavailable ({exc})") from exc
-        if message is None:
-            return None
-        data: bytes = message["data"]
-        try:
-            kind = str(json.loads(data)["type"])
-        except (ValueError, KeyError, TypeError):
-            kind = ""  # not a progress event: skipped by the callers
-        return kind, data
-
-    async def close(self) -> None:
-        pubsub = self._pubsub
-        try:
-            await pubsub.unsubscribe()
-            deadline = time.monotonic() + _CHECK_EVERY_SEC
-            while pubsub.subscribed and time.monotonic() < deadline:
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        except BaseException:
-            await self._discard()
-            raise
-        idle = _IDLE.setdefault(self._store, [])
-        if pubsub.subscribed or len(idle) >= _IDLE_MAX:
-            await self._discard()
-        else:
-            idle.append(pubsub)
-
-    async def _discard(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()
-
-
-#: Pub/sub connections parked between subscriptions, per store (see ProgressSubscription).
-_IDLE: weakref.WeakKeyDictionary[StateStore, list[PubSub]] = weakref.WeakKeyDictionary()
-_IDLE_MAX = 64
+async def _next(listener: Listener, timeout: float) -> tuple[str, bytes] | None:
+    """The next progress event as ``(type, its JSON)`` (forwarded as is, not parsed into a
+    model and dumped again), or None after ``timeout`` s or when the hub says re-check."""
+    try:
+        data = await asyncio.wait_for(listener.queue.get(), timeout)
+    except TimeoutError:
+        return None
+    if data is None:
+        return None
+    try:
+        kind = str(json.loads(data)["type"])
+    except (ValueError, KeyError, TypeError):
+        kind = ""  # not a progress event: skipped by the callers
+    return kind, data
 
 
 async def _final(
@@ -128,25 +78,27 @@ async def _final(
 async def wait_until_terminal(service: ApiService, invocation_id: str, wait_sec: float) -> None:
     """A long poll: return once the invocation is terminal or gone, or after ``wait_sec``.
 
-    Subscribes to the progress channel first, then checks the stored status, so a finish
-    between the two is not missed; the status is re-checked at least every second as well.
+    Watches the finished channel first, then checks the stored status, so a finish between
+    the two is not missed; the status is re-checked at least every second as well.
     """
-    if wait_sec <= 0 or await _terminal_or_gone(service, invocation_id):
+    if wait_sec <= 0:
         return
     deadline = time.monotonic() + wait_sec
-    subscription = await ProgressSubscription(service.store, invocation_id).open()
+    watch = service.hub.watch(invocation_id)
     try:
         while not await _terminal_or_gone(service, invocation_id):
-            while (remaining := deadline - time.monotonic()) > 0:
-                event = await subscription.next(timeout=min(_CHECK_EVERY_SEC, remaining))
-                if event is not None and event[0] == "invocation.finished":
-                    return  # published after the terminal state was saved: no re-check
-                if event is None:
-                    break
-            else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return
+            try:
+                await asyncio.wait_for(watch.event.wait(), min(_CHECK_EVERY_SEC, remaining))
+            except TimeoutError:
+                continue
+            if watch.finished:
+                return  # published after the terminal state was saved (or the deletion)
+            watch.event.clear()
     finally:
-        await subscription.close()
+        service.hub.unwatch(watch)
 
 
 async def _terminal_or_gone(service: ApiService, invocation_id: str) -> bool:
@@ -157,14 +109,14 @@ async def _terminal_or_gone(service: ApiService, invocation_id: str) -> bool:
 async def _events(
     service: ApiService,
     accepted: AcceptedInvocation,
-    subscription: ProgressSubscription,
+    listener: Listener,
     keepalive_sec: float,
 ) -> AsyncIterator[bytes]:
     try:
         yield format_event("invocation.accepted", json.dumps({"id": accepted.id}))
         last_sent = last_check = time.monotonic()
         while True:
-            event = await subscription.next(timeout=_CHECK_EVERY_SEC)
+            event = await _next(listener, timeout=_CHECK_EVERY_SEC)
             now = time.monotonic()
             kind = event[0] if event is not None else None
             if event is not None and event[0] in _FORWARDED:
@@ -184,7 +136,7 @@ async def _events(
         _log.warning("progress stream ended early", invocation=accepted.id, error=str(exc))
         yield format_event("error", json.dumps({"detail": str(exc)}))
     finally:
-        await subscription.close()
+        await service.hub.unlisten(listener)
 
 
 async def invoke_streaming(
@@ -198,19 +150,18 @@ async def invoke_streaming(
 ) -> StreamingResponse:
     """Accept, subscribe, publish, then stream (errors before the stream are plain JSON)."""
     accepted = await service.accept_invocation(namespace, graph, body, content_type, encoded)
-    subscription = ProgressSubscription(service.store, accepted.id)
     try:
-        await subscription.open()
+        listener = await service.hub.listen(accepted.id)
     except ServiceError:
         await service.discard(accepted.state)
         raise
     try:
         await service.publish_accepted([accepted])
     except BaseException:
-        await subscription.close()
+        await service.hub.unlisten(listener)
         raise
     return StreamingResponse(
-        _events(service, accepted, subscription, keepalive_sec),
+        _events(service, accepted, listener, keepalive_sec),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

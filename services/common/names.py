@@ -86,6 +86,12 @@ class Names:
         return f"{self.prefix}:progress:{invocation_id}"
 
     @property
+    def finished_channel(self) -> str:
+        """Redis pub/sub channel of the ids of invocations that ended or were deleted
+        (for long polls: one subscription per API process)."""
+        return f"{self.prefix}:finished"
+
+    @property
     def delayed_key(self) -> str:
         """Sorted set of delayed task messages (retries with backoff), scored by due time."""
         return f"{self.prefix}:delayed"

@@ -28,27 +28,36 @@ from .names import Names
 from .settings import InfraSettings
 
 DEFAULT_NAMESPACE = "default"
+_MAX_CONNECTIONS = 64
+_POOL_WAIT_SEC = 10.0
 INPUT_FIELD = "input"
 
 # KEYS: invocation hash, outputs hash, done set, results hash
 # ARGV: expected rev, state json, status, n_outputs, progress channel, n_progress,
+#       finished channel, invocation id,
 #       (task_id, values json)*n_outputs, progress json*n_progress, done task ids...
-# The progress messages are published only when the state was saved.
+# The progress messages are published only when the state was saved; the invocation id goes
+# to the finished channel when the status becomes terminal.
 _SAVE_SCRIPT = """
 local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '-1')
 if rev ~= tonumber(ARGV[1]) then return -1 end
+local old = redis.call('HGET', KEYS[1], 'status')
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'status', ARGV[3], 'rev', rev + 1)
 local n = tonumber(ARGV[4])
 local p = tonumber(ARGV[6])
 for i = 0, n - 1 do
-  redis.call('HSETNX', KEYS[2], ARGV[7 + 2 * i], ARGV[8 + 2 * i])
+  redis.call('HSETNX', KEYS[2], ARGV[9 + 2 * i], ARGV[10 + 2 * i])
 end
-for i = 7 + 2 * n + p, #ARGV do
+for i = 9 + 2 * n + p, #ARGV do
   redis.call('SADD', KEYS[3], ARGV[i])
   redis.call('HDEL', KEYS[4], ARGV[i])
 end
-for i = 7 + 2 * n, 6 + 2 * n + p do
+for i = 9 + 2 * n, 8 + 2 * n + p do
   redis.call('PUBLISH', ARGV[5], ARGV[i])
+end
+local s = ARGV[3]
+if old ~= s and (s == 'succeeded' or s == 'failed' or s == 'cancelled') then
+  redis.call('PUBLISH', ARGV[7], ARGV[8])
 end
 return rev + 1
 """
@@ -121,9 +130,16 @@ class StateStore:
 
     def __init__(self, settings: InfraSettings) -> None:
         self.names = Names(settings.prefix)
-        self._redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=5
+        # A burst of requests waits for a free connection (up to ``timeout``) instead of
+        # failing with "Too many connections" as the default pool does past its limit.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=_POOL_WAIT_SEC,
+            socket_timeout=10,
+            socket_connect_timeout=5,
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._save = self._redis.register_script(_SAVE_SCRIPT)
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
         self._lease = self._redis.register_script(_LEASE_SCRIPT)
@@ -355,6 +371,8 @@ class StateStore:
             len(outputs),
             self.names.progress_channel(state.invocation_id),
             len(messages),
+            self.names.finished_channel,
+            state.invocation_id,
         ]
         for task_id, values in outputs.items():
             args += [task_id, values.model_dump_json()]
@@ -390,6 +408,7 @@ class StateStore:
         pipe = self._redis.pipeline(transaction=True)
         pipe.zrem(self.names.invocations_key(namespace, graph), invocation_id)
         self._delete_invocation_keys(pipe, invocation_id)
+        pipe.publish(self.names.finished_channel, invocation_id)  # wakes its long polls
         await self._call(pipe.execute())
 
     # -- outputs, finished tasks, logs -----------------------------------------------------

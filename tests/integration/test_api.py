@@ -566,6 +566,30 @@ async def test_status_long_poll_answers_once_the_invocation_finishes(api: Api) -
     )
 
 
+async def test_many_long_polls_share_one_connection(api: Api) -> None:
+    """More waiters than the Redis pool has connections (100): each is a dict entry of the
+    progress hub, woken by the finished channel, not a pub/sub connection of its own."""
+    await api.register(graph_v1())
+    invocations = [await api.invoke(n=1) for _ in range(150)]
+    base = "/namespaces/default/compute_graphs/calc/invocations/"
+    waiting = [
+        asyncio.create_task(api.client.get(base + inv, params={"wait_sec": 30}))
+        for inv in invocations
+    ]
+    await asyncio.sleep(0.3)
+    assert not any(task.done() for task in waiting)
+    saves = []
+    for inv in invocations[:-1]:  # play the scheduler: the save publishes the finish
+        state, rev = await api.store.load_invocation(inv) or pytest.fail("no state")
+        saves.append((state.model_copy(update={"status": "succeeded"}), rev, None, (), ()))
+    await api.store.save_invocations(saves)
+    await api.client.delete(base + invocations[-1])  # a deleted one wakes its poll too
+    responses = await asyncio.wait_for(asyncio.gather(*waiting), 20)
+    assert [r.status_code for r in responses] == [200] * 149 + [404]
+    assert {r.json()["status"] for r in responses[:-1]} == {"succeeded"}
+    assert not api.service.hub._watches  # every waiter unregistered
+
+
 # -- block_until_finish (SSE), over a real uvicorn -----------------------------------------
 
 
