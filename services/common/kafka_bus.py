@@ -378,6 +378,7 @@ def make_consumer(
         max_poll_interval_ms=30 * 60 * 1000,
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
         metadata_max_age_ms=metadata_max_age_ms,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
     )
     if topics or pattern:
         consumer.subscribe(topics=list(topics), pattern=pattern, listener=listener)

@@ -37,6 +37,13 @@ class InfraSettings(BaseSettings):
     inline_limit_bytes: int = Field(
         default=64 * 1024, ge=0, description="outputs up to this size travel inline"
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        default=20,
+        ge=1,
+        description="how long the broker holds a consumer's fetch that found nothing; a "
+        "partition that becomes fetchable meanwhile waits for it, so this bounds a hop's "
+        "worst-case delay (aiokafka's default, 500, stalls pipelines)",
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="console", pattern="^(console|json)$")
 
