@@ -6,7 +6,6 @@ If Kafka, Redis or MinIO do not answer, tests that need them are skipped locally
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import urllib3
 from minio import Minio
 
 from services.common.settings import InfraSettings
+from services.devstack import purge_prefix
 
 _HINT = "run `make infra-up` (or infra/up.sh) to start Kafka, Redis and MinIO"
 
@@ -68,28 +68,4 @@ def require_infra() -> None:
 def cleanup() -> Callable[[str], None]:
     """``cleanup(prefix)`` removes a prefix's topics, Redis keys and objects: each test's
     stack uses a fresh prefix, and a long-lived dev broker slows down with every topic left."""
-    return cleanup_prefix
-
-
-def cleanup_prefix(prefix: str) -> None:
-    """Remove the topics, Redis keys and objects of ``prefix``."""
-    import redis
-
-    from services.common.blobs import BlobStore
-    from services.common.kafka_bus import KafkaBus
-
-    settings = InfraSettings(prefix=prefix)
-
-    async def delete_topics() -> None:
-        async with KafkaBus(settings) as bus:
-            await bus.delete_topics(t for t in await bus.list_topics() if t.startswith(prefix))
-
-    asyncio.run(delete_topics())
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
-    BlobStore(settings).delete_prefix_sync(f"{prefix}/")
+    return purge_prefix

@@ -49,18 +49,27 @@ def chain_latencies(client: IndexifyClient, count: int) -> list[float]:
 
 
 def concurrent_rate(make_client: Callable[[], IndexifyClient], count: int, threads: int) -> float:
+    """``count`` invocations in flight at once: all are started (from ``threads`` client
+    threads), then all are awaited; invocations per second from the first start to the
+    last finish."""
     clients = [make_client() for _ in range(threads)]
     start = time.perf_counter()
 
-    def run(i: int) -> None:
-        client = clients[i % threads]
-        inv = client.invoke_graph_with_object("bench_chain", x=i)
-        info = client.wait_for_invocation("bench_chain", inv, timeout=300)
+    def invoke(i: int) -> str:
+        return clients[i % threads].invoke_graph_with_object("bench_chain", x=i)
+
+    def wait(item: tuple[int, str]) -> None:
+        i, inv = item
+        info = clients[i % threads].wait_for_invocation("bench_chain", inv, timeout=300)
         assert info.status == "succeeded", info
 
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(run, range(count)))
-    return count / (time.perf_counter() - start)
+        started = list(pool.map(invoke, range(count)))
+        list(pool.map(wait, enumerate(started)))
+    rate = count / (time.perf_counter() - start)
+    for client in clients:
+        client.close()
+    return rate
 
 
 def payload_rate(client: IndexifyClient) -> float:
@@ -105,20 +114,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure; medians reported")
     parser.add_argument("--skip-stack", action="store_true", help="in-process figures only")
-    parser.add_argument("--executors", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--executors", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
 
     local = create_client(in_process=True, echo_output=False)
     rows = [measure("in-process", lambda: local, args.runs)]
     if not args.skip_stack:
-        from services.devstack import DevStack
+        from services.devstack import DevStack, purge_prefix
 
         logs = Path(tempfile.mkdtemp(prefix="indexify-bench-"))
         env = {"INDEXIFY_PREFIX": f"bench{uuid.uuid4().hex[:8]}", "INDEXIFY_LOG_LEVEL": "WARNING"}
-        with DevStack(env, log_dir=logs) as stack:
-            stack.start_default(executors=args.executors, concurrency=args.concurrency)
-            rows.append(measure("stack", lambda: create_client(service_url=stack.url), args.runs))
+        try:
+            with DevStack(env, log_dir=logs) as stack:
+                stack.start_default(executors=args.executors, concurrency=args.concurrency)
+                rows.append(
+                    measure("stack", lambda: create_client(service_url=stack.url), args.runs)
+                )
+        finally:
+            purge_prefix(env["INDEXIFY_PREFIX"])
         print(f"service logs: {logs}")
     print_table(rows)
 
