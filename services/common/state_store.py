@@ -63,7 +63,8 @@ return rev + 1
 """
 
 # KEYS: invocation hash, done set, results hash, lease key
-# ARGV: task id, lease token, lease ttl ms
+# ARGV: task id, lease token, lease ttl ms, progress channel, progress json ("": none)
+# The progress message (task.started) is published when the lease is taken.
 _CLAIM_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'skip', 'invocation deleted'} end
@@ -75,10 +76,11 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
 end
 local recorded = redis.call('HGET', KEYS[3], ARGV[1])
 if recorded then return {'result', recorded} end
-if redis.call('SET', KEYS[4], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'run', ''} end
 local holder = redis.call('GET', KEYS[4])
-if holder == ARGV[2] then return {'run', ''} end
-return {'wait', holder or ''}
+if holder and holder ~= ARGV[2] then return {'wait', holder} end
+redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return {'run', ''}
 """
 
 # KEYS: lease key; ARGV: token, ttl ms (0: release)
@@ -462,24 +464,33 @@ class StateStore:
         return None
 
     async def claim_task(
-        self, invocation_id: str, task_id: str, token: str, ttl_sec: float
+        self,
+        invocation_id: str,
+        task_id: str,
+        token: str,
+        ttl_sec: float,
+        started: ProgressEvent | None = None,
     ) -> tuple[str, str]:
         """Whether an executor process (``token``) may run a task, in one atomic call:
 
         * ``("skip", why)``: done already, or the invocation is over;
         * ``("result", event json)``: a previous run recorded its success (outputs stored)
           but its event may not have reached Kafka: publish that, do not run again;
-        * ``("run", "")``: the caller now holds the task's lease (renew it while running);
+        * ``("run", "")``: the caller now holds the task's lease (renew it while running),
+          and ``started`` (a progress event) was published;
         * ``("wait", holder)``: another live executor process runs it: ask again later.
         """
-        (answer,) = await self.claim_tasks([(invocation_id, task_id)], token, ttl_sec)
+        (answer,) = await self.claim_tasks([(invocation_id, task_id, started)], token, ttl_sec)
         return answer
 
     async def claim_tasks(
-        self, tasks: Iterable[tuple[str, str]], token: str, ttl_sec: float
+        self,
+        tasks: Iterable[tuple[str, str, ProgressEvent | None]],
+        token: str,
+        ttl_sec: float,
     ) -> list[tuple[str, str]]:
-        """:meth:`claim_task` for ``(invocation id, task id)`` each, in one pipeline (one
-        round trip); every claim is its own atomic call."""
+        """:meth:`claim_task` for ``(invocation id, task id, started)`` each, in one pipeline
+        (one round trip); every claim is its own atomic call."""
         tasks = list(tasks)
         if not tasks:
             return []
@@ -492,9 +503,15 @@ class StateStore:
                     self.names.results_key(invocation_id),
                     self.names.lease_key(invocation_id, task_id),
                 ],
-                [task_id, token, ms],
+                [
+                    task_id,
+                    token,
+                    ms,
+                    self.names.progress_channel(invocation_id),
+                    started.model_dump_json() if started is not None else "",
+                ],
             )
-            for invocation_id, task_id in tasks
+            for invocation_id, task_id, started in tasks
         ]
         answers = await self._call(self._scripts(self._claim, calls))
         return [(_text(verdict), _text(detail)) for verdict, detail in answers]
@@ -509,16 +526,28 @@ class StateStore:
         self, results: Iterable[tuple[str, str, str | None]], token: str
     ) -> None:
         """For ``(invocation id, task id, success event json or None)``: keep the successes
-        (first writer wins), then release ``token``'s leases: one pipeline each (the releases
-        alone when there is no success to keep)."""
+        (first writer wins), then release ``token``'s leases, in one pipeline (a success is
+        kept before its lease goes)."""
         results = list(results)
-        successes = [(inv, task_id, raw) for inv, task_id, raw in results if raw is not None]
-        if successes:  # before the releases: a success is kept before its lease goes
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for invocation_id, task_id, event_json in successes:
+        if not results:
+            return
+        releases: list[tuple[list[str], list[Any]]] = [
+            ([self.names.lease_key(invocation_id, task_id)], [token, 0])
+            for invocation_id, task_id, _ in results
+        ]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for invocation_id, task_id, event_json in results:
+                if event_json is not None:
                     pipe.hsetnx(self.names.results_key(invocation_id), task_id, event_json)
-                await self._call(pipe.execute())
-        await self._lease_calls(((inv, task_id) for inv, task_id, _ in results), token, 0)
+            for keys, args in releases:
+                pipe.evalsha(self._lease.sha, len(keys), *keys, *args)
+            answers = await self._call(pipe.execute(raise_on_error=False))
+        for answer in answers:
+            if isinstance(answer, Exception) and not isinstance(answer, NoScriptError):
+                raise answer
+        if any(isinstance(answer, NoScriptError) for answer in answers):
+            # the script cache was flushed (Redis restarted): releasing twice is harmless
+            await self._call(self._scripts(self._lease, releases))
 
     async def _lease_calls(self, tasks: Iterable[tuple[str, str]], token: str, ms: int) -> None:
         calls = [

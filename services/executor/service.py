@@ -7,16 +7,17 @@
   ``StateStore.graphs_epoch()`` every ``refresh_interval_sec``: a newly registered graph is
   picked up without a restart.
 * **Per message**: decode (undecodable -> dead-letter topic); ``StateStore.claim_task`` (done
-  task or finished invocation -> skip; the claims asked together go in one pipeline);
-  publish a ``task.started`` progress event; run it on the :class:`WorkerPool`; publish the
+  task or finished invocation -> skip; the claims asked together go in one pipeline; taking
+  the lease publishes the ``task.started`` progress event); run it on the
+  :class:`WorkerPool`; record a success and release the lease; publish the
   ``TaskFinishedEvent`` (key = invocation id) and, once Kafka acknowledged it, mark the
-  offset complete. Completions that happen together are sent
-  as one batch (``publish_many``).
+  offset complete. Completions that happen together are sent as one batch (one Redis
+  pipeline, one ``publish_many``).
 * **Leases and recorded results.** ``claim_task`` takes a lease on the task (token per
   process, renewed while it runs): an executor handed a task another live one is running
-  (rebalance, duplicate message) waits for it instead of running it twice. The worker
-  records a success in Redis right after storing its outputs, so a redelivered task whose
-  outputs are stored re-publishes that result instead of running again.
+  (rebalance, duplicate message) waits for it instead of running it twice. A success is
+  recorded in Redis before its event is published, so a redelivered task whose outputs are
+  stored re-publishes that result instead of running again.
 * **Offsets.** Many tasks of one partition run at once; :class:`.offsets.OffsetKeeper` commits
   only up to the lowest unfinished offset, so a crash redelivers exactly the unfinished tasks,
   and a rebalance that hands a partition back does not fetch its running tasks twice.
@@ -66,6 +67,8 @@ from .worker_pool import WorkerPool
 __all__ = ["Executor"]
 
 _T = TypeVar("_T")
+#: (invocation id, task id, the task.started progress event to publish if the lease is taken)
+_ClaimAsked = tuple[str, str, ProgressEvent | None]
 _POLL_MS = 200
 _SHUTDOWN_STEP_SEC = 30.0
 _log = get_logger(__name__)
@@ -113,8 +116,7 @@ class Executor:
         self._consumer: AIOKafkaConsumer | None = None
         self._offsets: OffsetKeeper | None = None
         self._completions: Batcher[TaskFinishedEvent] = Batcher(self._send_finished)
-        self._progress: Batcher[ProgressEvent] = Batcher(self._send_progress)
-        self._claims: BatchCaller[tuple[str, str], tuple[str, str]] = BatchCaller(self._claim_batch)
+        self._claims: BatchCaller[_ClaimAsked, tuple[str, str]] = BatchCaller(self._claim_batch)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -179,7 +181,6 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
             await _bounded(self._completions.close(), _SHUTDOWN_STEP_SEC, "sending results")
-            await _bounded(self._progress.close(), _SHUTDOWN_STEP_SEC, "sending progress")
             if self._store is not None:
                 try:
                     await self._store.remove_executor(self.id)
@@ -287,10 +288,18 @@ class Executor:
         )
         inv, ttl = message.invocation_id, self.lease_ttl_sec
         key = (inv, task.id)
+        started = ProgressEvent(
+            type="task.started",
+            invocation_id=inv,
+            task_id=task.id,
+            function=task.function,
+            attempt=task.attempt,
+            executor=self.id,
+        )
         if key in self._leases:  # the same task twice in this process: a duplicate message
             verdict, detail = "wait", "this executor"
         else:
-            verdict, detail = await self._claim(key)
+            verdict, detail = await self._claim(key, started)
         if verdict == "wait":
             # Another live executor process (or this one) runs this task: a rebalance moved
             # its partition, or the message was delivered twice. Wait for its result or for
@@ -302,7 +311,7 @@ class Executor:
                     return  # not completed: the next owner of the partition gets it
                 if key in self._leases:
                     continue
-                verdict, detail = await self._claim(key)
+                verdict, detail = await self._claim(key, started)
         if verdict == "skip":
             log.info("task skipped", reason=detail)
             self._complete(tp, record.offset)
@@ -317,13 +326,18 @@ class Executor:
         finally:
             self._leases.discard(key)
 
-    async def _claim(self, key: tuple[str, str]) -> tuple[str, str]:
-        """``StateStore.claim_task`` (batched with the claims asked meanwhile). The key is held
-        in ``_leases`` while asking: a duplicate message in this process (same token, maybe
-        the same pipeline) waits instead of running the task a second time."""
+    async def _claim(
+        self, key: tuple[str, str], started: ProgressEvent | None = None
+    ) -> tuple[str, str]:
+        """``StateStore.claim_task`` (batched with the claims asked meanwhile), publishing
+        ``started`` if it takes the lease. The key is held in ``_leases`` while asking: a
+        duplicate message in this process (same token, maybe the same pipeline) waits instead
+        of running the task a second time."""
         self._leases.add(key)
         try:
-            return await self._retrying("checking the task", lambda: self._claims.call(key))
+            return await self._retrying(
+                "checking the task", lambda: self._claims.call((*key, started))
+            )
         finally:
             self._leases.discard(key)
 
@@ -337,23 +351,13 @@ class Executor:
     ) -> None:
         task = message.task
         log.debug("task started")
-        self._progress.submit_nowait(
-            ProgressEvent(
-                type="task.started",
-                invocation_id=message.invocation_id,
-                task_id=task.id,
-                function=task.function,
-                attempt=task.attempt,
-                executor=self.id,
-            )
-        )
         started = time.monotonic()
         verdict: list[tuple[str, str]] = []
 
         async def still_wanted() -> bool:  # asked when the task waited for a free worker
             answer = await self._retrying(
                 "checking the task",
-                lambda: self._claims.call((message.invocation_id, task.id)),
+                lambda: self._claims.call((message.invocation_id, task.id, None)),
             )
             verdict.append(answer)
             return answer[0] not in ("skip", "result")  # "wait": our lease lapsed; run
@@ -424,13 +428,16 @@ class Executor:
     async def _send_finished(self, events: list[TaskFinishedEvent]) -> None:
         """One batch of results; the scheduler records their log pointers and outputs.
 
-        The worker recorded each success in Redis right after storing its outputs: a crash
-        between there and Kafka's ack redelivers the task, which then re-publishes the
-        recorded result instead of running the function again. The leases are released.
+        Each success is recorded in Redis (its outputs are stored) before it is published: a
+        crash between there and Kafka's ack redelivers the task, which then re-publishes the
+        recorded result instead of running the function again. The leases are released in
+        the same round trip.
         """
         bus, store = self._require(self._bus), self._require(self._store)
         encoded = [_fit(e, encode_message(e)) for e in events]
-        results = [(e.invocation_id, e.finished.task_id, None) for e, _ in encoded]
+        results = [
+            (e.invocation_id, e.finished.task_id, _success_json(e, raw)) for e, raw in encoded
+        ]
         await self._retrying(
             "recording task results", lambda: store.record_results(results, self._token)
         )
@@ -443,16 +450,10 @@ class Executor:
         items = [(self.names.events_topic, e.invocation_id, raw) for e, raw in encoded]
         await self._retrying("publishing task results", lambda: bus.publish_many(items))
 
-    async def _claim_batch(self, tasks: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    async def _claim_batch(self, tasks: list[_ClaimAsked]) -> list[tuple[str, str]]:
         """``StateStore.claim_task`` for the tasks asked about together, in one round trip."""
         store = self._require(self._store)
         return await store.claim_tasks(tasks, self._token, self.lease_ttl_sec)
-
-    async def _send_progress(self, events: list[ProgressEvent]) -> None:
-        try:
-            await self._require(self._store).publish_progress(events)
-        except ServiceError as exc:  # progress is best effort: the state in Redis is the truth
-            _log.warning("progress events dropped", count=len(events), error=str(exc))
 
     # -- subscription -----------------------------------------------------------------------
 
@@ -554,6 +555,11 @@ def _parse_failpoint(spec: str) -> str | None:
     if kind != "exit_before_finish" or not function:
         raise ValueError(f"unknown executor failpoint {spec!r}; use exit_before_finish:<function>")
     return function
+
+
+def _success_json(event: TaskFinishedEvent, raw: bytes) -> str | None:
+    """What ``record_results`` keeps for a redelivery: the event of a success, else None."""
+    return raw.decode() if event.finished.outcome == "success" else None
 
 
 def _function_of(task_id: str) -> str:

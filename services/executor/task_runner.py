@@ -7,9 +7,8 @@ A :class:`TaskRunner` lives as long as its worker process. For each task it
 2. resolves the inputs: the message's :class:`StoredValues` (inline, or one ranged GET each);
 3. runs the function with the SDK's ``FunctionRunner`` (the code the in-process client runs);
 4. stores the outputs (inline when small, else ONE object ``Names.outputs_object``) and any
-   stdout/stderr (``Names.log_object``), records a success in Redis (``Names.results_key``:
-   a redelivered task re-publishes it instead of running again), and returns the
-   :class:`TaskFinishedEvent`.
+   stdout/stderr (``Names.log_object``), and returns the :class:`TaskFinishedEvent` (the
+   executor records a success in Redis, batched, before publishing it).
 
 Failures are classified where they happen: MinIO unreachable while reading or writing is a
 ``platform`` error (retried without spending the user's budget); code that cannot be unpickled
@@ -27,16 +26,13 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 
-import redis
-from redis.exceptions import RedisError
-
 from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, TaskFinished, ValueRange
 from indexify.graph import Graph
 from indexify.runtime import FunctionRunner, TaskResult
 from services.common.blobs import BlobStore, load_values_sync, store_values_sync
 from services.common.errors import NotFound, ServiceError
-from services.common.events import StoredValues, TaskFinishedEvent, TaskMessage, encode_message
+from services.common.events import StoredValues, TaskFinishedEvent, TaskMessage
 from services.common.names import Names
 from services.common.settings import InfraSettings
 
@@ -118,9 +114,6 @@ class TaskRunner:
         max_outputs: int | None = None,
     ):
         self.blobs = BlobStore(infra)
-        self.redis = redis.Redis.from_url(
-            infra.redis_url, socket_timeout=10, socket_connect_timeout=5
-        )
         self.max_outputs = max_outputs
         self.names = Names(infra.prefix)
         self.executor_id = executor_id
@@ -154,24 +147,9 @@ class TaskRunner:
             )
             return failure_event(message, error, self.executor_id, started_at)
         try:
-            event = self._finish(message, result)
-            if event.finished.outcome == "success":
-                self._record(event)
-            return event
+            return self._finish(message, result)
         except _TaskFailure as failure:
             return failure_event(message, failure.error, self.executor_id, started_at)
-
-    def _record(self, event: TaskFinishedEvent) -> None:
-        """Record a success right after its outputs are stored (first writer wins): a
-        redelivery of the task re-publishes it instead of running the function again."""
-        try:
-            self.redis.hsetnx(
-                self.names.results_key(event.invocation_id),
-                event.finished.task_id,
-                encode_message(event),
-            )
-        except (RedisError, OSError) as exc:
-            raise _platform(f"cannot record the result of {event.finished.task_id}", exc) from exc
 
     # -- code ---------------------------------------------------------------------------
 
