@@ -98,21 +98,24 @@ async def list_invocations(
     return InvocationList(invocations=await service.invocations(namespace, graph, limit))
 
 
-@router.get(_INVOCATION)
+@router.get(_INVOCATION, response_model=InvocationInfo)
 async def get_invocation(
     namespace: str,
     graph: str,
     invocation_id: str,
     service: Service,
     wait_sec: Annotated[float, Query(ge=0, le=60)] = 0,
-) -> InvocationInfo:
+) -> Response:
     """Status (pending, running, succeeded, failed, cancelled), error and tasks.
 
     With ``wait_sec`` (a long poll), an invocation still running is answered once it
     finishes, or after ``wait_sec`` seconds with its status then."""
     if wait_sec > 0:  # cheap status checks while it runs; the full state is read once
         await wait_until_terminal(service, invocation_id, wait_sec)
-    return await service.invocation(namespace, graph, invocation_id)
+    info = await service.invocation(namespace, graph, invocation_id)
+    # Serialized once by pydantic: the model is validated already, and long polls make
+    # this the API's busiest route.
+    return Response(info.model_dump_json(), media_type="application/json")
 
 
 @router.delete(_INVOCATION)

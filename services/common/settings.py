@@ -71,6 +71,12 @@ class SchedulerSettings(BaseSettings):
     max_batch: int = Field(default=500, ge=1, description="events handled per poll")
     max_reduce_batch: int = Field(default=2000, ge=1)
     session_timeout_ms: int = 10_000
+    commit_interval_sec: float = Field(
+        default=0.2,
+        ge=0,
+        description="offsets of handled events are committed at most this often while events "
+        "flow (and whenever a poll is empty); a crash replays up to this much, as duplicates",
+    )
 
 
 def _default_executor_id() -> str:

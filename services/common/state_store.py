@@ -29,6 +29,7 @@ from .settings import InfraSettings
 
 DEFAULT_NAMESPACE = "default"
 _MAX_CONNECTIONS = 64
+_GRAPH_RECORDS_CACHED = 256
 _POOL_WAIT_SEC = 10.0
 INPUT_FIELD = "input"
 
@@ -94,7 +95,7 @@ return redis.call('DEL', KEYS[1])
 class GraphRecord(BaseModel):
     """A registered graph version: its definition and where its code is stored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     namespace: str
     name: str
@@ -142,6 +143,7 @@ class StateStore:
             socket_connect_timeout=5,
         )
         self._redis = aioredis.Redis.from_pool(pool)
+        self._graph_records: dict[bytes, GraphRecord] = {}
         self._save = self._redis.register_script(_SAVE_SCRIPT)
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
         self._lease = self._redis.register_script(_LEASE_SCRIPT)
@@ -206,7 +208,18 @@ class StateStore:
 
     async def get_graph(self, namespace: str, name: str) -> GraphRecord | None:
         raw = await self._call(self._redis.hget(self.names.graphs_key(namespace), name))
-        return GraphRecord.model_validate_json(raw) if raw else None
+        return self._graph_record(raw) if raw else None
+
+    def _graph_record(self, raw: bytes) -> GraphRecord:
+        """Parse a stored record once: every invoke reads its graph's record, and a
+        definition is worth parsing once per process, not once per request. Keyed by the
+        stored bytes, so a re-registered graph is parsed again."""
+        record = self._graph_records.get(raw)
+        if record is None:
+            if len(self._graph_records) >= _GRAPH_RECORDS_CACHED:
+                self._graph_records.clear()
+            record = self._graph_records[raw] = GraphRecord.model_validate_json(raw)
+        return record
 
     async def get_graph_version(
         self, namespace: str, name: str, version: str

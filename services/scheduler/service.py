@@ -10,7 +10,9 @@ Per poll batch (all partitions this process owns; the batch work is :mod:`.handl
 3. resolve the new tasks' inputs (this batch's outputs, else ``StateStore.get_outputs``);
 4. **publish** the task messages (``publish_many``, all acks awaited) and park retries in the
    delayed set, then **save** each changed state with its compare-and-set (new outputs and
-   finished tasks in the same Lua call), then publish progress, then **commit** the offsets.
+   finished tasks in the same Lua call, which also publishes progress), then **commit** the
+   offsets: at most every ``commit_interval_sec`` while events flow, and whenever a poll
+   comes back empty (a crash replays what was handled since, as duplicates).
 
 A crash anywhere re-derives the same deterministic tasks from the last saved state; a
 duplicate event changes nothing (the engine ignores it and the state is not saved). When
@@ -48,11 +50,13 @@ _log = get_logger(__name__)
 
 
 class _OnRevoke(ConsumerRebalanceListener):
-    def __init__(self, states: StateCache) -> None:
+    def __init__(self, scheduler: Scheduler, states: StateCache) -> None:
+        self._scheduler = scheduler
         self._states = states
 
     async def on_partitions_revoked(self, revoked: object) -> None:
         self._states.clear()
+        await self._scheduler.commit_handled()  # the next owner starts after our work
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         pass
@@ -84,7 +88,10 @@ class Scheduler:
         self._stop = asyncio.Event()
         self._handler: EventHandler | None = None
         self.delayed: DelayedTasks | None = None
-        self.handled = 0  # records handled and committed (duplicates and dead letters too)
+        self.handled = 0  # records handled (duplicates and dead letters too)
+        # Offsets of handled records not committed yet (see _consume: commits are throttled).
+        self._handled_offsets: dict[TopicPartition, int] = {}
+        self._committed_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -112,7 +119,7 @@ class Scheduler:
                 self.infra,
                 group_id=self.group_id,
                 topics=[self.names.events_topic],
-                listener=_OnRevoke(states),
+                listener=_OnRevoke(self, states),
                 max_poll_records=self.settings.max_batch,
                 session_timeout_ms=self.settings.session_timeout_ms,
                 client_id=f"{self.group_id}-{id(self):x}",
@@ -138,6 +145,10 @@ class Scheduler:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        try:
+            await self.commit_handled()
+        except PlatformUnavailable as exc:  # the next owner replays them: effects are idempotent
+            _log.warning("final offset commit failed", error=str(exc))
         consumer, self._consumer = self._consumer, None
         try:
             if consumer is not None:
@@ -195,13 +206,14 @@ class Scheduler:
             )
             records = [record for part in batch.values() for record in part]
             if not records:
+                await self._commit_quietly()
                 if idle_sec is not None and await self._idle(last_activity, idle_sec):
                     return
                 continue
             last_activity = time.monotonic()
             try:
                 await self.handle_batch(records)
-                await self._commit(records)
+                self._handled(records)
                 self.handled += len(records)
                 backoff = 0.1
             except PlatformUnavailable as exc:
@@ -215,6 +227,9 @@ class Scheduler:
                 self._rewind(records)
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=backoff)
+                continue
+            if time.monotonic() - self._committed_at >= self.settings.commit_interval_sec:
+                await self._commit_quietly()
 
     async def _idle(self, last_activity: float, idle_sec: float) -> bool:
         if not self.consumer.assignment():
@@ -238,21 +253,42 @@ class Scheduler:
             if tp in assigned:
                 self.consumer.seek(tp, offset)
 
-    async def _commit(self, records: Sequence[Record]) -> None:
-        offsets: dict[TopicPartition, int] = {}
+    def _handled(self, records: Sequence[Record]) -> None:
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-        assigned = self.consumer.assignment()
+            self._handled_offsets[tp] = max(self._handled_offsets.get(tp, 0), record.offset + 1)
+
+    async def commit_handled(self) -> None:
+        """Commit the offsets of every handled record (their effects are durable already).
+
+        Called at most every ``commit_interval_sec`` while events flow, when a poll comes
+        back empty, on revocation and on shutdown: a crash replays at most that much, which
+        the handlers ignore as duplicates, and the broker is not asked for one commit per
+        batch."""
+        self._committed_at = time.monotonic()
+        offsets, self._handled_offsets = self._handled_offsets, {}
+        if self._consumer is None:
+            return
+        assigned = self._consumer.assignment()
         offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         if not offsets:
             return
         try:
-            await self.consumer.commit(offsets)
+            await self._consumer.commit(offsets)
         except CommitFailedError as exc:  # partitions moved: their new owner replays them
             _log.warning("offset commit rejected after a rebalance", error=str(exc))
         except KafkaError as exc:
+            for tp, offset in offsets.items():  # keep them for the next commit
+                self._handled_offsets[tp] = max(self._handled_offsets.get(tp, 0), offset)
             raise PlatformUnavailable(f"committing offsets {offsets}: {exc}") from exc
+
+    async def _commit_quietly(self) -> None:
+        if not self._handled_offsets:
+            return
+        try:
+            await self.commit_handled()
+        except PlatformUnavailable as exc:
+            _log.warning("offset commit failed; retried later", error=str(exc))
 
     async def handle_batch(self, records: Sequence[Record]) -> None:
         """Apply a batch of event records; every effect is durable when this returns."""
