@@ -50,11 +50,14 @@ class OffsetKeeper(ConsumerRebalanceListener):
         self._tracker.forget(self._tracker.partitions)
         self._fetched.clear()
 
-    async def commit_loop(self) -> None:
+    async def commit_loop(self, min_interval_sec: float = 0.2) -> None:
+        """Commit whenever something completed, at most every ``min_interval_sec`` (a crash
+        redelivers at most that much more, which the task claims turn into skips)."""
         while True:
             await self._wanted.wait()
             self._wanted.clear()
             await self.commit()
+            await asyncio.sleep(min_interval_sec)
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit every assigned partition's progress (of ``only``, if given)."""
