@@ -224,6 +224,9 @@ async def test_fan_out_duplicates_completion_and_dead_letters(
         messages = [decode_task_message(v) for v in await doubles.read(3)]
         assert sorted(m.inputs[0].inline_payloads()[0].data for m in messages) == [b"0", b"1", b"2"]
         assert {m.task.function for m in messages} == {"double"}
+        # Tasks are published before the state (and the log pointers) is saved: wait for
+        # the fan-out's batch to be handled.
+        await until(lambda: _handled(scheduler, 2))
         logs = await store.get_logs(inv)
         assert logs[start.task.id] == {
             "stdout": f"logs/{start.task.id}/stdout",
@@ -231,9 +234,7 @@ async def test_fan_out_duplicates_completion_and_dead_letters(
             "attempt": 1,
         }
 
-        # The same event again: nothing emitted, state untouched. (Tasks are published before
-        # the state is saved: wait for the fan-out's batch to be committed first.)
-        await until(lambda: _handled(scheduler, 2))
+        # The same event again: nothing emitted, state untouched.
         rev = await rev_of(store, inv)
         await send(kafka_bus, names, fan_out)
         await until(lambda: _handled(scheduler, 3))
