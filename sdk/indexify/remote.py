@@ -17,11 +17,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
-
-import httpx
 
 from .client import DEFAULT_NAMESPACE, DEFAULT_SERVICE_URL, IndexifyClient
 from .encoding import JSON, Payload, coerce, decode, encode
@@ -36,6 +35,14 @@ from .errors import (
 )
 from .functions import check_name
 from .graph import Graph
+from .http import (
+    ConnectionPool,
+    HttpRequest,
+    HttpResponse,
+    ServerUnreachable,
+    Transport,
+    request_path,
+)
 from .models import GraphInfo, InvocationInfo, TaskLogs
 from .runtime import FunctionRunner
 from .sse import iter_events
@@ -81,20 +88,15 @@ class RemoteClient(IndexifyClient):
         *,
         timeout: float = 30.0,
         wait_timeout: float = 300.0,
-        transport: httpx.BaseTransport | None = None,
+        transport: Transport | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.namespace = check_name(namespace, "namespace")
         self.service_url = service_url.rstrip("/")
         self.timeout = timeout
         self.wait_timeout = wait_timeout
-        self._http = httpx.Client(
-            base_url=self.service_url,
-            timeout=timeout,
-            transport=transport,
-            headers=headers,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=64),
-        )
+        self._headers = dict(headers or {})
+        self._transport: Transport = transport or ConnectionPool(self.service_url)
         self._lock = threading.Lock()
         self._registered: dict[str, _Registered] = {}
         self._runners: dict[tuple[str, str], FunctionRunner | None] = {}
@@ -104,7 +106,9 @@ class RemoteClient(IndexifyClient):
         return f"RemoteClient({self.service_url!r}, namespace={self.namespace!r})"
 
     def close(self) -> None:
-        self._http.close()
+        close = getattr(self._transport, "close", None)
+        if close is not None:
+            close()
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -115,20 +119,41 @@ class RemoteClient(IndexifyClient):
     def _graph_path(self, graph: str, *parts: str) -> str:
         return self._path("compute_graphs", graph, *parts)
 
-    def _unreachable(self, exc: httpx.TransportError) -> ApiError:
+    def _unreachable(self, exc: ServerUnreachable) -> ApiError:
         return ApiError(
             503,
             f"cannot reach the Indexify server at {self.service_url} ({exc!r}); start it with "
             "`indexify-cli server-dev-mode` or pass create_client(service_url=...)",
         )
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        content: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stream: bool = False,
+    ) -> HttpResponse:
+        """One request; a 4xx/5xx answer raises :class:`ApiError` with the server's detail.
+        A streamed response must be closed (use it as a context manager)."""
+        all_headers = {**self._headers, **(headers or {})}
+        if json is not None:
+            content = _json_dumps(json)
+            all_headers["Content-Type"] = "application/json"
+        request = HttpRequest(method, request_path(path, params), all_headers, content)
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+            response = self._transport.send(request, timeout=timeout or self.timeout, stream=stream)
+        except ServerUnreachable as exc:
             raise self._unreachable(exc) from exc
         if response.status_code >= 400:
-            raise error_from_response(response)
+            try:
+                raise error_from_response(response)
+            finally:
+                response.close()
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -211,21 +236,17 @@ class RemoteClient(IndexifyClient):
         """POST with ``block_until_finish``, follow the events; poll if the stream breaks."""
         invocation_id: str | None = None
         headers = {**headers, "Accept": "text/event-stream"}
-        stream_timeout = httpx.Timeout(self.timeout, read=max(self.timeout, 60.0))
         try:
-            with self._http.stream(
+            with self._request(
                 "POST",
                 path,
                 params={"block_until_finish": "true"},
                 content=data,
                 headers=headers,
-                timeout=stream_timeout,
+                timeout=max(self.timeout, 60.0),  # between two events (keep-alives come every 10 s)
+                stream=True,
             ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise error_from_response(response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    response.read()
                     invocation_id = str(response.json()["id"])
                 else:
                     for event in iter_events(response.iter_lines()):
@@ -235,7 +256,7 @@ class RemoteClient(IndexifyClient):
                             return invocation_id or str(event.json()["id"])
                         elif event.event == "error":
                             raise ApiError(500, _sse_error(event.data))
-        except httpx.TransportError as exc:
+        except ServerUnreachable as exc:  # the stream broke after it started
             if invocation_id is None:
                 raise self._unreachable(exc) from exc
             logger.info("progress stream of %s broke (%r); polling its status", invocation_id, exc)
@@ -255,7 +276,7 @@ class RemoteClient(IndexifyClient):
         if wait_sec <= 0:
             return _model(InvocationInfo, self._json("GET", path))
         params = {"wait_sec": f"{wait_sec:.3f}"}
-        timeout = httpx.Timeout(self.timeout, read=self.timeout + wait_sec)
+        timeout = self.timeout + wait_sec
         return _model(InvocationInfo, self._json("GET", path, params=params, timeout=timeout))
 
     def invocations(self, graph: str) -> list[InvocationInfo]:
@@ -425,7 +446,11 @@ def _detail(body: Any) -> str | None:
     return json.dumps(detail)
 
 
-def error_from_response(response: httpx.Response) -> ApiError:
+def _json_dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def error_from_response(response: HttpResponse) -> ApiError:
     """The exception for a 4xx/5xx answer, carrying the server's ``detail``."""
     try:
         message = _detail(response.json())

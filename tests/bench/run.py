@@ -49,26 +49,24 @@ def chain_latencies(client: IndexifyClient, count: int) -> list[float]:
 
 
 def concurrent_rate(make_client: Callable[[], IndexifyClient], count: int, threads: int) -> float:
-    """``count`` invocations in flight at once: all are started (from ``threads`` client
-    threads), then all are awaited; invocations per second from the first start to the
-    last finish."""
-    clients = [make_client() for _ in range(threads)]
+    """``count`` invocations in flight at once: all are started (from ``threads`` threads
+    sharing one client), then all are awaited; invocations per second from the first start
+    to the last finish."""
+    client = make_client()
     start = time.perf_counter()
 
     def invoke(i: int) -> str:
-        return clients[i % threads].invoke_graph_with_object("bench_chain", x=i)
+        return client.invoke_graph_with_object("bench_chain", x=i)
 
-    def wait(item: tuple[int, str]) -> None:
-        i, inv = item
-        info = clients[i % threads].wait_for_invocation("bench_chain", inv, timeout=300)
+    def wait(inv: str) -> None:
+        info = client.wait_for_invocation("bench_chain", inv, timeout=300)
         assert info.status == "succeeded", info
 
     with ThreadPoolExecutor(threads) as pool:
         started = list(pool.map(invoke, range(count)))
-        list(pool.map(wait, enumerate(started)))
+        list(pool.map(wait, started))
     rate = count / (time.perf_counter() - start)
-    for client in clients:
-        client.close()
+    client.close()
     return rate
 
 

@@ -1,7 +1,8 @@
 """The remote client's HTTP layer: requests it sends, SSE it follows, errors it maps.
 
-The server is replaced by ``httpx.MockTransport`` (an in-memory transport for the HTTP layer
-only); the real API is exercised end to end in ``tests/e2e``.
+The server is replaced by a transport that hands each request to a handler function (the
+HTTP layer only); the real API is exercised end to end in ``tests/e2e``, and
+:class:`indexify.http.ConnectionPool` against a real server in ``tests/integration``.
 """
 
 from __future__ import annotations
@@ -9,20 +10,55 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
-import httpx
 import pytest
 from pydantic import BaseModel
 
 from indexify import Graph, indexify_function
 from indexify.encoding import Payload, decode, encode
 from indexify.errors import ApiError, InvocationError, InvocationNotFinishedError, NotFoundError
+from indexify.http import HttpRequest, HttpResponse, ServerUnreachable
 from indexify.remote import ENCODED_HEADER, RemoteClient
 from indexify.sse import ServerSentEvent, iter_events
 
 URL = "http://indexify.test"
-Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as the server would see it: path and query apart, header names lowercase."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    content: bytes
+
+
+Handler = Callable[[Seen], HttpResponse]
+
+
+class HandlerTransport:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def send(self, request: HttpRequest, *, timeout: float, stream: bool) -> HttpResponse:
+        parts = urlsplit(request.path)
+        seen = Seen(
+            method=request.method,
+            path=parts.path,
+            params=dict(parse_qsl(parts.query)),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            content=request.body,
+        )
+        return self.handler(seen)
+
+
+def ok(body: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse.of_json(status, body)
 
 
 class Point(BaseModel):
@@ -47,7 +83,7 @@ def point_graph() -> Graph:
 
 
 def client_for(handler: Handler, namespace: str = "default") -> RemoteClient:
-    return RemoteClient(URL, namespace, transport=httpx.MockTransport(handler), timeout=5)
+    return RemoteClient(URL, namespace, transport=HandlerTransport(handler), timeout=5)
 
 
 def status_body(status: str, version: str = "v1") -> dict[str, Any]:
@@ -104,17 +140,17 @@ def test_sse_parser_handles_crlf_and_missing_space() -> None:
 
 
 def test_invoke_sends_encoded_kwargs_with_its_content_type() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[Seen] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> HttpResponse:
         seen.append(request)
-        return httpx.Response(200, json={"id": "inv1"})
+        return ok({"id": "inv1"})
 
     client = client_for(handler)
     assert client.invoke_graph_with_object("points", n=3, p=Point(x=1, y=2)) == "inv1"
     (request,) = seen
-    assert request.url.path == "/namespaces/default/compute_graphs/points/invoke_object"
-    assert request.headers[ENCODED_HEADER] == "1"
+    assert request.path == "/namespaces/default/compute_graphs/points/invoke_object"
+    assert request.headers[ENCODED_HEADER.lower()] == "1"
     assert request.headers["content-type"] == "application/x-cloudpickle"
     sent = Payload(content_type=request.headers["content-type"], data=request.content)
     assert decode(sent) == {"n": 3, "p": Point(x=1, y=2)}
@@ -124,10 +160,10 @@ def test_register_creates_a_missing_namespace_and_strips_new_fields() -> None:
     calls: list[tuple[str, str]] = []
     graph = point_graph()
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append((request.method, request.url.path))
-        if request.url.path == "/namespaces":
-            return httpx.Response(201, json={"name": "team", "created": True})
+    def handler(request: Seen) -> HttpResponse:
+        calls.append((request.method, request.path))
+        if request.path == "/namespaces":
+            return ok({"name": "team", "created": True}, 201)
         body = json.loads(request.content)
         assert base64.b64decode(body["code"]) == graph.serialize()
         info = {
@@ -137,7 +173,7 @@ def test_register_creates_a_missing_namespace_and_strips_new_fields() -> None:
             "definition": body["definition"],
             "created": True,
         }
-        return httpx.Response(201, json=info)
+        return ok(info, 201)
 
     info = client_for(handler, "team").register_compute_graph(graph)
     assert info.version == graph.version
@@ -152,14 +188,14 @@ def sse(*events: tuple[str, dict[str, Any]]) -> bytes:
 
 
 def test_block_until_done_follows_the_stream_to_the_finished_event() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        assert request.url.params["block_until_finish"] == "true"
+    def handler(request: Seen) -> HttpResponse:
+        assert request.params["block_until_finish"] == "true"
         body = sse(
             ("invocation.accepted", {"id": "inv1"}),
             ("task.created", {"type": "task.created", "invocation_id": "inv1"}),
             ("invocation.finished", status_body("succeeded")),
         )
-        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        return HttpResponse(200, {"content-type": "text/event-stream"}, body)
 
     assert client_for(handler).invoke_graph_with_object("points", True, n=1) == "inv1"
 
@@ -167,12 +203,12 @@ def test_block_until_done_follows_the_stream_to_the_finished_event() -> None:
 def test_block_until_done_polls_when_the_stream_ends_early() -> None:
     polls = iter(["running", "running", "succeeded"])
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> HttpResponse:
         if request.method == "POST":
             body = sse(("invocation.accepted", {"id": "inv1"}))
-            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-        assert request.url.path.endswith("/invocations/inv1")
-        return httpx.Response(200, json=status_body(next(polls)))
+            return HttpResponse(200, {"content-type": "text/event-stream"}, body)
+        assert request.path.endswith("/invocations/inv1")
+        return ok(status_body(next(polls)))
 
     client = client_for(handler)
     assert client.invoke_graph_with_object("points", block_until_done=True, n=1) == "inv1"
@@ -182,9 +218,9 @@ def test_block_until_done_polls_when_the_stream_ends_early() -> None:
 def test_wait_for_invocation_long_polls_the_status() -> None:
     asked: list[float] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        asked.append(float(request.url.params["wait_sec"]))
-        return httpx.Response(200, json=status_body("succeeded"))
+    def handler(request: Seen) -> HttpResponse:
+        asked.append(float(request.params["wait_sec"]))
+        return ok(status_body("succeeded"))
 
     info = client_for(handler).wait_for_invocation("points", "inv1", timeout=5)
     assert info.status == "succeeded"
@@ -192,7 +228,7 @@ def test_wait_for_invocation_long_polls_the_status() -> None:
 
 
 def test_wait_for_invocation_times_out_with_a_hint() -> None:
-    client = client_for(lambda r: httpx.Response(200, json=status_body("running")))
+    client = client_for(lambda r: ok(status_body("running")))
     with pytest.raises(InvocationNotFinishedError, match="still running"):
         client.wait_for_invocation("points", "inv1", timeout=0.05)
 
@@ -203,13 +239,13 @@ def test_wait_for_invocation_times_out_with_a_hint() -> None:
 def test_outputs_decode_to_the_registered_functions_return_type() -> None:
     graph = point_graph()
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        path = request.url.path
+    def handler(request: Seen) -> HttpResponse:
+        path = request.path
         if path.endswith("/compute_graphs"):
             d = json.loads(request.content)["definition"]
-            return httpx.Response(
-                201,
-                json={
+            return ok(
+                status=201,
+                body={
                     "namespace": "default",
                     "name": "points",
                     "version": d["version"],
@@ -217,8 +253,8 @@ def test_outputs_decode_to_the_registered_functions_return_type() -> None:
                 },
             )
         if path.endswith("/outputs"):
-            return httpx.Response(200, json=outputs_body("succeeded", {"x": 1, "y": 2}))
-        return httpx.Response(200, json=status_body("succeeded", graph.version))
+            return ok(outputs_body("succeeded", {"x": 1, "y": 2}))
+        return ok(status_body("succeeded", graph.version))
 
     client = client_for(handler)
     client.register_compute_graph(graph)
@@ -229,14 +265,14 @@ def test_outputs_download_the_code_of_the_invocations_version() -> None:
     graph = point_graph()
     downloads: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        path = request.url.path
+    def handler(request: Seen) -> HttpResponse:
+        path = request.path
         if path.endswith("/code"):
-            downloads.append(request.url.params["version"])
-            return httpx.Response(200, content=graph.serialize())
+            downloads.append(request.params["version"])
+            return HttpResponse(200, {}, graph.serialize())
         if path.endswith("/outputs"):
-            return httpx.Response(200, json=outputs_body("succeeded", {"x": 1, "y": 2}))
-        return httpx.Response(200, json=status_body("succeeded", "v7"))
+            return ok(outputs_body("succeeded", {"x": 1, "y": 2}))
+        return ok(status_body("succeeded", "v7"))
 
     client = client_for(handler)
     assert client.graph_outputs("points", "inv1", "make_point") == [Point(x=1, y=2)]
@@ -245,9 +281,9 @@ def test_outputs_download_the_code_of_the_invocations_version() -> None:
 
 
 def test_primitive_outputs_need_no_code() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        assert request.url.path.endswith("/outputs"), "no other request expected"
-        return httpx.Response(200, json=outputs_body("succeeded", 5, "a", None, 2.5))
+    def handler(request: Seen) -> HttpResponse:
+        assert request.path.endswith("/outputs"), "no other request expected"
+        return ok(outputs_body("succeeded", 5, "a", None, 2.5))
 
     assert client_for(handler).graph_outputs("points", "inv1", "norm") == [5, "a", None, 2.5]
 
@@ -256,13 +292,13 @@ def test_outputs_wait_for_a_running_invocation() -> None:
     answers = iter(
         [outputs_body("running"), status_body("succeeded"), outputs_body("succeeded", 41)]
     )
-    client = client_for(lambda r: httpx.Response(200, json=next(answers)))
+    client = client_for(lambda r: ok(next(answers)))
     assert client.graph_outputs("points", "inv1", "norm") == [41]
 
 
 def test_outputs_of_a_failed_function_raise_with_message_and_traceback() -> None:
     error = {"kind": "user", "type": "ValueError", "message": "bad n", "traceback": "Trace..."}
-    client = client_for(lambda r: httpx.Response(200, json=outputs_body("failed", error=error)))
+    client = client_for(lambda r: ok(outputs_body("failed", error=error)))
     with pytest.raises(InvocationError, match="bad n") as info:
         client.graph_outputs("points", "inv1", "make_point")
     assert "Trace..." in str(info.value)
@@ -274,7 +310,7 @@ def test_outputs_of_a_failed_function_raise_with_message_and_traceback() -> None
 
 def test_404_is_not_found_and_api_error_with_the_servers_message() -> None:
     detail = "graph 'nope' is not registered in namespace 'default'"
-    client = client_for(lambda r: httpx.Response(404, json={"detail": detail}))
+    client = client_for(lambda r: ok({"detail": detail}, 404))
     with pytest.raises(NotFoundError, match="is not registered") as info:
         client.graph("nope")
     assert isinstance(info.value, ApiError)
@@ -284,7 +320,7 @@ def test_404_is_not_found_and_api_error_with_the_servers_message() -> None:
 
 def test_validation_errors_are_summarised() -> None:
     detail = [{"loc": ["body", "definition"], "msg": "Field required", "type": "missing"}]
-    client = client_for(lambda r: httpx.Response(422, json={"detail": detail}))
+    client = client_for(lambda r: ok({"detail": detail}, 422))
     with pytest.raises(ApiError) as info:
         client.invocations("points")
     assert info.value.status_code == 422
@@ -292,21 +328,21 @@ def test_validation_errors_are_summarised() -> None:
 
 
 def test_non_json_errors_keep_the_body() -> None:
-    client = client_for(lambda r: httpx.Response(502, text="bad gateway from proxy"))
+    client = client_for(lambda r: HttpResponse(502, {}, b"bad gateway from proxy"))
     with pytest.raises(ApiError, match="bad gateway from proxy"):
         client.graphs()
 
 
 def test_an_error_before_the_stream_starts_is_raised() -> None:
-    client = client_for(lambda r: httpx.Response(413, json={"detail": "input too large"}))
+    client = client_for(lambda r: ok({"detail": "input too large"}, 413))
     with pytest.raises(ApiError, match="input too large") as info:
         client.invoke_graph_with_object("points", block_until_done=True, n=1)
     assert info.value.status_code == 413
 
 
 def test_unreachable_server_says_how_to_start_it() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
+    def handler(request: Seen) -> HttpResponse:
+        raise ServerUnreachable("connection refused")
 
     with pytest.raises(ApiError, match="server-dev-mode") as info:
         client_for(handler).graphs()
