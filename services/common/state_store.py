@@ -15,6 +15,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -134,13 +136,16 @@ class StateStore:
     def __init__(self, settings: InfraSettings) -> None:
         self.names = Names(settings.prefix)
         # A burst of requests waits for a free connection (up to ``timeout``) instead of
-        # failing with "Too many connections" as the default pool does past its limit.
+        # failing with "Too many connections" as the default pool does past its limit. A
+        # command on a pooled connection that Redis closed (it restarted) is sent again on a
+        # new one: every call here is idempotent or guarded by a compare-and-set.
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=_MAX_CONNECTIONS,
             timeout=_POOL_WAIT_SEC,
             socket_timeout=10,
             socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
         )
         self._redis = aioredis.Redis.from_pool(pool)
         self._graph_records: dict[bytes, GraphRecord] = {}
