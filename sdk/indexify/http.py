@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 __all__ = [
     "ConnectionPool",
@@ -115,7 +116,12 @@ def request_path(path: str, params: Mapping[str, str] | None) -> str:
 
 
 class ConnectionPool:
-    """One kept-alive connection per thread to ``base_url`` (http or https)."""
+    """One kept-alive connection per thread to ``base_url`` (http or https).
+
+    ``HTTP_PROXY`` / ``HTTPS_PROXY`` (and ``NO_PROXY``) are honoured as by ``urllib``, except
+    for loopback servers: an http server is asked through the proxy, an https one through a
+    CONNECT tunnel.
+    """
 
     def __init__(self, base_url: str, headers: Mapping[str, str] | None = None) -> None:
         parts = urlsplit(base_url)
@@ -125,6 +131,16 @@ class ConnectionPool:
         self._host = parts.hostname
         self._port = parts.port
         self._base_path = parts.path.rstrip("/")
+        self._proxy: tuple[str, int | None] | None = None
+        self._absolute = ""  # the scheme and authority of requests sent to a plain proxy
+        proxy = getproxies().get(parts.scheme)
+        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if proxy and not loopback and not proxy_bypass(parts.netloc):
+            proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if proxy_parts.hostname:
+                self._proxy = (proxy_parts.hostname, proxy_parts.port)
+                if not self._https:
+                    self._absolute = f"{parts.scheme}://{parts.netloc}"
         self._headers = {"User-Agent": "indexify-sdk", **(headers or {})}
         self._local = threading.local()
         self._all: set[http.client.HTTPConnection] = set()
@@ -132,7 +148,7 @@ class ConnectionPool:
 
     def send(self, request: HttpRequest, *, timeout: float, stream: bool) -> HttpResponse:
         headers = {**self._headers, **request.headers}
-        path = self._base_path + request.path
+        path = self._absolute + self._base_path + request.path
         conn = getattr(self._local, "conn", None)
         reused = conn is not None
         if conn is None:
@@ -185,10 +201,13 @@ class ConnectionPool:
 
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
+        host, port = self._proxy or (self._host, self._port)
         if self._https:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout)
+            if self._proxy is not None:
+                conn.set_tunnel(self._host, self._port)
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
             conn.connect()
             if conn.sock is not None:  # small requests, sent at once

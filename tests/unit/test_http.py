@@ -119,6 +119,23 @@ def test_timeouts_and_refused_connections_are_unreachable(server: str) -> None:
         )
 
 
+def test_an_http_proxy_from_the_environment_is_used(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", server)  # the test server plays the proxy
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    pool = ConnectionPool("http://indexify.example:8900")
+    response = pool.send(HttpRequest("GET", "/namespaces"), timeout=5, stream=False)
+    assert response.text == "GET http://indexify.example:8900/namespaces"  # absolute form
+    pool.close()
+    monkeypatch.setenv("NO_PROXY", "indexify.example")
+    with pytest.raises(ServerUnreachable):  # asked directly: the name does not resolve
+        ConnectionPool("http://indexify.example:8900").send(
+            HttpRequest("GET", "/"), timeout=2, stream=False
+        )
+
+
 def test_a_bad_url_is_refused_with_the_expected_shape() -> None:
     with pytest.raises(ValueError, match="http://host:port"):
         ConnectionPool("localhost:8900")
