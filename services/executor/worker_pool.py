@@ -2,7 +2,8 @@
 
 The pool keeps ``size`` worker processes, each running one task at a time. They are started
 with the ``spawn`` method (a fork of a process running asyncio and aiokafka threads is not
-safe) and talk to the executor over a pipe::
+safe) and talk to the executor over a Unix socket pair, one length-prefixed pickle per
+message::
 
     executor                               worker (services.executor.task_runner)
         ── TaskMessage ──────────────────►  load code and inputs
@@ -10,10 +11,11 @@ safe) and talk to the executor over a pipe::
                                             run the function, store outputs and logs
         ◄──────────── TaskFinishedEvent ──
 
-Pipe I/O runs in the pool's own threads, never on the event loop, so heartbeats, Kafka and
-other tasks go on while a function computes, and a message of megabytes (thousands of inline
-values) that crosses the pipe in pieces neither blocks the loop nor looks like a dead worker:
-only the process's sentinel says that a worker died. A task that runs past its
+The executor's side is an asyncio stream: waiting for a worker never blocks the loop (and
+needs no thread), so heartbeats, Kafka and other tasks go on while a function computes, and a
+message of megabytes (thousands of inline values) that arrives in pieces is simply read until
+its length is complete; only the end of the stream (the process died) means a dead worker. A
+task that runs past its
 ``timeout_sec`` gets its worker process killed and replaced and reports a user error of type
 ``TimeoutError``; a worker that dies under a task (segfault, OOM kill, ``os._exit``) is
 replaced too and the task reports a ``platform`` error, retried without spending the user's
@@ -28,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import multiprocessing.connection
+import pickle
 import signal
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -64,48 +66,65 @@ class _WorkerDied(Exception):
         self.exitcode = exitcode
 
 
-def _receive_blocking(conn: Connection, sentinel: int, timeout: float | None) -> Any:
-    """Wait (in a pipe thread) for the next message on ``conn`` and read all of it; raise
-    ``TimeoutError`` after ``timeout`` s, or ``_WorkerDied`` if the process ended first."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready = multiprocessing.connection.wait([conn, sentinel], left)
-        if conn in ready:  # a message (read whole, however many pieces) or end of pipe
-            try:
-                return conn.recv()
-            except (EOFError, OSError):
-                raise _WorkerDied(None) from None
-        if ready:  # the sentinel alone: the process ended without another message
-            raise _WorkerDied(None)
-        if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError
+#: Every message is its pickle's length (8 bytes, network order), then the pickle.
+_HEADER = struct.Struct("!Q")
+
+
+def _frame(message: Any) -> tuple[bytes, bytes]:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)), data
 
 
 # -- inside the worker process ----------------------------------------------------------------
 
 
+def _send_blocking(sock: socket.socket, message: Any) -> None:
+    header, data = _frame(message)
+    sock.sendall(header)
+    sock.sendall(data)
+
+
+def _receive_blocking(sock: socket.socket) -> Any:
+    (size,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size))
+    return pickle.loads(_read_exactly(sock, size))
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytearray:
+    buffer = bytearray(size)
+    view, done = memoryview(buffer), 0
+    while done < size:
+        count = sock.recv_into(view[done:])
+        if count == 0:
+            raise EOFError("the executor closed the socket")
+        done += count
+    return buffer
+
+
 def _worker_main(
-    conn: Connection, infra: InfraSettings, executor_id: str, max_outputs: int | None = None
+    sock: socket.socket, infra: InfraSettings, executor_id: str, max_outputs: int | None = None
 ) -> None:
-    """The worker process: run task messages from ``conn`` until ``None`` or end of pipe."""
+    """The worker process: run task messages from ``sock`` until ``None`` or end of stream."""
     # The executor decides when its workers stop: a Ctrl-C or SIGTERM sent to the whole
     # process group must not kill tasks it is still waiting for.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(infra.log_level, infra.log_format, service="executor-worker")
     runner = TaskRunner(infra, executor_id, max_outputs=max_outputs)
-    conn.send(_READY)
+    _send_blocking(sock, _READY)
     while True:
         try:
-            message = conn.recv()
+            message = _receive_blocking(sock)
         except (EOFError, OSError):
             return  # the executor is gone
         if message is None:
             return
         started_at = time.time()
         # Only a task with a timeout needs to say when its function starts (one message less).
-        on_start = (lambda: conn.send(_STARTED)) if message.timeout_sec is not None else _nothing
+        on_start = (
+            (lambda: _send_blocking(sock, _STARTED))
+            if message.timeout_sec is not None
+            else _nothing
+        )
         try:
             event = runner.run(message, on_start=on_start)
         except Exception as exc:  # a bug of ours, not of the user's code: keep the worker
@@ -114,7 +133,7 @@ def _worker_main(
                 kind="platform", type=type(exc).__name__, message=f"executor worker error: {exc}"
             )
             event = failure_event(message, error, executor_id, started_at)
-        conn.send(event)
+        _send_blocking(sock, event)
 
 
 def _nothing() -> None:
@@ -127,7 +146,36 @@ def _nothing() -> None:
 @dataclass(eq=False)
 class _Worker:
     process: BaseProcess
-    conn: Connection
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def send(self, message: Any) -> None:
+        header, data = _frame(message)
+        try:
+            self.writer.write(header)
+            self.writer.write(data)
+            await self.writer.drain()  # a large message waits here, not in a blocked loop
+        except (ConnectionError, RuntimeError) as exc:  # RuntimeError: transport closed
+            raise _WorkerDied(None) from exc
+
+    async def receive(self, timeout: float | None) -> Any:
+        """The next message; ``TimeoutError`` after ``timeout`` s, ``_WorkerDied`` when the
+        stream ended (the process is gone)."""
+
+        async def read() -> Any:
+            header = await self.reader.readexactly(_HEADER.size)
+            (size,) = _HEADER.unpack(header)
+            return pickle.loads(await self.reader.readexactly(size))
+
+        try:
+            return await asyncio.wait_for(read(), timeout)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise _WorkerDied(None) from exc
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self.writer.wait_closed()
 
 
 class WorkerPool:
@@ -157,9 +205,6 @@ class WorkerPool:
         self._spawners: set[asyncio.Task[None]] = set()
         self._closing = False
         self.busy = 0
-        # Pipe I/O runs here, never on the loop: one waiting reader per busy worker, plus
-        # room for sends and for readers of killed workers that have not seen the end yet.
-        self._io = ThreadPoolExecutor(2 * size + 2, thread_name_prefix="indexify-worker-pipe")
 
     async def __aenter__(self) -> WorkerPool:
         await self.start()
@@ -212,14 +257,14 @@ class WorkerPool:
         function = message.task.function
         running = False
         try:
-            await self._send(worker, message)
+            await worker.send(message)
             if message.timeout_sec is None:
-                reply = await self._receive(worker, None)
+                reply = await worker.receive(None)
             else:
-                reply = await self._receive(worker, _SETUP_TIMEOUT_SEC)
+                reply = await worker.receive(_SETUP_TIMEOUT_SEC)
                 if reply == _STARTED:
                     running = True
-                    reply = await self._receive(worker, message.timeout_sec)
+                    reply = await worker.receive(message.timeout_sec)
         except TimeoutError:
             self._replace(worker)
             if running:
@@ -238,7 +283,7 @@ class WorkerPool:
                 )
             return failure_event(message, error, self.executor_id, started_at)
         except (_WorkerDied, OSError):
-            # The pipe closes a moment before the process can be reaped: wait for its code.
+            # The socket closes a moment before the process can be reaped: wait for its code.
             await asyncio.to_thread(worker.process.join, 1.0)
             exitcode = worker.process.exitcode
             self._replace(worker)
@@ -257,37 +302,24 @@ class WorkerPool:
             raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
         return reply
 
-    async def _send(self, worker: _Worker, message: Any) -> None:
-        """Send ``message`` from a pipe thread: a large one fills the pipe's buffer, and the
-        loop must not wait while the worker reads it."""
-        await asyncio.get_running_loop().run_in_executor(self._io, worker.conn.send, message)
-
-    async def _receive(self, worker: _Worker, timeout: float | None) -> Any:
-        """The worker's next message, read by a pipe thread without blocking the loop.
-
-        A large message arrives in pieces: the thread waits until the pipe is readable and
-        then reads the whole message (blocking), so neither a partial message nor a wake-up
-        without one is ever taken for a dead worker. Only the process's sentinel says that.
-        """
-        return await asyncio.get_running_loop().run_in_executor(
-            self._io, _receive_blocking, worker.conn, worker.process.sentinel, timeout
-        )
-
     # -- starting and replacing workers --------------------------------------------------
 
     async def _spawn(self) -> _Worker:
-        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        parent_sock, child_sock = socket.socketpair()
         process = self._context.Process(
             target=_worker_main,
-            args=(child_conn, self.infra, self.executor_id, self.max_outputs),
+            args=(child_sock, self.infra, self.executor_id, self.max_outputs),
             name=f"indexify-worker-{self.executor_id}",
         )
-        await asyncio.to_thread(process.start)
-        child_conn.close()
-        worker = _Worker(process=process, conn=parent_conn)
+        try:
+            await asyncio.to_thread(process.start)
+        finally:
+            child_sock.close()  # the child has its copy: the end of stream now means it died
+        reader, writer = await asyncio.open_unix_connection(sock=parent_sock)
+        worker = _Worker(process=process, reader=reader, writer=writer)
         self._workers.add(worker)
         try:
-            reply = await self._receive(worker, self.start_timeout_sec)
+            reply = await worker.receive(self.start_timeout_sec)
         except (TimeoutError, _WorkerDied) as exc:
             await self._stop(worker, kill=True)
             raise WorkerStartError(
@@ -328,13 +360,13 @@ class WorkerPool:
     async def _stop(self, worker: _Worker, *, kill: bool) -> None:
         process = worker.process
         if not kill:
-            with contextlib.suppress(OSError, ValueError):
-                worker.conn.send(None)
+            with contextlib.suppress(_WorkerDied, OSError, TimeoutError):
+                await asyncio.wait_for(worker.send(None), self.stop_timeout_sec)
             await asyncio.to_thread(process.join, self.stop_timeout_sec)
         if process.is_alive():
             process.kill()
         await asyncio.to_thread(process.join, self.stop_timeout_sec)
-        worker.conn.close()
+        await worker.close()
         with contextlib.suppress(ValueError):
             process.close()
         self._workers.discard(worker)
@@ -352,4 +384,3 @@ class WorkerPool:
             *(self._stop(w, kill=w not in idle) for w in list(self._workers)),
             return_exceptions=True,
         )
-        self._io.shutdown(wait=False)
