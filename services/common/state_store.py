@@ -467,48 +467,22 @@ class StateStore:
             for (inv, ids), raw in zip(asked.items(), rows, strict=True)
         }
 
-    async def should_skip(self, invocation_id: str, task_id: str) -> str | None:
-        """Why an executor need not run a task (done already, invocation over), or None."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hget(self.names.invocation_key(invocation_id), "status")
-        pipe.sismember(self.names.done_key(invocation_id), task_id)
-        status, done = await self._call(pipe.execute())
-        if status is None:
-            return "invocation deleted"
-        if status.decode() in ("succeeded", "failed", "cancelled"):
-            return f"invocation {status.decode()}"
-        if done:
-            return "task already finished"
-        return None
-
-    async def claim_task(
-        self,
-        invocation_id: str,
-        task_id: str,
-        token: str,
-        ttl_sec: float,
-        started: ProgressEvent | None = None,
-    ) -> tuple[str, str]:
-        """Whether an executor process (``token``) may run a task, in one atomic call:
-
-        * ``("skip", why)``: done already, or the invocation is over;
-        * ``("result", event json)``: a previous run recorded its success (outputs stored)
-          but its event may not have reached Kafka: publish that, do not run again;
-        * ``("run", "")``: the caller now holds the task's lease (renew it while running),
-          and ``started`` (a progress event) was published;
-        * ``("wait", holder)``: another live executor process runs it: ask again later.
-        """
-        (answer,) = await self.claim_tasks([(invocation_id, task_id, started)], token, ttl_sec)
-        return answer
-
     async def claim_tasks(
         self,
         tasks: Iterable[tuple[str, str, ProgressEvent | None]],
         token: str,
         ttl_sec: float,
     ) -> list[tuple[str, str]]:
-        """:meth:`claim_task` for ``(invocation id, task id, started)`` each, in one pipeline
-        (one round trip); every claim is its own atomic call."""
+        """Whether an executor process (``token``) may run each ``(invocation id, task id,
+        started)``; one pipeline (one round trip), every claim its own atomic call:
+
+        * ``("skip", why)``: done already, or the invocation is over;
+        * ``("result", event json)``: a previous run recorded its success (outputs stored)
+          but its event may not have reached Kafka: publish that, do not run again;
+        * ``("run", "")``: the caller now holds the task's lease (renew it while running),
+          and ``started`` (a progress event, if given) was published;
+        * ``("wait", holder)``: another live executor process runs it: ask again later.
+        """
         tasks = list(tasks)
         if not tasks:
             return []
@@ -541,7 +515,7 @@ class StateStore:
         await self._lease_calls(tasks, token, _ms(ttl_sec))
 
     async def record_results(
-        self, results: Iterable[tuple[str, str, str | None]], token: str
+        self, results: Iterable[tuple[str, str, bytes | None]], token: str
     ) -> None:
         """For ``(invocation id, task id, success event json or None)``: keep the successes
         (first writer wins), then release ``token``'s leases, in one pipeline (a success is

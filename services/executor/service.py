@@ -6,14 +6,14 @@
   subscribes to exactly the task topics its labels satisfy (:mod:`.subscription`) and checks
   ``StateStore.graphs_epoch()`` every ``refresh_interval_sec``: a newly registered graph is
   picked up without a restart.
-* **Per message**: decode (undecodable -> dead-letter topic); ``StateStore.claim_task`` (done
+* **Per message**: decode (undecodable -> dead-letter topic); ``StateStore.claim_tasks`` (done
   task or finished invocation -> skip; the claims asked together go in one pipeline; taking
   the lease publishes the ``task.started`` progress event); run it on the
   :class:`WorkerPool`; record a success and release the lease; publish the
   ``TaskFinishedEvent`` (key = invocation id) and, once Kafka acknowledged it, mark the
   offset complete. Completions that happen together are sent as one batch (one Redis
   pipeline, one ``publish_many``).
-* **Leases and recorded results.** ``claim_task`` takes a lease on the task (token per
+* **Leases and recorded results.** ``claim_tasks`` takes a lease on the task (token per
   process, renewed while it runs): an executor handed a task another live one is running
   (rebalance, duplicate message) waits for it instead of running it twice. A success is
   recorded in Redis before its event is published, so a redelivered task whose outputs are
@@ -329,7 +329,7 @@ class Executor:
     async def _claim(
         self, key: tuple[str, str], started: ProgressEvent | None = None
     ) -> tuple[str, str]:
-        """``StateStore.claim_task`` (batched with the claims asked meanwhile), publishing
+        """``StateStore.claim_tasks`` (batched with the claims asked meanwhile), publishing
         ``started`` if it takes the lease. The key is held in ``_leases`` while asking: a
         duplicate message in this process (same token, maybe the same pipeline) waits instead
         of running the task a second time."""
@@ -451,7 +451,7 @@ class Executor:
         await self._retrying("publishing task results", lambda: bus.publish_many(items))
 
     async def _claim_batch(self, tasks: list[_ClaimAsked]) -> list[tuple[str, str]]:
-        """``StateStore.claim_task`` for the tasks asked about together, in one round trip."""
+        """``StateStore.claim_tasks`` for the tasks asked about together, in one round trip."""
         store = self._require(self._store)
         return await store.claim_tasks(tasks, self._token, self.lease_ttl_sec)
 
@@ -557,9 +557,9 @@ def _parse_failpoint(spec: str) -> str | None:
     return function
 
 
-def _success_json(event: TaskFinishedEvent, raw: bytes) -> str | None:
+def _success_json(event: TaskFinishedEvent, raw: bytes) -> bytes | None:
     """What ``record_results`` keeps for a redelivery: the event of a success, else None."""
-    return raw.decode() if event.finished.outcome == "success" else None
+    return raw if event.finished.outcome == "success" else None
 
 
 def _function_of(task_id: str) -> str:
