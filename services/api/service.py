@@ -26,11 +26,12 @@ from services.common.events import (
     StoredValues,
     encode_message,
 )
+from services.common.invocations import INPUT_FIELD
 from services.common.kafka_bus import KafkaBus
 from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import InfraSettings
-from services.common.state_store import INPUT_FIELD, GraphRecord, StateStore
+from services.common.state_store import GraphRecord, StateStore
 
 from . import validation
 from .progress_hub import ProgressHub

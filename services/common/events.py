@@ -108,13 +108,34 @@ class TaskFinishedEvent(_Envelope):
     stderr_key: str | None = None
 
 
+class TasksFinishedEvent(_Envelope):
+    """Several ``task.finished`` results of one invocation sent as one message (an executor
+    batches the results that complete together, e.g. the elements of a chunk). The
+    scheduler handles each as if it had arrived alone, in order."""
+
+    type: Literal["tasks.finished"] = "tasks.finished"
+    results: tuple[TaskFinishedEvent, ...]
+
+
 class InvocationCancelEvent(_Envelope):
     type: Literal["invocation.cancel"] = "invocation.cancel"
     reason: str = "cancelled by request"
 
 
+class InvocationContinueEvent(_Envelope):
+    """The scheduler's note to itself: create the next slice of a big fan-out (sent to the
+    back of the events topic, so other invocations' events are handled in between)."""
+
+    type: Literal["invocation.continue"] = "invocation.continue"
+    seq: int
+
+
 SchedulerEvent = Annotated[
-    InvocationCreatedEvent | TaskFinishedEvent | InvocationCancelEvent,
+    InvocationCreatedEvent
+    | TaskFinishedEvent
+    | TasksFinishedEvent
+    | InvocationCancelEvent
+    | InvocationContinueEvent,
     Field(discriminator="type"),
 ]
 
@@ -130,6 +151,47 @@ class TaskMessage(_Envelope):
     inputs: tuple[StoredValues, ...]
     accumulator: StoredValues | None = None
     timeout_sec: float | None = None
+
+
+class ChunkItem(_Frozen):
+    """One task of a :class:`TaskChunkMessage`; ``inputs`` align with ``task.inputs``."""
+
+    task: Task
+    inputs: tuple[StoredValues, ...]
+
+
+class TaskChunkMessage(_Envelope):
+    """Several tasks of one function and invocation in one message: the elements of a
+    fan-out shipped together. Each item is a task of its own (its own id, claim, outputs,
+    retries and result); only the transport, the claim round trip and the worker round trip
+    are shared."""
+
+    type: Literal["task.chunk"] = "task.chunk"
+    graph_version: str
+    function: str
+    items: tuple[ChunkItem, ...] = Field(min_length=1)
+    timeout_sec: float | None = None
+
+    def task_messages(self) -> list[TaskMessage]:
+        """One :class:`TaskMessage` per item, as if each had been sent alone."""
+        return [
+            TaskMessage(
+                namespace=self.namespace,
+                graph=self.graph,
+                invocation_id=self.invocation_id,
+                task_id=item.task.id,
+                at=self.at,
+                graph_version=self.graph_version,
+                task=item.task,
+                inputs=item.inputs,
+                timeout_sec=self.timeout_sec,
+            )
+            for item in self.items
+        ]
+
+
+TaskTopicMessage = Annotated[TaskMessage | TaskChunkMessage, Field(discriminator="type")]
+"""What a task topic carries: one task, or a chunk of tasks of one function."""
 
 
 # -- dead letters and progress --------------------------------------------------------------
@@ -209,6 +271,14 @@ _task_messages: TypeAdapter[TaskMessage] = TypeAdapter(TaskMessage)
 
 def decode_task_message(raw: bytes) -> TaskMessage:
     return _decode(_task_messages, raw)
+
+
+_task_topic_messages: TypeAdapter[TaskMessage | TaskChunkMessage] = TypeAdapter(TaskTopicMessage)
+
+
+def decode_task_topic_message(raw: bytes) -> TaskMessage | TaskChunkMessage:
+    """A task topic's message: a single task or a chunk."""
+    return _decode(_task_topic_messages, raw)
 
 
 def encode_message(message: BaseModel) -> bytes:

@@ -56,8 +56,21 @@ class Names:
         return f"{self.prefix}:graphs:epoch"
 
     def invocation_key(self, invocation_id: str) -> str:
-        """Hash with fields ``state`` (JSON InvocationState), ``rev``, ``status``, ``meta``."""
+        """Hash with fields ``state`` (the JSON summary of the InvocationState: no task
+        records, no outputs), ``rev`` and ``status``."""
         return f"{self.prefix}:inv:{invocation_id}"
+
+    def tasks_key(self, invocation_id: str) -> str:
+        """Hash: task id -> JSON TaskRecord (one field per task, written by the scheduler)."""
+        return f"{self.prefix}:inv:{invocation_id}:tasks"
+
+    def output_index_key(self, invocation_id: str, function: str) -> str:
+        """List of JSON ValueRange: the accepted outputs of ``function``, in order."""
+        return f"{self.prefix}:inv:{invocation_id}:index:{function}"
+
+    def reducer_queue_key(self, invocation_id: str, function: str) -> str:
+        """List of JSON ValueRange: values waiting for reducer ``function``."""
+        return f"{self.prefix}:inv:{invocation_id}:queue:{function}"
 
     def outputs_key(self, invocation_id: str) -> str:
         """Hash: task id (or 'input') -> JSON StoredValues."""

@@ -70,6 +70,12 @@ class SchedulerSettings(BaseSettings):
     group_id: str = "indexify-scheduler"
     max_batch: int = Field(default=500, ge=1, description="events handled per poll")
     max_reduce_batch: int = Field(default=2000, ge=1)
+    max_fanout_slice: int = Field(
+        default=2000,
+        ge=1,
+        description="tasks of one fan-out created per event; the rest follow in later "
+        "batches, behind other invocations' events",
+    )
     session_timeout_ms: int = 10_000
     commit_interval_sec: float = Field(
         default=0.2,

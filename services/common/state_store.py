@@ -1,16 +1,17 @@
 """Redis, the system of record: namespaces, graphs and versions, invocation state, outputs.
 
-Invocation state is one JSON document per invocation with a revision number. The scheduler that
-owns the invocation's partition saves it with a compare-and-set on the revision (one Lua call,
-together with the outputs it recorded), so a scheduler that lost its partition in a rebalance
-cannot overwrite newer state. Task outputs are recorded first-writer-wins.
+Invocation state is kept in pieces that one event touches individually
+(:mod:`.invocations`). The scheduler that owns the invocation's partition saves a batch's
+changes with a compare-and-set on the revision (one Lua call, together with the outputs it
+recorded), so a scheduler that lost its partition in a rebalance cannot overwrite newer
+state. Task outputs are recorded first-writer-wins. The Lua scripts are ``lua/*.lua``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -22,76 +23,19 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from indexify.definition import GraphDefinition
-from indexify.engine import InvocationState
+from indexify.engine import InvocationState, TaskRecord, ValueRange
 
 from .errors import PlatformUnavailable
 from .events import ProgressEvent, StoredValues
+from .invocations import InvocationRepository, InvocationView
 from .names import Names
+from .scripts import register
 from .settings import InfraSettings
 
 DEFAULT_NAMESPACE = "default"
 _MAX_CONNECTIONS = 64
 _GRAPH_RECORDS_CACHED = 256
 _POOL_WAIT_SEC = 10.0
-INPUT_FIELD = "input"
-
-# KEYS: invocation hash, outputs hash, done set, results hash
-# ARGV: expected rev, state json, status, n_outputs, progress channel, n_progress,
-#       finished channel, invocation id,
-#       (task_id, values json)*n_outputs, progress json*n_progress, done task ids...
-# The progress messages are published only when the state was saved; the invocation id goes
-# to the finished channel when the status becomes terminal.
-_SAVE_SCRIPT = """
-local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '-1')
-if rev ~= tonumber(ARGV[1]) then return -1 end
-local old = redis.call('HGET', KEYS[1], 'status')
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'status', ARGV[3], 'rev', rev + 1)
-local n = tonumber(ARGV[4])
-local p = tonumber(ARGV[6])
-for i = 0, n - 1 do
-  redis.call('HSETNX', KEYS[2], ARGV[9 + 2 * i], ARGV[10 + 2 * i])
-end
-for i = 9 + 2 * n + p, #ARGV do
-  redis.call('SADD', KEYS[3], ARGV[i])
-  redis.call('HDEL', KEYS[4], ARGV[i])
-end
-for i = 9 + 2 * n, 8 + 2 * n + p do
-  redis.call('PUBLISH', ARGV[5], ARGV[i])
-end
-local s = ARGV[3]
-if old ~= s and (s == 'succeeded' or s == 'failed' or s == 'cancelled') then
-  redis.call('PUBLISH', ARGV[7], ARGV[8])
-end
-return rev + 1
-"""
-
-# KEYS: invocation hash, done set, results hash, lease key
-# ARGV: task id, lease token, lease ttl ms, progress channel, progress json ("": none)
-# The progress message (task.started) is published when the lease is taken.
-_CLAIM_SCRIPT = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'skip', 'invocation deleted'} end
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
-  return {'skip', 'invocation ' .. status}
-end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
-  return {'skip', 'task already finished'}
-end
-local recorded = redis.call('HGET', KEYS[3], ARGV[1])
-if recorded then return {'result', recorded} end
-local holder = redis.call('GET', KEYS[4])
-if holder and holder ~= ARGV[2] then return {'wait', holder} end
-redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3])
-if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
-return {'run', ''}
-"""
-
-# KEYS: lease key; ARGV: token, ttl ms (0: release)
-_LEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return redis.call('DEL', KEYS[1])
-"""
 
 
 class GraphRecord(BaseModel):
@@ -116,6 +60,12 @@ class ExecutorInfo(BaseModel):
     concurrency: int
     running: int = 0
     heartbeat_at: float
+
+
+_ViewSave = tuple[
+    InvocationView, Mapping[str, StoredValues], Iterable[str], Iterable[ProgressEvent]
+]
+"""What :meth:`StateStore.save_views` saves: view, new stored values, done tasks, progress."""
 
 
 def _ms(seconds: float) -> int:
@@ -149,9 +99,9 @@ class StateStore:
         )
         self._redis = aioredis.Redis.from_pool(pool)
         self._graph_records: dict[bytes, GraphRecord] = {}
-        self._save = self._redis.register_script(_SAVE_SCRIPT)
-        self._claim = self._redis.register_script(_CLAIM_SCRIPT)
-        self._lease = self._redis.register_script(_LEASE_SCRIPT)
+        self.invocations = InvocationRepository(self._redis, self.names)
+        self._claim = register(self._redis, "claim_task")
+        self._lease = register(self._redis, "renew_lease")
 
     async def __aenter__(self) -> StateStore:
         await self.ping()
@@ -248,12 +198,14 @@ class StateStore:
     async def delete_graph(self, namespace: str, name: str) -> list[str]:
         """Remove a graph and its invocation index; returns the invocation ids it had."""
         ids = await self.list_invocations(namespace, name, limit=None)
+        states = await self.load_invocations(ids)
         pipe = self._redis.pipeline(transaction=True)
         pipe.hdel(self.names.graphs_key(namespace), name)
         pipe.delete(self.names.graph_versions_key(namespace, name))
         pipe.delete(self.names.invocations_key(namespace, name))
         for inv in ids:
-            self._delete_invocation_keys(pipe, inv)
+            state = states[inv][0] if inv in states else None
+            pipe.delete(*self.invocations.invocation_keys(inv, state))
         pipe.incr(self.names.graphs_epoch_key)
         await self._call(pipe.execute())
         return ids
@@ -266,17 +218,8 @@ class StateStore:
 
     async def create_invocation(self, state: InvocationState, input_values: StoredValues) -> None:
         """Record an accepted invocation (status pending) before its event is published."""
-        key = self.names.invocation_key(state.invocation_id)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(
-            key,
-            mapping={"state": state.model_dump_json(), "status": state.status, "rev": 0},
-        )
-        pipe.hset(
-            self.names.outputs_key(state.invocation_id),
-            INPUT_FIELD,
-            input_values.model_dump_json(),
-        )
+        self.invocations.create(pipe, state, input_values)
         pipe.zadd(
             self.names.invocations_key(state.namespace, state.graph),
             {state.invocation_id: state.created_at or time.time()},
@@ -284,30 +227,58 @@ class StateStore:
         await self._call(pipe.execute())
 
     async def load_invocation(self, invocation_id: str) -> tuple[InvocationState, int] | None:
-        raw = await self._call(
-            self._redis.hmget(self.names.invocation_key(invocation_id), ["state", "rev"])
-        )
-        if raw[0] is None:
-            return None
-        return InvocationState.model_validate_json(raw[0]), int(raw[1] or 0)
+        """The summary of an invocation (no task records, no outputs) and its revision."""
+        return (await self.load_invocations([invocation_id])).get(invocation_id)
 
     async def load_invocations(
         self, invocation_ids: Iterable[str]
     ) -> dict[str, tuple[InvocationState, int]]:
-        ids = list(invocation_ids)
-        pipe = self._redis.pipeline(transaction=False)
-        for inv in ids:
-            pipe.hmget(self.names.invocation_key(inv), ["state", "rev"])
-        rows = await self._call(pipe.execute())
-        return {
-            inv: (InvocationState.model_validate_json(row[0]), int(row[1] or 0))
-            for inv, row in zip(ids, rows, strict=True)
-            if row[0] is not None
-        }
+        """:meth:`load_invocation` of each existing invocation, in one round trip."""
+        return await self._call(self.invocations.load_summaries(invocation_ids))
+
+    async def load_views(
+        self,
+        wanted: Mapping[str, Iterable[str]],
+        cached: Mapping[str, tuple[InvocationState, int]],
+        window: int,
+    ) -> dict[str, InvocationView]:
+        """:meth:`InvocationRepository.load_views`, with Redis errors translated."""
+        return await self._call(self.invocations.load_views(wanted, cached, window))
 
     async def invocation_status(self, invocation_id: str) -> str | None:
         raw = await self._call(self._redis.hget(self.names.invocation_key(invocation_id), "status"))
         return raw.decode() if raw else None
+
+    async def save_views(
+        self,
+        saves: Iterable[
+            tuple[
+                InvocationView, Mapping[str, StoredValues], Iterable[str], Iterable[ProgressEvent]
+            ]
+        ],
+    ) -> list[int | None]:
+        """Save each ``(view, new stored values, done task ids, progress)``: one atomic
+        compare-and-set per invocation, all in one pipeline (one round trip); progress is
+        published only by the saves that succeeded. Returns each new revision (None: another
+        writer saved first). A saved view becomes its summary (see
+        :meth:`InvocationRepository.saved`)."""
+        saves = list(saves)
+        calls = [
+            self.invocations.save_call(view, values, done, progress)
+            for view, values, done, progress in saves
+        ]
+        if not calls:
+            return []
+        results = await self._call(self._scripts(self.invocations.save_script, calls))
+        revs: list[int | None] = []
+        for (view, *_), result in zip(saves, results, strict=True):
+            rev = int(result)
+            if rev < 0:
+                revs.append(None)
+            else:
+                self.invocations.saved(view, rev)
+                revs.append(rev)
+        return revs
 
     async def save_invocation(
         self,
@@ -316,14 +287,12 @@ class StateStore:
         *,
         outputs: Mapping[str, StoredValues] | None = None,
         done: Iterable[str] = (),
+        progress: Iterable[ProgressEvent] = (),
     ) -> int | None:
-        """Compare-and-set the state; record outputs (first writer wins) and finished tasks.
-
-        Returns the new revision, or None when another writer saved a newer state first.
-        """
-        keys, args = self._save_call(state, expected_rev, outputs or {}, done, ())
-        result = await self._call(self._save(keys=keys, args=args))
-        return None if int(result) < 0 else int(result)
+        """Save ``state`` as a view (its summary, the records and outputs it holds), e.g. for
+        tools and tests that play the scheduler; ``state`` becomes its summary when saved."""
+        view = InvocationView(state=state, rev=expected_rev)
+        return await self.save_view(view, values=outputs, done=done, progress=progress)
 
     async def save_invocations(
         self,
@@ -338,16 +307,41 @@ class StateStore:
         ],
     ) -> list[int | None]:
         """:meth:`save_invocation` for ``(state, expected rev, outputs, done, progress)`` each,
-        in one pipeline (one round trip); every save is its own atomic compare-and-set, and
-        publishes its progress events (:meth:`publish_progress`) only when it succeeded."""
-        calls = [
-            self._save_call(state, rev, outputs or {}, done, progress)
+        in one round trip."""
+        return await self.save_views(
+            (InvocationView(state=state, rev=rev), outputs or {}, done, progress)
             for state, rev, outputs, done, progress in saves
-        ]
-        if not calls:
-            return []
-        results = await self._call(self._scripts(self._save, calls))
-        return [None if int(r) < 0 else int(r) for r in results]
+        )
+
+    async def save_view(
+        self,
+        view: InvocationView,
+        *,
+        values: Mapping[str, StoredValues] | None = None,
+        done: Iterable[str] = (),
+        progress: Iterable[ProgressEvent] = (),
+    ) -> int | None:
+        """:meth:`save_views` for one view."""
+        return (await self.save_views([(view, values or {}, done, progress)]))[0]
+
+    async def tasks_page(
+        self, invocation_id: str, cursor: int = 0, limit: int = 1000, function: str | None = None
+    ) -> tuple[list[TaskRecord], int]:
+        """A page of task records (see :meth:`InvocationRepository.tasks_page`)."""
+        return await self._call(
+            self.invocations.tasks_page(invocation_id, cursor, limit, function=function)
+        )
+
+    async def get_tasks(self, invocation_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        return await self._call(self.invocations.get_tasks(invocation_id, task_ids))
+
+    async def output_ranges(
+        self, invocation_id: str, function: str, start: int = 0, stop: int | None = None
+    ) -> list[ValueRange]:
+        """A slice of ``function``'s output index (ranges of task outputs, in order)."""
+        return await self._call(
+            self.invocations.output_ranges(invocation_id, function, start, stop)
+        )
 
     async def _scripts(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run ``script`` once per ``(keys, args)`` in one pipeline (one round trip; each call
@@ -375,37 +369,6 @@ class StateStore:
             todo = missing
         raise ResponseError("NOSCRIPT: the script keeps disappearing from Redis")
 
-    def _save_call(
-        self,
-        state: InvocationState,
-        expected_rev: int,
-        outputs: Mapping[str, StoredValues],
-        done: Iterable[str],
-        progress: Iterable[ProgressEvent],
-    ) -> tuple[list[str], list[Any]]:
-        messages = [event.model_dump_json() for event in progress]
-        args: list[Any] = [
-            expected_rev,
-            state.model_dump_json(),
-            state.status,
-            len(outputs),
-            self.names.progress_channel(state.invocation_id),
-            len(messages),
-            self.names.finished_channel,
-            state.invocation_id,
-        ]
-        for task_id, values in outputs.items():
-            args += [task_id, values.model_dump_json()]
-        args += messages
-        args += list(done)
-        keys = [
-            self.names.invocation_key(state.invocation_id),
-            self.names.outputs_key(state.invocation_id),
-            self.names.done_key(state.invocation_id),
-            self.names.results_key(state.invocation_id),
-        ]
-        return keys, args
-
     async def list_invocations(
         self, namespace: str, graph: str, limit: int | None = 1000
     ) -> list[str]:
@@ -415,19 +378,12 @@ class StateStore:
         )
         return [r.decode() for r in raw]
 
-    def _delete_invocation_keys(self, pipe: Any, invocation_id: str) -> None:
-        pipe.delete(
-            self.names.invocation_key(invocation_id),
-            self.names.outputs_key(invocation_id),
-            self.names.done_key(invocation_id),
-            self.names.results_key(invocation_id),
-            self.names.logs_key(invocation_id),
-        )
-
     async def delete_invocation(self, namespace: str, graph: str, invocation_id: str) -> None:
+        loaded = await self.load_invocation(invocation_id)
+        state = loaded[0] if loaded is not None else None
         pipe = self._redis.pipeline(transaction=True)
         pipe.zrem(self.names.invocations_key(namespace, graph), invocation_id)
-        self._delete_invocation_keys(pipe, invocation_id)
+        pipe.delete(*self.invocations.invocation_keys(invocation_id, state))
         pipe.publish(self.names.finished_channel, invocation_id)  # wakes its long polls
         await self._call(pipe.execute())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,14 +22,16 @@ from typing import TypeAlias, TypeVar
 from aiokafka import ConsumerRecord
 
 from indexify.definition import GraphDefinition
-from indexify.engine import Engine, ErrorInfo, InvocationState
+from indexify.engine import Engine, ErrorInfo
 from services.common.errors import PlatformUnavailable
 from services.common.events import (
     MessageDecodeError,
     SchedulerEvent,
     StoredValues,
+    TaskFinishedEvent,
     decode_scheduler_event,
 )
+from services.common.invocations import InvocationView
 from services.common.kafka_bus import KafkaBus
 from services.common.logging import get_logger
 from services.common.names import Names
@@ -42,6 +45,7 @@ from .messages import (
     Outgoing,
     apply_events,
     build_messages,
+    expand,
     fail_permanently,
     needed_values,
 )
@@ -55,6 +59,8 @@ _T = TypeVar("_T")
 _MAX_CAS_ROUNDS = 5
 _ENGINE_CACHE = 256
 _REDIS_CONCURRENCY = 32
+_DEFAULT_SLOTS = 2  # worker slots assumed while no executor has registered
+_SLOTS_REFRESH_SEC = 5.0
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -65,12 +71,15 @@ class _Work:
 
     invocation_id: str
     events: list[tuple[SchedulerEvent, Record]]
-    state: InvocationState | None = None
-    rev: int = 0
+    view: InvocationView | None = None
     definition: GraphDefinition | None = None
     decision: Decision | None = None
     ready: Sequence[Outgoing] = ()
     delayed: Sequence[tuple[float, DelayedItem]] = ()
+
+    def task_ids(self) -> list[str]:
+        """The tasks this batch's events are about (their records are loaded)."""
+        return [e.finished.task_id for e, _ in self.events if isinstance(e, TaskFinishedEvent)]
 
 
 async def _bounded(aws: Iterable[Awaitable[_T]], limit: int = _REDIS_CONCURRENCY) -> list[_T]:
@@ -103,6 +112,8 @@ class EventHandler:
         self._states = states
         self._engines: OrderedDict[tuple[str, str, str], tuple[Engine, GraphDefinition]]
         self._engines = OrderedDict()
+        self._slots = _DEFAULT_SLOTS
+        self._slots_at = float("-inf")
 
     async def handle(self, records: Sequence[Record]) -> None:
         """Apply a batch of event records; every effect is durable when this returns."""
@@ -116,7 +127,7 @@ class EventHandler:
                 await self.bus.dead_letter(exc.reason, record)
                 continue
             work = groups.setdefault(event.invocation_id, _Work(event.invocation_id, []))
-            work.events.append((event, record))
+            work.events.extend((one, record) for one in expand(event))
         pending = list(groups.values())
         for _ in range(_MAX_CAS_ROUNDS):
             if not pending:
@@ -127,20 +138,32 @@ class EventHandler:
             "scheduler (lost compare-and-set); retrying the batch"
         )
 
+    async def _refresh_slots(self) -> None:
+        """The live executors' worker slots (how big fan-out chunks are), every few seconds."""
+        now = time.monotonic()
+        if now - self._slots_at < _SLOTS_REFRESH_SEC:
+            return
+        self._slots_at = now
+        try:
+            executors = await self.store.executors()
+        except PlatformUnavailable:
+            return  # keep the last figure; the batch itself will say if Redis is down
+        self._slots = sum(e.concurrency for e in executors) or _DEFAULT_SLOTS
+
     async def _process(self, groups: list[_Work]) -> list[_Work]:
         """Decide, publish, save, report. Returns the groups whose save lost the CAS."""
-        states = await self._states.load(w.invocation_id for w in groups)
+        await self._refresh_slots()
+        views = await self._states.load({w.invocation_id: w.task_ids() for w in groups})
         live: list[_Work] = []
         for work in groups:
-            loaded = states.get(work.invocation_id)
-            if loaded is None:
+            work.view = views.get(work.invocation_id)
+            if work.view is None:
                 _log.warning(
                     "events for an unknown or deleted invocation ignored",
                     invocation=work.invocation_id,
                     events=len(work.events),
                 )
                 continue
-            work.state, work.rev = loaded
             await self._decide(work)
             live.append(work)
         values = await self._stored_values(live)
@@ -151,20 +174,20 @@ class EventHandler:
         revs = await self._save(changed)
         for work in live:
             if work.decision is None or not work.decision.changed:
-                assert work.state is not None
-                self._states.keep(work.state, work.rev)  # untouched: duplicates only
+                assert work.view is not None
+                self._states.keep(work.view)  # untouched: duplicates only
         lost: list[_Work] = []
         for work, rev in zip(changed, revs, strict=True):
-            assert work.decision is not None and work.state is not None
+            assert work.decision is not None and work.view is not None
             if rev is None:
                 lost.append(work)
                 continue
-            self._states.keep(work.state, rev)
+            self._states.keep(work.view)
             if work.decision.finished is not None:
                 _log.info(
                     "invocation finished",
                     invocation=work.invocation_id,
-                    graph=work.state.graph,
+                    graph=work.view.state.graph,
                     status=work.decision.finished.status,
                 )
         for work in lost:
@@ -173,8 +196,8 @@ class EventHandler:
         return lost
 
     async def _decide(self, work: _Work) -> None:
-        state = work.state
-        assert state is not None
+        assert work.view is not None
+        state = work.view.state
         found = await self._engine(state.namespace, state.graph, state.graph_version)
         events = [event for event, _ in work.events]
         if found is None:
@@ -187,7 +210,8 @@ class EventHandler:
             )
             work.decision = fail_permanently(state, error)
             if work.decision.changed:
-                for _, record in work.events:
+                records = {id(record): record for _, record in work.events}
+                for record in records.values():
                     await self.bus.dead_letter(error.message, record)
             return
         engine, work.definition = found
@@ -205,7 +229,11 @@ class EventHandler:
         record = await self.store.get_graph_version(namespace, graph, version)
         if record is None:
             return None
-        engine = Engine(record.definition, max_reduce_batch=self.settings.max_reduce_batch)
+        engine = Engine(
+            record.definition,
+            max_reduce_batch=self.settings.max_reduce_batch,
+            max_fanout_slice=self.settings.max_fanout_slice,
+        )
         self._engines[key] = found = (engine, record.definition)
         while len(self._engines) > _ENGINE_CACHE:
             self._engines.popitem(last=False)
@@ -220,13 +248,14 @@ class EventHandler:
         return await self.store.get_outputs_many(wanted)
 
     def _build(self, work: _Work, values: dict[str, StoredValues]) -> None:
-        decision, state = work.decision, work.state
-        assert decision is not None and state is not None
-        if not decision.run or work.definition is None:
+        assert work.view is not None
+        decision, state = work.decision, work.view.state
+        assert decision is not None
+        if not (decision.run or decision.continue_seq) or work.definition is None:
             return
         try:
             work.ready, work.delayed = build_messages(
-                decision, state, work.definition, self.names, values
+                decision, state, work.definition, self.names, values, slots=self._slots
             )
         except MissingValues as exc:
             error = ErrorInfo(kind="permanent", type="MissingValues", message=str(exc))
@@ -271,7 +300,7 @@ class EventHandler:
         progress events when it succeeded."""
         saves = []
         for work in works:
-            decision, state = work.decision, work.state
-            assert decision is not None and state is not None
-            saves.append((state, work.rev, decision.outputs, decision.done, decision.progress))
-        return await self.store.save_invocations(saves)
+            decision, view = work.decision, work.view
+            assert decision is not None and view is not None
+            saves.append((view, decision.outputs, decision.done, decision.progress))
+        return await self.store.save_views(saves)

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from indexify.definition import GraphDefinition
 from indexify.engine import (
     INPUT_TASK_ID,
+    ContinueDelivery,
+    DeliveryContinued,
     Engine,
     EngineEvent,
     ErrorInfo,
@@ -31,16 +33,22 @@ from indexify.engine import (
     TaskFinished,
 )
 from services.common.events import (
+    ChunkItem,
     InvocationCancelEvent,
+    InvocationContinueEvent,
     InvocationCreatedEvent,
     ProgressEvent,
     SchedulerEvent,
     StoredValues,
+    TaskChunkMessage,
     TaskFinishedEvent,
     TaskMessage,
+    TasksFinishedEvent,
     encode_message,
 )
 from services.common.names import Names
+
+from .chunking import chunk_size, chunks
 
 __all__ = [
     "Decision",
@@ -50,7 +58,9 @@ __all__ = [
     "accepts",
     "apply_events",
     "build_messages",
+    "expand",
     "fail_permanently",
+    "message_key",
     "needed_values",
     "task_topic",
     "to_engine_event",
@@ -105,9 +115,17 @@ class Decision:
     done: list[str] = field(default_factory=list)  # tasks that reached a final status
     logs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task id -> log pointers
     progress: list[ProgressEvent] = field(default_factory=list)
+    continue_seq: int | None = None  # ask for the next slice of a fan-out (ContinueDelivery)
 
 
 # -- events ---------------------------------------------------------------------------------
+
+
+def expand(event: SchedulerEvent) -> list[SchedulerEvent]:
+    """The events a message carries: a batch of results is handled result by result."""
+    if isinstance(event, TasksFinishedEvent):
+        return list(event.results)
+    return [event]
 
 
 def to_engine_event(event: SchedulerEvent) -> EngineEvent:
@@ -118,6 +136,8 @@ def to_engine_event(event: SchedulerEvent) -> EngineEvent:
         return event.finished
     if isinstance(event, InvocationCancelEvent):
         return InvocationCancelled(reason=event.reason, at=event.at)
+    if isinstance(event, InvocationContinueEvent):
+        return DeliveryContinued(seq=event.seq)
     raise TypeError(f"not a scheduler event: {type(event).__name__}")
 
 
@@ -134,6 +154,8 @@ def accepts(state: InvocationState, event: EngineEvent) -> bool:
             and record.status == "queued"
             and record.task.attempt == event.attempt
         )
+    if isinstance(event, DeliveryContinued):
+        return event.seq == state.continue_seq and bool(state.pending)
     return True  # a cancel of a live invocation
 
 
@@ -155,6 +177,8 @@ def apply_events(
         for command in commands:
             if isinstance(command, RunTask):
                 decision.run.append(command)
+            elif isinstance(command, ContinueDelivery):
+                decision.continue_seq = command.seq
             elif isinstance(command, FinishInvocation):
                 decision.finished = command
                 decision.progress.append(
@@ -218,9 +242,10 @@ def fail_permanently(
     decision = Decision(invocation_id=state.invocation_id)
     if state.terminal:
         return decision
-    for record in state.tasks.values():
+    for record in state.tasks.values():  # the loaded ones; the API reads the rest as cancelled
         if record.status == "queued":
             record.status = "cancelled"
+    state.count_task("queued", "cancelled", state.task_counts.get("queued", 0))
     state.outstanding = {}
     state.status = "failed"
     state.error = error
@@ -260,6 +285,13 @@ def task_topic(names: Names, definition: GraphDefinition, namespace: str, functi
     return names.task_topic(node.placement_key, namespace, definition.name, function)
 
 
+def message_key(invocation_id: str, task_id: str) -> str:
+    """The Kafka key of a task message: different across invocations and across the elements
+    of a fan-out, so a function's tasks spread over all partitions of its topic (and every
+    executor in its consumer group gets a share)."""
+    return f"{invocation_id}:{task_id}"
+
+
 def build_messages(
     decision: Decision,
     state: InvocationState,
@@ -268,27 +300,33 @@ def build_messages(
     values: Mapping[str, StoredValues],
     *,
     now: float | None = None,
+    slots: int = 1,
 ) -> tuple[list[Outgoing], list[tuple[float, DelayedItem]]]:
     """Task messages to publish now, and ``(due_at, item)`` retries to publish later.
 
     ``values`` maps task ids to their stored outputs (the decision's own outputs are used
-    first). Adds a ``task.created`` progress event per task to ``decision.progress``.
-    Raises :class:`MissingValues` when an input's outputs are unknown.
+    first). Ready tasks of one function that may share a worker (calls and routes without a
+    timeout) travel as :class:`TaskChunkMessage` s sized by :func:`.chunking.chunk_size` for
+    ``slots`` live worker slots. Adds a ``task.created`` progress event per task to
+    ``decision.progress``. Raises :class:`MissingValues` when an input's outputs are unknown.
     """
     now = time.time() if now is None else now
     lookup = {**values, **decision.known, **decision.outputs}
     ready: list[Outgoing] = []
     delayed: list[tuple[float, DelayedItem]] = []
+    groups: dict[str, list[TaskMessage]] = {}
     for command in decision.run:
         task = command.task
         message = task_message(task, state, definition, lookup)
         topic = task_topic(names, definition, state.namespace, task.function)
-        value = encode_message(message)
+        key = message_key(state.invocation_id, task.id)
         if command.delay_sec > 0:
-            item = DelayedItem(topic=topic, key=task.id, value=value.decode())
+            item = DelayedItem(topic=topic, key=key, value=encode_message(message).decode())
             delayed.append((now + command.delay_sec, item))
+        elif task.kind == "reduce" or message.timeout_sec is not None:
+            ready.append((topic, key, encode_message(message)))
         else:
-            ready.append((topic, task.id, value))
+            groups.setdefault(task.function, []).append(message)
         decision.progress.append(
             ProgressEvent(
                 type="task.created",
@@ -298,6 +336,33 @@ def build_messages(
                 attempt=task.attempt,
             )
         )
+    if decision.continue_seq is not None:
+        event = InvocationContinueEvent(
+            namespace=state.namespace,
+            graph=state.graph,
+            invocation_id=state.invocation_id,
+            seq=decision.continue_seq,
+        )
+        ready.append((names.events_topic, state.invocation_id, encode_message(event)))
+    for function, messages in groups.items():
+        topic = task_topic(names, definition, state.namespace, function)
+        size = chunk_size(len(messages), slots)
+        for part in chunks(messages, size):
+            first = part[0]
+            key = message_key(state.invocation_id, first.task.id)
+            if len(part) == 1:
+                ready.append((topic, key, encode_message(first)))
+                continue
+            chunk = TaskChunkMessage(
+                namespace=state.namespace,
+                graph=state.graph,
+                invocation_id=state.invocation_id,
+                task_id=first.task.id,
+                graph_version=state.graph_version,
+                function=function,
+                items=tuple(ChunkItem(task=m.task, inputs=m.inputs) for m in part),
+            )
+            ready.append((topic, key, encode_message(chunk)))
     return ready, delayed
 
 

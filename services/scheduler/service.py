@@ -110,7 +110,9 @@ class Scheduler:
                 }
             )
             topics = TaskTopics(self._bus, self.infra.task_partitions)
-            states = StateCache(self._store)
+            # Twice what one batch can take from a reducer queue (one step's worth, see
+            # InvocationRepository.load_views).
+            states = StateCache(self._store, window=2 * self.settings.max_reduce_batch)
             self.delayed = DelayedTasks(self._bus, self._store, topics)
             self._handler = EventHandler(
                 self._bus, self._store, self.settings, topics=topics, states=states

@@ -1,15 +1,15 @@
-"""Invocation states kept in memory between batches, trusted only while their revision holds.
+"""Invocation summaries kept in memory between batches, trusted only while their revision holds.
 
-Parsing a big invocation state (a 10,000-way fan-out is megabytes of JSON) costs far more than
-deciding on it, and the partition owner is the only writer. So after a successful save the
-scheduler keeps the state it saved, and on the next batch it asks Redis only for the revision:
-same revision, same state. Any doubt (another revision, a rebalance) means loading it again.
+The partition owner is the only writer, so after a successful save the scheduler keeps the
+summary it saved, and on the next batch it asks Redis only for the revision (in the same
+round trip as the task records its events name): same revision, same summary. Any doubt
+(another revision, a rebalance) means reading the summary again.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis.asyncio.client import Pipeline
@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from indexify.engine import InvocationState
 from services.common.errors import PlatformUnavailable
+from services.common.invocations import InvocationRepository, InvocationView
 from services.common.state_store import StateStore
 
 __all__ = ["StateCache", "execute"]
@@ -33,39 +34,38 @@ async def execute(pipe: Pipeline) -> list[Any]:
 
 
 class StateCache:
-    """``invocation id -> (revision, state)`` of recently saved live invocations (LRU)."""
+    """``invocation id -> (revision, summary)`` of recently saved live invocations (LRU)."""
 
-    def __init__(self, store: StateStore, capacity: int = 256) -> None:
+    def __init__(self, store: StateStore, *, window: int, capacity: int = 1024) -> None:
         self._store = store
+        self._window = window
         self._capacity = capacity
         self._entries: OrderedDict[str, tuple[int, InvocationState]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def load(self, invocation_ids: Iterable[str]) -> dict[str, tuple[InvocationState, int]]:
-        """The current ``(state, rev)`` of each existing invocation; cached entries are handed
-        out (and removed: the caller mutates them) when their revision is still current."""
-        ids = list(dict.fromkeys(invocation_ids))
-        cached = [inv for inv in ids if inv in self._entries]
-        result: dict[str, tuple[InvocationState, int]] = {}
-        if cached:
-            revs = await self._revisions(cached)
-            for inv in cached:
-                rev, state = self._entries.pop(inv)
-                if revs.get(inv) == rev:
-                    result[inv] = (state, rev)
-        missing = [inv for inv in ids if inv not in result]
-        if missing:
-            result.update(await self._store.load_invocations(missing))
-        return result
+    async def load(self, wanted: Mapping[str, Iterable[str]]) -> dict[str, InvocationView]:
+        """Views of the invocations in ``wanted`` (id -> task ids its events name); a cached
+        summary is handed out (and removed: the caller mutates it) when its revision is still
+        the stored one."""
+        cached = {
+            inv: (state, rev)
+            for inv in wanted
+            if inv in self._entries
+            for rev, state in [self._entries.pop(inv)]
+        }
+        return await self._store.load_views(wanted, cached, self._window)
 
-    def keep(self, state: InvocationState, rev: int) -> None:
-        """Remember ``state`` as saved at ``rev`` (finished invocations are not kept)."""
+    def keep(self, view: InvocationView) -> None:
+        """Remember the summary of a view that was saved or left untouched (it becomes a
+        summary here, see ``InvocationRepository.saved``); finished invocations are not kept."""
+        InvocationRepository.saved(view, view.rev)
+        state = view.state
         if state.terminal:
             self._entries.pop(state.invocation_id, None)
             return
-        self._entries[state.invocation_id] = (rev, state)
+        self._entries[state.invocation_id] = (view.rev, state)
         self._entries.move_to_end(state.invocation_id)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
@@ -73,18 +73,3 @@ class StateCache:
     def clear(self) -> None:
         """Forget everything (partitions were revoked: another scheduler may write now)."""
         self._entries.clear()
-
-    async def _revisions(self, invocation_ids: list[str]) -> dict[str, int]:
-        names = self._store.names
-        pipe = self._store.redis.pipeline(transaction=False)
-        for inv in invocation_ids:
-            pipe.hget(names.invocation_key(inv), "rev")
-        try:
-            rows = await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise PlatformUnavailable(
-                f"Redis is unavailable ({exc}); retry when it is back"
-            ) from exc
-        return {
-            inv: int(raw) for inv, raw in zip(invocation_ids, rows, strict=True) if raw is not None
-        }

@@ -326,11 +326,11 @@ class FlakyStore(StateStore):
 
     failures = 1
 
-    async def save_invocations(self, *args: Any, **kwargs: Any) -> list[int | None]:
+    async def save_views(self, *args: Any, **kwargs: Any) -> list[int | None]:
         if self.failures:
             self.failures -= 1
             raise PlatformUnavailable("Redis is unavailable (injected)")
-        return await super().save_invocations(*args, **kwargs)
+        return await super().save_views(*args, **kwargs)
 
 
 async def test_a_batch_is_retried_when_redis_fails_mid_batch(
@@ -359,22 +359,24 @@ async def test_a_batch_is_retried_when_redis_fails_mid_batch(
 async def test_state_cache_serves_only_the_current_revision(
     infra_settings: InfraSettings, store: StateStore
 ) -> None:
-    cache = StateCache(store)
+    cache = StateCache(store, window=10)
     state = InvocationState(
         invocation_id="inv-1", namespace=NS, graph="g", graph_version="v", status="running"
     )
     await store.create_invocation(state, StoredValues.from_payloads([encode({})]))
-    loaded, rev = (await cache.load(["inv-1", "missing"]))["inv-1"]
-    saved = await store.save_invocation(loaded, rev)
-    assert saved == 1
-    cache.keep(loaded, saved)
-    assert (await cache.load(["inv-1"]))["inv-1"] == (loaded, 1)
-    assert (await cache.load(["inv-1"]))["inv-1"][0] is not loaded  # handed out once
-    cache.keep(loaded, saved)
-    foreign = loaded.model_copy(update={"error_function": "elsewhere"})
+    views = await cache.load({"inv-1": [], "missing": []})
+    assert list(views) == ["inv-1"]
+    view = views["inv-1"]
+    assert await store.save_view(view) == 1 and view.rev == 1
+    cache.keep(view)
+    again = (await cache.load({"inv-1": []}))["inv-1"]
+    assert again.state is view.state and again.rev == 1  # the kept summary, not re-read
+    assert (await cache.load({"inv-1": []}))["inv-1"].state is not view.state  # handed out once
+    cache.keep(again)
+    foreign = again.state.model_copy(update={"error_function": "elsewhere"})
     assert await store.save_invocation(foreign, 1) == 2  # another writer
-    fresh, fresh_rev = (await cache.load(["inv-1"]))["inv-1"]
-    assert fresh_rev == 2 and fresh.error_function == "elsewhere"
+    fresh = (await cache.load({"inv-1": []}))["inv-1"]
+    assert fresh.rev == 2 and fresh.state.error_function == "elsewhere"
 
 
 async def _shared(settings: InfraSettings, *schedulers: Scheduler) -> bool:

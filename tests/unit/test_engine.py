@@ -8,6 +8,8 @@ import pytest
 from indexify.definition import GraphDefinition, NodeDefinition
 from indexify.engine import (
     INPUT_TASK_ID,
+    ContinueDelivery,
+    DeliveryContinued,
     Engine,
     ErrorInfo,
     FinishInvocation,
@@ -615,3 +617,63 @@ def test_terminal_state_ignores_everything(outcome: str) -> None:
     ):
         assert engine.handle(state, event) == []
     assert state.model_dump() == before
+
+
+# -- big fan-outs, slice by slice -------------------------------------------------------------
+
+
+def continues(commands: list) -> list[ContinueDelivery]:
+    return [c for c in commands if isinstance(c, ContinueDelivery)]
+
+
+def test_a_big_fan_out_is_created_slice_by_slice_and_reduced_exactly_once() -> None:
+    definition = graph("a", edges={"a": ("b",), "b": ("r",)}, r=reducer("r"))
+    engine = Engine(definition, max_fanout_slice=4)
+    state, [a] = started(engine)
+    commands = engine.handle(state, ok(a, outputs=10))
+    first = tasks_of(commands)
+    assert [t.function for t in first] == ["b"] * 4
+    assert [c.seq for c in continues(commands)] == [1] and state.pending
+    assert engine.handle(state, DeliveryContinued(seq=0)) == []  # stale: ignored
+    second = engine.handle(state, DeliveryContinued(seq=1))
+    assert len(tasks_of(second)) == 4 and [c.seq for c in continues(second)] == [2]
+    assert engine.handle(state, DeliveryContinued(seq=1)) == []  # duplicate: ignored
+    # Finishing every task created so far must not finalize the reducer: 2 are not created.
+    created = first + tasks_of(second)
+    pending = []
+    for task in created:
+        pending += tasks_of(engine.handle(state, ok(task)))
+    assert not state.reducers["r"].finalized and state.status == "running"
+    third = engine.handle(state, DeliveryContinued(seq=2))
+    assert len(tasks_of(third)) == 2 and continues(third) == [] and not state.pending
+    b_ids = {t.id for t in created + tasks_of(third)}
+    assert len(b_ids) == 10  # distinct ids, as without slicing
+    unsliced_state, [unsliced_a] = started(Engine(definition))
+    unsliced = tasks_of(Engine(definition).handle(unsliced_state, ok(unsliced_a, outputs=10)))
+    assert b_ids == {t.id for t in unsliced}
+    drive(engine, state, pending + tasks_of(third), {"b": 1, "r": 1}, ORDERS["fifo"])
+    assert state.reducers["r"].finalized and state.reducers["r"].reduced == 10
+    assert state.status == "succeeded"
+    assert state.task_counts == {"queued": 0, "succeeded": len(state.tasks)}
+
+
+def test_cancel_drops_the_undelivered_elements() -> None:
+    engine = Engine(graph("a", edges={"a": ("b",)}), max_fanout_slice=2)
+    state, [a] = started(engine)
+    engine.handle(state, ok(a, outputs=7))
+    assert state.pending
+    engine.handle(state, InvocationCancelled())
+    assert state.status == "cancelled" and state.pending == []
+    assert engine.handle(state, DeliveryContinued(seq=state.continue_seq)) == []
+    assert state.task_counts == {"queued": 0, "succeeded": 1, "cancelled": 2}
+
+
+def test_a_reducer_with_values_outside_the_view_does_not_finalize() -> None:
+    definition = graph("a", edges={"a": ("r",)}, r=reducer("r"))
+    engine = Engine(definition)
+    state, [a] = started(engine)
+    [step] = tasks_of(engine.handle(state, ok(a, outputs=3)))
+    state.reducers["r"].backlog = 2  # as a scheduler's view with queued values left in Redis
+    commands = engine.handle(state, ok(step))
+    assert tasks_of(commands) == [] and finishes(commands) == []
+    assert not state.reducers["r"].finalized and state.status == "running"

@@ -8,17 +8,24 @@ from indexify.engine import INPUT_TASK_ID, Engine, ErrorInfo, TaskFinished
 from indexify.retry import RetryPolicy
 from services.common.events import (
     InvocationCancelEvent,
+    InvocationContinueEvent,
     InvocationCreatedEvent,
     StoredValues,
     TaskFinishedEvent,
+    TasksFinishedEvent,
+    decode_scheduler_event,
     decode_task_message,
+    decode_task_topic_message,
+    encode_message,
 )
 from services.common.names import Names
+from services.scheduler.chunking import CHUNKS_PER_SLOT, MAX_CHUNK, chunk_size, chunks
 from services.scheduler.messages import (
     DelayedItem,
     MissingValues,
     apply_events,
     build_messages,
+    expand,
     fail_permanently,
     needed_values,
 )
@@ -94,7 +101,7 @@ def test_created_emits_the_start_task_with_the_input_inline(engine, graph) -> No
     [(topic, key, value)] = ready
     assert topic == "ix.tasks.gpu-a100.ns.g.start"
     message = decode_task_message(value)
-    assert key == message.task_id == message.task.id
+    assert key == f"{state.invocation_id}:{message.task.id}" and message.task_id == message.task.id
     assert message.task.function == "start" and message.graph_version == "v1"
     assert message.inputs == (INPUT,)
     assert [p.type for p in decision.progress] == ["task.created"]
@@ -175,7 +182,7 @@ def test_a_user_error_retry_is_delayed_and_not_marked_done() -> None:
     assert 100 + 3 * 0.8 <= due_at <= 100 + 3 * 1.2
     item = DelayedItem.decode(item.encode())
     message = decode_task_message(item.outgoing()[2])
-    assert item.key == double.id and message.task.attempt == 2 and message.timeout_sec == 9
+    assert item.key == f"{state.invocation_id}:{double.id}" and message.task.attempt == 2 and message.timeout_sec == 9
 
 
 def test_cancel_finishes_and_drops_tasks_decided_in_the_same_batch(engine) -> None:
@@ -209,3 +216,83 @@ def test_fail_permanently_ends_a_live_invocation_once(engine) -> None:
 
 def _ints(values: list[int]) -> StoredValues:
     return StoredValues.from_payloads([encode(v) for v in values])
+
+
+# -- chunks, batched results, fan-out slices ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "slots", "size"),
+    [(0, 4, 1), (1, 4, 1), (3, 1, 1), (8, 2, 1), (9, 2, 2), (1000, 2, 125), (10**5, 8, 256)],
+)
+def test_chunk_size_keeps_every_slot_busy_with_several_chunks(
+    count: int, slots: int, size: int
+) -> None:
+    assert chunk_size(count, slots) == size
+    made = -(-count // size)
+    if count > 1 and size < MAX_CHUNK:  # a chunk for every slot, about CHUNKS_PER_SLOT each
+        assert made >= min(count, slots)
+        assert made >= min(count, slots * CHUNKS_PER_SLOT // 2)
+
+
+def test_chunks_cut_in_order_without_loss() -> None:
+    assert chunks(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    with pytest.raises(ValueError, match="at least 1"):
+        chunks([1], 0)
+
+
+def _fanned_out(engine: Engine, count: int):  # type: ignore[no-untyped-def]
+    state = new_state(engine)
+    start_id = apply_events(engine, state, [created()]).run[0].task.id
+    return state, apply_events(engine, state, [finished(start_id, list(range(count)))])
+
+
+def test_a_fan_out_travels_as_chunks_each_element_its_own_task(engine, graph) -> None:
+    state, decision = _fanned_out(engine, 10)
+    ready, delayed = build_messages(decision, state, graph, NAMES, {}, slots=1)
+    assert delayed == []
+    decoded = [decode_task_topic_message(v) for _, _, v in ready]
+    assert [type(m).__name__ for m in decoded] == ["TaskChunkMessage"] * 3 + ["TaskMessage"]
+    singles = [m for d in decoded for m in (d.task_messages() if d.type == "task.chunk" else [d])]
+    assert [m.task.id for m in singles] == [c.task.id for c in decision.run]
+    values = [m.inputs[0].inline_payloads()[0].data for m in singles]
+    assert values == [str(i).encode() for i in range(10)]
+    keys = [k for _, k, _ in ready]
+    assert len(set(keys)) == 4 and all(k.startswith(f"{state.invocation_id}:") for k in keys)
+    assert [p.type for p in decision.progress].count("task.created") == 10
+
+
+def test_functions_with_a_timeout_are_never_chunked() -> None:
+    graph = definition(timeout_sec=5.0)
+    engine = Engine(graph)
+    state, decision = _fanned_out(engine, 10)
+    ready, _ = build_messages(decision, state, graph, NAMES, {}, slots=1)
+    assert [decode_task_topic_message(v).type for _, _, v in ready] == ["task.ready"] * 10
+
+
+def test_a_batch_of_results_is_handled_result_by_result(engine) -> None:
+    state, decision = _fanned_out(engine, 3)
+    results = [finished(c.task.id, [i]) for i, c in enumerate(decision.run)]
+    batch = TasksFinishedEvent(
+        namespace="ns", graph="g", invocation_id="inv", results=tuple(results)
+    )
+    raw = decode_scheduler_event(encode_message(batch))
+    assert expand(raw) == results
+    applied = apply_events(engine, state, expand(raw) + results)  # and duplicates of each
+    assert sorted(applied.done) == sorted(c.task.id for c in decision.run)
+    assert state.reducers["total"].received == 3
+
+
+def test_a_sliced_fan_out_asks_for_its_next_slice_on_the_events_topic(graph) -> None:
+    engine = Engine(graph, max_fanout_slice=4)
+    state, decision = _fanned_out(engine, 10)
+    assert len(decision.run) == 4 and decision.continue_seq == 1
+    ready, _ = build_messages(decision, state, graph, NAMES, {}, slots=1)
+    [(topic, key, value)] = [item for item in ready if item[0] == NAMES.events_topic]
+    assert key == state.invocation_id
+    event = decode_scheduler_event(value)
+    assert isinstance(event, InvocationContinueEvent) and event.seq == 1
+    start_id = next(iter(decision.outputs))
+    following = apply_events(engine, state, [event, event])  # the second is a duplicate
+    assert len(following.run) == 4 and following.continue_seq == 2
+    assert {r.task.inputs[0].task_id for r in following.run} == {start_id}

@@ -28,12 +28,15 @@ from .model import (
     INPUT_TASK_ID,
     Attempt,
     Command,
+    ContinueDelivery,
+    DeliveryContinued,
     EngineEvent,
     ErrorInfo,
     FinishInvocation,
     InvocationCancelled,
     InvocationCreated,
     InvocationState,
+    PendingDelivery,
     ReducerState,
     RunTask,
     Task,
@@ -72,12 +75,19 @@ class Engine:
     """Decides what runs next for invocations of one graph version."""
 
     def __init__(
-        self, definition: GraphDefinition, *, max_reduce_batch: int = DEFAULT_MAX_REDUCE_BATCH
+        self,
+        definition: GraphDefinition,
+        *,
+        max_reduce_batch: int = DEFAULT_MAX_REDUCE_BATCH,
+        max_fanout_slice: int | None = None,
     ) -> None:
         if max_reduce_batch < 1:
             raise ValueError("max_reduce_batch must be at least 1")
+        if max_fanout_slice is not None and max_fanout_slice < 1:
+            raise ValueError("max_fanout_slice must be at least 1 (or None: no slicing)")
         self.definition = definition
         self.max_reduce_batch = max_reduce_batch
+        self.max_fanout_slice = max_fanout_slice
         self._reducers = [
             name for name in definition.topological_order() if definition.nodes[name].reducer
         ]
@@ -110,11 +120,17 @@ class Engine:
         elif isinstance(event, TaskFinished):
             if not self._on_task_finished(state, event, commands):
                 return []
+        elif isinstance(event, DeliveryContinued):
+            if event.seq != state.continue_seq or not state.pending:
+                return []  # a duplicate, or nothing left to deliver
+            self._continue_delivery(state, commands)
         elif isinstance(event, InvocationCancelled):
             for record in state.tasks.values():
                 if record.status == "queued":
                     record.status = "cancelled"
+            state.count_task("queued", "cancelled", state.task_counts.get("queued", 0))
             state.outstanding = {}
+            state.pending = []
             state.status = "cancelled"
             state.finished_at = event.at or None
             state.error = ErrorInfo(kind="permanent", message=event.reason, type="Cancelled")
@@ -161,9 +177,11 @@ class Engine:
                 return True
             record.status = "failed"
             record.error = error
+            state.count_task("queued", "failed")
             self._settle(state, task.function)
             if task.function not in state.failed_functions:
                 state.failed_functions.append(task.function)
+            state.function_errors.setdefault(task.function, error)
             if state.error is None:
                 state.error = error
                 state.error_function = task.function
@@ -174,6 +192,7 @@ class Engine:
         record.status = "succeeded"
         record.output_count = event.output_count
         record.route = event.route
+        state.count_task("queued", "succeeded")
         self._settle(state, task.function)
         if task.kind == "reduce":
             reducer = state.reducers[task.function]
@@ -188,7 +207,7 @@ class Engine:
             produced = ValueRange(
                 task_id=task.id, function=task.function, start=0, stop=event.output_count
             )
-            state.outputs.setdefault(task.function, []).append(produced)
+            self._add_output(state, produced)
             for child in self.definition.successors(task.function):
                 self._deliver(state, child, [produced], origin_key=task.id, out=out)
         return True
@@ -218,8 +237,10 @@ class Engine:
                 message=f"router {task.function!r} returned {unknown}, which are not among its "
                 f"route targets {list(allowed)}; add them with g.route(...)",
             )
+            state.count_task("succeeded", "failed")
             if task.function not in state.failed_functions:
                 state.failed_functions.append(task.function)
+            state.function_errors.setdefault(task.function, record.error)
             if state.error is None:
                 state.error, state.error_function = record.error, task.function
             return
@@ -243,6 +264,52 @@ class Engine:
             reducer.queue.extend(values)
             reducer.received += sum(v.size for v in values)
             return
+        if self.max_fanout_slice is not None:
+            total = sum(v.size for v in values)
+            if total > self.max_fanout_slice or state.pending:
+                # Big (or behind another big one): slice by slice, see _continue_delivery.
+                first = not state.pending
+                state.pending.append(
+                    PendingDelivery(target=target, origin_key=origin_key, values=list(values))
+                )
+                if first:
+                    self._continue_delivery(state, out)
+                return
+        self._create_tasks(state, target, values, origin_key, out)
+
+    def _continue_delivery(self, state: InvocationState, out: list[Command]) -> None:
+        """Create the tasks of the next ``max_fanout_slice`` pending elements, and ask to be
+        called again (``ContinueDelivery``) while any are left: the scheduler sends that
+        request to the back of the events topic, so other invocations' events are handled
+        between the slices of a huge fan-out and no batch holds more than one slice."""
+        room = self.max_fanout_slice or sum(p.size for p in state.pending)
+        while state.pending and room > 0:
+            pending = state.pending[0]
+            taken: list[ValueRange] = []
+            while pending.values and room > 0:
+                head, rest = pending.values[0].split(room)
+                taken.append(head)
+                room -= head.size
+                if rest is None:
+                    pending.values.pop(0)
+                else:
+                    pending.values[0] = rest
+            if not pending.values:
+                state.pending.pop(0)
+            self._create_tasks(state, pending.target, taken, pending.origin_key, out)
+        if state.pending:
+            state.continue_seq += 1
+            out.append(ContinueDelivery(seq=state.continue_seq))
+
+    def _create_tasks(
+        self,
+        state: InvocationState,
+        target: str,
+        values: list[ValueRange],
+        origin_key: str,
+        out: list[Command],
+    ) -> None:
+        node = self.definition.nodes[target]
         kind: TaskKind = "route" if node.kind == "router" else "call"
         for value_range in values:
             for index in range(value_range.start, value_range.stop):
@@ -261,8 +328,16 @@ class Engine:
         if task.id in state.tasks:
             return  # already decided: deterministic ids make re-delivery a no-op
         state.tasks[task.id] = TaskRecord(task=task)
+        state.count_task(None, "queued")
         state.outstanding[task.function] = state.outstanding.get(task.function, 0) + 1
         out.append(RunTask(task=task))
+
+    @staticmethod
+    def _add_output(state: InvocationState, produced: ValueRange) -> None:
+        state.outputs.setdefault(produced.function, []).append(produced)
+        state.output_counts[produced.function] = (
+            state.output_counts.get(produced.function, 0) + produced.size
+        )
 
     @staticmethod
     def _settle(state: InvocationState, function: str) -> None:
@@ -281,6 +356,8 @@ class Engine:
                 continue
             if reducer.queue:
                 self._start_reduce_step(state, name, reducer, out)
+            elif reducer.backlog:
+                continue  # values wait outside this view: a later batch loads them
             elif self._inputs_complete(state, name):
                 self._finalize(state, name, reducer, out)
 
@@ -313,6 +390,8 @@ class Engine:
         ancestors = self.definition.ancestors(name)
         if any(state.outstanding.get(a) for a in ancestors):
             return False
+        if any(p.target in ancestors for p in state.pending):
+            return False
         if any(f in ancestors for f in state.failed_functions):
             return False
         for other in ancestors:
@@ -328,17 +407,18 @@ class Engine:
         if reducer.accumulator is None:
             return  # received nothing: an empty fan-out reduces to no output
         final = reducer.accumulator
-        state.outputs[name] = [final]
+        self._add_output(state, final)
         for child in self.definition.successors(name):
             self._deliver(state, child, [final], origin_key=final.task_id, out=out)
 
     def _maybe_finish(self, state: InvocationState, event: EngineEvent, out: list[Command]) -> None:
-        if state.outstanding or state.status != "running":
+        if state.outstanding or state.pending or state.status != "running":
             return
         for name, reducer in state.reducers.items():
             if name in state.failed_functions:
                 continue
-            if reducer.running is not None or (reducer.queue and not state.failed_functions):
+            waiting = reducer.queue or reducer.backlog
+            if reducer.running is not None or (waiting and not state.failed_functions):
                 return
         state.status = "failed" if state.failed_functions else "succeeded"
         at = getattr(event, "finished_at", 0.0) or getattr(event, "at", 0.0)

@@ -103,11 +103,16 @@ class TaskRecord(BaseModel):
 
 
 class ReducerState(BaseModel):
-    """Progress of one reducer: values waiting, the step in flight, the accumulator so far."""
+    """Progress of one reducer: values waiting, the step in flight, the accumulator so far.
+
+    ``queue`` holds the waiting values the engine can see; ``backlog`` counts waiting entries
+    kept elsewhere (the scheduler stores the queue as a Redis list and loads only a window of
+    it, large enough for the steps one batch can start). In-process it is always 0."""
 
     model_config = ConfigDict(extra="forbid")
 
     queue: list[ValueRange] = Field(default_factory=list)
+    backlog: int = 0
     step: int = 0
     running: str | None = None
     accumulator: ValueRange | None = None
@@ -116,8 +121,33 @@ class ReducerState(BaseModel):
     finalized: bool = False
 
 
+class PendingDelivery(BaseModel):
+    """Elements of a fan-out not turned into tasks yet: the next slices of ``values`` go to
+    ``target`` (see ``Engine(max_fanout_slice=...)``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str
+    origin_key: str
+    values: list[ValueRange]
+
+    @property
+    def size(self) -> int:
+        return sum(v.size for v in self.values)
+
+
 class InvocationState(BaseModel):
-    """Everything the engine knows about one invocation."""
+    """Everything the engine knows about one invocation.
+
+    In-process it is all in memory. The scheduler keeps it in pieces that an event touches
+    individually: a small summary (everything but ``tasks``, ``outputs`` and the reducers'
+    queues), one record per task, and per-function output indexes. It hands the engine a
+    *view*: the summary, the records of the tasks the events name, and nothing in
+    ``outputs``; what the engine adds to ``tasks`` and ``outputs`` is then what to write.
+    The engine therefore only reads ``tasks`` by the id of an event's task, only appends to
+    ``outputs``, and keeps the counters here (``outstanding``, ``task_counts``,
+    ``output_counts``) instead of counting records.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -130,7 +160,12 @@ class InvocationState(BaseModel):
     outstanding: dict[str, int] = Field(default_factory=dict)
     outputs: dict[str, list[ValueRange]] = Field(default_factory=dict)
     reducers: dict[str, ReducerState] = Field(default_factory=dict)
+    pending: list[PendingDelivery] = Field(default_factory=list)
+    continue_seq: int = 0
     failed_functions: list[str] = Field(default_factory=list)
+    function_errors: dict[str, ErrorInfo] = Field(default_factory=dict)
+    task_counts: dict[str, int] = Field(default_factory=dict)
+    output_counts: dict[str, int] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     error_function: str | None = None
     created_at: float = 0.0
@@ -141,7 +176,13 @@ class InvocationState(BaseModel):
         return self.status in TERMINAL_STATUSES
 
     def output_count(self, function: str) -> int:
-        return sum(r.size for r in self.outputs.get(function, []))
+        return self.output_counts.get(function, 0)
+
+    def count_task(self, old: str | None, new: str, count: int = 1) -> None:
+        """Move ``count`` tasks from status ``old`` (None: new tasks) to ``new``."""
+        if old is not None:
+            self.task_counts[old] = self.task_counts.get(old, 0) - count
+        self.task_counts[new] = self.task_counts.get(new, 0) + count
 
 
 # -- events: what happened ------------------------------------------------------------------
@@ -179,8 +220,18 @@ class InvocationCancelled(BaseModel):
     at: float = 0.0
 
 
+class DeliveryContinued(BaseModel):
+    """Go on with the pending deliveries (the answer to a :class:`ContinueDelivery`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["delivery_continued"] = "delivery_continued"
+    seq: int
+
+
 EngineEvent = Annotated[
-    InvocationCreated | TaskFinished | InvocationCancelled, Field(discriminator="type")
+    InvocationCreated | TaskFinished | InvocationCancelled | DeliveryContinued,
+    Field(discriminator="type"),
 ]
 
 
@@ -204,4 +255,14 @@ class FinishInvocation(BaseModel):
     error_function: str | None = None
 
 
-Command = Annotated[RunTask | FinishInvocation, Field(discriminator="type")]
+class ContinueDelivery(BaseModel):
+    """Send :class:`DeliveryContinued` with ``seq`` back after the other work that is
+    waiting (a big fan-out is created slice by slice, behind other invocations' events)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["continue_delivery"] = "continue_delivery"
+    seq: int
+
+
+Command = Annotated[RunTask | FinishInvocation | ContinueDelivery, Field(discriminator="type")]

@@ -1,0 +1,304 @@
+"""Invocation state in Redis, stored so that one event touches only what it changes.
+
+An invocation is kept in pieces (keys in :class:`~services.common.names.Names`):
+
+* ``invocation_key``: a hash with ``state`` (the *summary*: status, counters, version,
+  timestamps, reducer progress; never the tasks or the outputs), ``status`` and ``rev``;
+* ``tasks_key``: a hash, task id -> :class:`TaskRecord` JSON;
+* ``output_index_key(fn)``: a list of the :class:`ValueRange` s of ``fn``'s accepted outputs,
+  in the order they were accepted (what ``graph_outputs`` pages through);
+* ``reducer_queue_key(fn)``: a list of the values waiting for reducer ``fn``;
+* ``outputs_key``: a hash, task id -> :class:`StoredValues` (where the values are).
+
+The scheduler (the single writer, guarded by the revision) loads a *view* per batch
+(:meth:`InvocationRepository.load_views`): the summary, the records of the tasks its events
+name, and a window of each reducer's queue big enough for the steps one batch can start.
+The engine changes the view; :meth:`InvocationRepository.save_views` writes back exactly the
+records in the view, the outputs the engine appended and the queue changes, in one Lua call
+per invocation (``lua/save_invocation.lua``). So the cost of an event is bounded by what the
+event does, never by the size of its invocation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import TypeAdapter
+
+from indexify.engine import InvocationState, TaskRecord, ValueRange
+
+from .events import ProgressEvent, StoredValues
+from .names import Names
+from .scripts import register
+
+__all__ = ["InvocationRepository", "InvocationView", "summary_json"]
+
+INPUT_FIELD = "input"
+_RANGES: TypeAdapter[list[ValueRange]] = TypeAdapter(list[ValueRange])
+_EXCLUDED: Any = {"tasks": True, "outputs": True}
+
+
+@dataclass
+class InvocationView:
+    """What the scheduler loaded of one invocation: the engine changes ``state`` in place."""
+
+    state: InvocationState
+    rev: int
+    windows: dict[str, int] = field(default_factory=dict)  # reducer -> queue entries loaded
+
+
+def summary_json(state: InvocationState) -> str:
+    """The summary of ``state``: everything but task records, outputs and queued values
+    (a reducer's ``backlog`` then counts every value stored in its queue list)."""
+    data = state.model_dump(mode="json", exclude=_EXCLUDED)
+    for name, reducer in data["reducers"].items():
+        reducer["backlog"] = reducer["backlog"] + len(reducer.pop("queue"))
+        del name
+    return json.dumps(data, separators=(",", ":"))
+
+
+def parse_summary(raw: bytes | str) -> InvocationState:
+    return InvocationState.model_validate_json(raw)
+
+
+def _ranges(items: Sequence[Any]) -> list[ValueRange]:
+    return _RANGES.validate_json(b"[" + b",".join(items) + b"]") if items else []
+
+
+class InvocationRepository:
+    """The Redis side of invocation state (see the module docstring)."""
+
+    def __init__(self, redis: aioredis.Redis, names: Names):
+        self._redis = redis
+        self.names = names
+        self._save = register(redis, "save_invocation")
+
+    @property
+    def save_script(self) -> Any:
+        return self._save
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def create(self, pipe: Any, state: InvocationState, input_values: StoredValues) -> None:
+        """Queue on ``pipe`` what records an accepted invocation (before its event)."""
+        pipe.hset(
+            self.names.invocation_key(state.invocation_id),
+            mapping={"state": summary_json(state), "status": state.status, "rev": 0},
+        )
+        pipe.hset(
+            self.names.outputs_key(state.invocation_id),
+            INPUT_FIELD,
+            input_values.model_dump_json(),
+        )
+
+    def save_call(
+        self,
+        view: InvocationView,
+        values: Mapping[str, StoredValues],
+        done: Iterable[str],
+        progress: Iterable[ProgressEvent],
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``save_invocation.lua`` for ``view``'s changes."""
+        state, names = view.state, self.names
+        inv = state.invocation_id
+        keys = [
+            names.invocation_key(inv),
+            names.tasks_key(inv),
+            names.outputs_key(inv),
+            names.done_key(inv),
+            names.results_key(inv),
+        ]
+        args: list[Any] = [
+            view.rev,
+            summary_json(state),
+            state.status,
+            names.progress_channel(inv),
+            names.finished_channel,
+            inv,
+            len(state.tasks),
+        ]
+        for task_id, record in state.tasks.items():
+            args += [task_id, record.model_dump_json(exclude_defaults=True)]
+        args.append(len(values))
+        for task_id, stored in values.items():
+            args += [task_id, stored.model_dump_json()]
+        done = list(done)
+        args.append(len(done))
+        args += done
+        lists: list[tuple[str, int, list[str]]] = []
+        for function, ranges in state.outputs.items():
+            if ranges:
+                items = [r.model_dump_json() for r in ranges]
+                lists.append((names.output_index_key(inv, function), 0, items))
+        for name, reducer in state.reducers.items():
+            trim = view.windows.get(name, 0)
+            if trim or reducer.queue:
+                items = [r.model_dump_json() for r in reducer.queue]
+                lists.append((names.reducer_queue_key(inv, name), trim, items))
+        args.append(len(lists))
+        for key, trim, items in lists:
+            keys.append(key)
+            args += [trim, len(items), *items]
+        messages = [event.model_dump_json() for event in progress]
+        args.append(len(messages))
+        args += messages
+        return keys, args
+
+    @staticmethod
+    def saved(view: InvocationView, rev: int) -> None:
+        """Turn a saved view into the summary it now is (what the scheduler may keep)."""
+        state = view.state
+        state.tasks = {}
+        state.outputs = {}
+        for reducer in state.reducers.values():
+            reducer.backlog += len(reducer.queue)
+            reducer.queue = []
+        view.rev = rev
+        view.windows = {}
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def load_views(
+        self,
+        wanted: Mapping[str, Iterable[str]],
+        cached: Mapping[str, tuple[InvocationState, int]],
+        window: int,
+    ) -> dict[str, InvocationView]:
+        """Views of the invocations in ``wanted`` (invocation id -> the task ids its events
+        name). A ``cached`` summary is used when its revision is still the stored one. Each
+        reducer queue with values in Redis gets its first ``window`` entries loaded: at least
+        what one batch can take from it (a step takes at most ``max_reduce_batch`` entries,
+        and a batch starts at most one step per reducer: a step starts when the one in
+        flight finished, and a step started in a batch cannot finish in it). Deleted
+        invocations are left out. Two round trips at most."""
+        names = self.names
+        asked = {inv: list(dict.fromkeys(ids)) for inv, ids in wanted.items()}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for inv, task_ids in asked.items():
+                if inv in cached:
+                    pipe.hmget(names.invocation_key(inv), ["rev"])
+                else:
+                    pipe.hmget(names.invocation_key(inv), ["rev", "state"])
+                if task_ids:
+                    pipe.hmget(names.tasks_key(inv), task_ids)
+            rows = iter(await pipe.execute())
+        views: dict[str, InvocationView] = {}
+        for inv, task_ids in asked.items():
+            head = next(rows)
+            records = next(rows) if task_ids else []
+            if head[0] is None:
+                continue  # deleted (or never created)
+            rev = int(head[0])
+            if inv in cached and cached[inv][1] == rev:
+                state = cached[inv][0]
+            elif inv in cached:  # another writer moved it on: read the summary again
+                raw = await self._redis.hget(names.invocation_key(inv), "state")
+                if raw is None:
+                    continue
+                state = parse_summary(raw)
+            else:
+                state = parse_summary(head[1])
+            state.tasks = {
+                task_id: TaskRecord.model_validate_json(raw)
+                for task_id, raw in zip(task_ids, records, strict=True)
+                if raw is not None
+            }
+            views[inv] = InvocationView(state=state, rev=rev)
+        await self._load_windows(views.values(), window)
+        return views
+
+    async def _load_windows(self, views: Iterable[InvocationView], window: int) -> None:
+        """Load the head of every reducer queue that has values waiting in Redis."""
+        todo = [
+            (view, name)
+            for view in views
+            for name, reducer in view.state.reducers.items()
+            if reducer.backlog > 0
+        ]
+        if not todo:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for view, name in todo:
+                key = self.names.reducer_queue_key(view.state.invocation_id, name)
+                pipe.lrange(key, 0, window - 1)
+            rows = await pipe.execute()
+        for (view, name), items in zip(todo, rows, strict=True):
+            reducer = view.state.reducers[name]
+            reducer.queue = _ranges(items) + reducer.queue
+            reducer.backlog -= len(items)
+            view.windows[name] = len(items)
+
+    async def load_summaries(self, ids: Iterable[str]) -> dict[str, tuple[InvocationState, int]]:
+        """``(summary, rev)`` of each existing invocation: no task records, no outputs."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for inv in ids:
+                pipe.hmget(self.names.invocation_key(inv), ["state", "rev"])
+            rows = await pipe.execute()
+        return {
+            inv: (parse_summary(row[0]), int(row[1] or 0))
+            for inv, row in zip(ids, rows, strict=True)
+            if row[0] is not None
+        }
+
+    async def tasks_page(
+        self, invocation_id: str, cursor: int, limit: int, *, function: str | None = None
+    ) -> tuple[list[TaskRecord], int]:
+        """Up to about ``limit`` task records (of ``function`` only, if given) from
+        ``cursor`` (0: the start); the next cursor is 0 when there are no more."""
+        key = self.names.tasks_key(invocation_id)
+        records: list[TaskRecord] = []
+        match = f"{function}-*" if function is not None else None
+        while True:
+            cursor, found = await self._redis.hscan(key, cursor, match=match, count=limit)
+            assert isinstance(found, dict)
+            for raw in found.values():
+                record = TaskRecord.model_validate_json(raw)
+                if function is None or record.task.function == function:
+                    records.append(record)
+            if cursor == 0 or len(records) >= limit:
+                return records, int(cursor)
+
+    async def get_tasks(self, invocation_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        if not task_ids:
+            return {}
+        rows = await self._redis.hmget(self.names.tasks_key(invocation_id), list(task_ids))
+        return {
+            task_id: TaskRecord.model_validate_json(raw)
+            for task_id, raw in zip(task_ids, rows, strict=True)
+            if raw is not None
+        }
+
+    async def output_ranges(
+        self, invocation_id: str, function: str, start: int = 0, stop: int | None = None
+    ) -> list[ValueRange]:
+        """Entries ``start`` to ``stop - 1`` (None: to the end) of ``function``'s output
+        index: each a range of one task's outputs."""
+        end = -1 if stop is None else stop - 1
+        if stop is not None and stop <= start:
+            return []
+        key = self.names.output_index_key(invocation_id, function)
+        return _ranges(list(await self._redis.lrange(key, start, end)))
+
+    def invocation_keys(self, invocation_id: str, state: InvocationState | None) -> list[str]:
+        """Every Redis key of one invocation (``state``: its summary, for the per-function
+        lists; without it only the fixed keys)."""
+        names = self.names
+        keys = [
+            names.invocation_key(invocation_id),
+            names.tasks_key(invocation_id),
+            names.outputs_key(invocation_id),
+            names.done_key(invocation_id),
+            names.results_key(invocation_id),
+            names.logs_key(invocation_id),
+        ]
+        if state is not None:
+            keys += [names.output_index_key(invocation_id, fn) for fn in state.output_counts]
+            keys += [names.reducer_queue_key(invocation_id, fn) for fn in state.reducers]
+        return keys
