@@ -61,6 +61,8 @@ _ENGINE_CACHE = 256
 _REDIS_CONCURRENCY = 32
 _DEFAULT_SLOTS = 2  # worker slots assumed while no executor has registered
 _SLOTS_REFRESH_SEC = 5.0
+_FAN_OUT_VALUES = 64  # outputs with at least this many values are cached (fan-out sources)
+_VALUES_CACHED = 32
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -112,6 +114,7 @@ class EventHandler:
         self._states = states
         self._engines: OrderedDict[tuple[str, str, str], tuple[Engine, GraphDefinition]]
         self._engines = OrderedDict()
+        self._values: OrderedDict[tuple[str, str], StoredValues] = OrderedDict()
         self._slots = _DEFAULT_SLOTS
         self._slots_at = float("-inf")
 
@@ -240,12 +243,39 @@ class EventHandler:
         return found
 
     async def _stored_values(self, works: list[_Work]) -> dict[str, dict[str, StoredValues]]:
-        wanted = {
-            w.invocation_id: needed_values(w.decision)
-            for w in works
-            if w.decision is not None and w.decision.run
-        }
-        return await self.store.get_outputs_many(wanted)
+        """The stored outputs the new tasks read. Outputs never change once recorded, so
+        the many-valued ones (a fan-out's source, read again by each of its slices) are
+        kept in a small LRU instead of being read and parsed once per slice."""
+        found: dict[str, dict[str, StoredValues]] = {}
+        wanted: dict[str, set[str]] = {}
+        for work in works:
+            if work.decision is None:
+                continue
+            inv = work.invocation_id
+            for task_id, values in work.decision.outputs.items():
+                self._remember_values(inv, task_id, values)
+            if not work.decision.run:
+                continue
+            for task_id in needed_values(work.decision):
+                cached = self._values.get((inv, task_id))
+                if cached is not None:
+                    self._values.move_to_end((inv, task_id))
+                    found.setdefault(inv, {})[task_id] = cached
+                else:
+                    wanted.setdefault(inv, set()).add(task_id)
+        for inv, read in (await self.store.get_outputs_many(wanted)).items():
+            for task_id, stored in read.items():
+                self._remember_values(inv, task_id, stored)
+            found.setdefault(inv, {}).update(read)
+        return found
+
+    def _remember_values(self, invocation_id: str, task_id: str, values: StoredValues) -> None:
+        if values.count < _FAN_OUT_VALUES:
+            return
+        self._values[(invocation_id, task_id)] = values
+        self._values.move_to_end((invocation_id, task_id))
+        while len(self._values) > _VALUES_CACHED:
+            self._values.popitem(last=False)
 
     def _build(self, work: _Work, values: dict[str, StoredValues]) -> None:
         assert work.view is not None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workloads import chain_graph, map_reduce_graph, payload_graph
+from workloads import chain_graph, fan_out_graph, map_reduce_graph, payload_graph
 
 from indexify import IndexifyClient, create_client
 
@@ -35,6 +35,16 @@ def map_reduce(client: IndexifyClient, n: int) -> float:
     elapsed = time.perf_counter() - start
     (total,) = client.graph_outputs("bench_sequence_summer", inv, "sum_all_numbers")
     assert total.val == n * (n - 1) // 2, total
+    return elapsed
+
+
+def fan_out(client: IndexifyClient, n: int) -> float:
+    """W1: ``n`` elements, one map task each, reduced; seconds until the sum is back."""
+    start = time.perf_counter()
+    inv = client.invoke_graph_with_object("bench_w1", block_until_done=True, n=n)
+    (total,) = client.graph_outputs("bench_w1", inv, "w1_total")
+    elapsed = time.perf_counter() - start
+    assert total.val == sum(i * i for i in range(n)), total
     return elapsed
 
 
@@ -80,15 +90,24 @@ def payload_rate(client: IndexifyClient) -> float:
     return PAYLOAD_BYTES / elapsed / 1e6
 
 
-def measure(label: str, make_client: Callable[[], IndexifyClient], runs: int) -> dict[str, str]:
+def measure(
+    label: str, make_client: Callable[[], IndexifyClient], runs: int, fan_out_max: int
+) -> dict[str, str]:
     client = make_client()
-    for graph in (map_reduce_graph(), chain_graph(), payload_graph()):
+    for graph in (map_reduce_graph(), fan_out_graph(), chain_graph(), payload_graph()):
         client.register_compute_graph(graph)
     map_reduce(client, 100)  # warm up code caches and consumers
+    fan_out(client, 100)
     chain_latencies(client, 5)
     row = {"mode": label}
     row["map-reduce n=1,000 (s)"] = f"{_median_of(runs, lambda: map_reduce(client, 1_000)):.3f}"
     row["map-reduce n=10,000 (s)"] = f"{_median_of(runs, lambda: map_reduce(client, 10_000)):.3f}"
+    for n in (1_000, 10_000, 100_000):
+        if n > fan_out_max:
+            continue
+        # n=100,000 once: it takes tens of seconds, and its point is that it completes.
+        wall = _median_of(runs if n < 100_000 else 1, lambda n=n: fan_out(client, n))
+        row[f"W1 n={n:,} s (map tasks/s)"] = f"{wall:.2f} ({n / wall:,.0f})"
     lat = sorted(chain_latencies(client, 200))
     q = statistics.quantiles(lat, n=100)
     row["chain p50/p95/p99 (ms)"] = f"{q[49] * 1e3:.1f} / {q[94] * 1e3:.1f} / {q[98] * 1e3:.1f}"
@@ -114,10 +133,13 @@ def main() -> None:
     parser.add_argument("--skip-stack", action="store_true", help="in-process figures only")
     parser.add_argument("--executors", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--fan-out-max", type=int, default=100_000, help="largest W1 fan-out (1000/10000/100000)"
+    )
     args = parser.parse_args()
 
     local = create_client(in_process=True, echo_output=False)
-    rows = [measure("in-process", lambda: local, args.runs)]
+    rows = [measure("in-process", lambda: local, args.runs, args.fan_out_max)]
     if not args.skip_stack:
         from services.devstack import DevStack, purge_prefix
 
@@ -127,7 +149,12 @@ def main() -> None:
             with DevStack(env, log_dir=logs) as stack:
                 stack.start_default(executors=args.executors, concurrency=args.concurrency)
                 rows.append(
-                    measure("stack", lambda: create_client(service_url=stack.url), args.runs)
+                    measure(
+                        "stack",
+                        lambda: create_client(service_url=stack.url),
+                        args.runs,
+                        args.fan_out_max,
+                    )
                 )
         finally:
             purge_prefix(env["INDEXIFY_PREFIX"])

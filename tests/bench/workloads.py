@@ -1,4 +1,5 @@
-"""The benchmark graphs: the seed's map-reduce, a 3-function chain, a large payload pipeline."""
+"""The benchmark graphs: the seed's map-reduce, a map-reduce with a per-element step (the
+peer benchmark's W1), a 3-function chain, a large payload pipeline."""
 
 from typing import List, Union
 
@@ -79,4 +80,31 @@ def blob_length(data: bytes) -> int:
 def payload_graph() -> Graph:
     g = Graph(name="bench_payload", start_node=make_blob)
     g.add_edge(make_blob, blob_length)
+    return g
+
+
+@indexify_function()
+def w1_sequence(n: int) -> list[int]:
+    return list(range(n))
+
+
+@indexify_function()
+def w1_square(x: int) -> int:
+    return x * x
+
+
+class Total(BaseModel):
+    val: int = 0
+
+
+@indexify_function(accumulate=Total)
+def w1_total(acc: Total, x: int) -> Total:
+    return Total(val=acc.val + x)
+
+
+def fan_out_graph() -> Graph:
+    """W1: a fan-out of n elements, one ``w1_square`` task per element, into a reducer."""
+    g = Graph(name="bench_w1", start_node=w1_sequence)
+    g.add_edge(w1_sequence, w1_square)
+    g.add_edge(w1_square, w1_total)
     return g
