@@ -12,7 +12,12 @@
   :class:`WorkerPool`; record a success and release the lease; publish the
   ``TaskFinishedEvent`` (key = invocation id) and, once Kafka acknowledged it, mark the
   offset complete. Completions that happen together are sent as one batch (one Redis
-  pipeline, one ``publish_many``).
+  pipeline, one ``publish_many``, one ``tasks.finished`` message per invocation:
+  :mod:`.results`).
+* **Chunks** (``task.chunk``: the elements of a fan-out in one message) are handled by
+  :class:`.chunks.ChunkRunner`: every element is still a task of its own (claim, lease,
+  outputs, result), but the claims take one pipeline and the elements one worker round trip;
+  the message is complete once every element's result is acknowledged.
 * **Leases and recorded results.** ``claim_tasks`` takes a lease on the task (token per
   process, renewed while it runs): an executor handed a task another live one is running
   (rebalance, duplicate message) waits for it instead of running it twice. A success is
@@ -43,24 +48,26 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from indexify.engine import ErrorInfo
 from services.common.errors import PlatformUnavailable, ServiceError
 from services.common.events import (
     MessageDecodeError,
     ProgressEvent,
+    TaskChunkMessage,
     TaskFinishedEvent,
     TaskMessage,
-    decode_task_message,
+    decode_task_topic_message,
     encode_message,
 )
-from services.common.kafka_bus import MAX_MESSAGE_BYTES, KafkaBus, TopicPartition, make_consumer
+from services.common.kafka_bus import KafkaBus, TopicPartition, make_consumer
 from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import ExecutorSettings, InfraSettings
 from services.common.state_store import ExecutorInfo, GraphRecord, StateStore
 
 from .batcher import BatchCaller, Batcher
+from .chunks import ChunkRunner
 from .offsets import OffsetKeeper
+from .results import fit_result, pack_results
 from .subscription import executor_labels, satisfied_topics
 from .worker_pool import WorkerPool
 
@@ -117,6 +124,7 @@ class Executor:
         self._offsets: OffsetKeeper | None = None
         self._completions: Batcher[TaskFinishedEvent] = Batcher(self._send_finished)
         self._claims: BatchCaller[_ClaimAsked, tuple[str, str]] = BatchCaller(self._claim_batch)
+        self._chunks = ChunkRunner(self)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -201,6 +209,11 @@ class Executor:
     def in_flight(self) -> int:
         return len(self._running)
 
+    @property
+    def pool(self) -> WorkerPool:
+        """The worker processes (e.g. ``pool.dispatches``: round trips to workers so far)."""
+        return self._require(self._pool)
+
     # -- the consume loop -----------------------------------------------------------------
 
     async def run(self, *, idle_timeout_sec: float | None = None) -> None:
@@ -271,60 +284,89 @@ class Executor:
     async def _process(
         self, tp: TopicPartition, record: ConsumerRecord[Any, Any], ran: Callable[[], None]
     ) -> None:
-        log = _log.bind(topic=record.topic, partition=record.partition, offset=record.offset)
         try:
-            message = decode_task_message(record.value or b"")
+            message = decode_task_topic_message(record.value or b"")
         except MessageDecodeError as exc:
             bus, why = self._require(self._bus), exc.reason
             await self._retrying("dead-lettering", lambda: bus.dead_letter(why, record))
             self._complete(tp, record.offset)
             return
+        if isinstance(message, TaskChunkMessage):
+            done = await self._chunks.process(message, record, ran)
+        else:
+            done = await self._process_task(message, record, ran)
+        if done:
+            self._complete(tp, record.offset)
+
+    async def _process_task(
+        self,
+        message: TaskMessage,
+        record: ConsumerRecord[Any, Any],
+        ran: Callable[[], None],
+        verdict: tuple[str, str] | None = None,
+    ) -> bool:
+        """Claim one task (``verdict``: its claim was asked already, with a chunk's), then
+        run it, re-publish its recorded result, skip it or wait for the process holding its
+        lease. ``True`` once its effects are durable; ``False`` if shutdown ended a wait (the
+        message must not be committed: the partition's next owner gets it)."""
+        log = self._task_log(record, message)
+        key = (message.invocation_id, message.task.id)
+        started = self._started(message)
+        if verdict is None:
+            if key in self._leases:  # the same task twice in this process: a duplicate
+                verdict = ("wait", "this executor")
+            else:
+                verdict = await self._claim(key, started)
+        kind, detail = verdict
+        if kind == "wait":
+            # Another live executor process (or this one) runs this task: a rebalance moved
+            # its partition, or the message was delivered twice. Wait for its result or for
+            # its lease to lapse (it died) instead of running the function a second time.
+            log.info("task runs elsewhere; waiting for its lease", holder=detail)
+            while kind == "wait":
+                await self._sleep(min(1.0, self.lease_ttl_sec / 3))
+                if self.stopping:
+                    return False
+                if key in self._leases:
+                    continue
+                kind, detail = await self._claim(key, started)
+        if kind == "skip":
+            log.info("task skipped", reason=detail)
+            return True
+        if kind == "result":
+            await self._publish_recorded(message, detail, log)
+            return True
+        self._leases.add(key)
+        try:
+            await self._run_task(record, message, log, ran)
+        finally:
+            self._leases.discard(key)
+        return True
+
+    def _started(self, message: TaskMessage) -> ProgressEvent:
+        """The ``task.started`` progress event a claim publishes when it takes the lease."""
         task = message.task
-        log = log.bind(
-            invocation=message.invocation_id,
-            task=task.id,
-            function=task.function,
-            attempt=task.attempt,
-        )
-        inv, ttl = message.invocation_id, self.lease_ttl_sec
-        key = (inv, task.id)
-        started = ProgressEvent(
+        return ProgressEvent(
             type="task.started",
-            invocation_id=inv,
+            invocation_id=message.invocation_id,
             task_id=task.id,
             function=task.function,
             attempt=task.attempt,
             executor=self.id,
         )
-        if key in self._leases:  # the same task twice in this process: a duplicate message
-            verdict, detail = "wait", "this executor"
-        else:
-            verdict, detail = await self._claim(key, started)
-        if verdict == "wait":
-            # Another live executor process (or this one) runs this task: a rebalance moved
-            # its partition, or the message was delivered twice. Wait for its result or for
-            # its lease to lapse (it died) instead of running the function a second time.
-            log.info("task runs elsewhere; waiting for its lease", holder=detail)
-            while verdict == "wait":
-                await self._sleep(min(1.0, ttl / 3))
-                if self.stopping:
-                    return  # not completed: the next owner of the partition gets it
-                if key in self._leases:
-                    continue
-                verdict, detail = await self._claim(key, started)
-        if verdict == "skip":
-            log.info("task skipped", reason=detail)
-            self._complete(tp, record.offset)
-            return
-        if verdict == "result":
-            await self._publish_recorded(message, detail, log)
-            self._complete(tp, record.offset)
-            return
-        self._leases.add(key)
-        try:
-            await self._run_task(tp, record, message, log, ran)
-        finally:
-            self._leases.discard(key)
+
+    @staticmethod
+    def _task_log(record: ConsumerRecord[Any, Any], message: TaskMessage) -> Any:
+        task = message.task
+        return _log.bind(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            invocation=message.invocation_id,
+            task=task.id,
+            function=task.function,
+            attempt=task.attempt,
+        )
 
     async def _claim(
         self, key: tuple[str, str], started: ProgressEvent | None = None
@@ -341,26 +383,29 @@ class Executor:
         finally:
             self._leases.discard(key)
 
+    async def _recheck(self, message: TaskMessage) -> tuple[str, str]:
+        """The claim's answer for a task that waited for a worker, leases held or not: the
+        invocation may have been cancelled or finished meanwhile ("skip"), or the task
+        recorded by another process ("result"); "wait" means our lease lapsed (run it)."""
+        inv, task_id = message.invocation_id, message.task.id
+        return await self._retrying(
+            "checking the task", lambda: self._claims.call((inv, task_id, None))
+        )
+
     async def _run_task(
         self,
-        tp: TopicPartition,
         record: ConsumerRecord[Any, Any],
         message: TaskMessage,
         log: Any,
         ran: Callable[[], None],
     ) -> None:
-        task = message.task
         log.debug("task started")
-        started = time.monotonic()
         verdict: list[tuple[str, str]] = []
 
         async def still_wanted() -> bool:  # asked when the task waited for a free worker
-            answer = await self._retrying(
-                "checking the task",
-                lambda: self._claims.call((message.invocation_id, task.id, None)),
-            )
+            answer = await self._recheck(message)
             verdict.append(answer)
-            return answer[0] not in ("skip", "result")  # "wait": our lease lapsed; run
+            return answer[0] not in ("skip", "result")
 
         event = await self._require(self._pool).run(message, still_wanted)
         ran()
@@ -370,18 +415,26 @@ class Executor:
                 await self._publish_recorded(message, detail, log)
             else:
                 log.info("task skipped", reason=detail)
-            self._complete(tp, record.offset)
             return
+        await self._report(record, message, event, log)
+
+    async def _report(
+        self,
+        record: ConsumerRecord[Any, Any],
+        message: TaskMessage,
+        event: TaskFinishedEvent,
+        log: Any,
+    ) -> None:
+        """Record and publish one attempt's result (batched); returns once Kafka has it."""
         try:
             await self._completions.submit(event)
         except ServiceError as exc:  # not retryable (e.g. too large): park the task message
             log.error("cannot report the task; dead-lettering it", error=str(exc))
             bus = self._require(self._bus)
-            reason = f"the task ran but its result cannot be published: {exc}"
+            reason = f"task {message.task.id} ran but its result cannot be published: {exc}"
             await self._retrying("dead-lettering", lambda: bus.dead_letter(reason, record))
         self.tasks_run += 1
-        self._complete(tp, record.offset)
-        self._log_finished(log, message, event, time.monotonic() - started)
+        self._log_finished(log, message, event)
 
     async def _publish_recorded(self, message: TaskMessage, recorded_json: str, log: Any) -> None:
         """A previous run stored the outputs and recorded its result, then maybe died before
@@ -392,12 +445,11 @@ class Executor:
         await self._completions.submit(recorded.model_copy(update={"finished": finished}))
 
     @staticmethod
-    def _log_finished(
-        log: Any, message: TaskMessage, event: TaskFinishedEvent, duration: float
-    ) -> None:
+    def _log_finished(log: Any, message: TaskMessage, event: TaskFinishedEvent) -> None:
         finished = event.finished
+        duration = round(max(0.0, finished.finished_at - finished.started_at), 4)
         if finished.outcome == "success":
-            log.debug("task finished", outcome="success", duration_sec=round(duration, 4))
+            log.debug("task finished", outcome="success", duration_sec=duration)
             return
         error = finished.error
         log.warning(
@@ -406,7 +458,7 @@ class Executor:
             error_type=error.type if error else None,
             error=error.message if error else None,
             timeout_sec=message.timeout_sec,
-            duration_sec=round(duration, 4),
+            duration_sec=duration,
         )
 
     def _complete(self, tp: TopicPartition, offset: int) -> None:
@@ -431,10 +483,11 @@ class Executor:
         Each success is recorded in Redis (its outputs are stored) before it is published: a
         crash between there and Kafka's ack redelivers the task, which then re-publishes the
         recorded result instead of running the function again. The leases are released in
-        the same round trip.
+        the same round trip. Each result is recorded as its own event; on Kafka, an
+        invocation's results of the batch travel together (:func:`.results.pack_results`).
         """
         bus, store = self._require(self._bus), self._require(self._store)
-        encoded = [_fit(e, encode_message(e)) for e in events]
+        encoded = [fit_result(e, encode_message(e)) for e in events]
         results = [
             (e.invocation_id, e.finished.task_id, _success_json(e, raw)) for e, raw in encoded
         ]
@@ -447,7 +500,8 @@ class Executor:
         ):
             _log.warning("failpoint exit_before_finish hit: exiting", function=self._failpoint)
             os._exit(1)
-        items = [(self.names.events_topic, e.invocation_id, raw) for e, raw in encoded]
+        topic = self.names.events_topic
+        items = [(topic, key, value) for key, value in pack_results(encoded)]
         await self._retrying("publishing task results", lambda: bus.publish_many(items))
 
     async def _claim_batch(self, tasks: list[_ClaimAsked]) -> list[tuple[str, str]]:
@@ -565,30 +619,6 @@ def _success_json(event: TaskFinishedEvent, raw: bytes) -> bytes | None:
 def _function_of(task_id: str) -> str:
     """``square-1a2b...`` and ``add_up-r3`` -> the function name (see ``task_id_for``)."""
     return task_id.rsplit("-", 1)[0]
-
-
-def _fit(event: TaskFinishedEvent, raw: bytes) -> tuple[TaskFinishedEvent, bytes]:
-    """An event over Kafka's message limit becomes a permanent failure of its task (a batch
-    must not fail, and the invocation must end, because one result is too big)."""
-    if len(raw) <= MAX_MESSAGE_BYTES - 1024:
-        return event, raw
-    count = event.outputs.count if event.outputs is not None else 0
-    error = ErrorInfo(
-        kind="permanent",
-        type="ResultTooLarge",
-        message=f"the result of task {event.task_id} ({count} outputs) encodes to {len(raw)} "
-        f"bytes, over the {MAX_MESSAGE_BYTES} byte message limit; return fewer, larger values "
-        "(e.g. batch items into lists)",
-    )
-    failed = event.model_copy(
-        update={
-            "finished": event.finished.model_copy(
-                update={"outcome": "failure", "error": error, "output_count": 0, "route": None}
-            ),
-            "outputs": None,
-        }
-    )
-    return failed, encode_message(failed)
 
 
 async def _all_graph_versions(store: StateStore) -> list[GraphRecord]:

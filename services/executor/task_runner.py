@@ -4,7 +4,10 @@ A :class:`TaskRunner` lives as long as its worker process. For each task it
 
 1. gets the graph's code: cloudpickle bytes from MinIO (``Names.code_object``), unpickled once
    per (namespace, graph, version) and kept in a small LRU cache with its ``FunctionRunner``;
-2. resolves the inputs: the message's :class:`StoredValues` (inline, or one ranged GET each);
+2. resolves the inputs: the message's :class:`StoredValues` (inline, or one ranged GET each;
+   for the tasks of a chunk, :meth:`TaskRunner.prefetched` reads the ranges they take from
+   one object with one GET of the covering range: a fan-out's elements are consecutive
+   values of their parent's outputs object);
 3. runs the function with the SDK's ``FunctionRunner`` (the code the in-process client runs);
 4. stores the outputs (inline when small, else ONE object ``Names.outputs_object``) and any
    stdout/stderr (``Names.log_object``), and returns the :class:`TaskFinishedEvent` (the
@@ -24,7 +27,9 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import pairwise
 
 from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, TaskFinished, ValueRange
@@ -39,6 +44,8 @@ from services.common.settings import InfraSettings
 __all__ = ["TaskRunner", "failure_event"]
 
 _PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+#: A covering range read for a chunk is at most this big, and at least half of it is used.
+_PREFETCH_MAX_BYTES = 64 * 1024 * 1024
 
 
 class _TaskFailure(Exception):
@@ -119,6 +126,7 @@ class TaskRunner:
         self.executor_id = executor_id
         self._cache_size = cache_size
         self._runners: OrderedDict[tuple[str, str, str], FunctionRunner] = OrderedDict()
+        self._prefetched: dict[str, tuple[int, bytes]] = {}  # object key -> (start, bytes)
 
     def run(
         self, message: TaskMessage, on_start: Callable[[], None] = lambda: None
@@ -188,6 +196,45 @@ class TaskRunner:
 
     # -- inputs -------------------------------------------------------------------------
 
+    @contextmanager
+    def prefetched(self, messages: Sequence[TaskMessage]) -> Iterator[None]:
+        """While running the tasks of one chunk: the input ranges two or more of them take
+        from one object are read with ONE GET of their covering range (when it is not
+        mostly gaps). Best effort: a failed read leaves each task to read its own range
+        (and report a failure as its own)."""
+        spans: dict[str, list[tuple[int, int]]] = {}
+        for message in messages:
+            for values in message.inputs:
+                if values.inline is None and values.object_key and values.offsets:
+                    spans.setdefault(values.object_key, []).append(
+                        (values.offsets[0], values.offsets[-1])
+                    )
+        for key, ranges in spans.items():
+            start, end = min(r[0] for r in ranges), max(r[1] for r in ranges)
+            used = sum(r[1] - r[0] for r in ranges)
+            if len(ranges) < 2 or end - start > _PREFETCH_MAX_BYTES or 2 * used < end - start:
+                continue
+            try:
+                self._prefetched[key] = (start, self.blobs.get_range_sync(key, start, end))
+            except (ServiceError, ValueError):
+                continue
+        try:
+            yield
+        finally:
+            self._prefetched.clear()
+
+    def _load(self, values: StoredValues) -> list[Payload]:
+        """``values``' payloads: from a prefetched covering range, else one ranged GET."""
+        found = self._prefetched.get(values.object_key or "") if values.inline is None else None
+        offsets = values.offsets
+        if found is not None and offsets is not None and len(offsets) == values.count + 1:
+            base, data = found
+            if base <= offsets[0] and offsets[-1] - base <= len(data):
+                parts = tuple(data[a - base : b - base] for a, b in pairwise(offsets))
+                inline = StoredValues(content_types=values.content_types, inline=parts)
+                return inline.inline_payloads()
+        return load_values_sync(self.blobs, values)
+
     def _loader(self, message: TaskMessage) -> Callable[[ValueRange], list[Payload]]:
         """Fetch every input up front, so a MinIO failure is a platform error (raised here)
         and not mistaken for an error of the user's function."""
@@ -207,7 +254,7 @@ class TaskRunner:
         loaded: dict[ValueRange, list[Payload]] = {}
         for value_range, values in pairs:
             try:
-                loaded[value_range] = load_values_sync(self.blobs, values)
+                loaded[value_range] = self._load(values)
             except ServiceError as exc:
                 raise _platform(
                     f"cannot read the inputs of {task.function!r} from task {value_range.task_id}",

@@ -11,6 +11,15 @@ message::
                                             run the function, store outputs and logs
         ◄──────────── TaskFinishedEvent ──
 
+A chunk (the elements of a fan-out, :meth:`WorkerPool.run_many`) is one round trip: the
+worker gets the list of task messages, runs them one after another and streams each result
+back as it completes, then an end marker. The per-task costs of a round trip (waiting for a
+free worker, a wake-up of the worker and of the executor) are paid once per chunk::
+
+        ── [TaskMessage, ...] ───────────►  for each: run it
+        ◄──────────── TaskFinishedEvent ──  (one per task, as each completes)
+        ◄─────────────────── "chunk-end" ─
+
 The executor's side is an asyncio stream: waiting for a worker never blocks the loop (and
 needs no thread), so heartbeats, Kafka and other tasks go on while a function computes, and a
 message of megabytes (thousands of inline values) that arrives in pieces is simply read until
@@ -19,7 +28,8 @@ task that runs past its
 ``timeout_sec`` gets its worker process killed and replaced and reports a user error of type
 ``TimeoutError``; a worker that dies under a task (segfault, OOM kill, ``os._exit``) is
 replaced too and the task reports a ``platform`` error, retried without spending the user's
-budget. The executor survives both.
+budget. The executor survives both. A worker that dies in the middle of a chunk keeps the
+results it already sent; the tasks it had not finished report ``WorkerDied`` too.
 
 Like every ``spawn`` user, a program that embeds the pool must guard its entry point with
 ``if __name__ == "__main__":`` (``python -m services.executor`` does).
@@ -35,7 +45,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -52,6 +62,7 @@ __all__ = ["WorkerPool", "WorkerStartError"]
 
 _READY = "ready"
 _STARTED = "started"
+_CHUNK_END = "chunk-end"
 _SETUP_TIMEOUT_SEC = 600.0  # loading code and inputs of a task with a timeout
 _log = get_logger(__name__)
 
@@ -118,26 +129,48 @@ def _worker_main(
             return  # the executor is gone
         if message is None:
             return
-        started_at = time.time()
+        if isinstance(message, list):  # a chunk: no timeouts, results streamed one by one
+            with runner.prefetched(message):
+                for one in message:
+                    _send_blocking(sock, _run_one(runner, one, _nothing, executor_id))
+            _send_blocking(sock, _CHUNK_END)
+            continue
         # Only a task with a timeout needs to say when its function starts (one message less).
         on_start = (
             (lambda: _send_blocking(sock, _STARTED))
             if message.timeout_sec is not None
             else _nothing
         )
-        try:
-            event = runner.run(message, on_start=on_start)
-        except Exception as exc:  # a bug of ours, not of the user's code: keep the worker
-            get_logger(__name__).exception("worker failed to run a task")
-            error = ErrorInfo(
-                kind="platform", type=type(exc).__name__, message=f"executor worker error: {exc}"
-            )
-            event = failure_event(message, error, executor_id, started_at)
-        _send_blocking(sock, event)
+        _send_blocking(sock, _run_one(runner, message, on_start, executor_id))
+
+
+def _run_one(
+    runner: TaskRunner, message: TaskMessage, on_start: Callable[[], None], executor_id: str
+) -> TaskFinishedEvent:
+    started_at = time.time()
+    try:
+        return runner.run(message, on_start=on_start)
+    except Exception as exc:  # a bug of ours, not of the user's code: keep the worker
+        get_logger(__name__).exception("worker failed to run a task")
+        error = ErrorInfo(
+            kind="platform", type=type(exc).__name__, message=f"executor worker error: {exc}"
+        )
+        return failure_event(message, error, executor_id, started_at)
 
 
 def _nothing() -> None:
     pass
+
+
+def _ignore(event: TaskFinishedEvent) -> None:
+    pass
+
+
+def _died(function: str, exitcode: int | None) -> str:
+    return (
+        f"the worker process running {function!r} died (exit code {exitcode}); "
+        "the task is retried without counting against its retries"
+    )
 
 
 # -- in the executor --------------------------------------------------------------------------
@@ -205,6 +238,8 @@ class WorkerPool:
         self._spawners: set[asyncio.Task[None]] = set()
         self._closing = False
         self.busy = 0
+        #: Round trips to workers (one per :meth:`run`, one per :meth:`run_many` chunk).
+        self.dispatches = 0
 
     async def __aenter__(self) -> WorkerPool:
         await self.start()
@@ -252,10 +287,111 @@ class WorkerPool:
         finally:
             self.busy -= 1
 
+    async def run_many(
+        self,
+        messages: Sequence[TaskMessage],
+        still_wanted: Callable[[Sequence[TaskMessage]], Awaitable[Sequence[TaskMessage]]]
+        | None = None,
+        on_result: Callable[[TaskFinishedEvent], None] | None = None,
+    ) -> list[TaskFinishedEvent]:
+        """Run ``messages`` one after another on ONE free worker, in one round trip.
+
+        Each result is passed to ``on_result`` as soon as the worker reports it (the caller
+        can publish it while the rest still run); all are returned, in order. If the worker
+        dies mid-chunk, the results it sent stay, the task it was running gets a
+        ``platform`` ``WorkerDied`` failure, and the tasks after it (which never ran) run on
+        the next free worker. When the chunk had to wait for a worker,
+        ``still_wanted(messages)`` returns the ones to run (nothing wanted: returns ``[]``
+        without running). Tasks with a timeout must go through :meth:`run` (a timeout kills
+        the worker, and with it every task of a chunk).
+        """
+        if any(m.timeout_sec is not None for m in messages):
+            raise ValueError("run_many runs tasks without a timeout; run timed tasks with run()")
+        if not messages:
+            return []
+        waited = self._idle.empty()
+        worker = await self._idle.get()
+        if waited and still_wanted is not None:
+            try:
+                messages = list(await still_wanted(messages))
+            except BaseException:
+                self._idle.put_nowait(worker)
+                raise
+            if not messages:
+                self._idle.put_nowait(worker)
+                return []
+        results: list[TaskFinishedEvent] = []
+        while True:
+            self.busy += 1
+            try:
+                rest = await self._run_chunk_on(worker, messages, on_result or _ignore, results)
+            finally:
+                self.busy -= 1
+            if not rest:
+                return results
+            # The worker died under one task: the tasks after it never ran, so they are not
+            # failures (a task that kills its worker must not drag its siblings' retries
+            # down with it): they run on the next free worker.
+            messages = rest
+            worker = await self._idle.get()
+
+    async def _run_chunk_on(
+        self,
+        worker: _Worker,
+        messages: Sequence[TaskMessage],
+        on_result: Callable[[TaskFinishedEvent], None],
+        results: list[TaskFinishedEvent],
+    ) -> Sequence[TaskMessage]:
+        """Run ``messages`` on ``worker``, appending their results; returns the ones that
+        never ran because the worker died under an earlier one (which reports
+        ``WorkerDied``)."""
+        started_at = time.time()
+        done = 0
+        self.dispatches += 1
+        try:
+            await worker.send(list(messages))
+            for message in messages:
+                reply = await worker.receive(None)
+                if not isinstance(reply, TaskFinishedEvent) or reply.task_id != message.task.id:
+                    raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
+                results.append(reply)
+                done += 1
+                on_result(reply)
+            reply = await worker.receive(None)
+        except (_WorkerDied, OSError):
+            exitcode = await self._reap(worker)
+            culprit = messages[done]  # the task it was running
+            error = ErrorInfo(
+                kind="platform",
+                type="WorkerDied",
+                message=_died(culprit.task.function, exitcode),
+            )
+            event = failure_event(culprit, error, self.executor_id, started_at)
+            results.append(event)
+            on_result(event)
+            return messages[done + 1 :]
+        except BaseException:  # cancelled (shutdown) or confused: the worker is mid-chunk
+            self._replace(worker)
+            raise
+        if reply != _CHUNK_END:
+            self._replace(worker)
+            raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
+        self._idle.put_nowait(worker)
+        return ()
+
+    async def _reap(self, worker: _Worker) -> int | None:
+        """The exit code of a worker whose stream ended; it is replaced."""
+        # The socket closes a moment before the process can be reaped: wait for its code.
+        await asyncio.to_thread(worker.process.join, 1.0)
+        exitcode = worker.process.exitcode
+        self._replace(worker)
+        return exitcode
+
     async def _run_on(self, worker: _Worker, message: TaskMessage) -> TaskFinishedEvent:
         started_at = time.time()
         function = message.task.function
         running = False
+        self.dispatches += 1
         try:
             await worker.send(message)
             if message.timeout_sec is None:
@@ -283,16 +419,8 @@ class WorkerPool:
                 )
             return failure_event(message, error, self.executor_id, started_at)
         except (_WorkerDied, OSError):
-            # The socket closes a moment before the process can be reaped: wait for its code.
-            await asyncio.to_thread(worker.process.join, 1.0)
-            exitcode = worker.process.exitcode
-            self._replace(worker)
-            error = ErrorInfo(
-                kind="platform",
-                type="WorkerDied",
-                message=f"the worker process running {function!r} died (exit code {exitcode}); "
-                "the task is retried without counting against its retries",
-            )
+            exitcode = await self._reap(worker)
+            error = ErrorInfo(kind="platform", type="WorkerDied", message=_died(function, exitcode))
             return failure_event(message, error, self.executor_id, started_at)
         except BaseException:  # cancelled (shutdown): the worker is mid-task, retire it
             self._replace(worker)

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -27,10 +28,13 @@ from indexify.encoding import decode, encode
 from indexify.engine import INPUT_TASK_ID, InvocationState, Task, ValueRange
 from services.common.blobs import BlobStore, load_values
 from services.common.events import (
+    ChunkItem,
     DeadLetter,
     StoredValues,
+    TaskChunkMessage,
     TaskFinishedEvent,
     TaskMessage,
+    TasksFinishedEvent,
     decode_scheduler_event,
     encode_message,
 )
@@ -92,6 +96,36 @@ def on_gpu(x: int) -> int:
 @indexify_function()
 def slow(x: int) -> int:
     time.sleep(1.5)
+    return x
+
+
+@indexify_function()
+def double(x: int) -> int:
+    return 2 * x
+
+
+@indexify_function(timeout=60)
+def double_timed(x: int) -> int:
+    return 2 * x
+
+
+@indexify_function()
+def picky(x: int) -> int:
+    if x == 3:
+        raise ValueError("three is not allowed")
+    return x
+
+
+@indexify_function()
+def fragile(x: int) -> int:
+    if x == 2:
+        os._exit(3)
+    return x
+
+
+@indexify_function()
+def slower(x: int) -> int:
+    time.sleep(3)
     return x
 
 
@@ -178,13 +212,28 @@ class Stack:
             timeout_sec=node.timeout_sec,
         )
 
-    async def send(self, record: GraphRecord, *messages: TaskMessage) -> None:
-        await self.bus.publish_many(
-            [
-                (self.topic(record.definition, m.task.function), m.task.id, encode_message(m))
-                for m in messages
-            ]
+    def chunk(
+        self, record: GraphRecord, invocation_id: str, function: str, values: list[Any]
+    ) -> TaskChunkMessage:
+        """The tasks of ``function`` on each of ``values`` as ONE chunk message (a fan-out's
+        elements, as the scheduler ships them)."""
+        elements = [self.task(record, invocation_id, function, v) for v in values]
+        return TaskChunkMessage(
+            namespace="default",
+            graph=record.name,
+            invocation_id=invocation_id,
+            graph_version=record.version,
+            function=function,
+            items=tuple(ChunkItem(task=m.task, inputs=m.inputs) for m in elements),
+            timeout_sec=elements[0].timeout_sec,
         )
+
+    async def send(self, record: GraphRecord, *messages: TaskMessage | TaskChunkMessage) -> None:
+        items = []
+        for m in messages:
+            task = m.task if isinstance(m, TaskMessage) else m.items[0].task
+            items.append((self.topic(record.definition, task.function), task.id, encode_message(m)))
+        await self.bus.publish_many(items)
 
     async def outputs(self, event: TaskFinishedEvent, function_hint: Any = None) -> list[Any]:
         assert event.outputs is not None
@@ -192,12 +241,18 @@ class Stack:
 
 
 class EventsReader:
-    """Reads the events topic (no group: every partition, from the beginning)."""
+    """Reads the events topic (no group: every partition, from the beginning).
+
+    ``finished`` holds the last result per task id, ``seen`` how often each task's result
+    arrived, and ``sizes`` how many results each message carried (``tasks.finished``
+    messages carry several)."""
 
     def __init__(self, infra: InfraSettings):
         self.infra = infra
         self.names = Names(infra.prefix)
         self.finished: dict[str, TaskFinishedEvent] = {}
+        self.seen: Counter[str] = Counter()
+        self.sizes: list[int] = []
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=infra.kafka_bootstrap,
             enable_auto_commit=False,
@@ -206,28 +261,51 @@ class EventsReader:
 
     async def __aenter__(self) -> "EventsReader":
         await self._consumer.start()
-        self._consumer.assign(
-            [
-                TopicPartition(self.names.events_topic, p)
-                for p in range(self.infra.events_partitions)
-            ]
-        )
+        self._consumer.assign(self._partitions())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._consumer.stop()
 
+    def _partitions(self) -> list[TopicPartition]:
+        return [
+            TopicPartition(self.names.events_topic, p) for p in range(self.infra.events_partitions)
+        ]
+
+    async def _read(self) -> None:
+        batch = await self._consumer.getmany(timeout_ms=200)
+        for records in batch.values():
+            for record in records:
+                event = decode_scheduler_event(record.value)
+                if isinstance(event, TasksFinishedEvent):
+                    results = list(event.results)
+                elif isinstance(event, TaskFinishedEvent):
+                    results = [event]
+                else:
+                    continue
+                self.sizes.append(len(results))
+                for result in results:
+                    assert result.invocation_id == event.invocation_id
+                    self.finished[result.finished.task_id] = result
+                    self.seen[result.finished.task_id] += 1
+
     async def wait_for(self, task_id: str, timeout: float = 30.0) -> TaskFinishedEvent:
-        deadline = time.monotonic() + timeout
-        while task_id not in self.finished:
-            assert time.monotonic() < deadline, f"no task.finished event for {task_id}"
-            batch = await self._consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                for record in records:
-                    event = decode_scheduler_event(record.value)
-                    if isinstance(event, TaskFinishedEvent):
-                        self.finished[event.finished.task_id] = event
+        await self.wait_seen(task_id, 1, timeout)
         return self.finished[task_id]
+
+    async def wait_seen(self, task_id: str, times: int, timeout: float = 30.0) -> None:
+        """Until ``task_id``'s result arrived (at least) ``times`` times."""
+        deadline = time.monotonic() + timeout
+        while self.seen[task_id] < times:
+            assert time.monotonic() < deadline, f"no task.finished event for {task_id}"
+            await self._read()
+
+    async def catch_up(self) -> None:
+        """Read everything on the topic now (to check that something was NOT published)."""
+        ends = await self._consumer.end_offsets(self._partitions())
+        for tp, end in ends.items():
+            while await self._consumer.position(tp) < end:
+                await self._read()
 
 
 async def _eventually(check: Any, timeout: float = 20.0, what: str = "condition") -> Any:
@@ -578,3 +656,184 @@ async def test_sigterm_lets_the_running_task_finish(stack: Stack, events: Events
     event = await events.wait_for(message.task.id, timeout=5)
     assert event.finished.outcome == "success" and event.finished.executor == "terminated"
     assert await stack.store.executors() == []
+
+
+# -- chunks: many tasks of one function in one message --------------------------------------
+
+
+async def _recorded(stack: Stack, invocation_id: str) -> dict[str, TaskFinishedEvent]:
+    """The successes the executor recorded in Redis for ``invocation_id``, by task id."""
+    raw = await stack.store.redis.hgetall(stack.names.results_key(invocation_id))
+    return {
+        (k.decode() if isinstance(k, bytes) else k): TaskFinishedEvent.model_validate_json(v)
+        for k, v in raw.items()
+    }
+
+
+async def test_a_chunk_runs_every_element_in_one_worker_round_trip(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("chunky", double))
+    inv = await stack.invocation(record, a=0, b=0)
+    chunk = stack.chunk(record, inv, "double", list(range(40)))
+    ids = [item.task.id for item in chunk.items]
+    await stack.send(record, chunk)
+    async with running(stack.infra, _settings()) as executor:
+        for i, task_id in enumerate(ids):
+            event = await events.wait_for(task_id)
+            assert event.finished.outcome == "success", event.finished.error
+            assert event.task_id == task_id and event.invocation_id == inv
+            assert await stack.outputs(event) == [2 * i]
+        assert executor.pool.dispatches == 1  # 40 tasks, one worker round trip
+        topic = stack.topic(record.definition, "double")
+        await _eventually(
+            lambda: _committed_is(stack.bus, executor.group_id, topic, 1), what="the commit"
+        )
+        assert executor.tasks_run == 40
+    # each element is recorded on its own, as the bytes of its own event (what a
+    # redelivery re-publishes), and published once
+    recorded = await _recorded(stack, inv)
+    assert sorted(recorded) == sorted(ids)
+    for task_id in ids:
+        assert recorded[task_id] == events.finished[task_id]
+        assert events.seen[task_id] == 1
+    # results that completed together travelled together
+    assert sum(events.sizes) == 40
+    assert len(events.sizes) < 40 and max(events.sizes) > 1
+
+
+async def test_a_failing_element_fails_alone(stack: Stack, events: EventsReader) -> None:
+    record = await stack.register(_graph("picky", picky))
+    inv = await stack.invocation(record, a=0, b=0)
+    chunk = stack.chunk(record, inv, "picky", list(range(6)))
+    await stack.send(record, chunk)
+    async with running(stack.infra, _settings()) as executor:
+        for i, item in enumerate(chunk.items):
+            event = await events.wait_for(item.task.id)
+            if i == 3:
+                error = event.finished.error
+                assert event.finished.outcome == "failure" and event.outputs is None
+                assert error is not None and (error.kind, error.type) == ("user", "ValueError")
+                assert error.message == "three is not allowed"
+            else:
+                assert event.finished.outcome == "success", event.finished.error
+                assert await stack.outputs(event) == [i]
+        assert executor.pool.dispatches == 1
+    failed = chunk.items[3].task.id
+    assert failed not in await _recorded(stack, inv)  # only successes are recorded
+
+
+async def test_a_worker_dying_mid_chunk_fails_only_the_element_it_ran(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("fragile", fragile))
+    inv = await stack.invocation(record, a=0, b=0)
+    chunk = stack.chunk(record, inv, "fragile", list(range(5)))
+    await stack.send(record, chunk)
+    async with running(stack.infra, _settings(concurrency=1)) as executor:
+        results = [await events.wait_for(item.task.id) for item in chunk.items]
+        for i in (0, 1, 3, 4):  # the elements after the one that died ran on a new worker
+            assert results[i].finished.outcome == "success", results[i].finished.error
+            assert await stack.outputs(results[i]) == [i]
+        error = results[2].finished.error
+        assert error is not None and (error.kind, error.type) == ("platform", "WorkerDied")
+        assert "'fragile' died (exit code 3)" in error.message
+        assert executor.pool.dispatches == 2
+        topic = stack.topic(record.definition, "fragile")
+        await _eventually(
+            lambda: _committed_is(stack.bus, executor.group_id, topic, 1), what="the commit"
+        )
+
+        after = stack.task(record, inv, "add", a=20, b=22)  # the executor goes on
+        await stack.send(record, after)
+        assert await stack.outputs(await events.wait_for(after.task.id)) == [42]
+        assert executor.pool.dispatches == 3  # the chunk twice, then the single task
+    assert sorted(await _recorded(stack, inv)) == sorted(
+        [*(chunk.items[i].task.id for i in (0, 1, 3, 4)), after.task.id]
+    )
+
+
+async def test_a_redelivered_chunk_republishes_recorded_results_without_running(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("again", double))
+    inv = await stack.invocation(record, a=0, b=0)
+    chunk = stack.chunk(record, inv, "double", list(range(6)))
+    ids = [item.task.id for item in chunk.items]
+    await stack.send(record, chunk)
+    async with running(stack.infra, _settings()) as executor:
+        first = {task_id: await events.wait_for(task_id) for task_id in ids}
+        topic = stack.topic(record.definition, "double")
+        await _eventually(
+            lambda: _committed_is(stack.bus, executor.group_id, topic, 1), what="the commit"
+        )
+        # the scheduler recorded the first element as done; the others only have results
+        state, rev = (await stack.store.load_invocation(inv)) or (None, 0)
+        assert state is not None
+        assert await stack.store.save_invocation(state, rev, done=[ids[0]]) is not None
+
+        await stack.send(record, chunk)  # delivered again (e.g. after a crash)
+        for task_id in ids[1:]:
+            await events.wait_seen(task_id, 2)
+            assert events.finished[task_id].event_id == first[task_id].event_id
+            assert events.finished[task_id].finished == first[task_id].finished
+        await _eventually(
+            lambda: _committed_is(stack.bus, executor.group_id, topic, 2), what="the commit"
+        )
+        await events.catch_up()
+        assert events.seen[ids[0]] == 1  # done: skipped, not re-published
+        assert executor.pool.dispatches == 1  # nothing ran again
+        assert executor.tasks_run == 6
+
+
+async def test_a_cancelled_chunk_waiting_for_a_worker_does_not_run(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("cancelled", slower, double))
+    busy_inv = await stack.invocation(record, a=0, b=0)
+    inv = await stack.invocation(record, a=0, b=0)
+    busy = stack.task(record, busy_inv, "slower", 1)
+    chunk = stack.chunk(record, inv, "double", list(range(5)))
+    progress = stack.store.subscribe_progress(inv)
+    await anext(progress)
+    busy_progress = stack.store.subscribe_progress(busy_inv)
+    await anext(busy_progress)
+    await stack.send(record, busy)
+    async with running(stack.infra, _settings(concurrency=1)) as executor:
+        while (item := await asyncio.wait_for(anext(busy_progress), 20)) is None:
+            pass
+        assert item.type == "task.started"  # the only worker is busy for 3 s
+        await stack.send(record, chunk)
+        while (item := await asyncio.wait_for(anext(progress), 20)) is None:
+            pass
+        assert item.type == "task.started"  # the chunk is claimed and waits for the worker
+        state, rev = (await stack.store.load_invocation(inv)) or (None, 0)
+        assert state is not None
+        cancelled = state.model_copy(update={"status": "cancelled"})
+        assert await stack.store.save_invocation(cancelled, rev) is not None
+
+        await events.wait_for(busy.task.id)
+        topic = stack.topic(record.definition, "double")
+        await _eventually(
+            lambda: _committed_is(stack.bus, executor.group_id, topic, 1), what="the commit"
+        )
+        await events.catch_up()
+        assert not any(events.seen[i.task.id] for i in chunk.items)
+        assert executor.pool.dispatches == 1  # only the busy task ran
+        assert executor.tasks_run == 1
+    await progress.aclose()
+    await busy_progress.aclose()
+
+
+async def test_a_chunk_with_a_timeout_runs_element_by_element(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("timed", double_timed))
+    inv = await stack.invocation(record, a=0, b=0)
+    chunk = stack.chunk(record, inv, "double_timed", [1, 2, 3])
+    assert chunk.timeout_sec == 60
+    await stack.send(record, chunk)
+    async with running(stack.infra, _settings()) as executor:
+        for i, item in enumerate(chunk.items, start=1):
+            assert await stack.outputs(await events.wait_for(item.task.id)) == [2 * i]
+        assert executor.pool.dispatches == 3  # a timeout kills a worker: one task each

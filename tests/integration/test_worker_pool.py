@@ -11,17 +11,20 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 from indexify import Graph, indexify_function
 from indexify.encoding import decode, encode
 from indexify.engine import Task, ValueRange
-from services.common.blobs import BlobStore, load_values_sync
+from services.common.blobs import BlobStore, load_values_sync, store_values_sync
 from services.common.events import StoredValues, TaskFinishedEvent, TaskMessage
 from services.common.names import Names
 from services.common.settings import InfraSettings
+from services.executor.task_runner import TaskRunner
 from services.executor.worker_pool import WorkerPool
 
 _VALUES = 2_000
@@ -162,3 +165,102 @@ async def test_large_messages_and_results_never_look_like_a_dead_worker(
             assert error is not None and (error.kind, error.type) == ("user", "TimeoutError")
             assert time.monotonic() - started < 10
         assert pool.busy == 0
+
+
+async def test_run_many_runs_a_chunk_in_one_round_trip(
+    infra_settings: InfraSettings, blob_store: BlobStore
+) -> None:
+    tasks = _Tasks(infra_settings, blob_store)
+    async with WorkerPool(infra_settings, "exec-chunk", size=1, start_timeout_sec=120) as pool:
+        chunk = [tasks.message("size_of", [word]) for word in ("a", "bb", "ccc")]
+        streamed: list[TaskFinishedEvent] = []
+        events = await pool.run_many(chunk, on_result=streamed.append)
+        assert streamed == events
+        assert [e.task_id for e in events] == [m.task.id for m in chunk]
+        assert [tasks.outputs(e) for e in events] == [[1], [2], [3]]
+        assert pool.dispatches == 1 and pool.busy == 0
+
+        # a chunk that waits for a worker asks which elements are still wanted
+        asked: list[list[str]] = []
+
+        async def still_wanted(waiting: Sequence[TaskMessage]) -> list[TaskMessage]:
+            asked.append([m.task.id for m in waiting])
+            return [m for m in waiting if m is not chunk[1]]
+
+        busy = asyncio.create_task(pool.run(tasks.message("size_of", ["busy"])))
+        await asyncio.sleep(0)  # one turn of the loop: ``busy`` takes the only worker
+        events = await pool.run_many(chunk, still_wanted)
+        assert asked == [[m.task.id for m in chunk]]
+        assert [e.task_id for e in events] == [chunk[0].task.id, chunk[2].task.id]
+        assert (await busy) is not None
+        assert pool.dispatches == 3
+
+        # nothing wanted: nothing runs
+        async def nothing_wanted(waiting: Sequence[TaskMessage]) -> list[TaskMessage]:
+            return []
+
+        busy = asyncio.create_task(pool.run(tasks.message("size_of", ["busy"])))
+        await asyncio.sleep(0)
+        assert await pool.run_many(chunk, nothing_wanted) == []
+        await busy
+        assert pool.dispatches == 4
+
+        # the worker dies in the middle: what it reported stays, the task it ran is a
+        # platform error, and the tasks after it (never run) run on the replacement worker
+        dying = [
+            tasks.message("size_of", ["a"]),
+            tasks.message("dies", [1]),
+            tasks.message("size_of", ["bc"]),
+        ]
+        streamed.clear()
+        before = pool.dispatches
+        events = await pool.run_many(dying, on_result=streamed.append)
+        assert streamed == events and len(events) == 3
+        assert [e.task_id for e in events] == [m.task.id for m in dying]
+        assert tasks.outputs(events[0]) == [1] and tasks.outputs(events[2]) == [2]
+        error = events[1].finished.error
+        assert error is not None and (error.kind, error.type) == ("platform", "WorkerDied")
+        assert "'dies' died (exit code 3)" in error.message
+        assert pool.dispatches == before + 2  # the rest went to a second worker
+
+        # the replacement worker runs the next chunk
+        events = await pool.run_many([tasks.message("size_of", ["xyz"])])
+        assert [tasks.outputs(e) for e in events] == [[3]]
+
+        with pytest.raises(ValueError, match="timeout"):
+            await pool.run_many([tasks.message("size_of_timed", ["a"])])
+        assert pool.busy == 0
+
+
+def test_a_chunk_reads_its_inputs_from_one_object_with_one_get(
+    infra_settings: InfraSettings, blob_store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tasks = _Tasks(infra_settings, blob_store)
+    words = [c * 30_000 for c in "abcde"]  # over the inline limit: one object, five ranges
+    key = f"{infra_settings.prefix}/fanout-outputs"
+    stored = store_values_sync(blob_store, [encode(w) for w in words], key)
+    assert stored.object_key == key
+    chunk = []
+    for i in range(len(words)):
+        message = tasks.message("size_of", [None])
+        chunk.append(message.model_copy(update={"inputs": (stored.slice(i, i + 1),)}))
+
+    runner = TaskRunner(infra_settings, "exec-prefetch")
+    gets: list[tuple[str, int, int]] = []
+    real_get = runner.blobs.get_range_sync
+
+    def counting_get(object_key: str, start: int, end: int) -> bytes:
+        gets.append((object_key, start, end))
+        return real_get(object_key, start, end)
+
+    monkeypatch.setattr(runner.blobs, "get_range_sync", counting_get)
+    with runner.prefetched(chunk):
+        events = [runner.run(message) for message in chunk]
+    assert [tasks.outputs(e) for e in events] == [[30_000]] * len(words)
+    assert stored.offsets is not None
+    assert gets == [(key, stored.offsets[0], stored.offsets[-1])]  # one GET for all five
+
+    gets.clear()  # outside a chunk: one ranged GET per task, as before
+    events = [runner.run(message) for message in chunk[:2]]
+    assert [tasks.outputs(e) for e in events] == [[30_000]] * 2
+    assert len(gets) == 2

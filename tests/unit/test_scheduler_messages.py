@@ -182,7 +182,11 @@ def test_a_user_error_retry_is_delayed_and_not_marked_done() -> None:
     assert 100 + 3 * 0.8 <= due_at <= 100 + 3 * 1.2
     item = DelayedItem.decode(item.encode())
     message = decode_task_message(item.outgoing()[2])
-    assert item.key == f"{state.invocation_id}:{double.id}" and message.task.attempt == 2 and message.timeout_sec == 9
+    assert (
+        item.key == f"{state.invocation_id}:{double.id}"
+        and message.task.attempt == 2
+        and message.timeout_sec == 9
+    )
 
 
 def test_cancel_finishes_and_drops_tasks_decided_in_the_same_batch(engine) -> None:
@@ -288,7 +292,7 @@ def test_a_sliced_fan_out_asks_for_its_next_slice_on_the_events_topic(graph) -> 
     state, decision = _fanned_out(engine, 10)
     assert len(decision.run) == 4 and decision.continue_seq == 1
     ready, _ = build_messages(decision, state, graph, NAMES, {}, slots=1)
-    [(topic, key, value)] = [item for item in ready if item[0] == NAMES.events_topic]
+    [(_topic, key, value)] = [item for item in ready if item[0] == NAMES.events_topic]
     assert key == state.invocation_id
     event = decode_scheduler_event(value)
     assert isinstance(event, InvocationContinueEvent) and event.seq == 1
