@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Iterator
 from typing import Any, Self
 
 from .graph import Graph
-from .models import GraphInfo, InvocationInfo, TaskLogs
+from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs
 
 DEFAULT_SERVICE_URL = "http://localhost:8900"
 DEFAULT_NAMESPACE = "default"
@@ -47,6 +48,11 @@ class IndexifyClient(abc.ABC):
 
     @abc.abstractmethod
     def invocation_status(self, graph: str, invocation_id: str) -> InvocationInfo: ...
+
+    def invocation_tasks(self, graph: str, invocation_id: str) -> Iterator[TaskInfo]:
+        """Every task of the invocation (the remote client reads them page by page;
+        ``invocation_status`` has only the first page)."""
+        yield from self.invocation_status(graph, invocation_id).tasks
 
     @abc.abstractmethod
     def invocations(self, graph: str) -> list[InvocationInfo]: ...

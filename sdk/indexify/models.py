@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from .definition import GraphDefinition
-from .engine.model import Attempt, ErrorInfo, InvocationState, InvocationStatus, TaskStatus
+from .engine.model import (
+    Attempt,
+    ErrorInfo,
+    InvocationState,
+    InvocationStatus,
+    TaskRecord,
+    TaskStatus,
+)
 
 
 class GraphInfo(BaseModel):
@@ -43,9 +52,41 @@ class TaskInfo(BaseModel):
     error: ErrorInfo | None = None
     attempts: list[Attempt] = Field(default_factory=list)
 
+    @classmethod
+    def of(cls, record: TaskRecord, *, terminal: bool = False) -> TaskInfo:
+        """The task of ``record``; in a ``terminal`` invocation a task still queued will
+        never run, so it is reported ``cancelled``."""
+        status: TaskStatus = (
+            "cancelled" if terminal and record.status == "queued" else record.status
+        )
+        return cls(
+            id=record.task.id,
+            function=record.task.function,
+            kind=record.task.kind,
+            status=status,
+            attempt=record.task.attempt,
+            output_count=record.output_count,
+            route=record.route,
+            error=record.error,
+            attempts=record.attempts,
+        )
+
+
+def _task_counts(state: InvocationState) -> dict[str, int]:
+    """Tasks per status (the counters, not the records); queued tasks of a terminal
+    invocation count as cancelled, as :meth:`TaskInfo.of` reports them."""
+    counts = {status: n for status, n in state.task_counts.items() if n > 0}
+    if state.terminal and "queued" in counts:
+        counts["cancelled"] = counts.get("cancelled", 0) + counts.pop("queued")
+    return counts
+
 
 class InvocationInfo(BaseModel):
-    """The status of one invocation: pending, running, succeeded, failed or cancelled."""
+    """The status of one invocation: pending, running, succeeded, failed or cancelled.
+
+    ``task_counts`` counts its tasks by status (all of them); ``tasks`` lists them, or one
+    page of them from the server: ``next_tasks_cursor`` is then where the next page starts
+    (None: no more; ``RemoteClient.invocation_tasks`` follows the pages)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -59,28 +100,26 @@ class InvocationInfo(BaseModel):
     created_at: float = 0.0
     finished_at: float | None = None
     outputs: dict[str, int] = Field(default_factory=dict)
+    task_counts: dict[str, int] = Field(default_factory=dict)
     tasks: list[TaskInfo] = Field(default_factory=list)
+    next_tasks_cursor: str | None = None
 
     @classmethod
     def from_state(cls, state: InvocationState, *, with_tasks: bool = True) -> InvocationInfo:
-        tasks = (
-            [
-                TaskInfo(
-                    id=r.task.id,
-                    function=r.task.function,
-                    kind=r.task.kind,
-                    status=r.status,
-                    attempt=r.task.attempt,
-                    output_count=r.output_count,
-                    route=r.route,
-                    error=r.error,
-                    attempts=r.attempts,
-                )
-                for r in state.tasks.values()
-            ]
-            if with_tasks
-            else []
-        )
+        """From a complete state (in-process: every task record in ``state.tasks``); a
+        summary (``with_tasks=False``) leaves ``tasks`` empty."""
+        records = state.tasks.values() if with_tasks else ()
+        return cls.from_summary(state, records)
+
+    @classmethod
+    def from_summary(
+        cls,
+        state: InvocationState,
+        records: Iterable[TaskRecord],
+        next_tasks_cursor: str | None = None,
+    ) -> InvocationInfo:
+        """From a summary (its counters; ``state.tasks`` is not read) and one page of its
+        task records, with the cursor of the next page (None: this was the last)."""
         return cls(
             id=state.invocation_id,
             namespace=state.namespace,
@@ -91,8 +130,10 @@ class InvocationInfo(BaseModel):
             error_function=state.error_function,
             created_at=state.created_at,
             finished_at=state.finished_at,
-            outputs={fn: state.output_count(fn) for fn in state.outputs},
-            tasks=tasks,
+            outputs={fn: n for fn, n in state.output_counts.items() if n > 0},
+            task_counts=_task_counts(state),
+            tasks=[TaskInfo.of(r, terminal=state.terminal) for r in records],
+            next_tasks_cursor=next_tasks_cursor,
         )
 
 

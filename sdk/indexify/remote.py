@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -43,7 +43,7 @@ from .http import (
     Transport,
     request_path,
 )
-from .models import GraphInfo, InvocationInfo, TaskLogs
+from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs
 from .runtime import FunctionRunner
 from .sse import iter_events
 
@@ -57,6 +57,9 @@ _POLL_START_SEC = 0.02
 _POLL_MAX_SEC = 0.5  # polling backs off to this when the server answers without waiting
 _LONG_POLL_SEC = 20.0
 _MAX_LISTED = 100_000
+_TASKS_PAGE = 1000  # task records per status request
+_OUTPUTS_PAGE = 1000  # values per outputs request (the server also ends a page by size)
+_LOGS_PAGE = 100
 
 
 class RemoteNotFoundError(NotFoundError, ApiError):
@@ -261,23 +264,54 @@ class RemoteClient(IndexifyClient):
                 raise self._unreachable(exc) from exc
             logger.info("progress stream of %s broke (%r); polling its status", invocation_id, exc)
         if invocation_id is not None:
-            self.wait_for_invocation(graph, invocation_id, timeout=self.wait_timeout)
+            self._wait(graph, invocation_id, self.wait_timeout, limit=0)
         return invocation_id
 
     def invocation_status(self, graph: str, invocation_id: str) -> InvocationInfo:
+        """The status, task counts and the first page of the tasks (``next_tasks_cursor`` is
+        set when there are more: :meth:`invocation_tasks` lists them all)."""
         return self._invocation_info(graph, invocation_id)
 
+    def invocation_tasks(
+        self, graph: str, invocation_id: str, *, page_size: int = _TASKS_PAGE
+    ) -> Iterator[TaskInfo]:
+        """Every task of the invocation, one page of ``page_size`` (about) per request."""
+        seen: set[str] = set()
+        cursor: str | None = None
+        while True:
+            info = self._invocation_info(graph, invocation_id, tasks_cursor=cursor, limit=page_size)
+            for task in info.tasks:
+                if task.id not in seen:  # a scan may list a task twice while the set grows
+                    seen.add(task.id)
+                    yield task
+            if not info.next_tasks_cursor or info.next_tasks_cursor == cursor:
+                return
+            cursor = info.next_tasks_cursor
+
     def _invocation_info(
-        self, graph: str, invocation_id: str, wait_sec: float = 0.0
+        self,
+        graph: str,
+        invocation_id: str,
+        wait_sec: float = 0.0,
+        *,
+        tasks_cursor: str | None = None,
+        limit: int | None = None,
     ) -> InvocationInfo:
-        """The status; with ``wait_sec`` the server answers once the invocation is terminal
-        (or after ``wait_sec``): a long poll instead of repeated requests."""
+        """The status with one page of tasks (``limit=0``: none); with ``wait_sec`` the
+        server answers once the invocation is terminal (or after ``wait_sec``): a long poll
+        instead of repeated requests."""
         path = self._graph_path(graph, "invocations", invocation_id)
-        if wait_sec <= 0:
-            return _model(InvocationInfo, self._json("GET", path))
-        params = {"wait_sec": f"{wait_sec:.3f}"}
-        timeout = self.timeout + wait_sec
-        return _model(InvocationInfo, self._json("GET", path, params=params, timeout=timeout))
+        params: dict[str, str] = {}
+        if tasks_cursor:
+            params["tasks_cursor"] = tasks_cursor
+        if limit is not None:
+            params["limit"] = str(limit)
+        timeout = None
+        if wait_sec > 0:
+            params["wait_sec"] = f"{wait_sec:.3f}"
+            timeout = self.timeout + wait_sec
+        body = self._json("GET", path, params=params or None, timeout=timeout)
+        return _model(InvocationInfo, body)
 
     def invocations(self, graph: str) -> list[InvocationInfo]:
         path = self._graph_path(graph, "invocations")
@@ -288,12 +322,19 @@ class RemoteClient(IndexifyClient):
     def wait_for_invocation(
         self, graph: str, invocation_id: str, timeout: float = 300.0
     ) -> InvocationInfo:
+        return self._wait(graph, invocation_id, timeout)
+
+    def _wait(
+        self, graph: str, invocation_id: str, timeout: float, *, limit: int | None = None
+    ) -> InvocationInfo:
+        """Long polls until the invocation is terminal; the answers carry a page of ``limit``
+        tasks (None: the server's default, 0: none)."""
         deadline = time.monotonic() + timeout
         delay = _POLL_START_SEC
         while True:
             asked = time.monotonic()
             wait = max(0.0, min(deadline - asked, _LONG_POLL_SEC))
-            info = self._invocation_info(graph, invocation_id, wait_sec=wait)
+            info = self._invocation_info(graph, invocation_id, wait_sec=wait, limit=limit)
             if info.status in TERMINAL_STATUSES:
                 return info
             now = time.monotonic()
@@ -313,13 +354,14 @@ class RemoteClient(IndexifyClient):
 
     def graph_outputs(self, graph: str, invocation_id: str, fn_name: str) -> list[Any]:
         path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "outputs")
-        body = self._json("GET", path)
+        params = {"limit": str(_OUTPUTS_PAGE)}
+        body = self._json("GET", path, params=params)
         version: str | None = None
         if body.get("status") not in TERMINAL_STATUSES:
             # the in-process client's outputs are always final: wait for the same here
-            info = self.wait_for_invocation(graph, invocation_id, timeout=self.wait_timeout)
+            info = self._wait(graph, invocation_id, self.wait_timeout, limit=0)
             version = info.graph_version
-            body = self._json("GET", path)
+            body = self._json("GET", path, params=params)
         error = body.get("error")
         if error:
             trace = f"\n{error['traceback']}" if error.get("traceback") else ""
@@ -328,9 +370,17 @@ class RemoteClient(IndexifyClient):
                 f"{error.get('message', 'failed')}{trace}",
                 invocation_id=invocation_id,
             )
+        items = list(body.get("outputs", []))
+        cursor = body.get("next_cursor")
+        while cursor:  # the server answers one page at a time
+            body = self._json("GET", path, params={**params, "cursor": cursor})
+            items.extend(body.get("outputs", []))
+            if body.get("next_cursor") == cursor:
+                raise ApiError(502, f"GET {path} answered the same page again ({cursor!r})")
+            cursor = body.get("next_cursor")
         payloads = [
             Payload(content_type=item["content_type"], data=base64.b64decode(item["data"]))
-            for item in body.get("outputs", [])
+            for item in items
         ]
         return self._decode_outputs(graph, invocation_id, fn_name, payloads, version)
 
@@ -397,9 +447,20 @@ class RemoteClient(IndexifyClient):
 
     def logs(self, graph: str, invocation_id: str, fn_name: str) -> list[TaskLogs]:
         path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "logs")
-        body = self._json("GET", path)
-        items = body.get("logs", []) if isinstance(body, dict) else body
-        return [_model(TaskLogs, item) for item in items]
+        params = {"limit": str(_LOGS_PAGE)}
+        found: dict[str, TaskLogs] = {}
+        cursor: str | None = None
+        while True:
+            page = {**params, "cursor": cursor} if cursor else params
+            body = self._json("GET", path, params=page)
+            items = body.get("logs", []) if isinstance(body, dict) else body
+            for item in items:
+                log = _model(TaskLogs, item)
+                found.setdefault(log.task_id, log)  # a scan may list a task twice
+            after = body.get("next_cursor") if isinstance(body, dict) else None
+            if not after or after == cursor:
+                return list(found.values())
+            cursor = after
 
     # -- lifecycle of invocations -----------------------------------------------------------
 

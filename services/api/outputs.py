@@ -1,29 +1,59 @@
-"""Reading what an invocation produced: output counts, values, single raw values, logs.
+"""Reading what an invocation produced: output counts, pages of values, single raw values, logs.
 
-Values are found from the invocation state's ``outputs[fn]`` ranges (the outputs the engine
-accepted) and the tasks' :class:`StoredValues` in Redis, then read inline or with one ranged
-GET per range from MinIO.
+Every read is bounded by one page, whatever the size of the invocation. A function's values
+are found from its output index in Redis (:meth:`StateStore.output_ranges`: one entry per task
+whose outputs were accepted, in order), the tasks' :class:`StoredValues`, then read inline or
+with one ranged GET per entry from MinIO. A page of values ends after ``limit`` values or
+about :data:`PAGE_BYTES` of them (at least one value), and says where the next page starts:
+``next_cursor`` is ``"<entry>.<values of that entry already listed>"``. Logs are read for one
+page of the function's task records (:meth:`StateStore.tasks_page`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, InvocationState, ValueRange
 from indexify.models import TaskLogs
 from services.common.blobs import load_values
-from services.common.errors import NotFound, ServiceError
+from services.common.errors import BadRequest, NotFound, ServiceError
 from services.common.events import StoredValues
+from services.common.state_store import GraphRecord
 
-from .schemas import FunctionOutputs, OutputCounts, OutputValue
+from . import validation
+from .schemas import FunctionOutputs, OutputCounts, OutputValue, TaskLogsPage
 from .service import ApiService
+
+OUTPUTS_PAGE = 100
+"""Values per page of a function's outputs, unless the request asks otherwise."""
+MAX_OUTPUTS_PAGE = 1000
+PAGE_BYTES = 8 * 1024 * 1024
+"""A page of outputs ends once its values reach about this many bytes (base64 adds a third)."""
+LOGS_PAGE = 100
+MAX_LOGS_PAGE = 1000
+_READS_AT_ONCE = 16  # concurrent MinIO reads of one request
+
+_T = TypeVar("_T")
+
+
+async def _bounded(coros: Sequence[Awaitable[_T]]) -> list[_T]:
+    """``asyncio.gather`` with at most :data:`_READS_AT_ONCE` running at a time."""
+    gate = asyncio.Semaphore(_READS_AT_ONCE)
+
+    async def one(coro: Awaitable[_T]) -> _T:
+        async with gate:
+            return await coro
+
+    return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
 async def _state_and_function(
     service: ApiService, namespace: str, graph: str, invocation_id: str, function: str
-) -> InvocationState:
+) -> tuple[InvocationState, GraphRecord]:
     state = await service.require_state(namespace, graph, invocation_id)
     record = await service.graph_version(state)
     if function not in record.definition.nodes:
@@ -31,29 +61,37 @@ async def _state_and_function(
             f"graph {graph!r} (version {record.version}) has no function {function!r}; it has "
             f"{sorted(record.definition.nodes)}"
         )
-    return state
+    return state, record
 
 
 def _function_error(state: InvocationState, function: str) -> ErrorInfo | None:
-    if function not in state.failed_functions:
-        return None
-    for task in state.tasks.values():
-        if task.task.function == function and task.error is not None:
-            return task.error
-    return state.error
+    error = state.function_errors.get(function)
+    if error is None and function in state.failed_functions:
+        return state.error  # a summary saved before function_errors was kept
+    return error
 
 
 async def _stored(
-    service: ApiService, invocation_id: str, ranges: list[ValueRange]
+    service: ApiService, invocation_id: str, ranges: Sequence[ValueRange]
 ) -> dict[str, StoredValues]:
+    """The stored values of the tasks of ``ranges``; each must hold its range."""
     stored = await service.store.get_outputs(invocation_id, [r.task_id for r in ranges])
-    missing = sorted({r.task_id for r in ranges} - set(stored))
-    if missing:
+    broken = sorted(
+        {r.task_id for r in ranges if r.task_id not in stored or stored[r.task_id].count < r.stop}
+    )
+    if broken:
         raise ServiceError(
-            f"invocation {invocation_id}: the outputs of tasks {missing} are recorded in its "
+            f"invocation {invocation_id}: the outputs of tasks {broken} are recorded in its "
             "state but not stored; the invocation's data is inconsistent, rerun it"
         )
     return stored
+
+
+def _value_sizes(stored: StoredValues, start: int, stop: int) -> list[int]:
+    if stored.inline is not None:
+        return [len(data) for data in stored.inline[start:stop]]
+    offsets = stored.offsets or ()
+    return [offsets[i + 1] - offsets[i] for i in range(start, stop)]
 
 
 async def output_counts(
@@ -61,34 +99,82 @@ async def output_counts(
 ) -> OutputCounts:
     state = await service.require_state(namespace, graph, invocation_id)
     return OutputCounts(
-        status=state.status, outputs={fn: state.output_count(fn) for fn in state.outputs}
+        status=state.status,
+        outputs={fn: n for fn, n in state.output_counts.items() if n > 0},
     )
 
 
 async def function_outputs(
-    service: ApiService, namespace: str, graph: str, invocation_id: str, function: str
+    service: ApiService,
+    namespace: str,
+    graph: str,
+    invocation_id: str,
+    function: str,
+    *,
+    cursor: str | None = None,
+    limit: int = OUTPUTS_PAGE,
 ) -> FunctionOutputs:
-    """Every accepted output of ``function``, in order, base64-encoded."""
-    state = await _state_and_function(service, namespace, graph, invocation_id, function)
-    ranges = [r for r in state.outputs.get(function, []) if r.size > 0]
-    stored = await _stored(service, invocation_id, ranges)
-    loaded = await asyncio.gather(
-        *(load_values(service.blobs, stored[r.task_id].slice(r.start, r.stop)) for r in ranges)
+    """One page of the accepted outputs of ``function``, in order, base64-encoded: up to
+    ``limit`` values from ``cursor`` (None: the first), at most ``limit + 1`` entries of the
+    output index read."""
+    entry, offset = validation.parse_outputs_cursor(cursor)
+    state, _ = await _state_and_function(service, namespace, graph, invocation_id, function)
+    ranges = await service.store.output_ranges(invocation_id, function, entry, entry + limit + 1)
+    if ranges and offset and offset >= ranges[0].size:
+        raise BadRequest(
+            f"cursor={cursor!r} points past the values of output entry {entry} (it has "
+            f"{ranges[0].size}); pass the previous page's `next_cursor` unchanged, or leave "
+            "cursor out to start from the first page"
+        )
+    # The entries this page reaches, by count (candidates[k] is a part of ranges[k]) ...
+    candidates: list[ValueRange] = []
+    room = limit
+    for k, whole in enumerate(ranges):
+        if room <= 0:
+            break
+        part = whole.model_copy(update={"start": whole.start + offset}) if k == 0 else whole
+        part = part.split(room)[0]
+        candidates.append(part)
+        room -= part.size
+    stored = await _stored(service, invocation_id, [c for c in candidates if c.size > 0])
+    # ... then by size: at least one value, about PAGE_BYTES at most.
+    taken: list[ValueRange] = []
+    budget = PAGE_BYTES
+    position = (entry, offset)
+    for k, part in enumerate(candidates):
+        count = 0
+        for size in _value_sizes(stored[part.task_id], part.start, part.stop) if part.size else []:
+            if (taken or count) and size > budget:
+                break
+            budget -= size
+            count += 1
+        if count:
+            taken.append(part.split(count)[0])
+        position = (entry + k, part.start + count - ranges[k].start)
+        if count < part.size:
+            break
+    at, done = position
+    while at - entry < len(ranges) and done >= ranges[at - entry].size:
+        at, done = at + 1, 0
+    more = at - entry < len(ranges) or len(ranges) > limit
+    loaded = await _bounded(
+        [load_values(service.blobs, stored[t.task_id].slice(t.start, t.stop)) for t in taken]
     )
     values = [
         OutputValue(
-            id=f"{r.task_id}:{index}",
+            id=f"{t.task_id}:{index}",
             content_type=payload.content_type,
             data=base64.b64encode(payload.data).decode(),
         )
-        for r, payloads in zip(ranges, loaded, strict=True)
-        for index, payload in zip(range(r.start, r.stop), payloads, strict=True)
+        for t, payloads in zip(taken, loaded, strict=True)
+        for index, payload in zip(range(t.start, t.stop), payloads, strict=True)
     ]
     return FunctionOutputs(
         status=state.status,
         function=function,
         error=_function_error(state, function),
         outputs=values,
+        next_cursor=validation.outputs_cursor(at, done) if more else None,
     )
 
 
@@ -101,20 +187,40 @@ async def raw_output(
     task_id: str,
     index: int,
 ) -> Payload:
-    """One output value, ``<task_id>:<index>`` as listed by :func:`function_outputs`."""
-    state = await _state_and_function(service, namespace, graph, invocation_id, function)
-    if not any(
-        r.task_id == task_id and r.start <= index < r.stop for r in state.outputs.get(function, [])
-    ):
-        raise NotFound(
-            f"function {function!r} has no output {task_id}:{index} in invocation "
-            f"{invocation_id}; list them with GET .../fn/{function}/outputs"
-        )
-    stored = await _stored(
-        service,
-        invocation_id,
-        [ValueRange(task_id=task_id, function=function, start=index, stop=index + 1)],
+    """One output value, ``<task_id>:<index>`` as listed by :func:`function_outputs`: the
+    task ran ``function``, succeeded and its output ``index`` was accepted (for a reducer,
+    only the final accumulator is an output, not the steps before it)."""
+    await _state_and_function(service, namespace, graph, invocation_id, function)
+    listed = f"list them with GET .../invocations/{invocation_id}/fn/{function}/outputs"
+    missing = NotFound(
+        f"function {function!r} has no output {task_id}:{index} in invocation "
+        f"{invocation_id}; {listed}"
     )
+    record = (await service.store.get_tasks(invocation_id, [task_id])).get(task_id)
+    if record is None or record.task.function != function or index < 0:
+        raise missing
+    if record.status != "succeeded":
+        raise NotFound(
+            f"task {task_id} of {function!r} is {record.status}, so it has no outputs; {listed}"
+        )
+    if record.task.kind == "route":
+        raise NotFound(
+            f"task {task_id} of router {function!r} chose the next functions, it has no "
+            f"outputs; the values it routed are outputs of the functions before it"
+        )
+    if record.task.kind == "reduce":
+        final = await service.store.output_ranges(invocation_id, function, -1)
+        if not final or final[-1].task_id != task_id:
+            raise NotFound(
+                f"task {task_id} is a step of reducer {function!r} (an accumulator so far), "
+                f"not an output: only the final accumulator is; {listed}"
+            )
+        value = final[-1]
+    else:
+        value = ValueRange(task_id=task_id, function=function, start=0, stop=record.output_count)
+    if not value.start <= index < value.stop:
+        raise missing
+    stored = await _stored(service, invocation_id, [value.single(index)])
     payloads = await load_values(service.blobs, stored[task_id].slice(index, index + 1))
     return payloads[0]
 
@@ -129,20 +235,35 @@ async def _read_text(service: ApiService, key: object) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+async def _log_pointers(
+    service: ApiService, invocation_id: str, task_ids: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Where the logs of ``task_ids`` are."""
+    return await service.store.get_logs(invocation_id, task_ids)
+
+
 async def task_logs(
-    service: ApiService, namespace: str, graph: str, invocation_id: str, function: str
-) -> list[TaskLogs]:
-    """stdout and stderr (of the latest attempt) and the traceback of each task of
-    ``function``."""
-    state = await _state_and_function(service, namespace, graph, invocation_id, function)
-    pointers = await service.store.get_logs(invocation_id)
-    records = [r for r in state.tasks.values() if r.task.function == function]
+    service: ApiService,
+    namespace: str,
+    graph: str,
+    invocation_id: str,
+    function: str,
+    *,
+    cursor: str | None = None,
+    limit: int = LOGS_PAGE,
+) -> TaskLogsPage:
+    """stdout and stderr (of the latest attempt) and the traceback of about ``limit`` tasks
+    of ``function``, from ``cursor`` (None: the first page)."""
+    start = validation.parse_scan_cursor(cursor, "cursor", "next_cursor")
+    await _state_and_function(service, namespace, graph, invocation_id, function)
+    records, after = await service.store.tasks_page(invocation_id, start, limit, function=function)
+    records.sort(key=lambda r: r.task.id)
+    pointers = await _log_pointers(service, invocation_id, [r.task.id for r in records])
 
     async def one(task_id: str, error: ErrorInfo | None) -> TaskLogs:
         where = pointers.get(task_id, {})
-        stdout, stderr = await asyncio.gather(
-            _read_text(service, where.get("stdout")), _read_text(service, where.get("stderr"))
-        )
+        stdout = await _read_text(service, where.get("stdout"))
+        stderr = await _read_text(service, where.get("stderr"))
         return TaskLogs(
             task_id=task_id,
             function=function,
@@ -151,4 +272,5 @@ async def task_logs(
             traceback=error.traceback if error else "",
         )
 
-    return list(await asyncio.gather(*(one(r.task.id, r.error) for r in records)))
+    logs = await _bounded([one(r.task.id, r.error) for r in records])
+    return TaskLogsPage(logs=logs, next_cursor=validation.scan_cursor(after))

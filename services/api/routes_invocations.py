@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from indexify.models import InvocationInfo, TaskLogs
+from indexify.models import InvocationInfo
 from services.common.settings import ApiSettings
 
 from . import outputs
@@ -20,7 +20,9 @@ from .schemas import (
     InvocationList,
     OutputCounts,
     RerunAll,
+    TaskLogsPage,
 )
+from .service import MAX_TASKS_PAGE, TASKS_PAGE
 from .sse import invoke_streaming, wait_until_terminal
 
 router = APIRouter(responses=ERROR_RESPONSES, tags=["invocations"])
@@ -105,14 +107,32 @@ async def get_invocation(
     invocation_id: str,
     service: Service,
     wait_sec: Annotated[float, Query(ge=0, le=60)] = 0,
+    tasks_cursor: Annotated[
+        str | None,
+        Query(max_length=40, description="`next_tasks_cursor` of the previous page"),
+    ] = None,
+    limit: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_TASKS_PAGE,
+            description="about how many tasks to list (a page may hold a few more); 0: none, "
+            "only the summary",
+        ),
+    ] = TASKS_PAGE,
 ) -> Response:
-    """Status (pending, running, succeeded, failed, cancelled), error and tasks.
+    """Status (pending, running, succeeded, failed, cancelled), error, counts of tasks by
+    status and of outputs by function, and one page of the tasks: ask for the next page with
+    ``tasks_cursor=<next_tasks_cursor>`` until ``next_tasks_cursor`` is null. Tasks still
+    queued when the invocation ended are listed as cancelled.
 
     With ``wait_sec`` (a long poll), an invocation still running is answered once it
     finishes, or after ``wait_sec`` seconds with its status then."""
-    if wait_sec > 0:  # cheap status checks while it runs; the full state is read once
+    if wait_sec > 0:  # cheap status checks while it runs; the state is read once
         await wait_until_terminal(service, invocation_id, wait_sec)
-    info = await service.invocation(namespace, graph, invocation_id)
+    info = await service.invocation(
+        namespace, graph, invocation_id, tasks_cursor=tasks_cursor, limit=limit
+    )
     # Serialized once by pydantic: the model is validated already, and long polls make
     # this the API's busiest route.
     return Response(info.model_dump_json(), media_type="application/json")
@@ -159,12 +179,25 @@ async def output_counts(
 
 @router.get(_INVOCATION + "/fn/{function}/outputs")
 async def function_outputs(
-    namespace: str, graph: str, invocation_id: str, function: str, service: Service
+    namespace: str,
+    graph: str,
+    invocation_id: str,
+    function: str,
+    service: Service,
+    cursor: Annotated[
+        str | None, Query(max_length=40, description="`next_cursor` of the previous page")
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=outputs.MAX_OUTPUTS_PAGE, description="values per page at most")
+    ] = outputs.OUTPUTS_PAGE,
 ) -> FunctionOutputs:
-    """Every value ``function`` produced (base64 of the encoded value, with its content
-    type). When the function failed the answer is still 200, with ``status: failed`` and
-    ``error`` set."""
-    return await outputs.function_outputs(service, namespace, graph, invocation_id, function)
+    """One page of the values ``function`` produced, in order (base64 of the encoded value,
+    with its content type): ask for the next page with ``cursor=<next_cursor>`` until
+    ``next_cursor`` is null. A page also ends after about 8 MiB of values. When the function
+    failed the answer is still 200, with ``status: failed`` and ``error`` set."""
+    return await outputs.function_outputs(
+        service, namespace, graph, invocation_id, function, cursor=cursor, limit=limit
+    )
 
 
 @router.get(
@@ -190,7 +223,25 @@ async def raw_output(
 
 @router.get(_INVOCATION + "/fn/{function}/logs")
 async def task_logs(
-    namespace: str, graph: str, invocation_id: str, function: str, service: Service
-) -> list[TaskLogs]:
-    """stdout, stderr and traceback of each task of ``function``."""
-    return await outputs.task_logs(service, namespace, graph, invocation_id, function)
+    namespace: str,
+    graph: str,
+    invocation_id: str,
+    function: str,
+    service: Service,
+    cursor: Annotated[
+        str | None, Query(max_length=40, description="`next_cursor` of the previous page")
+    ] = None,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=outputs.MAX_LOGS_PAGE,
+            description="about how many tasks per page (a page may hold a few more)",
+        ),
+    ] = outputs.LOGS_PAGE,
+) -> TaskLogsPage:
+    """stdout, stderr and traceback of one page of the tasks of ``function``: ask for the
+    next page with ``cursor=<next_cursor>`` until ``next_cursor`` is null."""
+    return await outputs.task_logs(
+        service, namespace, graph, invocation_id, function, cursor=cursor, limit=limit
+    )

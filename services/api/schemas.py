@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from indexify.engine import ErrorInfo
 from indexify.engine.model import InvocationStatus
-from indexify.models import GraphInfo, InvocationInfo
+from indexify.models import GraphInfo, InvocationInfo, TaskLogs
 from services.common.state_store import ExecutorInfo
 
 
@@ -99,13 +99,28 @@ class OutputValue(_Body):
 
 
 class FunctionOutputs(_Body):
-    """All values of one function. ``error`` is set (and ``status`` is ``failed``) when that
-    function failed; outputs it produced before failing are still listed."""
+    """One page of the values of one function, in order. ``error`` is set (and ``status`` is
+    ``failed``) when that function failed; outputs it produced before failing are still
+    listed."""
 
     status: InvocationStatus
     function: str
     error: ErrorInfo | None = None
     outputs: list[OutputValue]
+    next_cursor: str | None = Field(
+        default=None,
+        description="pass as `cursor` for the next page; null: every output recorded so far "
+        "was listed (while the invocation runs, more may come)",
+    )
+
+
+class TaskLogsPage(_Body):
+    """The logs of one page of a function's tasks."""
+
+    logs: list[TaskLogs]
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null: no more tasks"
+    )
 
 
 class ExecutorList(_Body):

@@ -39,6 +39,9 @@ from .schemas import GraphRegistered, GraphUpload, Health
 
 _log = get_logger(__name__)
 _RERUN_BATCH = 500
+TASKS_PAGE = 1000
+"""Task records per page of an invocation's status, unless the request asks otherwise."""
+MAX_TASKS_PAGE = 10_000
 _HEALTH_TIMEOUT_SEC = 3.0
 
 
@@ -306,8 +309,24 @@ class ApiService:
             InvocationInfo.from_state(states[i][0], with_tasks=False) for i in ids if i in states
         ]
 
-    async def invocation(self, namespace: str, graph: str, invocation_id: str) -> InvocationInfo:
-        return InvocationInfo.from_state(await self.require_state(namespace, graph, invocation_id))
+    async def invocation(
+        self,
+        namespace: str,
+        graph: str,
+        invocation_id: str,
+        *,
+        tasks_cursor: str | None = None,
+        limit: int = TASKS_PAGE,
+    ) -> InvocationInfo:
+        """The summary and one page of about ``limit`` task records from ``tasks_cursor``
+        (0: none, only the summary; ``next_tasks_cursor`` is then where the tasks start)."""
+        cursor = validation.parse_scan_cursor(tasks_cursor, "tasks_cursor", "next_tasks_cursor")
+        state = await self.require_state(namespace, graph, invocation_id)
+        if limit <= 0:
+            has_tasks = cursor != 0 or any(n > 0 for n in state.task_counts.values())
+            return InvocationInfo.from_summary(state, [], str(cursor) if has_tasks else None)
+        records, after = await self.store.tasks_page(invocation_id, cursor, limit)
+        return InvocationInfo.from_summary(state, records, validation.scan_cursor(after))
 
     async def cancel_invocation(
         self, namespace: str, graph: str, invocation_id: str

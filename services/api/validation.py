@@ -197,3 +197,45 @@ def invocation_payload(
     kwargs = parse_json_object(body, "the request body")
     check_arguments(definition, kwargs)
     return encode(kwargs)
+
+
+# -- page cursors ---------------------------------------------------------------------------
+
+_SCAN_CURSOR = re.compile(r"^[0-9]{1,20}$")
+_OUTPUTS_CURSOR = re.compile(r"^([0-9]{1,15})\.([0-9]{1,15})$")
+_MAX_SCAN_CURSOR = 2**64  # Redis's SCAN cursors are unsigned 64-bit
+
+
+def _bad_cursor(param: str, value: str, returned_as: str) -> BadRequest:
+    return BadRequest(
+        f"{param}={value!r} is not a cursor this API returned: pass the previous page's "
+        f"`{returned_as}` unchanged, or leave {param} out to start from the first page"
+    )
+
+
+def parse_scan_cursor(value: str | None, param: str, returned_as: str) -> int:
+    """A cursor over task records (empty or absent: the start)."""
+    if not value:
+        return 0
+    if not _SCAN_CURSOR.match(value) or int(value) >= _MAX_SCAN_CURSOR:
+        raise _bad_cursor(param, value, returned_as)
+    return int(value)
+
+
+def scan_cursor(cursor: int) -> str | None:
+    """The cursor to return for a scan position (None: the scan is complete)."""
+    return str(cursor) if cursor else None
+
+
+def parse_outputs_cursor(value: str | None, param: str = "cursor") -> tuple[int, int]:
+    """``(entry of the output index, values of that entry already listed)``."""
+    if not value:
+        return 0, 0
+    match = _OUTPUTS_CURSOR.match(value)
+    if match is None:
+        raise _bad_cursor(param, value, "next_cursor")
+    return int(match[1]), int(match[2])
+
+
+def outputs_cursor(entry: int, offset: int) -> str:
+    return f"{entry}.{offset}"

@@ -38,6 +38,7 @@ from .scripts import register
 __all__ = ["InvocationRepository", "InvocationView", "summary_json"]
 
 INPUT_FIELD = "input"
+_SCAN_ROUNDS = 8
 _RANGES: TypeAdapter[list[ValueRange]] = TypeAdapter(list[ValueRange])
 _EXCLUDED: Any = {"tasks": True, "outputs": True}
 
@@ -48,7 +49,16 @@ class InvocationView:
 
     state: InvocationState
     rev: int
-    windows: dict[str, int] = field(default_factory=dict)  # reducer -> queue entries loaded
+    windows: dict[str, list[ValueRange]] = field(default_factory=dict)  # reducer -> loaded
+
+    def queue_changes(self, name: str) -> tuple[int, list[ValueRange]] | None:
+        """How reducer ``name``'s stored queue changes: ``(entries to drop from its head,
+        entries to append)``, or None when the engine left it as loaded."""
+        queue = self.state.reducers[name].queue
+        window = self.windows.get(name, [])
+        if len(queue) == len(window) and all(a is b for a, b in zip(queue, window, strict=True)):
+            return None
+        return len(window), queue
 
 
 def summary_json(state: InvocationState) -> str:
@@ -134,10 +144,11 @@ class InvocationRepository:
             if ranges:
                 items = [r.model_dump_json() for r in ranges]
                 lists.append((names.output_index_key(inv, function), 0, items))
-        for name, reducer in state.reducers.items():
-            trim = view.windows.get(name, 0)
-            if trim or reducer.queue:
-                items = [r.model_dump_json() for r in reducer.queue]
+        for name in state.reducers:
+            changes = view.queue_changes(name)
+            if changes is not None:
+                trim, queue = changes
+                items = [r.model_dump_json() for r in queue]
                 lists.append((names.reducer_queue_key(inv, name), trim, items))
         args.append(len(lists))
         for key, trim, items in lists:
@@ -208,16 +219,20 @@ class InvocationRepository:
                 if raw is not None
             }
             views[inv] = InvocationView(state=state, rev=rev)
-        await self._load_windows(views.values(), window)
+        await self._load_windows(views.values(), asked, window)
         return views
 
-    async def _load_windows(self, views: Iterable[InvocationView], window: int) -> None:
-        """Load the head of every reducer queue that has values waiting in Redis."""
+    async def _load_windows(
+        self, views: Iterable[InvocationView], asked: Mapping[str, list[str]], window: int
+    ) -> None:
+        """Load the head of every reducer queue that has values waiting in Redis and may
+        start a step in this batch: no step in flight, or its finish is among the events."""
         todo = [
             (view, name)
             for view in views
             for name, reducer in view.state.reducers.items()
             if reducer.backlog > 0
+            and (reducer.running is None or reducer.running in asked[view.state.invocation_id])
         ]
         if not todo:
             return
@@ -228,9 +243,10 @@ class InvocationRepository:
             rows = await pipe.execute()
         for (view, name), items in zip(todo, rows, strict=True):
             reducer = view.state.reducers[name]
-            reducer.queue = _ranges(items) + reducer.queue
-            reducer.backlog -= len(items)
-            view.windows[name] = len(items)
+            loaded = _ranges(items)
+            reducer.queue = loaded + reducer.queue
+            reducer.backlog -= len(loaded)
+            view.windows[name] = list(loaded)
 
     async def load_summaries(self, ids: Iterable[str]) -> dict[str, tuple[InvocationState, int]]:
         """``(summary, rev)`` of each existing invocation: no task records, no outputs."""
@@ -251,11 +267,13 @@ class InvocationRepository:
         self, invocation_id: str, cursor: int, limit: int, *, function: str | None = None
     ) -> tuple[list[TaskRecord], int]:
         """Up to about ``limit`` task records (of ``function`` only, if given) from
-        ``cursor`` (0: the start); the next cursor is 0 when there are no more."""
+        ``cursor`` (0: the start); the next cursor is 0 when there are no more. A filtered
+        page may be short (even empty) with a cursor to go on from: the scan stops after
+        about ``_SCAN_ROUNDS`` times ``limit`` fields, whatever it found."""
         key = self.names.tasks_key(invocation_id)
         records: list[TaskRecord] = []
         match = f"{function}-*" if function is not None else None
-        while True:
+        for _ in range(_SCAN_ROUNDS):
             cursor, found = await self._redis.hscan(key, cursor, match=match, count=limit)
             assert isinstance(found, dict)
             for raw in found.values():
@@ -263,7 +281,8 @@ class InvocationRepository:
                 if function is None or record.task.function == function:
                     records.append(record)
             if cursor == 0 or len(records) >= limit:
-                return records, int(cursor)
+                break
+        return records, int(cursor)
 
     async def get_tasks(self, invocation_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
         if not task_ids:

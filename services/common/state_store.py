@@ -510,9 +510,20 @@ class StateStore:
             self._redis.hset(self.names.logs_key(invocation_id), task_id, json.dumps(pointers))
         )
 
-    async def get_logs(self, invocation_id: str) -> dict[str, dict[str, Any]]:
-        raw = await self._call(self._redis.hgetall(self.names.logs_key(invocation_id)))
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+    async def get_logs(
+        self, invocation_id: str, task_ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Where the logs of ``task_ids`` are (tasks without logs are left out)."""
+        if not task_ids:
+            return {}
+        rows = await self._call(
+            self._redis.hmget(self.names.logs_key(invocation_id), list(task_ids))
+        )
+        return {
+            task_id: json.loads(raw)
+            for task_id, raw in zip(task_ids, rows, strict=True)
+            if raw is not None
+        }
 
     # -- progress (pub/sub) ----------------------------------------------------------------
 

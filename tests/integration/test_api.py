@@ -22,10 +22,13 @@ import httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel
 
 from indexify import Graph, indexify_function
 from indexify.encoding import JSON, PICKLE, Payload, decode, encode
-from indexify.engine import ErrorInfo, Task, TaskRecord, ValueRange
+from indexify.engine import ErrorInfo, InvocationState, Task, TaskRecord, ValueRange
+from indexify.engine.model import TaskKind, TaskStatus
+from services.api import outputs as api_outputs
 from services.api.app import create_app
 from services.api.service import ApiService
 from services.common.blobs import BlobStore
@@ -62,12 +65,25 @@ def cube(x: int) -> int:
     return x * x * x
 
 
+class Total(BaseModel):
+    value: int = 0
+
+
+@indexify_function(accumulate=Total)
+def add_up(total: Total, x: int) -> Total:
+    return Total(value=total.value + x)
+
+
 def graph_v1() -> Graph:
     return Graph(name="calc", start_node=start).add_edge(start, square)
 
 
 def graph_v2() -> Graph:
     return Graph(name="calc", start_node=start).add_edge(start, cube)
+
+
+def summing_graph() -> Graph:
+    return Graph(name="sums", start_node=start).add_edge(start, square).add_edge(square, add_up)
 
 
 def upload(graph: Graph) -> dict[str, Any]:
@@ -238,9 +254,14 @@ async def test_register_keeps_version_and_changed_graph_gets_a_new_one(api: Api)
     )
     assert Graph.deserialize(old.content).version == first["version"]
 
-    topics = await api.service.bus.list_topics()
-    for fn in ("start", "square", "cube"):
-        assert api.names.task_topic("any", "default", "calc", fn) in topics
+    wanted = {
+        api.names.task_topic("any", "default", "calc", fn) for fn in ("start", "square", "cube")
+    }
+
+    async def topics_listed() -> bool:  # created; the metadata may take a moment to list them
+        return wanted <= await api.service.bus.list_topics()
+
+    await eventually(topics_listed)
 
 
 async def test_register_rejects_bad_definitions_and_code(api: Api) -> None:
@@ -472,24 +493,29 @@ async def _finish_with_outputs(api: Api, invocation: str) -> tuple[str, str]:
     start_values = StoredValues.from_payloads([encode(0), encode(1), encode(4)])
     key = api.names.outputs_object("default", "calc", invocation, square_task)
     await api.service.blobs.put(key, b"xx" + b"9" * 10 + b"yy")
-    square_values = StoredValues(content_types=(JSON, JSON), object_key=key, offsets=(0, 2, 12))
+    square_values = StoredValues(content_types=(JSON,), object_key=key, offsets=(2, 12))
     error = ErrorInfo(message="boom", type="ValueError", traceback="Traceback...\nValueError")
 
-    def record(task_id: str, fn: str, error: ErrorInfo | None = None) -> TaskRecord:
+    def record(
+        task_id: str, fn: str, outputs: int = 0, error: ErrorInfo | None = None
+    ) -> TaskRecord:
         task = Task(id=task_id, invocation_id=invocation, function=fn, kind="call", inputs=())
         status = "failed" if error else "succeeded"
-        return TaskRecord(task=task, status=status, error=error)
+        return TaskRecord(task=task, status=status, error=error, output_count=outputs)
 
     state.tasks = {
-        start_task: record(start_task, "start"),
-        square_task: record(square_task, "square"),
-        failing: record(failing, "square", error),
+        start_task: record(start_task, "start", 3),
+        square_task: record(square_task, "square", 1),
+        failing: record(failing, "square", error=error),
     }
     state.outputs = {
         "start": [ValueRange(task_id=start_task, function="start", start=0, stop=3)],
-        "square": [ValueRange(task_id=square_task, function="square", start=1, stop=2)],
+        "square": [ValueRange(task_id=square_task, function="square", start=0, stop=1)],
     }
     state.status, state.failed_functions, state.error = "failed", ["square"], error
+    state.error_function, state.function_errors = "square", {"square": error}
+    state.output_counts = {"start": 3, "square": 1}
+    state.task_counts = {"succeeded": 2, "failed": 1}
     saved = await api.store.save_invocation(
         state, rev, outputs={start_task: start_values, square_task: square_values}
     )
@@ -522,20 +548,265 @@ async def test_outputs_and_logs(api: Api) -> None:
     assert failed.status_code == 200
     body = failed.json()
     assert body["error"]["message"] == "boom" and body["status"] == "failed"
-    assert [o["id"] for o in body["outputs"]] == [f"{square_task}:1"]
+    assert [o["id"] for o in body["outputs"]] == [f"{square_task}:0"]
     assert base64.b64decode(body["outputs"][0]["data"]) == b"9" * 10
 
-    raw = await api.client.get(f"{base}/fn/square/output/{square_task}/1")
+    raw = await api.client.get(f"{base}/fn/square/output/{square_task}/0")
     assert raw.status_code == 200 and raw.content == b"9" * 10
     assert raw.headers["content-type"] == JSON
-    assert_error(await api.client.get(f"{base}/fn/square/output/{square_task}/0"), 404)
+    refused = [
+        (f"square/output/{square_task}/1", "square-bbbb:1"),  # past its outputs
+        (f"square/output/{square_task}/-1", "square-bbbb:-1"),
+        (f"square/output/{start_task}/0", "start-aaaa:0"),  # another function's task
+        ("square/output/square-cccc/0", "failed"),
+        ("square/output/square-zzzz/0", "square-zzzz:0"),
+    ]
+    for path, word in refused:
+        assert_error(await api.client.get(f"{base}/fn/{path}"), 404, word)
+    raw_start = await api.client.get(f"{base}/fn/start/output/{start_task}/2")
+    assert decode(Payload(content_type=JSON, data=raw_start.content)) == 4
     assert_error(await api.client.get(f"{base}/fn/nope/outputs"), 404, "square")
 
     logs = (await api.client.get(f"{base}/fn/square/logs")).json()
-    by_task = {entry["task_id"]: entry for entry in logs}
+    assert logs["next_cursor"] is None
+    by_task = {entry["task_id"]: entry for entry in logs["logs"]}
+    assert set(by_task) == {square_task, "square-cccc"}
     assert by_task[square_task]["stdout"] == "hello from square\n"
     assert by_task["square-cccc"]["traceback"].endswith("ValueError")
     assert (await api.client.get(f"{base}/fn/cube/logs")).status_code == 404
+    assert_error(await api.client.get(f"{base}/fn/square/logs", params={"cursor": "x"}), 400)
+
+    status = (await api.client.get(base)).json()
+    assert status["task_counts"] == {"succeeded": 2, "failed": 1}
+    assert status["outputs"] == {"start": 3, "square": 1}
+    assert status["next_tasks_cursor"] is None
+    assert {t["id"]: t["status"] for t in status["tasks"]} == {
+        start_task: "succeeded",
+        square_task: "succeeded",
+        "square-cccc": "failed",
+    }
+
+
+def make_record(
+    invocation: str,
+    task_id: str,
+    function: str,
+    status: TaskStatus = "succeeded",
+    *,
+    kind: TaskKind = "call",
+    outputs: int = 0,
+) -> TaskRecord:
+    task = Task(id=task_id, invocation_id=invocation, function=function, kind=kind, inputs=())
+    return TaskRecord(task=task, status=status, output_count=outputs)
+
+
+async def _loaded(api: Api, invocation: str) -> tuple[InvocationState, int]:
+    return await api.store.load_invocation(invocation) or pytest.fail("no state")
+
+
+async def test_invocation_status_pages_its_tasks(api: Api) -> None:
+    await api.register(graph_v1())
+    invocation = await api.invoke(n=2500)
+    state, rev = await _loaded(api, invocation)
+    ids = [f"square-{i:05d}" for i in range(2500)]
+    state.tasks = {
+        task_id: make_record(invocation, task_id, "square", "queued" if i % 5 else "succeeded")
+        for i, task_id in enumerate(ids)
+    }
+    state.status, state.task_counts = "running", {"queued": 2000, "succeeded": 500}
+    assert await api.store.save_invocation(state, rev) is not None
+    url = f"/namespaces/default/compute_graphs/calc/invocations/{invocation}"
+
+    pages: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": 1000, **({"tasks_cursor": cursor} if cursor else {})}
+        response = await api.client.get(url, params=params)
+        assert response.status_code == 200, response.text
+        pages.append(response.json())
+        cursor = pages[-1]["next_tasks_cursor"]
+        if cursor is None:
+            break
+        assert len(pages) < 10, "the cursor does not advance"
+    listed = [t["id"] for page in pages for t in page["tasks"]]
+    assert len(listed) == len(set(listed)) == 2500 and set(listed) == set(ids)
+    assert len(pages) >= 2  # a page holds about `limit` tasks: a scan step may add a few
+    assert all(1000 <= len(page["tasks"]) < 2000 for page in pages[:-1])
+    assert {p["task_counts"]["queued"] for p in pages} == {2000}
+    statuses = {t["id"]: t["status"] for page in pages for t in page["tasks"]}
+    assert statuses["square-00000"] == "succeeded" and statuses["square-00001"] == "queued"
+
+    summary = (await api.client.get(url, params={"limit": 0})).json()
+    assert summary["tasks"] == [] and summary["next_tasks_cursor"] == "0"
+    assert summary["task_counts"] == {"queued": 2000, "succeeded": 500}
+    listing = await api.client.get("/namespaces/default/compute_graphs/calc/invocations")
+    (item,) = listing.json()["invocations"]
+    assert item["tasks"] == [] and item["task_counts"]["succeeded"] == 500
+    for params, status, word in [
+        ({"tasks_cursor": "abc"}, 400, "next_tasks_cursor"),
+        ({"tasks_cursor": str(2**64)}, 400, "tasks_cursor"),
+        ({"limit": 10_001}, 422, "limit"),
+        ({"limit": -1}, 422, "limit"),
+    ]:
+        assert_error(await api.client.get(url, params=params), status, word)
+
+
+async def test_cancelled_invocation_lists_its_queued_leftovers_as_cancelled(api: Api) -> None:
+    await api.register(graph_v1())
+    invocation = await api.invoke(n=3)
+    state, rev = await _loaded(api, invocation)
+    state.tasks = {
+        "start-a": make_record(invocation, "start-a", "start", outputs=3),
+        **{
+            f"square-{i}": make_record(invocation, f"square-{i}", "square", "queued") for i in "xyz"
+        },
+    }
+    state.status, state.task_counts = "running", {"succeeded": 1, "queued": 3}
+    rev = await api.store.save_invocation(state, rev) or pytest.fail("not saved")
+    # the cancel: the scheduler rewrites the summary only, the queued records stay as they are
+    state.status, state.task_counts = "cancelled", {"succeeded": 1, "cancelled": 3}
+    assert await api.store.save_invocation(state, rev) is not None
+    assert (await api.store.get_tasks(invocation, ["square-x"]))["square-x"].status == "queued"
+
+    url = f"/namespaces/default/compute_graphs/calc/invocations/{invocation}"
+    body = (await api.client.get(url)).json()
+    assert body["status"] == "cancelled"
+    assert {t["id"]: t["status"] for t in body["tasks"]} == {
+        "start-a": "succeeded",
+        "square-x": "cancelled",
+        "square-y": "cancelled",
+        "square-z": "cancelled",
+    }
+    assert body["task_counts"] == {"succeeded": 1, "cancelled": 3}
+    logs = (await api.client.get(f"{url}/fn/square/logs")).json()
+    assert sorted(entry["task_id"] for entry in logs["logs"]) == [
+        "square-x",
+        "square-y",
+        "square-z",
+    ]
+
+
+async def test_function_outputs_are_paged(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``start`` produced 250 values in one task (one index entry), ``square`` one value in
+    each of 250 tasks: pages are cut inside an entry and across entries, by count and by
+    size, and no request reads more than one page of index entries and stored values."""
+    await api.register(graph_v1())
+    invocation = await api.invoke(n=250)
+    state, rev = await _loaded(api, invocation)
+    squares = [f"square-{i:03d}" for i in range(250)]
+    state.tasks = {"start-a": make_record(invocation, "start-a", "start", outputs=250)}
+    state.tasks |= {t: make_record(invocation, t, "square", outputs=1) for t in squares}
+    state.outputs = {
+        "start": [ValueRange(task_id="start-a", function="start", start=0, stop=250)],
+        "square": [ValueRange(task_id=t, function="square", start=0, stop=1) for t in squares],
+    }
+    state.status, state.output_counts = "succeeded", {"start": 250, "square": 250}
+    values = {"start-a": StoredValues.from_payloads([encode(i) for i in range(250)])}
+    values |= {t: StoredValues.from_payloads([encode(i * i)]) for i, t in enumerate(squares)}
+    assert await api.store.save_invocation(state, rev, outputs=values) is not None
+
+    reads: list[tuple[str, int, int]] = []
+    store = api.service.store
+    original_ranges, original_outputs = store.output_ranges, store.get_outputs
+
+    async def output_ranges(
+        inv: str, fn: str, start: int = 0, stop: int | None = None
+    ) -> list[ValueRange]:
+        assert stop is not None and stop - start <= 101, (start, stop)
+        reads.append(("index", start, stop))
+        return await original_ranges(inv, fn, start, stop)
+
+    async def get_outputs(inv: str, task_ids: Any) -> dict[str, StoredValues]:
+        task_ids = list(task_ids)
+        assert len(task_ids) <= 100
+        reads.append(("values", len(task_ids), 0))
+        return await original_outputs(inv, task_ids)
+
+    monkeypatch.setattr(store, "output_ranges", output_ranges)
+    monkeypatch.setattr(store, "get_outputs", get_outputs)
+    url = f"/namespaces/default/compute_graphs/calc/invocations/{invocation}/fn/{{}}/outputs"
+
+    async def read_all(fn: str, **params: Any) -> tuple[list[str], list[Any], list[str | None]]:
+        ids: list[str] = []
+        found: list[Any] = []
+        cursors: list[str | None] = []
+        cursor: str | None = None
+        while True:
+            query = {**params, **({"cursor": cursor} if cursor else {})}
+            response = await api.client.get(url.format(fn), params=query)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            ids += [o["id"] for o in body["outputs"]]
+            found += [
+                decode(Payload(content_type=o["content_type"], data=base64.b64decode(o["data"])))
+                for o in body["outputs"]
+            ]
+            cursor = body["next_cursor"]
+            cursors.append(cursor)
+            if cursor is None:
+                return ids, found, cursors
+            assert len(cursors) < 200, "the cursor does not advance"
+
+    ids, found, cursors = await read_all("start", limit=100)
+    assert found == list(range(250)) and ids == [f"start-a:{i}" for i in range(250)]
+    assert cursors == ["0.100", "0.200", None]
+    ids, found, cursors = await read_all("square", limit=100)
+    assert found == [i * i for i in range(250)] and ids == [f"{t}:0" for t in squares]
+    assert cursors == ["100.0", "200.0", None]
+    assert reads and all(kind != "values" or n <= 100 for kind, n, _ in reads)
+
+    monkeypatch.setattr(api_outputs, "PAGE_BYTES", 10)  # a page ends by size as well
+    _, found, cursors = await read_all("square", limit=100)
+    assert found == [i * i for i in range(250)] and len(cursors) > 25
+    _, found, _ = await read_all("start", limit=7)
+    assert found == list(range(250))
+
+    for params, status, word in [
+        ({"cursor": "abc"}, 400, "next_cursor"),
+        ({"cursor": "0.250"}, 400, "points past"),
+        ({"limit": 0}, 422, "limit"),
+        ({"limit": 1001}, 422, "limit"),
+    ]:
+        assert_error(await api.client.get(url.format("start"), params=params), status, word)
+    past_the_end = (await api.client.get(url.format("start"), params={"cursor": "7.0"})).json()
+    assert past_the_end["outputs"] == [] and past_the_end["next_cursor"] is None
+
+
+async def test_raw_output_of_a_reducer_is_its_final_accumulator_only(
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore
+) -> None:
+    try:  # the graph's code (with the accumulator's model) is over the fixture's body limit
+        async with running_api(infra_settings, ApiSettings(max_body_bytes=1 << 20)) as api:
+            await _reducer_outputs(api)
+    finally:
+        await _drop_keys(infra_settings)
+
+
+async def _reducer_outputs(api: Api) -> None:
+    await api.register(summing_graph())
+    invocation = await api.invoke(graph="sums", n=3)
+    state, rev = await _loaded(api, invocation)
+    steps = ["add_up-r1", "add_up-r2"]
+    state.tasks = {t: make_record(invocation, t, "add_up", kind="reduce", outputs=1) for t in steps}
+    state.outputs = {
+        "add_up": [ValueRange(task_id="add_up-r2", function="add_up", start=0, stop=1)]
+    }
+    state.status, state.output_counts = "succeeded", {"add_up": 1}
+    values = {
+        "add_up-r1": StoredValues.from_payloads([encode(Total(value=1))]),
+        "add_up-r2": StoredValues.from_payloads([encode(Total(value=5))]),
+    }
+    assert await api.store.save_invocation(state, rev, outputs=values) is not None
+    base = f"/namespaces/default/compute_graphs/sums/invocations/{invocation}/fn/add_up"
+
+    assert_error(await api.client.get(f"{base}/output/add_up-r1/0"), 404, "step of reducer")
+    final = await api.client.get(f"{base}/output/add_up-r2/0")
+    assert final.status_code == 200, final.text
+    payload = Payload(content_type=final.headers["content-type"], data=final.content)
+    assert decode(payload) == Total(value=5)
+    assert_error(await api.client.get(f"{base}/output/add_up-r2/1"), 404, "add_up-r2:1")
+    listed = (await api.client.get(f"{base}/outputs")).json()
+    assert [o["id"] for o in listed["outputs"]] == ["add_up-r2:0"]
 
 
 async def test_status_long_poll_answers_once_the_invocation_finishes(api: Api) -> None:

@@ -227,7 +227,7 @@ async def test_fan_out_duplicates_completion_and_dead_letters(
         # Tasks are published before the state (and the log pointers) is saved: wait for
         # the fan-out's batch to be handled.
         await until(lambda: _handled(scheduler, 2))
-        logs = await store.get_logs(inv)
+        logs = await store.get_logs(inv, [start.task.id])
         assert logs[start.task.id] == {
             "stdout": f"logs/{start.task.id}/stdout",
             "stderr": None,

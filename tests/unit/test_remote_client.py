@@ -97,13 +97,28 @@ def status_body(status: str, version: str = "v1") -> dict[str, Any]:
     }
 
 
-def outputs_body(status: str, *values: Any, error: dict[str, str] | None = None) -> dict:
+def outputs_body(
+    status: str,
+    *values: Any,
+    error: dict[str, str] | None = None,
+    next_cursor: str | None = None,
+) -> dict:
     outputs = []
     for i, value in enumerate(values):
         payload = encode(value)
         data = base64.b64encode(payload.data).decode()
         outputs.append({"id": f"t:{i}", "content_type": payload.content_type, "data": data})
-    return {"status": status, "function": "make_point", "error": error, "outputs": outputs}
+    return {
+        "status": status,
+        "function": "make_point",
+        "error": error,
+        "outputs": outputs,
+        "next_cursor": next_cursor,
+    }
+
+
+def task(task_id: str, status: str = "succeeded") -> dict[str, Any]:
+    return {"id": task_id, "function": "norm", "kind": "call", "status": status, "attempt": 1}
 
 
 # -- SSE ------------------------------------------------------------------------------------
@@ -292,8 +307,85 @@ def test_outputs_wait_for_a_running_invocation() -> None:
     answers = iter(
         [outputs_body("running"), status_body("succeeded"), outputs_body("succeeded", 41)]
     )
-    client = client_for(lambda r: ok(next(answers)))
-    assert client.graph_outputs("points", "inv1", "norm") == [41]
+    seen: list[Seen] = []
+
+    def handler(request: Seen) -> HttpResponse:
+        seen.append(request)
+        return ok(next(answers))
+
+    assert client_for(handler).graph_outputs("points", "inv1", "norm") == [41]
+    assert seen[1].path.endswith("/invocations/inv1")
+    assert seen[1].params["limit"] == "0"  # the wait needs no tasks
+
+
+def test_outputs_follow_the_pages() -> None:
+    pages = {
+        None: outputs_body("succeeded", 0, 1, next_cursor="0.2"),
+        "0.2": outputs_body("succeeded", 2, 3, next_cursor="1.0"),
+        "1.0": outputs_body("succeeded", 4),
+    }
+    asked: list[str | None] = []
+
+    def handler(request: Seen) -> HttpResponse:
+        assert request.path.endswith("/fn/norm/outputs")
+        assert int(request.params["limit"]) > 0
+        asked.append(request.params.get("cursor"))
+        return ok(pages[request.params.get("cursor")])
+
+    assert client_for(handler).graph_outputs("points", "inv1", "norm") == [0, 1, 2, 3, 4]
+    assert asked == [None, "0.2", "1.0"]
+
+
+def test_outputs_stop_when_the_server_repeats_a_page() -> None:
+    def handler(request: Seen) -> HttpResponse:
+        return ok(outputs_body("succeeded", 1, next_cursor="5.0"))
+
+    with pytest.raises(ApiError, match="same page") as info:
+        client_for(handler).graph_outputs("points", "inv1", "norm")
+    assert info.value.status_code == 502
+
+
+def test_invocation_status_has_the_first_page_and_invocation_tasks_all() -> None:
+    pages = {
+        None: {**status_body("running"), "tasks": [task("a"), task("b")], "next_tasks_cursor": "7"},
+        "7": {**status_body("running"), "tasks": [task("b"), task("c", "queued")]},
+    }
+    asked: list[dict[str, str]] = []
+
+    def handler(request: Seen) -> HttpResponse:
+        asked.append(request.params)
+        return ok(pages[request.params.get("tasks_cursor")])
+
+    client = client_for(handler)
+    info = client.invocation_status("points", "inv1")
+    assert [t.id for t in info.tasks] == ["a", "b"] and info.next_tasks_cursor == "7"
+    assert info.task_counts == {}  # an older server's answer parses too
+    tasks = list(client.invocation_tasks("points", "inv1", page_size=2))
+    assert [(t.id, t.status) for t in tasks] == [
+        ("a", "succeeded"),
+        ("b", "succeeded"),
+        ("c", "queued"),
+    ]
+    assert asked[1:] == [{"limit": "2"}, {"limit": "2", "tasks_cursor": "7"}]
+
+
+def test_logs_follow_the_pages() -> None:
+    def log(task_id: str) -> dict[str, str]:
+        return {"task_id": task_id, "function": "norm", "stdout": f"out {task_id}"}
+
+    pages = {
+        None: {"logs": [log("a"), log("b")], "next_cursor": "3"},
+        "3": {"logs": [log("b"), log("c")], "next_cursor": None},
+    }
+    client = client_for(lambda r: ok(pages[r.params.get("cursor")]))
+    logs = client.logs("points", "inv1", "norm")
+    assert [(entry.task_id, entry.stdout) for entry in logs] == [
+        ("a", "out a"),
+        ("b", "out b"),
+        ("c", "out c"),
+    ]
+    older_server = client_for(lambda r: ok([log("a")]))  # a plain list, no pages
+    assert [entry.task_id for entry in older_server.logs("points", "inv1", "norm")] == ["a"]
 
 
 def test_outputs_of_a_failed_function_raise_with_message_and_traceback() -> None:
