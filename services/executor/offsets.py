@@ -8,12 +8,15 @@
 * It is the consumer's rebalance listener. On revocation it commits what it can and keeps
   tracking; on assignment it forgets the partitions that went elsewhere (their unfinished
   messages belong to the next owner) and, for partitions handed back to us, seeks past what
-  was already fetched, so tasks still running are not fetched and run a second time.
+  was already fetched, so tasks still running are not fetched and run a second time; the
+  executor is told (``on_lost``) which partitions went elsewhere, to drop what it fetched
+  from them and has not started.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -30,8 +33,14 @@ _log = get_logger(__name__)
 class OffsetKeeper(ConsumerRebalanceListener):
     """Tracks taken/done offsets of one consumer and commits them; its rebalance listener."""
 
-    def __init__(self, consumer: AIOKafkaConsumer):
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        *,
+        on_lost: Callable[[set[TopicPartition]], None] = lambda lost: None,
+    ):
         self._consumer = consumer
+        self._on_lost = on_lost
         self._tracker = OffsetTracker()
         self._fetched: dict[TopicPartition, int] = {}  # next offset to fetch, per partition
         self._wanted = asyncio.Event()
@@ -88,6 +97,8 @@ class OffsetKeeper(ConsumerRebalanceListener):
         self._tracker.forget(lost)
         for tp in lost:
             self._fetched.pop(tp, None)
+        if lost:
+            self._on_lost(lost)
         for tp in assigned & set(self._fetched):
             self._consumer.seek(tp, self._fetched[tp])  # skip what we fetched before
         _log.info("partitions assigned", partitions=len(assigned), kept=len(self._fetched))

@@ -40,6 +40,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from typing import Any, TypeVar
@@ -66,6 +67,7 @@ from services.common.state_store import ExecutorInfo, GraphRecord, StateStore
 
 from .batcher import BatchCaller, Batcher
 from .chunks import ChunkRunner
+from .fairness import RoundRobin
 from .offsets import OffsetKeeper
 from .results import fit_result, pack_results
 from .subscription import executor_labels, satisfied_topics
@@ -77,6 +79,7 @@ _T = TypeVar("_T")
 #: (invocation id, task id, the task.started progress event to publish if the lease is taken)
 _ClaimAsked = tuple[str, str, ProgressEvent | None]
 _POLL_MS = 200
+_PARTITION_BACKLOG = 8  # fetched messages of one partition waiting here before it pauses
 _SHUTDOWN_STEP_SEC = 30.0
 _log = get_logger(__name__)
 
@@ -103,6 +106,9 @@ class Executor:
         self.drain_timeout_sec = drain_timeout_sec
         self.max_in_flight = max_in_flight or max(16, 4 * settings.concurrency)
         self.max_unacknowledged = 20 * self.max_in_flight
+        self.max_buffered = 4 * self.max_in_flight  # fetched messages not started yet
+        self._backlog: RoundRobin[tuple[TopicPartition, ConsumerRecord[Any, Any]]] = RoundRobin()
+        self._buffered: Counter[TopicPartition] = Counter()  # backlog messages per partition
         self.topics: frozenset[str] = frozenset()
         self.tasks_run = 0
         # Leases: one token per process, so a restarted executor with the same id does not
@@ -155,7 +161,7 @@ class Executor:
             except (KafkaError, OSError) as exc:
                 raise PlatformUnavailable(f"cannot start the task consumer: {exc}") from exc
             stack.push_async_callback(self._consumer.stop)
-            self._offsets = OffsetKeeper(self._consumer)
+            self._offsets = OffsetKeeper(self._consumer, on_lost=self._forget_partitions)
             await self.refresh_subscription()
             await self._heartbeat()
         except BaseException:
@@ -233,24 +239,34 @@ class Executor:
                 self.max_in_flight - self._unfinished_runs,
                 self.max_unacknowledged - len(self._running),
             )
-            if room <= 0:
-                await asyncio.wait(
-                    self._running, timeout=_POLL_MS / 1000, return_when=asyncio.FIRST_COMPLETED
-                )
-                continue
-            if not self.topics:
-                await self._sleep(_POLL_MS / 1000)
-            else:
+            while room > 0 and self._backlog:  # fetched earlier: one invocation at a time
+                tp, record = self._backlog.take()
+                self._buffered[tp] -= 1
+                self._start(tp, record)
+                room -= 1
+            space = self.max_buffered - len(self._backlog)
+            self._backpressure(consumer)
+            if self.topics and space > 0:
                 try:
-                    batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=room)
+                    batch = await consumer.getmany(
+                        timeout_ms=_POLL_MS if room > 0 else 0, max_records=space
+                    )
                 except KafkaError as exc:
                     _log.warning("fetching tasks failed; retrying", error=str(exc))
                     await self._sleep(1.0)
                     continue
-                for records in batch.values():
-                    for record in records:
-                        self._take(record)
-            if self._running or (self.topics and not consumer.assignment()):
+                for tp_records in batch.values():
+                    for record in tp_records:
+                        self._fetched(record)
+                if batch and room > 0:
+                    continue  # start them at once
+            if room <= 0:
+                await asyncio.wait(
+                    self._running, timeout=_POLL_MS / 1000, return_when=asyncio.FIRST_COMPLETED
+                )
+            elif not self.topics:
+                await self._sleep(_POLL_MS / 1000)
+            if self._running or self._backlog or (self.topics and not consumer.assignment()):
                 idle_since = loop.time()
             if idle_timeout_sec is not None and loop.time() - idle_since >= idle_timeout_sec:
                 return
@@ -259,9 +275,37 @@ class Executor:
         with suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    def _take(self, record: ConsumerRecord[Any, Any]) -> None:
+    def _fetched(self, record: ConsumerRecord[Any, Any]) -> None:
+        """Hold a fetched message until it can start, queued by its invocation: Kafka's
+        fetcher hands out one partition's buffered records before the next partition's, so
+        without this a quiet invocation's task would wait behind a huge fan-out's chunks."""
         tp = TopicPartition(record.topic, record.partition)
-        self._require(self._offsets).taken(tp, record.offset)
+        self._require(self._offsets).taken(tp, record.offset)  # not committed past, as running
+        self._backlog.add(_owner(record), (tp, record))
+        self._buffered[tp] += 1
+
+    def _backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause the partitions with ``_PARTITION_BACKLOG`` messages waiting here (resume
+        them at half that): the fetcher then brings other partitions' messages (another
+        function's, another invocation's) instead of more of the same backlog."""
+        assigned = consumer.assignment()
+        paused = consumer.paused()
+        full = {tp for tp, n in self._buffered.items() if n >= _PARTITION_BACKLOG} & assigned
+        if full - paused:
+            consumer.pause(*(full - paused))
+        drained = {tp for tp in paused if self._buffered[tp] <= _PARTITION_BACKLOG // 2}
+        if drained:
+            consumer.resume(*drained)
+
+    def _forget_partitions(self, lost: set[TopicPartition]) -> None:
+        """Partitions went to another executor: their messages not started are theirs now."""
+        dropped = self._backlog.drop(lambda item: item[0] in lost)
+        for tp in lost:
+            self._buffered.pop(tp, None)
+        if dropped:
+            _log.info("messages of revoked partitions handed back", messages=len(dropped))
+
+    def _start(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
         self._unfinished_runs += 1
         task = asyncio.create_task(self._handle(tp, record))
         self._running.add(task)
@@ -528,6 +572,8 @@ class Executor:
         else:
             consumer.unsubscribe()
             self._require(self._offsets).reset()
+            self._backlog.drop(lambda item: True)
+            self._buffered.clear()
         self.topics = topics
         _log.info("subscription changed", topics=len(topics), added=added, removed=removed)
         return True
@@ -599,6 +645,16 @@ async def _bounded(step: Awaitable[object], seconds: float, what: str) -> None:
         await asyncio.wait_for(step, seconds)
     except TimeoutError:
         _log.warning("shutdown step took too long; going on", step=what, seconds=seconds)
+
+
+def _owner(record: ConsumerRecord[Any, Any]) -> str:
+    """Whose turn a task message waits for: its invocation's (from the key,
+    ``<invocation>:<task>``) and function's (the topic): a reducer's step is not queued
+    behind its own fan-out's chunks, nor a small invocation behind a big one."""
+    key = record.key
+    if isinstance(key, bytes) and b":" in key:
+        return f"{key.split(b':', 1)[0].decode(errors='replace')}@{record.topic}"
+    return f"{record.topic}/{record.partition}"
 
 
 def _parse_failpoint(spec: str) -> str | None:

@@ -56,6 +56,7 @@ from services.common.events import TaskFinishedEvent, TaskMessage
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import InfraSettings
 
+from .fairness import FairHandout
 from .task_runner import TaskRunner, failure_event
 
 __all__ = ["WorkerPool", "WorkerStartError"]
@@ -158,6 +159,12 @@ def _run_one(
         return failure_event(message, error, executor_id, started_at)
 
 
+def _owner(message: TaskMessage) -> str:
+    """Workers are shared fairly between (invocation, function) pairs: a reducer's steps do
+    not wait behind its own fan-out's chunks, nor a small invocation behind a big one."""
+    return f"{message.invocation_id}/{message.task.function}"
+
+
 def _nothing() -> None:
     pass
 
@@ -234,7 +241,7 @@ class WorkerPool:
         self.max_outputs = max_outputs
         self._context = multiprocessing.get_context("spawn")
         self._workers: set[_Worker] = set()
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._idle: FairHandout[_Worker] = FairHandout()
         self._spawners: set[asyncio.Task[None]] = set()
         self._closing = False
         self.busy = 0
@@ -269,23 +276,28 @@ class WorkerPool:
 
         When the task had to wait for a worker, ``still_wanted`` is asked once one is free
         (e.g. the invocation was cancelled meanwhile): ``False`` returns None without running.
+        Workers are shared fairly between invocations (:class:`.fairness.FairHandout`).
         """
+        owner = _owner(message)
         waited = self._idle.empty()
-        worker = await self._idle.get()
-        if waited and still_wanted is not None:
-            try:
-                wanted = await still_wanted()
-            except BaseException:
-                self._idle.put_nowait(worker)
-                raise
-            if not wanted:
-                self._idle.put_nowait(worker)
-                return None
-        self.busy += 1
+        worker = await self._idle.get(owner)
         try:
-            return await self._run_on(worker, message)
+            if waited and still_wanted is not None:
+                try:
+                    wanted = await still_wanted()
+                except BaseException:
+                    self._idle.put_nowait(worker)
+                    raise
+                if not wanted:
+                    self._idle.put_nowait(worker)
+                    return None
+            self.busy += 1
+            try:
+                return await self._run_on(worker, message)
+            finally:
+                self.busy -= 1
         finally:
-            self.busy -= 1
+            self._idle.release(owner)
 
     async def run_many(
         self,
@@ -309,31 +321,40 @@ class WorkerPool:
             raise ValueError("run_many runs tasks without a timeout; run timed tasks with run()")
         if not messages:
             return []
+        owner = _owner(messages[0])
         waited = self._idle.empty()
-        worker = await self._idle.get()
-        if waited and still_wanted is not None:
-            try:
-                messages = list(await still_wanted(messages))
-            except BaseException:
-                self._idle.put_nowait(worker)
-                raise
-            if not messages:
-                self._idle.put_nowait(worker)
-                return []
-        results: list[TaskFinishedEvent] = []
-        while True:
-            self.busy += 1
-            try:
-                rest = await self._run_chunk_on(worker, messages, on_result or _ignore, results)
-            finally:
-                self.busy -= 1
-            if not rest:
-                return results
-            # The worker died under one task: the tasks after it never ran, so they are not
-            # failures (a task that kills its worker must not drag its siblings' retries
-            # down with it): they run on the next free worker.
-            messages = rest
-            worker = await self._idle.get()
+        worker = await self._idle.get(owner)
+        holding = True
+        try:
+            if waited and still_wanted is not None:
+                try:
+                    messages = list(await still_wanted(messages))
+                except BaseException:
+                    self._idle.put_nowait(worker)
+                    raise
+                if not messages:
+                    self._idle.put_nowait(worker)
+                    return []
+            results: list[TaskFinishedEvent] = []
+            while True:
+                self.busy += 1
+                try:
+                    rest = await self._run_chunk_on(worker, messages, on_result or _ignore, results)
+                finally:
+                    self.busy -= 1
+                if not rest:
+                    return results
+                # The worker died under one task: the tasks after it never ran, so they are
+                # not failures (a task that kills its worker must not drag its siblings'
+                # retries down with it): they run on the next free worker.
+                messages = rest
+                self._idle.release(owner)
+                holding = False
+                worker = await self._idle.get(owner)
+                holding = True
+        finally:
+            if holding:
+                self._idle.release(owner)
 
     async def _run_chunk_on(
         self,

@@ -47,6 +47,7 @@ from .topics import TaskTopics
 __all__ = ["Scheduler"]
 
 _log = get_logger(__name__)
+_SLOW_BATCH_SEC = 0.5  # batches slower than this are logged (other invocations wait)
 
 
 class _OnRevoke(ConsumerRebalanceListener):
@@ -203,10 +204,7 @@ class Scheduler:
         backoff = 0.1
         last_activity = time.monotonic()
         while not self._stop.is_set():
-            batch = await consumer.getmany(
-                timeout_ms=self._poll_timeout_ms, max_records=self.settings.max_batch
-            )
-            records = [record for part in batch.values() for record in part]
+            records = await self._fetch(consumer)
             if not records:
                 await self._commit_quietly()
                 if idle_sec is not None and await self._idle(last_activity, idle_sec):
@@ -218,6 +216,9 @@ class Scheduler:
                 self._handled(records)
                 self.handled += len(records)
                 backoff = 0.1
+                took = time.monotonic() - last_activity
+                if took >= _SLOW_BATCH_SEC:
+                    _log.info("slow batch", messages=len(records), duration_sec=round(took, 3))
             except PlatformUnavailable as exc:
                 backoff = min(backoff * 2, self._max_backoff)
                 _log.warning(
@@ -232,6 +233,25 @@ class Scheduler:
                 continue
             if time.monotonic() - self._committed_at >= self.settings.commit_interval_sec:
                 await self._commit_quietly()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> list[Record]:
+        """The next batch: a share of ``max_batch`` from every assigned partition that has
+        events buffered, so one partition's backlog (a huge fan-out's results all land on
+        its invocation's partition) cannot fill batch after batch while the others wait:
+        Kafka's fetcher hands out one partition's buffered records before the next's."""
+        assigned = sorted(consumer.assignment())
+        records: list[Record] = []
+        if assigned:
+            quota = max(1, self.settings.max_batch // len(assigned))
+            for tp in assigned:
+                got = await consumer.getmany(tp, timeout_ms=0, max_records=quota)
+                records.extend(got.get(tp, ()))
+        if records:
+            return records
+        batch = await consumer.getmany(
+            timeout_ms=self._poll_timeout_ms, max_records=self.settings.max_batch
+        )
+        return [record for part in batch.values() for record in part]
 
     async def _idle(self, last_activity: float, idle_sec: float) -> bool:
         if not self.consumer.assignment():
