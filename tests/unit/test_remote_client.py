@@ -202,31 +202,21 @@ def sse(*events: tuple[str, dict[str, Any]]) -> bytes:
     return "".join(f"event: {e}\ndata: {json.dumps(d)}\n\n" for e, d in events).encode()
 
 
-def test_block_until_done_follows_the_stream_to_the_finished_event() -> None:
-    def handler(request: Seen) -> HttpResponse:
-        assert request.params["block_until_finish"] == "true"
-        body = sse(
-            ("invocation.accepted", {"id": "inv1"}),
-            ("task.created", {"type": "task.created", "invocation_id": "inv1"}),
-            ("invocation.finished", status_body("succeeded")),
-        )
-        return HttpResponse(200, {"content-type": "text/event-stream"}, body)
-
-    assert client_for(handler).invoke_graph_with_object("points", True, n=1) == "inv1"
-
-
-def test_block_until_done_polls_when_the_stream_ends_early() -> None:
-    polls = iter(["running", "running", "succeeded"])
+def test_block_until_done_long_polls_the_status_after_invoking() -> None:
+    polls = iter(["running", "succeeded"])
+    seen: list[tuple[str, str]] = []
 
     def handler(request: Seen) -> HttpResponse:
+        seen.append((request.method, request.path.rsplit("/", 1)[1]))
         if request.method == "POST":
-            body = sse(("invocation.accepted", {"id": "inv1"}))
-            return HttpResponse(200, {"content-type": "text/event-stream"}, body)
-        assert request.path.endswith("/invocations/inv1")
+            assert "block_until_finish" not in request.params  # no per-task progress stream
+            return ok({"id": "inv1"})
+        assert request.params["limit"] == "0" and float(request.params["wait_sec"]) > 0
         return ok(status_body(next(polls)))
 
     client = client_for(handler)
     assert client.invoke_graph_with_object("points", block_until_done=True, n=1) == "inv1"
+    assert seen == [("POST", "invoke_object"), ("GET", "inv1"), ("GET", "inv1")]
     assert next(polls, None) is None
 
 
