@@ -88,7 +88,12 @@ class Names:
 
     def lease_key(self, invocation_id: str, task_id: str) -> str:
         """String with a TTL: the token of the executor process running the task."""
-        return f"{self.prefix}:inv:{invocation_id}:lease:{task_id}"
+        return self.lease_prefix(invocation_id) + task_id
+
+    def lease_prefix(self, invocation_id: str) -> str:
+        """What the lease keys of an invocation's tasks start with (Lua scripts append the
+        task id)."""
+        return f"{self.prefix}:inv:{invocation_id}:lease:"
 
     def logs_key(self, invocation_id: str) -> str:
         """Hash: task id -> JSON TaskLogPointers."""

@@ -76,6 +76,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _by_invocation(tasks: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for invocation_id, task_id in tasks:
+        grouped.setdefault(invocation_id, []).append(task_id)
+    return grouped
+
+
 def _unavailable(exc: Exception) -> PlatformUnavailable:
     return PlatformUnavailable(f"Redis is unavailable ({exc}); retry when it is back")
 
@@ -101,7 +108,9 @@ class StateStore:
         self._graph_records: dict[bytes, GraphRecord] = {}
         self.invocations = InvocationRepository(self._redis, self.names)
         self._claim = register(self._redis, "claim_task")
-        self._lease = register(self._redis, "renew_lease")
+        self._claim_many = register(self._redis, "claim_tasks")
+        self._renew = register(self._redis, "renew_leases")
+        self._record = register(self._redis, "record_results")
 
     async def __aenter__(self) -> StateStore:
         await self.ping()
@@ -464,46 +473,67 @@ class StateStore:
         answers = await self._call(self._scripts(self._claim, calls))
         return [(_text(verdict), _text(detail)) for verdict, detail in answers]
 
+    async def claim_chunk(
+        self,
+        invocation_id: str,
+        function: str,
+        tasks: Sequence[tuple[str, int]],
+        token: str,
+        ttl_sec: float,
+        executor: str,
+    ) -> list[tuple[str, str]]:
+        """:meth:`claim_tasks` for ``(task id, attempt)`` s of one invocation's function in
+        ONE call (``lua/claim_tasks.lua``); ``task.started`` is published for each lease
+        taken, while someone listens to the invocation's progress."""
+        if not tasks:
+            return []
+        names = self.names
+        keys = [
+            names.invocation_key(invocation_id),
+            names.done_key(invocation_id),
+            names.results_key(invocation_id),
+        ]
+        args: list[Any] = [
+            token,
+            _ms(ttl_sec),
+            names.lease_prefix(invocation_id),
+            names.progress_channel(invocation_id),
+            invocation_id,
+            executor,
+            function,
+        ]
+        for task_id, attempt in tasks:
+            args += [task_id, attempt]
+        [flat] = await self._call(self._scripts(self._claim_many, [(keys, args)]))
+        return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
     async def renew_leases(
         self, tasks: Iterable[tuple[str, str]], token: str, ttl_sec: float
     ) -> None:
-        """Extend the leases ``token`` holds on ``(invocation id, task id)`` pairs."""
-        await self._lease_calls(tasks, token, _ms(ttl_sec))
+        """Extend the leases ``token`` holds on ``(invocation id, task id)`` pairs: one call
+        per invocation (``lua/renew_leases.lua``), all in one round trip."""
+        calls: list[tuple[list[str], list[Any]]] = [
+            ([], [token, _ms(ttl_sec), self.names.lease_prefix(inv), *task_ids])
+            for inv, task_ids in _by_invocation(tasks).items()
+        ]
+        if calls:
+            await self._call(self._scripts(self._renew, calls))
 
     async def record_results(
         self, results: Iterable[tuple[str, str, bytes | None]], token: str
     ) -> None:
         """For ``(invocation id, task id, success event json or None)``: keep the successes
-        (first writer wins), then release ``token``'s leases, in one pipeline (a success is
-        kept before its lease goes)."""
-        results = list(results)
-        if not results:
-            return
-        releases: list[tuple[list[str], list[Any]]] = [
-            ([self.names.lease_key(invocation_id, task_id)], [token, 0])
-            for invocation_id, task_id, _ in results
-        ]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for invocation_id, task_id, event_json in results:
-                if event_json is not None:
-                    pipe.hsetnx(self.names.results_key(invocation_id), task_id, event_json)
-            for keys, args in releases:
-                pipe.evalsha(self._lease.sha, len(keys), *keys, *args)
-            answers = await self._call(pipe.execute(raise_on_error=False))
-        for answer in answers:
-            if isinstance(answer, Exception) and not isinstance(answer, NoScriptError):
-                raise answer
-        if any(isinstance(answer, NoScriptError) for answer in answers):
-            # the script cache was flushed (Redis restarted): releasing twice is harmless
-            await self._call(self._scripts(self._lease, releases))
-
-    async def _lease_calls(self, tasks: Iterable[tuple[str, str]], token: str, ms: int) -> None:
+        (first writer wins), then release ``token``'s leases; one call per invocation
+        (``lua/record_results.lua``), all in one round trip."""
+        grouped: dict[str, list[Any]] = {}
+        for invocation_id, task_id, event_json in results:
+            grouped.setdefault(invocation_id, []).extend((task_id, event_json or b""))
         calls = [
-            ([self.names.lease_key(invocation_id, task_id)], [token, ms])
-            for invocation_id, task_id in tasks
+            ([self.names.results_key(inv)], [token, self.names.lease_prefix(inv), *pairs])
+            for inv, pairs in grouped.items()
         ]
         if calls:
-            await self._call(self._scripts(self._lease, calls))
+            await self._call(self._scripts(self._record, calls))
 
     async def put_logs(self, invocation_id: str, task_id: str, pointers: Mapping[str, Any]) -> None:
         await self._call(

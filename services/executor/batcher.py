@@ -34,6 +34,12 @@ class Batcher(Generic[_T]):
         self._enqueue(item, future)
         await future
 
+    def enqueue(self, item: _T) -> asyncio.Future[None]:
+        """Queue ``item``; the future is done when it was sent (or holds the send's error)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(item, future)
+        return future
+
     def submit_nowait(self, item: _T) -> None:
         """Queue ``item`` without waiting for it (best-effort sends)."""
         self._enqueue(item, None)

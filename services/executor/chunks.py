@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord
 
+from services.common.errors import ServiceError
 from services.common.events import TaskChunkMessage, TaskFinishedEvent, TaskMessage
 from services.common.logging import get_logger
 
@@ -56,32 +57,27 @@ class ChunkRunner:
         """Handle every element of ``chunk``; ``True`` once all their effects are durable
         (``False`` if shutdown interrupted an element's wait: the chunk is redelivered).
         ``ran`` is called once no element needs a worker any more."""
+        executor = self._executor
         messages = chunk.task_messages()
-        verdicts = await asyncio.gather(*self._claims(messages))
-        log = _log.bind(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            invocation=chunk.invocation_id,
-            function=chunk.function,
-        )
-        log.debug(
-            "chunk claimed",
-            elements=len(messages),
-            run=sum(v[0] == "run" for v in verdicts),
-            skip=sum(v[0] == "skip" for v in verdicts),
-            result=sum(v[0] == "result" for v in verdicts),
-            wait=sum(v[0] == "wait" for v in verdicts),
-        )
-        # A timeout kills the worker: a chunk with one runs element by element.
-        together = chunk.timeout_sec is None
-        pairs = list(zip(messages, verdicts, strict=True))
-        to_run = [m for m, v in pairs if together and v[0] == "run"]
-        alone = [(m, v) for m, v in pairs if not (together and v[0] == "run")]
-        shares = _Shares(len(alone) + (1 if to_run else 0), ran)
+        alone: list[tuple[TaskMessage, _Verdict | None]] = []
+        together: list[TaskMessage] = []
+        if chunk.timeout_sec is not None:  # a timeout kills the worker: one element at a time
+            alone = [(m, None) for m in messages]
+        else:
+            # An element this process holds already (a duplicate message, or twice in the
+            # chunk) waits like a duplicate single task; the rest run together.
+            seen: set[tuple[str, str]] = set()
+            for message in messages:
+                key = (message.invocation_id, message.task.id)
+                if key in executor._leases or key in seen:
+                    alone.append((message, ("wait", "this executor")))
+                else:
+                    together.append(message)
+                    seen.add(key)
+        shares = _Shares(len(alone) + (1 if together else 0), ran)
         steps = [self._alone(m, record, shares.take(), v) for m, v in alone]
-        if to_run:
-            steps.append(self._run_together(to_run, record, shares.take()))
+        if together:
+            steps.append(self._run_together(chunk, together, record, shares.take()))
         return all(await asyncio.gather(*steps))
 
     async def _alone(
@@ -89,103 +85,107 @@ class ChunkRunner:
         message: TaskMessage,
         record: ConsumerRecord[Any, Any],
         ran: Callable[[], None],
-        verdict: _Verdict,
+        verdict: _Verdict | None,
     ) -> bool:
-        """One element on the single-task path, from its claim's verdict."""
+        """One element on the single-task path (from its claim's verdict, if known)."""
         try:
             return await self._executor._process_task(message, record, ran, verdict=verdict)
         finally:
             ran()
 
-    def _claims(self, messages: Sequence[TaskMessage]) -> list[Awaitable[_Verdict]]:
-        """The elements' claims, asked at once (one pipeline). An element this process holds
-        already (a duplicate, or twice in the chunk) waits like a duplicate single task."""
-        executor = self._executor
-        seen: set[tuple[str, str]] = set()
-        asks: list[Awaitable[_Verdict]] = []
-        for message in messages:
-            key = (message.invocation_id, message.task.id)
-            if key in executor._leases or key in seen:
-                asks.append(_answer(("wait", "this executor")))
-            else:
-                asks.append(self._claim_and_hold(message))
-            seen.add(key)
-        return asks
-
-    async def _claim_and_hold(self, message: TaskMessage) -> _Verdict:
-        """Claim one element; a taken lease goes into ``_leases`` right away (no await in
-        between), so a duplicate arriving meanwhile waits instead of running it too."""
-        executor = self._executor
-        key = (message.invocation_id, message.task.id)
-        verdict = await executor._claim(key, executor._started(message))
-        if verdict[0] == "run":
-            executor._leases.add(key)
-        return verdict
-
     async def _run_together(
         self,
+        chunk: TaskChunkMessage,
         messages: list[TaskMessage],
         record: ConsumerRecord[Any, Any],
         ran: Callable[[], None],
     ) -> bool:
-        """Run the claimed elements in one worker round trip; report each as it arrives."""
+        """Claim the elements once a worker is free (one Lua call; no lease is held while
+        the chunk waits for a worker), run the claimed ones in that worker round trip, and
+        queue each result for sending as it arrives."""
         executor = self._executor
         by_id = {m.task.id: m for m in messages}
-        dropped: dict[str, _Verdict] = {}
-        reports: list[asyncio.Task[None]] = []
+        held: list[tuple[str, str]] = []
+        later: list[Awaitable[bool]] = []  # elements not run here: recorded results, waits
+        sent: list[asyncio.Future[None]] = []
+        failed: list[tuple[TaskMessage, TaskFinishedEvent]] = []
 
-        async def still_wanted(waiting: Sequence[TaskMessage]) -> list[TaskMessage]:
-            answers = await asyncio.gather(*(executor._recheck(m) for m in waiting))
-            wanted = []
-            for message, answer in zip(waiting, answers, strict=True):
-                if answer[0] in ("skip", "result"):
-                    dropped[message.task.id] = answer
-                    executor._leases.discard((message.invocation_id, message.task.id))
-                else:  # "wait": our lease lapsed while waiting; nobody else runs it: run
-                    wanted.append(message)
-            return wanted
+        async def claim(waiting: Sequence[TaskMessage]) -> list[TaskMessage]:
+            tasks = [(m.task.id, m.task.attempt) for m in waiting]
+            verdicts = await executor._retrying(
+                "claiming a chunk",
+                lambda: executor._require(executor._store).claim_chunk(
+                    chunk.invocation_id,
+                    chunk.function,
+                    tasks,
+                    executor._token,
+                    executor.lease_ttl_sec,
+                    executor.id,
+                ),
+            )
+            run = []
+            for message, verdict in zip(waiting, verdicts, strict=True):
+                kind = verdict[0]
+                if kind == "run":
+                    key = (message.invocation_id, message.task.id)
+                    executor._leases.add(key)
+                    held.append(key)
+                    run.append(message)
+                elif kind == "result":
+                    later.append(self._recorded(message, verdict[1], record))
+                elif kind == "wait":
+                    later.append(self._alone(message, record, _nothing, verdict))
+            if len(run) < len(waiting):
+                _log.debug(
+                    "chunk elements not run here",
+                    invocation=chunk.invocation_id,
+                    function=chunk.function,
+                    elements=len(waiting) - len(run),
+                )
+            return run
 
         def on_result(event: TaskFinishedEvent) -> None:
-            message = by_id[event.task_id or ""]
-            reports.append(asyncio.create_task(self._report(record, message, event)))
+            sent.append(executor._completions.enqueue(event))
+            if event.finished.outcome != "success":
+                failed.append((by_id[event.task_id or ""], event))
 
         try:
-            await executor.pool.run_many(messages, still_wanted, on_result)
+            await executor.pool.run_many(messages, claim, on_result, always_ask=True)
             ran()
-            recorded = [
-                self._drop(by_id[task_id], verdict, record) for task_id, verdict in dropped.items()
-            ]
-            await asyncio.gather(*reports, *recorded)
-        except BaseException:
-            for report in reports:
-                report.cancel()
-            await asyncio.gather(*reports, return_exceptions=True)
-            raise
+            outcomes = await asyncio.gather(*sent, return_exceptions=True)
+            await self._unsendable(record, [o for o in outcomes if isinstance(o, BaseException)])
+            executor.tasks_run += len(sent)
+            for message, event in failed:
+                executor._log_finished(executor._task_log(record, message), message, event)
+            return all(await asyncio.gather(*later))
         finally:
-            for message in messages:
-                executor._leases.discard((message.invocation_id, message.task.id))
+            for key in held:
+                executor._leases.discard(key)
+
+    async def _unsendable(
+        self, record: ConsumerRecord[Any, Any], errors: list[BaseException]
+    ) -> None:
+        """Results that cannot be published (not retryable, e.g. too large): park the
+        chunk's message once on the dead-letter topic, with the first reason."""
+        for error in errors:
+            if not isinstance(error, ServiceError):
+                raise error
+        if not errors:
+            return
+        executor = self._executor
+        _log.error("cannot report chunk results; dead-lettering the chunk", error=str(errors[0]))
+        bus = executor._require(executor._bus)
+        reason = f"{len(errors)} tasks of the chunk ran but their results cannot be published: "
+        reason += str(errors[0])
+        await executor._retrying("dead-lettering", lambda: bus.dead_letter(reason, record))
+
+    async def _recorded(
+        self, message: TaskMessage, recorded: str, record: ConsumerRecord[Any, Any]
+    ) -> bool:
+        """An element an earlier run recorded: re-publish its result, nothing runs."""
+        executor = self._executor
+        await executor._publish_recorded(message, recorded, executor._task_log(record, message))
         return True
-
-    async def _report(
-        self, record: ConsumerRecord[Any, Any], message: TaskMessage, event: TaskFinishedEvent
-    ) -> None:
-        executor = self._executor
-        try:
-            await executor._report(record, message, event, executor._task_log(record, message))
-        finally:  # released in Redis with the result; stop renewing it
-            executor._leases.discard((message.invocation_id, message.task.id))
-
-    async def _drop(
-        self, message: TaskMessage, verdict: _Verdict, record: ConsumerRecord[Any, Any]
-    ) -> None:
-        """An element not run after all: re-publish its recorded result, or skip it."""
-        executor = self._executor
-        log = executor._task_log(record, message)
-        kind, detail = verdict
-        if kind == "result":
-            await executor._publish_recorded(message, detail, log)
-        else:
-            log.info("task skipped", reason=detail)
 
 
 class _Shares:
@@ -213,5 +213,5 @@ class _Shares:
         return share
 
 
-async def _answer(verdict: _Verdict) -> _Verdict:
-    return verdict
+def _nothing() -> None:
+    pass

@@ -305,6 +305,8 @@ class WorkerPool:
         still_wanted: Callable[[Sequence[TaskMessage]], Awaitable[Sequence[TaskMessage]]]
         | None = None,
         on_result: Callable[[TaskFinishedEvent], None] | None = None,
+        *,
+        always_ask: bool = False,
     ) -> list[TaskFinishedEvent]:
         """Run ``messages`` one after another on ONE free worker, in one round trip.
 
@@ -314,8 +316,10 @@ class WorkerPool:
         ``platform`` ``WorkerDied`` failure, and the tasks after it (which never ran) run on
         the next free worker. When the chunk had to wait for a worker,
         ``still_wanted(messages)`` returns the ones to run (nothing wanted: returns ``[]``
-        without running). Tasks with a timeout must go through :meth:`run` (a timeout kills
-        the worker, and with it every task of a chunk).
+        without running); with ``always_ask`` it is asked whenever a worker is free (the
+        executor claims a chunk's tasks only then, so no lease is held while waiting). Tasks
+        with a timeout must go through :meth:`run` (a timeout kills the worker, and with it
+        every task of a chunk).
         """
         if any(m.timeout_sec is not None for m in messages):
             raise ValueError("run_many runs tasks without a timeout; run timed tasks with run()")
@@ -326,7 +330,7 @@ class WorkerPool:
         worker = await self._idle.get(owner)
         holding = True
         try:
-            if waited and still_wanted is not None:
+            if (waited or always_ask) and still_wanted is not None:
                 try:
                     messages = list(await still_wanted(messages))
                 except BaseException:

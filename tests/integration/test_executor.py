@@ -804,9 +804,13 @@ async def test_a_cancelled_chunk_waiting_for_a_worker_does_not_run(
             pass
         assert item.type == "task.started"  # the only worker is busy for 3 s
         await stack.send(record, chunk)
-        while (item := await asyncio.wait_for(anext(progress), 20)) is None:
-            pass
-        assert item.type == "task.started"  # the chunk is claimed and waits for the worker
+
+        async def both_in_flight() -> bool:
+            return executor.in_flight >= 2
+
+        # The chunk waits for the worker, unclaimed: its claim comes when a worker is free.
+        await _eventually(both_in_flight, what="the chunk to wait for the worker")
+        assert await asyncio.wait_for(anext(progress), 5) is None  # nothing started
         state, rev = (await stack.store.load_invocation(inv)) or (None, 0)
         assert state is not None
         cancelled = state.model_copy(update={"status": "cancelled"})
