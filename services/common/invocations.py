@@ -50,6 +50,7 @@ class InvocationView:
     state: InvocationState
     rev: int
     windows: dict[str, list[ValueRange]] = field(default_factory=dict)  # reducer -> loaded
+    listened: bool = True  # someone subscribes to the invocation's progress channel
 
     def queue_changes(self, name: str) -> tuple[int, list[ValueRange]] | None:
         """How reducer ``name``'s stored queue changes: ``(entries to drop from its head,
@@ -196,11 +197,13 @@ class InvocationRepository:
                     pipe.hmget(names.invocation_key(inv), ["rev", "state"])
                 if task_ids:
                     pipe.hmget(names.tasks_key(inv), task_ids)
+                pipe.pubsub_numsub(names.progress_channel(inv))
             rows = iter(await pipe.execute())
         views: dict[str, InvocationView] = {}
         for inv, task_ids in asked.items():
             head = next(rows)
             records = next(rows) if task_ids else []
+            [(_, listeners)] = next(rows)
             if head[0] is None:
                 continue  # deleted (or never created)
             rev = int(head[0])
@@ -218,7 +221,7 @@ class InvocationRepository:
                 for task_id, raw in zip(task_ids, records, strict=True)
                 if raw is not None
             }
-            views[inv] = InvocationView(state=state, rev=rev)
+            views[inv] = InvocationView(state=state, rev=rev, listened=int(listeners) > 0)
         await self._load_windows(views.values(), asked, window)
         return views
 

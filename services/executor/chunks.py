@@ -124,6 +124,7 @@ class ChunkRunner:
                 ),
             )
             run = []
+            skipped: dict[str, int] = {}
             for message, verdict in zip(waiting, verdicts, strict=True):
                 kind = verdict[0]
                 if kind == "run":
@@ -135,12 +136,18 @@ class ChunkRunner:
                     later.append(self._recorded(message, verdict[1], record))
                 elif kind == "wait":
                     later.append(self._alone(message, record, _nothing, verdict))
-            if len(run) < len(waiting):
-                _log.debug(
-                    "chunk elements not run here",
+                else:
+                    skipped[verdict[1]] = skipped.get(verdict[1], 0) + 1
+            for reason, count in skipped.items():  # one line per reason, not per element
+                _log.info(
+                    "tasks skipped",
+                    reason=reason,
+                    tasks=count,
                     invocation=chunk.invocation_id,
                     function=chunk.function,
-                    elements=len(waiting) - len(run),
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
                 )
             return run
 

@@ -218,7 +218,7 @@ class EventHandler:
                     await self.bus.dead_letter(error.message, record)
             return
         engine, work.definition = found
-        work.decision = apply_events(engine, state, events)
+        work.decision = apply_events(engine, state, events, task_progress=work.view.listened)
 
     async def _engine(
         self, namespace: str, graph: str, version: str

@@ -115,6 +115,7 @@ class Decision:
     done: list[str] = field(default_factory=list)  # tasks that reached a final status
     logs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task id -> log pointers
     progress: list[ProgressEvent] = field(default_factory=list)
+    task_progress: bool = True  # task.created/task.finished too (someone listens)
     continue_seq: int | None = None  # ask for the next slice of a fan-out (ContinueDelivery)
 
 
@@ -160,10 +161,18 @@ def accepts(state: InvocationState, event: EngineEvent) -> bool:
 
 
 def apply_events(
-    engine: Engine, state: InvocationState, events: Iterable[SchedulerEvent]
+    engine: Engine,
+    state: InvocationState,
+    events: Iterable[SchedulerEvent],
+    *,
+    task_progress: bool = True,
 ) -> Decision:
-    """Apply ``events`` (one invocation's, in partition order) to ``state`` in place."""
-    decision = Decision(invocation_id=state.invocation_id)
+    """Apply ``events`` (one invocation's, in partition order) to ``state`` in place.
+
+    ``task_progress=False`` (nobody listens to the invocation's progress) leaves out the
+    per-task progress events: a fan-out of thousands would encode thousands of messages that
+    nobody reads. ``invocation.finished`` is always there."""
+    decision = Decision(invocation_id=state.invocation_id, task_progress=task_progress)
     for event in events:
         engine_event = to_engine_event(event)
         if not accepts(state, engine_event):
@@ -207,6 +216,8 @@ def _record_finished(state: InvocationState, event: TaskFinishedEvent, out: Deci
             "stderr": event.stderr_key,
             "attempt": finished.attempt,
         }
+    if not out.task_progress:
+        return
     out.progress.append(
         ProgressEvent(
             type="task.finished",
@@ -327,15 +338,16 @@ def build_messages(
             ready.append((topic, key, encode_message(message)))
         else:
             groups.setdefault(task.function, []).append(message)
-        decision.progress.append(
-            ProgressEvent(
-                type="task.created",
-                invocation_id=state.invocation_id,
-                task_id=task.id,
-                function=task.function,
-                attempt=task.attempt,
+        if decision.task_progress:
+            decision.progress.append(
+                ProgressEvent(
+                    type="task.created",
+                    invocation_id=state.invocation_id,
+                    task_id=task.id,
+                    function=task.function,
+                    attempt=task.attempt,
+                )
             )
-        )
     if decision.continue_seq is not None:
         event = InvocationContinueEvent(
             namespace=state.namespace,

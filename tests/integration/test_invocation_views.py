@@ -148,3 +148,17 @@ async def test_the_summary_does_not_grow_with_the_fan_out(store: StateStore) -> 
         assert await store.redis.exists(store.names.tasks_key(INV)) == 0
         assert await store.redis.exists(store.names.output_index_key(INV, "square")) == 0
     assert sizes[400] < sizes[10] + 200, sizes
+
+
+async def test_a_view_knows_whether_anyone_listens_to_its_progress(store: StateStore) -> None:
+    engine = Engine(_definition())
+    await store.create_invocation(
+        engine.new_state(INV, namespace="ns"), StoredValues.from_payloads([encode({})])
+    )
+    assert not (await store.load_views({INV: []}, {}, 8))[INV].listened
+    progress = store.subscribe_progress(INV)
+    await anext(progress)  # subscribed
+    try:
+        assert (await store.load_views({INV: []}, {}, 8))[INV].listened
+    finally:
+        await progress.aclose()

@@ -300,3 +300,13 @@ def test_a_sliced_fan_out_asks_for_its_next_slice_on_the_events_topic(graph) -> 
     following = apply_events(engine, state, [event, event])  # the second is a duplicate
     assert len(following.run) == 4 and following.continue_seq == 2
     assert {r.task.inputs[0].task_id for r in following.run} == {start_id}
+
+
+def test_without_listeners_only_the_invocations_end_is_published(engine, graph) -> None:
+    state = new_state(engine)
+    first = apply_events(engine, state, [created()], task_progress=False)
+    build_messages(first, state, graph, NAMES, {})
+    assert first.progress == []  # no task.created
+    start_id = first.run[0].task.id
+    second = apply_events(engine, state, [finished(start_id, [])], task_progress=False)
+    assert [p.type for p in second.progress] == ["invocation.finished"]
