@@ -114,6 +114,6 @@ def create_app(
     @app.get("/internal/executors", tags=["platform"])
     async def executors(service: Service) -> ExecutorList:
         """Executors that sent a heartbeat recently, with their labels and load."""
-        return ExecutorList(executors=await service.store.executors())
+        return ExecutorList(executors=await service.store.registry.executors())
 
     return app

@@ -22,7 +22,7 @@ from indexify.models import TaskLogs
 from services.common.blobs import load_values
 from services.common.errors import BadRequest, NotFound, ServiceError
 from services.common.events import StoredValues
-from services.common.state_store import GraphRecord
+from services.common.graphs import GraphRecord
 
 from . import validation
 from .schemas import FunctionOutputs, OutputCounts, OutputValue, TaskLogsPage
@@ -75,7 +75,7 @@ async def _stored(
     service: ApiService, invocation_id: str, ranges: Sequence[ValueRange]
 ) -> dict[str, StoredValues]:
     """The stored values of the tasks of ``ranges``; each must hold its range."""
-    stored = await service.store.get_outputs(invocation_id, [r.task_id for r in ranges])
+    stored = await service.store.invocations.get_outputs(invocation_id, [r.task_id for r in ranges])
     broken = sorted(
         {r.task_id for r in ranges if r.task_id not in stored or stored[r.task_id].count < r.stop}
     )
@@ -119,7 +119,9 @@ async def function_outputs(
     output index read."""
     entry, offset = validation.parse_outputs_cursor(cursor)
     state, _ = await _state_and_function(service, namespace, graph, invocation_id, function)
-    ranges = await service.store.output_ranges(invocation_id, function, entry, entry + limit + 1)
+    ranges = await service.store.invocations.output_ranges(
+        invocation_id, function, entry, entry + limit + 1
+    )
     if ranges and offset and offset >= ranges[0].size:
         raise BadRequest(
             f"cursor={cursor!r} points past the values of output entry {entry} (it has "
@@ -196,7 +198,7 @@ async def raw_output(
         f"function {function!r} has no output {task_id}:{index} in invocation "
         f"{invocation_id}; {listed}"
     )
-    record = (await service.store.get_tasks(invocation_id, [task_id])).get(task_id)
+    record = (await service.store.invocations.get_tasks(invocation_id, [task_id])).get(task_id)
     if record is None or record.task.function != function or index < 0:
         raise missing
     if record.status != "succeeded":
@@ -209,7 +211,7 @@ async def raw_output(
             f"outputs; the values it routed are outputs of the functions before it"
         )
     if record.task.kind == "reduce":
-        final = await service.store.output_ranges(invocation_id, function, -1)
+        final = await service.store.invocations.output_ranges(invocation_id, function, -1)
         if not final or final[-1].task_id != task_id:
             raise NotFound(
                 f"task {task_id} is a step of reducer {function!r} (an accumulator so far), "
@@ -239,7 +241,7 @@ async def _log_pointers(
     service: ApiService, invocation_id: str, task_ids: list[str]
 ) -> dict[str, dict[str, Any]]:
     """Where the logs of ``task_ids`` are."""
-    return await service.store.get_logs(invocation_id, task_ids)
+    return await service.store.invocations.get_logs(invocation_id, task_ids)
 
 
 async def task_logs(
@@ -256,7 +258,9 @@ async def task_logs(
     of ``function``, from ``cursor`` (None: the first page)."""
     start = validation.parse_scan_cursor(cursor, "cursor", "next_cursor")
     await _state_and_function(service, namespace, graph, invocation_id, function)
-    records, after = await service.store.tasks_page(invocation_id, start, limit, function=function)
+    records, after = await service.store.invocations.tasks_page(
+        invocation_id, start, limit, function=function
+    )
     records.sort(key=lambda r: r.task.id)
     pointers = await _log_pointers(service, invocation_id, [r.task.id for r in records])
 

@@ -69,7 +69,7 @@ class ProgressHub:
     def __init__(self, store: StateStore) -> None:
         self._store = store
         self._finished_channel = store.names.finished_channel
-        self._pubsub: PubSub = store.redis.pubsub()
+        self._pubsub: PubSub = store.progress.pubsub()
         self._watches: dict[str, set[Watch]] = {}
         self._channels: dict[str, _Channel] = {}
         self._reader: asyncio.Task[None] | None = None

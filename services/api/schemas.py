@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from indexify.engine import ErrorInfo
 from indexify.engine.model import InvocationStatus
 from indexify.models import GraphInfo, InvocationInfo, TaskLogs
-from services.common.state_store import ExecutorInfo
+from services.common.executor_registry import ExecutorInfo
 
 
 class _Body(BaseModel):

@@ -26,12 +26,13 @@ from services.common.events import (
     StoredValues,
     encode_message,
 )
+from services.common.graphs import GraphRecord
 from services.common.invocations import INPUT_FIELD
 from services.common.kafka_bus import KafkaBus
 from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import InfraSettings
-from services.common.state_store import GraphRecord, StateStore
+from services.common.state_store import StateStore
 
 from . import validation
 from .progress_hub import ProgressHub
@@ -80,17 +81,17 @@ class ApiService:
     # -- lookups ----------------------------------------------------------------------------
 
     async def require_namespace(self, namespace: str) -> None:
-        if not await self.store.namespace_exists(namespace):
+        if not await self.store.graphs.namespace_exists(namespace):
             raise NotFound(
                 f"namespace {namespace!r} does not exist; create it with POST /namespaces "
                 f'{{"name": "{namespace}"}}'
             )
 
     async def require_graph(self, namespace: str, graph: str) -> GraphRecord:
-        record = await self.store.get_graph(namespace, graph)
+        record = await self.store.graphs.get_graph(namespace, graph)
         if record is None:
             await self.require_namespace(namespace)
-            known = [r.name for r in await self.store.list_graphs(namespace)]
+            known = [r.name for r in await self.store.graphs.list_graphs(namespace)]
             raise NotFound(
                 f"graph {graph!r} is not registered in namespace {namespace!r} (registered: "
                 f"{known}); register it with POST /namespaces/{namespace}/compute_graphs"
@@ -100,7 +101,7 @@ class ApiService:
     async def require_state(
         self, namespace: str, graph: str, invocation_id: str
     ) -> InvocationState:
-        loaded = await self.store.load_invocation(invocation_id)
+        loaded = await self.store.invocations.load_invocation(invocation_id)
         if loaded is None or loaded[0].namespace != namespace or loaded[0].graph != graph:
             await self.require_graph(namespace, graph)
             raise NotFound(f"graph {graph!r} has no invocation {invocation_id!r}")
@@ -108,7 +109,7 @@ class ApiService:
 
     async def graph_version(self, state: InvocationState) -> GraphRecord:
         """The graph version an invocation runs on (the current one if that was deleted)."""
-        record = await self.store.get_graph_version(
+        record = await self.store.graphs.get_graph_version(
             state.namespace, state.graph, state.graph_version
         )
         return record or await self.require_graph(state.namespace, state.graph)
@@ -116,10 +117,10 @@ class ApiService:
     # -- namespaces -------------------------------------------------------------------------
 
     async def namespaces(self) -> list[str]:
-        return await self.store.namespaces()
+        return await self.store.graphs.namespaces()
 
     async def create_namespace(self, name: str) -> bool:
-        return await self.store.create_namespace(validation.check_name(name, "namespace"))
+        return await self.store.graphs.create_namespace(validation.check_name(name, "namespace"))
 
     # -- graphs -----------------------------------------------------------------------------
 
@@ -127,7 +128,7 @@ class ApiService:
         definition = validation.parse_definition(upload.definition, self.names, namespace)
         code = validation.decode_code(upload.code)
         await self.require_namespace(namespace)
-        current = await self.store.get_graph(namespace, definition.name)
+        current = await self.store.graphs.get_graph(namespace, definition.name)
         if current is not None and current.version == definition.version:
             return GraphRegistered(**graph_info(current).model_dump(), created=False)
         code_key = self.names.code_object(namespace, definition.name, definition.version)
@@ -149,7 +150,7 @@ class ApiService:
             definition=definition,
             code_key=code_key,
         )
-        stored, created = await self.store.put_graph(record)
+        stored, created = await self.store.graphs.put_graph(record)
         _log.info(
             "graph registered",
             namespace=namespace,
@@ -161,7 +162,7 @@ class ApiService:
 
     async def graphs(self, namespace: str) -> list[GraphInfo]:
         await self.require_namespace(namespace)
-        return [graph_info(r) for r in await self.store.list_graphs(namespace)]
+        return [graph_info(r) for r in await self.store.graphs.list_graphs(namespace)]
 
     async def graph(self, namespace: str, graph: str) -> GraphInfo:
         return graph_info(await self.require_graph(namespace, graph))
@@ -169,7 +170,7 @@ class ApiService:
     async def graph_code(self, namespace: str, graph: str, version: str | None) -> bytes:
         record = await self.require_graph(namespace, graph)
         if version is not None and version != record.version:
-            old = await self.store.get_graph_version(namespace, graph, version)
+            old = await self.store.graphs.get_graph_version(namespace, graph, version)
             if old is None:
                 raise NotFound(f"graph {graph!r} has no version {version!r}")
             record = old
@@ -177,7 +178,7 @@ class ApiService:
 
     async def delete_graph(self, namespace: str, graph: str) -> int:
         await self.require_graph(namespace, graph)
-        invocation_ids = await self.store.delete_graph(namespace, graph)
+        invocation_ids = await self.store.graphs.delete_graph(namespace, graph)
         for prefix in (
             f"{self.names.prefix}/graphs/{namespace}/{graph}/",
             f"{self.names.prefix}/invocations/{namespace}/{graph}/",
@@ -215,7 +216,7 @@ class ApiService:
             status="pending",
             created_at=time.time(),
         )
-        await self.store.create_invocation(state, stored)
+        await self.store.invocations.create_invocation(state, stored)
         event = InvocationCreatedEvent(
             namespace=record.namespace,
             graph=record.name,
@@ -290,10 +291,12 @@ class ApiService:
     async def rerun_graph(self, namespace: str, graph: str) -> list[str]:
         """Replay every invocation of the graph on its current version (a backfill)."""
         record = await self.require_graph(namespace, graph)
-        ids = await self.store.list_invocations(namespace, graph, limit=None)
+        ids = await self.store.invocations.list_invocations(namespace, graph, limit=None)
         new_ids: list[str] = []
         for start in range(0, len(ids), _RERUN_BATCH):
-            states = await self.store.load_invocations(ids[start : start + _RERUN_BATCH])
+            states = await self.store.invocations.load_invocations(
+                ids[start : start + _RERUN_BATCH]
+            )
             batch = [await self._rerun_prepare(s, record) for s, _ in states.values()]
             await self.publish_accepted(batch)
             new_ids.extend(a.id for a in batch)
@@ -303,8 +306,8 @@ class ApiService:
 
     async def invocations(self, namespace: str, graph: str, limit: int) -> list[InvocationInfo]:
         await self.require_graph(namespace, graph)
-        ids = await self.store.list_invocations(namespace, graph, limit=limit)
-        states = await self.store.load_invocations(ids)
+        ids = await self.store.invocations.list_invocations(namespace, graph, limit=limit)
+        states = await self.store.invocations.load_invocations(ids)
         return [
             InvocationInfo.from_state(states[i][0], with_tasks=False) for i in ids if i in states
         ]
@@ -325,7 +328,7 @@ class ApiService:
         if limit <= 0:
             has_tasks = cursor != 0 or any(n > 0 for n in state.task_counts.values())
             return InvocationInfo.from_summary(state, [], str(cursor) if has_tasks else None)
-        records, after = await self.store.tasks_page(invocation_id, cursor, limit)
+        records, after = await self.store.invocations.tasks_page(invocation_id, cursor, limit)
         return InvocationInfo.from_summary(state, records, validation.scan_cursor(after))
 
     async def cancel_invocation(
@@ -346,13 +349,17 @@ class ApiService:
         _log.info("invocation deleted", graph=graph, invocation=invocation_id)
 
     async def _delete_invocation_data(self, state: InvocationState) -> None:
-        await self.store.delete_invocation(state.namespace, state.graph, state.invocation_id)
+        await self.store.invocations.delete_invocation(
+            state.namespace, state.graph, state.invocation_id
+        )
         await self.blobs.delete_prefix(
             self.names.invocation_prefix(state.namespace, state.graph, state.invocation_id)
         )
 
     async def input_values(self, invocation_id: str) -> StoredValues | None:
-        return (await self.store.get_outputs(invocation_id, [INPUT_FIELD])).get(INPUT_FIELD)
+        return (await self.store.invocations.get_outputs(invocation_id, [INPUT_FIELD])).get(
+            INPUT_FIELD
+        )
 
     # -- platform ---------------------------------------------------------------------------
 

@@ -65,10 +65,10 @@ async def _final(
     """The invocation's summary once it is terminal (None while it runs); ``finished``: the
     scheduler said so, skip the cheap status check."""
     if not finished:
-        status = await service.store.invocation_status(accepted.id)
+        status = await service.store.invocations.invocation_status(accepted.id)
         if status is not None and status not in TERMINAL_STATUSES:
             return None  # the cheap check: the full state can be large
-    loaded = await service.store.load_invocation(accepted.id)
+    loaded = await service.store.invocations.load_invocation(accepted.id)
     if loaded is None:
         raise ServiceError(f"invocation {accepted.id} was deleted while it ran")
     state = loaded[0]
@@ -102,7 +102,7 @@ async def wait_until_terminal(service: ApiService, invocation_id: str, wait_sec:
 
 
 async def _terminal_or_gone(service: ApiService, invocation_id: str) -> bool:
-    status = await service.store.invocation_status(invocation_id)
+    status = await service.store.invocations.invocation_status(invocation_id)
     return status is None or status in TERMINAL_STATUSES
 
 

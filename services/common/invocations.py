@@ -22,6 +22,7 @@ event does, never by the size of its invocation.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +34,16 @@ from indexify.engine import InvocationState, TaskRecord, ValueRange
 
 from .events import ProgressEvent, StoredValues
 from .names import Names
+from .redis_calls import RedisRepository
 from .scripts import register
 
-__all__ = ["InvocationRepository", "InvocationView", "summary_json"]
+__all__ = ["INPUT_FIELD", "InvocationRepository", "InvocationView", "summary_json"]
+
+_ViewSave = tuple[
+    "InvocationView", Mapping[str, StoredValues], Iterable[str], Iterable[ProgressEvent]
+]
+"""What :meth:`InvocationRepository.save_views` saves: view, new stored values, done tasks,
+progress."""
 
 INPUT_FIELD = "input"
 _SCAN_ROUNDS = 8
@@ -80,12 +88,12 @@ def _ranges(items: Sequence[Any]) -> list[ValueRange]:
     return _RANGES.validate_json(b"[" + b",".join(items) + b"]") if items else []
 
 
-class InvocationRepository:
-    """The Redis side of invocation state (see the module docstring)."""
+class InvocationRepository(RedisRepository):
+    """The Redis side of invocation state (see the module docstring): its pieces, its
+    stored values and log pointers, and the per-graph index of invocations."""
 
     def __init__(self, redis: aioredis.Redis, names: Names):
-        self._redis = redis
-        self.names = names
+        super().__init__(redis, names)
         self._save = register(redis, "save_invocation")
 
     @property
@@ -94,7 +102,7 @@ class InvocationRepository:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def create(self, pipe: Any, state: InvocationState, input_values: StoredValues) -> None:
+    def _create(self, pipe: Any, state: InvocationState, input_values: StoredValues) -> None:
         """Queue on ``pipe`` what records an accepted invocation (before its event)."""
         pipe.hset(
             self.names.invocation_key(state.invocation_id),
@@ -174,7 +182,7 @@ class InvocationRepository:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def load_views(
+    async def _load_views(
         self,
         wanted: Mapping[str, Iterable[str]],
         cached: Mapping[str, tuple[InvocationState, int]],
@@ -251,7 +259,7 @@ class InvocationRepository:
             reducer.backlog -= len(loaded)
             view.windows[name] = list(loaded)
 
-    async def load_summaries(self, ids: Iterable[str]) -> dict[str, tuple[InvocationState, int]]:
+    async def _load_summaries(self, ids: Iterable[str]) -> dict[str, tuple[InvocationState, int]]:
         """``(summary, rev)`` of each existing invocation: no task records, no outputs."""
         ids = list(ids)
         if not ids:
@@ -266,7 +274,7 @@ class InvocationRepository:
             if row[0] is not None
         }
 
-    async def tasks_page(
+    async def _tasks_page(
         self, invocation_id: str, cursor: int, limit: int, *, function: str | None = None
     ) -> tuple[list[TaskRecord], int]:
         """Up to about ``limit`` task records (of ``function`` only, if given) from
@@ -287,7 +295,9 @@ class InvocationRepository:
                 break
         return records, int(cursor)
 
-    async def get_tasks(self, invocation_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+    async def _get_tasks(
+        self, invocation_id: str, task_ids: Sequence[str]
+    ) -> dict[str, TaskRecord]:
         if not task_ids:
             return {}
         rows = await self._redis.hmget(self.names.tasks_key(invocation_id), list(task_ids))
@@ -297,7 +307,7 @@ class InvocationRepository:
             if raw is not None
         }
 
-    async def output_ranges(
+    async def _output_ranges(
         self, invocation_id: str, function: str, start: int = 0, stop: int | None = None
     ) -> list[ValueRange]:
         """Entries ``start`` to ``stop - 1`` (None: to the end) of ``function``'s output
@@ -324,3 +334,207 @@ class InvocationRepository:
             keys += [names.output_index_key(invocation_id, fn) for fn in state.output_counts]
             keys += [names.reducer_queue_key(invocation_id, fn) for fn in state.reducers]
         return keys
+
+    async def create_invocation(self, state: InvocationState, input_values: StoredValues) -> None:
+        """Record an accepted invocation (status pending) before its event is published."""
+        pipe = self._redis.pipeline(transaction=True)
+        self._create(pipe, state, input_values)
+        pipe.zadd(
+            self.names.invocations_key(state.namespace, state.graph),
+            {state.invocation_id: state.created_at or time.time()},
+        )
+        await self._call(pipe.execute())
+
+    async def load_invocation(self, invocation_id: str) -> tuple[InvocationState, int] | None:
+        """The summary of an invocation (no task records, no outputs) and its revision."""
+        return (await self.load_invocations([invocation_id])).get(invocation_id)
+
+    async def load_invocations(
+        self, invocation_ids: Iterable[str]
+    ) -> dict[str, tuple[InvocationState, int]]:
+        """:meth:`load_invocation` of each existing invocation, in one round trip."""
+        return await self._call(self._load_summaries(invocation_ids))
+
+    async def load_views(
+        self,
+        wanted: Mapping[str, Iterable[str]],
+        cached: Mapping[str, tuple[InvocationState, int]],
+        window: int,
+    ) -> dict[str, InvocationView]:
+        """See :meth:`_load_views`."""
+        return await self._call(self._load_views(wanted, cached, window))
+
+    async def invocation_status(self, invocation_id: str) -> str | None:
+        raw = await self._call(self._redis.hget(self.names.invocation_key(invocation_id), "status"))
+        return raw.decode() if raw else None
+
+    async def save_views(
+        self,
+        saves: Iterable[
+            tuple[
+                InvocationView, Mapping[str, StoredValues], Iterable[str], Iterable[ProgressEvent]
+            ]
+        ],
+    ) -> list[int | None]:
+        """Save each ``(view, new stored values, done task ids, progress)``: one atomic
+        compare-and-set per invocation, all in one pipeline (one round trip); progress is
+        published only by the saves that succeeded. Returns each new revision (None: another
+        writer saved first). A saved view becomes its summary (see
+        :meth:`InvocationRepository.saved`)."""
+        saves = list(saves)
+        calls = [
+            self.save_call(view, values, done, progress) for view, values, done, progress in saves
+        ]
+        if not calls:
+            return []
+        results = await self._call(self._scripts(self.save_script, calls))
+        revs: list[int | None] = []
+        for (view, *_), result in zip(saves, results, strict=True):
+            rev = int(result)
+            if rev < 0:
+                revs.append(None)
+            else:
+                self.saved(view, rev)
+                revs.append(rev)
+        return revs
+
+    async def save_invocation(
+        self,
+        state: InvocationState,
+        expected_rev: int,
+        *,
+        outputs: Mapping[str, StoredValues] | None = None,
+        done: Iterable[str] = (),
+        progress: Iterable[ProgressEvent] = (),
+    ) -> int | None:
+        """Save ``state`` as a view (its summary, the records and outputs it holds), e.g. for
+        tools and tests that play the scheduler; ``state`` becomes its summary when saved."""
+        view = InvocationView(state=state, rev=expected_rev)
+        return await self.save_view(view, values=outputs, done=done, progress=progress)
+
+    async def save_invocations(
+        self,
+        saves: Iterable[
+            tuple[
+                InvocationState,
+                int,
+                Mapping[str, StoredValues] | None,
+                Iterable[str],
+                Iterable[ProgressEvent],
+            ]
+        ],
+    ) -> list[int | None]:
+        """:meth:`save_invocation` for ``(state, expected rev, outputs, done, progress)`` each,
+        in one round trip."""
+        return await self.save_views(
+            (InvocationView(state=state, rev=rev), outputs or {}, done, progress)
+            for state, rev, outputs, done, progress in saves
+        )
+
+    async def save_view(
+        self,
+        view: InvocationView,
+        *,
+        values: Mapping[str, StoredValues] | None = None,
+        done: Iterable[str] = (),
+        progress: Iterable[ProgressEvent] = (),
+    ) -> int | None:
+        """:meth:`save_views` for one view."""
+        return (await self.save_views([(view, values or {}, done, progress)]))[0]
+
+    async def tasks_page(
+        self, invocation_id: str, cursor: int = 0, limit: int = 1000, function: str | None = None
+    ) -> tuple[list[TaskRecord], int]:
+        """A page of task records (see :meth:`InvocationRepository.tasks_page`)."""
+        return await self._call(self._tasks_page(invocation_id, cursor, limit, function=function))
+
+    async def get_tasks(self, invocation_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        return await self._call(self._get_tasks(invocation_id, task_ids))
+
+    async def output_ranges(
+        self, invocation_id: str, function: str, start: int = 0, stop: int | None = None
+    ) -> list[ValueRange]:
+        """A slice of ``function``'s output index (ranges of task outputs, in order)."""
+        return await self._call(self._output_ranges(invocation_id, function, start, stop))
+
+    async def list_invocations(
+        self, namespace: str, graph: str, limit: int | None = 1000
+    ) -> list[str]:
+        end = -1 if limit is None else limit - 1
+        raw = await self._call(
+            self._redis.zrevrange(self.names.invocations_key(namespace, graph), 0, end)
+        )
+        return [r.decode() for r in raw]
+
+    async def delete_invocation(self, namespace: str, graph: str, invocation_id: str) -> None:
+        loaded = await self.load_invocation(invocation_id)
+        state = loaded[0] if loaded is not None else None
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(self.names.invocations_key(namespace, graph), invocation_id)
+        pipe.delete(*self.invocation_keys(invocation_id, state))
+        pipe.publish(self.names.finished_channel, invocation_id)  # wakes its long polls
+        await self._call(pipe.execute())
+
+    async def get_outputs(
+        self, invocation_id: str, task_ids: Iterable[str]
+    ) -> dict[str, StoredValues]:
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        raw = await self._call(self._redis.hmget(self.names.outputs_key(invocation_id), ids))
+        return {
+            task_id: StoredValues.model_validate_json(value)
+            for task_id, value in zip(ids, raw, strict=True)
+            if value is not None
+        }
+
+    async def get_outputs_many(
+        self, wanted: Mapping[str, Iterable[str]]
+    ) -> dict[str, dict[str, StoredValues]]:
+        """:meth:`get_outputs` for ``invocation id -> task ids`` each, in one round trip."""
+        asked = {inv: list(dict.fromkeys(ids)) for inv, ids in wanted.items()}
+        asked = {inv: ids for inv, ids in asked.items() if ids}
+        if not asked:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for inv, ids in asked.items():
+            pipe.hmget(self.names.outputs_key(inv), ids)
+        rows = await self._call(pipe.execute())
+        return {
+            inv: {
+                task_id: StoredValues.model_validate_json(value)
+                for task_id, value in zip(ids, raw, strict=True)
+                if value is not None
+            }
+            for (inv, ids), raw in zip(asked.items(), rows, strict=True)
+        }
+
+    async def put_logs(self, invocation_id: str, task_id: str, pointers: Mapping[str, Any]) -> None:
+        await self._call(
+            self._redis.hset(self.names.logs_key(invocation_id), task_id, json.dumps(pointers))
+        )
+
+    async def get_logs(
+        self, invocation_id: str, task_ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Where the logs of ``task_ids`` are (tasks without logs are left out)."""
+        if not task_ids:
+            return {}
+        rows = await self._call(
+            self._redis.hmget(self.names.logs_key(invocation_id), list(task_ids))
+        )
+        return {
+            task_id: json.loads(raw)
+            for task_id, raw in zip(task_ids, rows, strict=True)
+            if raw is not None
+        }
+
+    async def put_logs_many(self, logs: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
+        """:meth:`put_logs` for ``(invocation id, task id, pointers)`` each, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        count = 0
+        for invocation_id, task_id, pointers in logs:
+            pipe.hset(self.names.logs_key(invocation_id), task_id, json.dumps(pointers))
+            count += 1
+        if count:
+            await self._call(pipe.execute())

@@ -114,7 +114,7 @@ class ChunkRunner:
             tasks = [(m.task.id, m.task.attempt) for m in waiting]
             verdicts = await executor._retrying(
                 "claiming a chunk",
-                lambda: executor._require(executor._store).claim_chunk(
+                lambda: executor._require(executor._store).claims.claim_chunk(
                     chunk.invocation_id,
                     chunk.function,
                     tasks,

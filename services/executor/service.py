@@ -47,7 +47,6 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
 
 from services.common.errors import PlatformUnavailable, ServiceError
 from services.common.events import (
@@ -59,11 +58,12 @@ from services.common.events import (
     decode_task_topic_message,
     encode_message,
 )
+from services.common.executor_registry import ExecutorInfo
 from services.common.kafka_bus import KafkaBus, TopicPartition, make_consumer
 from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import ExecutorSettings, InfraSettings
-from services.common.state_store import ExecutorInfo, GraphRecord, StateStore
+from services.common.state_store import StateStore
 
 from .batcher import BatchCaller, Batcher
 from .chunks import ChunkRunner
@@ -197,7 +197,7 @@ class Executor:
             await _bounded(self._completions.close(), _SHUTDOWN_STEP_SEC, "sending results")
             if self._store is not None:
                 try:
-                    await self._store.remove_executor(self.id)
+                    await self._store.registry.remove_executor(self.id)
                 except ServiceError as exc:
                     _log.warning("could not remove the executor record", error=str(exc))
             await _bounded(self._stack.aclose(), _SHUTDOWN_STEP_SEC, "closing clients")
@@ -536,7 +536,7 @@ class Executor:
             (e.invocation_id, e.finished.task_id, _success_json(e, raw)) for e, raw in encoded
         ]
         await self._retrying(
-            "recording task results", lambda: store.record_results(results, self._token)
+            "recording task results", lambda: store.claims.record_results(results, self._token)
         )
         if self._failpoint is not None and any(
             _function_of(e.finished.task_id) == self._failpoint and e.finished.outcome == "success"
@@ -551,17 +551,17 @@ class Executor:
     async def _claim_batch(self, tasks: list[_ClaimAsked]) -> list[tuple[str, str]]:
         """``StateStore.claim_tasks`` for the tasks asked about together, in one round trip."""
         store = self._require(self._store)
-        return await store.claim_tasks(tasks, self._token, self.lease_ttl_sec)
+        return await store.claims.claim_tasks(tasks, self._token, self.lease_ttl_sec)
 
     # -- subscription -----------------------------------------------------------------------
 
     async def refresh_subscription(self) -> bool:
         """Resubscribe if the registered graphs changed; ``True`` if the topics changed."""
         store, consumer = self._require(self._store), self._require(self._consumer)
-        epoch = await store.graphs_epoch()
+        epoch = await store.graphs.graphs_epoch()
         if epoch == self._epoch:
             return False
-        records = await _all_graph_versions(store)
+        records = await store.graphs.all_versions()
         topics = satisfied_topics(self.names, self.labels, records)
         self._epoch = epoch
         if topics == self.topics:
@@ -588,7 +588,7 @@ class Executor:
 
     async def _heartbeat(self) -> None:
         pool = self._require(self._pool)
-        await self._require(self._store).heartbeat(
+        await self._require(self._store).registry.heartbeat(
             ExecutorInfo(
                 id=self.id,
                 labels=self.labels,
@@ -606,7 +606,7 @@ class Executor:
             if not self._leases:
                 continue
             try:
-                await store.renew_leases(list(self._leases), self._token, self.lease_ttl_sec)
+                await store.claims.renew_leases(list(self._leases), self._token, self.lease_ttl_sec)
             except ServiceError as exc:
                 _log.warning("renewing task leases failed", error=str(exc))
 
@@ -675,21 +675,3 @@ def _success_json(event: TaskFinishedEvent, raw: bytes) -> bytes | None:
 def _function_of(task_id: str) -> str:
     """``square-1a2b...`` and ``add_up-r3`` -> the function name (see ``task_id_for``)."""
     return task_id.rsplit("-", 1)[0]
-
-
-async def _all_graph_versions(store: StateStore) -> list[GraphRecord]:
-    """Every registered version of every graph (the store lists only current versions)."""
-    current = await store.all_graphs()
-    pipe = store.redis.pipeline(transaction=False)
-    for record in current:
-        pipe.hvals(store.names.graph_versions_key(record.namespace, record.name))
-    try:
-        rows = await pipe.execute()
-    except (RedisError, OSError) as exc:
-        raise PlatformUnavailable(f"Redis is unavailable ({exc}); retry when it is back") from exc
-    records = {(r.namespace, r.name, r.version): r for r in current}
-    for row in rows:
-        for raw in row:
-            record = GraphRecord.model_validate_json(raw)
-            records.setdefault((record.namespace, record.name, record.version), record)
-    return list(records.values())

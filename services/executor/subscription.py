@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from indexify.placement import IMAGE_LABEL, satisfies
+from services.common.graphs import GraphRecord
 from services.common.names import Names
-from services.common.state_store import GraphRecord
 
 __all__ = [
     "FunctionTopic",

@@ -52,7 +52,7 @@ class DelayedTasks:
         now = time.time() if now is None else now
         published = 0
         while True:
-            raw = await self._store.due_delayed(now, limit=self._batch)
+            raw = await self._store.delayed.due_delayed(now, limit=self._batch)
             if not raw:
                 return published
             items: list[DelayedItem] = []
@@ -63,7 +63,7 @@ class DelayedTasks:
                     _log.error("undecodable delayed item dropped", item=member[:200])
             await self._topics.ensure(item.topic for item in items)
             await self._bus.publish_many([item.outgoing() for item in items])
-            await self._store.remove_delayed(raw)
+            await self._store.delayed.remove_delayed(raw)
             published += len(items)
             if items:
                 _log.info("delayed tasks published", count=len(items))
@@ -72,7 +72,7 @@ class DelayedTasks:
 
     async def pending(self) -> int:
         """How many items are parked, due or not."""
-        return len(await self._store.due_delayed(float("inf"), limit=self._batch))
+        return len(await self._store.delayed.due_delayed(float("inf"), limit=self._batch))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish due items every ``interval_sec`` until ``stop`` is set."""

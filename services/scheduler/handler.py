@@ -12,7 +12,6 @@ may be committed. A ``PlatformUnavailable`` leaves the batch to be retried from 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Sequence
@@ -49,7 +48,7 @@ from .messages import (
     fail_permanently,
     needed_values,
 )
-from .states import StateCache, execute
+from .states import StateCache
 from .topics import TaskTopics
 
 __all__ = ["EventHandler", "Record"]
@@ -148,7 +147,7 @@ class EventHandler:
             return
         self._slots_at = now
         try:
-            executors = await self.store.executors()
+            executors = await self.store.registry.executors()
         except PlatformUnavailable:
             return  # keep the last figure; the batch itself will say if Redis is down
         self._slots = sum(e.concurrency for e in executors) or _DEFAULT_SLOTS
@@ -229,7 +228,7 @@ class EventHandler:
         if key in self._engines:
             self._engines.move_to_end(key)
             return self._engines[key]
-        record = await self.store.get_graph_version(namespace, graph, version)
+        record = await self.store.graphs.get_graph_version(namespace, graph, version)
         if record is None:
             return None
         engine = Engine(
@@ -263,7 +262,7 @@ class EventHandler:
                     found.setdefault(inv, {})[task_id] = cached
                 else:
                     wanted.setdefault(inv, set()).add(task_id)
-        for inv, read in (await self.store.get_outputs_many(wanted)).items():
+        for inv, read in (await self.store.invocations.get_outputs_many(wanted)).items():
             for task_id, stored in read.items():
                 self._remember_values(inv, task_id, stored)
             found.setdefault(inv, {}).update(read)
@@ -312,18 +311,17 @@ class EventHandler:
             except PlatformUnavailable:
                 self._topics.forget({topic for topic, _, _ in ready})
                 raise
-        await _bounded(self.store.schedule_delayed(due, item.encode()) for due, item in delayed)
+        await _bounded(
+            self.store.delayed.schedule_delayed(due, item.encode()) for due, item in delayed
+        )
         logs = [
             (w.invocation_id, task_id, pointers)
             for w in works
             if w.decision is not None
             for task_id, pointers in w.decision.logs.items()
         ]
-        if logs:  # StateStore.put_logs, pipelined
-            pipe = self.store.redis.pipeline(transaction=False)
-            for inv, task_id, pointers in logs:
-                pipe.hset(self.names.logs_key(inv), task_id, json.dumps(pointers))
-            await execute(pipe)
+        if logs:
+            await self.store.invocations.put_logs_many(logs)
 
     async def _save(self, works: list[_Work]) -> list[int | None]:
         """Every changed state's compare-and-set, in one round trip; each save publishes its
@@ -333,4 +331,4 @@ class EventHandler:
             decision, view = work.decision, work.view
             assert decision is not None and view is not None
             saves.append((view, decision.outputs, decision.done, decision.progress))
-        return await self.store.save_views(saves)
+        return await self.store.invocations.save_views(saves)

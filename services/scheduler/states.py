@@ -10,27 +10,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from redis.asyncio.client import Pipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from indexify.engine import InvocationState
-from services.common.errors import PlatformUnavailable
 from services.common.invocations import InvocationRepository, InvocationView
 from services.common.state_store import StateStore
 
-__all__ = ["StateCache", "execute"]
-
-
-async def execute(pipe: Pipeline) -> list[Any]:
-    """Run a Redis pipeline built on ``StateStore.redis``, translating connection errors
-    (for the few bulk operations ``StateStore`` has no method for)."""
-    try:
-        return list(await pipe.execute())
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise PlatformUnavailable(f"Redis is unavailable ({exc}); retry when it is back") from exc
+__all__ = ["StateCache"]
 
 
 class StateCache:
@@ -55,7 +40,7 @@ class StateCache:
             if inv in self._entries
             for rev, state in [self._entries.pop(inv)]
         }
-        return await self._store.load_views(wanted, cached, self._window)
+        return await self._store.invocations.load_views(wanted, cached, self._window)
 
     def keep(self, view: InvocationView) -> None:
         """Remember the summary of a view that was saved or left untouched (it becomes a

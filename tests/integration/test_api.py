@@ -40,10 +40,11 @@ from services.common.events import (
     StoredValues,
     decode_scheduler_event,
 )
+from services.common.executor_registry import ExecutorInfo
 from services.common.kafka_bus import KafkaBus, make_consumer
 from services.common.names import Names
 from services.common.settings import ApiSettings, InfraSettings
-from services.common.state_store import ExecutorInfo, StateStore
+from services.common.state_store import StateStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -205,7 +206,7 @@ async def test_docs_openapi_health_and_executors(api: Api) -> None:
     health = await api.client.get("/health")
     assert health.status_code == 200, health.text
     assert health.json()["checks"] == {"redis": "ok", "kafka": "ok", "minio": "ok"}
-    await api.store.heartbeat(
+    await api.store.registry.heartbeat(
         ExecutorInfo(id="ex-1", labels={"image": "i"}, concurrency=2, heartbeat_at=time.time())
     )
     executors = (await api.client.get("/internal/executors")).json()["executors"]
@@ -301,7 +302,7 @@ async def test_delete_graph_removes_invocations_and_code(api: Api) -> None:
     response = await api.client.delete("/namespaces/default/compute_graphs/calc")
     assert response.status_code == 200 and response.json()["invocations"] == 1
     assert_error(await api.client.get("/namespaces/default/compute_graphs/calc"), 404)
-    assert await api.store.load_invocation(invocation) is None
+    assert await api.store.invocations.load_invocation(invocation) is None
     assert not await api.service.blobs.exists(
         api.names.code_object("default", "calc", graph_v1().version)
     )
@@ -431,7 +432,7 @@ async def test_failed_publish_is_503_and_leaves_nothing(api: Api) -> None:
         bus._producer = original
         await impatient.stop()
     assert_error(response, 503, "retry later")
-    assert await api.store.list_invocations("default", "calc") == []
+    assert await api.store.invocations.list_invocations("default", "calc") == []
     keys = [k async for k in api.store.redis.scan_iter(match=f"{api.settings.prefix}:inv:*")]
     assert keys == []
 
@@ -450,8 +451,10 @@ async def test_cancel_publishes_a_cancel_event(api: Api) -> None:
     assert [type(e) for e in events] == [InvocationCreatedEvent, InvocationCancelEvent]
     assert events[1].invocation_id == invocation
 
-    state, rev = await api.store.load_invocation(invocation) or pytest.fail("no state")
-    await api.store.save_invocation(state.model_copy(update={"status": "cancelled"}), rev)
+    state, rev = await api.store.invocations.load_invocation(invocation) or pytest.fail("no state")
+    await api.store.invocations.save_invocation(
+        state.model_copy(update={"status": "cancelled"}), rev
+    )
     done = await api.client.post(url)
     assert done.json() == {"id": invocation, "status": "cancelled", "requested": False}
     assert_error(
@@ -488,7 +491,7 @@ async def test_rerun_and_delete(api: Api) -> None:
 async def _finish_with_outputs(api: Api, invocation: str) -> tuple[str, str]:
     """Act as the scheduler: ``start`` produced 3 values inline, ``square`` one large value in
     MinIO and then failed on another; logs for the square task."""
-    state, rev = await api.store.load_invocation(invocation) or pytest.fail("no state")
+    state, rev = await api.store.invocations.load_invocation(invocation) or pytest.fail("no state")
     start_task, square_task, failing = "start-aaaa", "square-bbbb", "square-cccc"
     start_values = StoredValues.from_payloads([encode(0), encode(1), encode(4)])
     key = api.names.outputs_object("default", "calc", invocation, square_task)
@@ -516,13 +519,15 @@ async def _finish_with_outputs(api: Api, invocation: str) -> tuple[str, str]:
     state.error_function, state.function_errors = "square", {"square": error}
     state.output_counts = {"start": 3, "square": 1}
     state.task_counts = {"succeeded": 2, "failed": 1}
-    saved = await api.store.save_invocation(
+    saved = await api.store.invocations.save_invocation(
         state, rev, outputs={start_task: start_values, square_task: square_values}
     )
     assert saved is not None
     log_key = api.names.log_object("default", "calc", invocation, square_task, 1, "stdout")
     await api.service.blobs.put(log_key, b"hello from square\n")
-    await api.store.put_logs(invocation, square_task, {"stdout": log_key, "stderr": None})
+    await api.store.invocations.put_logs(
+        invocation, square_task, {"stdout": log_key, "stderr": None}
+    )
     return start_task, square_task
 
 
@@ -601,7 +606,7 @@ def make_record(
 
 
 async def _loaded(api: Api, invocation: str) -> tuple[InvocationState, int]:
-    return await api.store.load_invocation(invocation) or pytest.fail("no state")
+    return await api.store.invocations.load_invocation(invocation) or pytest.fail("no state")
 
 
 async def test_invocation_status_pages_its_tasks(api: Api) -> None:
@@ -614,7 +619,7 @@ async def test_invocation_status_pages_its_tasks(api: Api) -> None:
         for i, task_id in enumerate(ids)
     }
     state.status, state.task_counts = "running", {"queued": 2000, "succeeded": 500}
-    assert await api.store.save_invocation(state, rev) is not None
+    assert await api.store.invocations.save_invocation(state, rev) is not None
     url = f"/namespaces/default/compute_graphs/calc/invocations/{invocation}"
 
     pages: list[dict[str, Any]] = []
@@ -662,11 +667,13 @@ async def test_cancelled_invocation_lists_its_queued_leftovers_as_cancelled(api:
         },
     }
     state.status, state.task_counts = "running", {"succeeded": 1, "queued": 3}
-    rev = await api.store.save_invocation(state, rev) or pytest.fail("not saved")
+    rev = await api.store.invocations.save_invocation(state, rev) or pytest.fail("not saved")
     # the cancel: the scheduler rewrites the summary only, the queued records stay as they are
     state.status, state.task_counts = "cancelled", {"succeeded": 1, "cancelled": 3}
-    assert await api.store.save_invocation(state, rev) is not None
-    assert (await api.store.get_tasks(invocation, ["square-x"]))["square-x"].status == "queued"
+    assert await api.store.invocations.save_invocation(state, rev) is not None
+    assert (await api.store.invocations.get_tasks(invocation, ["square-x"]))[
+        "square-x"
+    ].status == "queued"
 
     url = f"/namespaces/default/compute_graphs/calc/invocations/{invocation}"
     body = (await api.client.get(url)).json()
@@ -703,10 +710,10 @@ async def test_function_outputs_are_paged(api: Api, monkeypatch: pytest.MonkeyPa
     state.status, state.output_counts = "succeeded", {"start": 250, "square": 250}
     values = {"start-a": StoredValues.from_payloads([encode(i) for i in range(250)])}
     values |= {t: StoredValues.from_payloads([encode(i * i)]) for i, t in enumerate(squares)}
-    assert await api.store.save_invocation(state, rev, outputs=values) is not None
+    assert await api.store.invocations.save_invocation(state, rev, outputs=values) is not None
 
     reads: list[tuple[str, int, int]] = []
-    store = api.service.store
+    store = api.service.store.invocations
     original_ranges, original_outputs = store.output_ranges, store.get_outputs
 
     async def output_ranges(
@@ -796,7 +803,7 @@ async def _reducer_outputs(api: Api) -> None:
         "add_up-r1": StoredValues.from_payloads([encode(Total(value=1))]),
         "add_up-r2": StoredValues.from_payloads([encode(Total(value=5))]),
     }
-    assert await api.store.save_invocation(state, rev, outputs=values) is not None
+    assert await api.store.invocations.save_invocation(state, rev, outputs=values) is not None
     base = f"/namespaces/default/compute_graphs/sums/invocations/{invocation}/fn/add_up"
 
     assert_error(await api.client.get(f"{base}/output/add_up-r1/0"), 404, "step of reducer")
@@ -817,9 +824,11 @@ async def test_status_long_poll_answers_once_the_invocation_finishes(api: Api) -
     await asyncio.sleep(0.3)
     assert not waiting.done()  # still pending: the answer waits for the end
     # play the scheduler: save the terminal state, then announce it
-    state, rev = await api.store.load_invocation(invocation) or pytest.fail("no state")
-    await api.store.save_invocation(state.model_copy(update={"status": "succeeded"}), rev)
-    await api.store.publish_progress(
+    state, rev = await api.store.invocations.load_invocation(invocation) or pytest.fail("no state")
+    await api.store.invocations.save_invocation(
+        state.model_copy(update={"status": "succeeded"}), rev
+    )
+    await api.store.progress.publish_progress(
         [ProgressEvent(type="invocation.finished", invocation_id=invocation)]
     )
     response = await asyncio.wait_for(waiting, 20)
@@ -851,9 +860,9 @@ async def test_many_long_polls_share_one_connection(api: Api) -> None:
     assert not any(task.done() for task in waiting)
     saves = []
     for inv in invocations[:-1]:  # play the scheduler: the save publishes the finish
-        state, rev = await api.store.load_invocation(inv) or pytest.fail("no state")
+        state, rev = await api.store.invocations.load_invocation(inv) or pytest.fail("no state")
         saves.append((state.model_copy(update={"status": "succeeded"}), rev, None, (), ()))
-    await api.store.save_invocations(saves)
+    await api.store.invocations.save_invocations(saves)
     await api.client.delete(base + invocations[-1])  # a deleted one wakes its poll too
     responses = await asyncio.wait_for(asyncio.gather(*waiting), 20)
     assert [r.status_code for r in responses] == [200] * 149 + [404]
@@ -912,10 +921,14 @@ async def test_block_until_finish_streams_progress(
                     ProgressEvent(type="task.created", invocation_id=invocation, task_id="t1"),
                     ProgressEvent(type="task.finished", invocation_id=invocation, task_id="t1"),
                 ]
-                await store.publish_progress(progress)
-                state, rev = await store.load_invocation(invocation) or pytest.fail("no state")
-                await store.save_invocation(state.model_copy(update={"status": "succeeded"}), rev)
-                await store.publish_progress(
+                await store.progress.publish_progress(progress)
+                state, rev = await store.invocations.load_invocation(invocation) or pytest.fail(
+                    "no state"
+                )
+                await store.invocations.save_invocation(
+                    state.model_copy(update={"status": "succeeded"}), rev
+                )
+                await store.progress.publish_progress(
                     [ProgressEvent(type="invocation.finished", invocation_id=invocation)]
                 )
                 rest = "\n".join([line async for line in lines])

@@ -38,10 +38,11 @@ from services.common.events import (
     decode_scheduler_event,
     encode_message,
 )
+from services.common.graphs import GraphRecord
 from services.common.kafka_bus import KafkaBus
 from services.common.names import Names
 from services.common.settings import ExecutorSettings, InfraSettings
-from services.common.state_store import GraphRecord, StateStore
+from services.common.state_store import StateStore
 from services.executor.service import Executor
 
 # -- the user's code ------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class Stack:
             definition=definition,
             code_key=code_key,
         )
-        await self.store.put_graph(record)
+        await self.store.graphs.put_graph(record)
         return record
 
     def topic(self, definition: Any, function: str) -> str:
@@ -177,7 +178,9 @@ class Stack:
             status="running",
             created_at=time.time(),
         )
-        await self.store.create_invocation(state, StoredValues.from_payloads([encode(kwargs)]))
+        await self.store.invocations.create_invocation(
+            state, StoredValues.from_payloads([encode(kwargs)])
+        )
         return invocation_id
 
     def task(
@@ -381,14 +384,16 @@ async def test_runs_tasks_and_reports_outputs_logs_and_failures(
     large = stack.task(record, inv, "big", 1)
     failing = stack.task(record, inv, "boom", 7)
     done = stack.task(record, inv, "spread", 1)
-    state, rev = (await stack.store.load_invocation(inv)) or (None, 0)
+    state, rev = (await stack.store.invocations.load_invocation(inv)) or (None, 0)
     assert state is not None
-    assert await stack.store.save_invocation(state, rev, done=[done.task.id]) is not None
+    assert (
+        await stack.store.invocations.save_invocation(state, rev, done=[done.task.id]) is not None
+    )
     await stack.send(record, done, first, fan, large, failing, reduce_step)
     undecodable = (stack.topic(record.definition, "add"), "junk", b'{"type": "nonsense"}')
     await stack.bus.publish_many([undecodable])
 
-    progress = stack.store.subscribe_progress(inv)
+    progress = stack.store.progress.subscribe_progress(inv)
     await anext(progress)  # subscribed before anything runs
     settings = _settings()
     async with running(stack.infra, settings) as executor:
@@ -396,7 +401,7 @@ async def test_runs_tasks_and_reports_outputs_logs_and_failures(
         assert executor.topics == {
             stack.topic(record.definition, f) for f in record.definition.nodes
         }
-        infos = await stack.store.executors()
+        infos = await stack.store.registry.executors()
         assert [(i.id, i.labels) for i in infos] == [(settings.id, executor.labels)]
 
         event = await events.wait_for(first.task.id)
@@ -450,7 +455,7 @@ async def test_runs_tasks_and_reports_outputs_logs_and_failures(
         assert executor.tasks_run == 5
     await progress.aclose()
     assert done.task.id not in events.finished  # skipped: already finished
-    assert await stack.store.executors() == []  # removed on shutdown
+    assert await stack.store.registry.executors() == []  # removed on shutdown
 
     (letter,) = await _dead_letters(stack.infra)
     assert letter.value == b'{"type": "nonsense"}' and "invalid message" in letter.reason
@@ -573,7 +578,7 @@ async def test_a_graph_registered_later_is_picked_up_without_restart(
     first = await stack.register(_graph("first", slow))
     inv = await stack.invocation(first, a=0, b=0)
     running_task = stack.task(first, inv, "slow", 1)
-    progress = stack.store.subscribe_progress(inv)
+    progress = stack.store.progress.subscribe_progress(inv)
     await anext(progress)
     await stack.send(first, running_task)
     async with running(stack.infra, _settings()) as executor:
@@ -625,7 +630,7 @@ async def test_sigterm_lets_the_running_task_finish(stack: Stack, events: Events
     record = await stack.register(_graph("term", slow))
     inv = await stack.invocation(record, a=0, b=0)
     message = stack.task(record, inv, "slow", 8)
-    progress = stack.store.subscribe_progress(inv)
+    progress = stack.store.progress.subscribe_progress(inv)
     await anext(progress)
     await stack.send(record, message)
     env = {**os.environ, "INDEXIFY_PREFIX": stack.infra.prefix, "INDEXIFY_LOG_LEVEL": "WARNING"}
@@ -655,7 +660,7 @@ async def test_sigterm_lets_the_running_task_finish(stack: Stack, events: Events
             await process.wait()
     event = await events.wait_for(message.task.id, timeout=5)
     assert event.finished.outcome == "success" and event.finished.executor == "terminated"
-    assert await stack.store.executors() == []
+    assert await stack.store.registry.executors() == []
 
 
 # -- chunks: many tasks of one function in one message --------------------------------------
@@ -768,9 +773,9 @@ async def test_a_redelivered_chunk_republishes_recorded_results_without_running(
             lambda: _committed_is(stack.bus, executor.group_id, topic, 1), what="the commit"
         )
         # the scheduler recorded the first element as done; the others only have results
-        state, rev = (await stack.store.load_invocation(inv)) or (None, 0)
+        state, rev = (await stack.store.invocations.load_invocation(inv)) or (None, 0)
         assert state is not None
-        assert await stack.store.save_invocation(state, rev, done=[ids[0]]) is not None
+        assert await stack.store.invocations.save_invocation(state, rev, done=[ids[0]]) is not None
 
         await stack.send(record, chunk)  # delivered again (e.g. after a crash)
         for task_id in ids[1:]:
@@ -794,9 +799,9 @@ async def test_a_cancelled_chunk_waiting_for_a_worker_does_not_run(
     inv = await stack.invocation(record, a=0, b=0)
     busy = stack.task(record, busy_inv, "slower", 1)
     chunk = stack.chunk(record, inv, "double", list(range(5)))
-    progress = stack.store.subscribe_progress(inv)
+    progress = stack.store.progress.subscribe_progress(inv)
     await anext(progress)
-    busy_progress = stack.store.subscribe_progress(busy_inv)
+    busy_progress = stack.store.progress.subscribe_progress(busy_inv)
     await anext(busy_progress)
     await stack.send(record, busy)
     async with running(stack.infra, _settings(concurrency=1)) as executor:
@@ -811,10 +816,10 @@ async def test_a_cancelled_chunk_waiting_for_a_worker_does_not_run(
         # The chunk waits for the worker, unclaimed: its claim comes when a worker is free.
         await _eventually(both_in_flight, what="the chunk to wait for the worker")
         assert await asyncio.wait_for(anext(progress), 5) is None  # nothing started
-        state, rev = (await stack.store.load_invocation(inv)) or (None, 0)
+        state, rev = (await stack.store.invocations.load_invocation(inv)) or (None, 0)
         assert state is not None
         cancelled = state.model_copy(update={"status": "cancelled"})
-        assert await stack.store.save_invocation(cancelled, rev) is not None
+        assert await stack.store.invocations.save_invocation(cancelled, rev) is not None
 
         await events.wait_for(busy.task.id)
         topic = stack.topic(record.definition, "double")

@@ -65,7 +65,7 @@ async def _run(
     task records each save wrote."""
     rng = random.Random(seed)
     state = engine.new_state(INV, namespace="ns")
-    await store.create_invocation(state, StoredValues.from_payloads([encode({})]))
+    await store.invocations.create_invocation(state, StoredValues.from_payloads([encode({})]))
     pending: list[EngineEvent] = [InvocationCreated()]
     written: list[int] = []
     while pending:
@@ -73,7 +73,7 @@ async def _run(
         size = rng.randint(1, 7)
         batch, pending = pending[:size], pending[size:]
         wanted = [e.task_id for e in batch if isinstance(e, TaskFinished)]
-        view = (await store.load_views({INV: wanted}, {}, window))[INV]
+        view = (await store.invocations.load_views({INV: wanted}, {}, window))[INV]
         new: list[EngineEvent] = []
         for event in batch:
             if not accepts(view.state, event):
@@ -93,9 +93,9 @@ async def _run(
                 elif isinstance(command, ContinueDelivery):
                     new.append(DeliveryContinued(seq=command.seq))
         written.append(len(view.state.tasks))
-        assert await store.save_view(view) is not None
+        assert await store.invocations.save_view(view) is not None
         pending += new
-    loaded = await store.load_invocation(INV)
+    loaded = await store.invocations.load_invocation(INV)
     assert loaded is not None
     return loaded[0], written
 
@@ -115,7 +115,7 @@ async def test_a_fan_out_into_a_reducer_through_views_reduces_every_value_once(
     # Every record was written, and every one succeeded.
     records, cursor = [], 0
     while True:
-        page, cursor = await store.tasks_page(INV, cursor, limit=25)
+        page, cursor = await store.invocations.tasks_page(INV, cursor, limit=25)
         records += page
         if cursor == 0:
             break
@@ -126,10 +126,10 @@ async def test_a_fan_out_into_a_reducer_through_views_reduces_every_value_once(
     assert len(squares) == fan_out
     # The output indexes: one range per square task, the single final accumulator.
     assert summary.output_counts == {"gen": fan_out, "square": fan_out, "total": 1}
-    ranges = await store.output_ranges(INV, "square")
+    ranges = await store.invocations.output_ranges(INV, "square")
     assert sorted(r.task_id for r in ranges) == sorted(r.task.id for r in squares)
-    assert await store.output_ranges(INV, "square", 10, 20) == ranges[10:20]
-    [final] = await store.output_ranges(INV, "total")
+    assert await store.invocations.output_ranges(INV, "square", 10, 20) == ranges[10:20]
+    [final] = await store.invocations.output_ranges(INV, "total")
     steps = [r for r in records if r.task.kind == "reduce"]
     assert final.task_id == max(steps, key=lambda r: int(r.task.id.rsplit("r", 1)[1])).task.id
     # A batch writes the records its events touched and the tasks they created: a slice
@@ -144,7 +144,7 @@ async def test_the_summary_does_not_grow_with_the_fan_out(store: StateStore) -> 
         await _run(store, engine, fan_out, seed=7, window=100)
         raw = await store.redis.hget(store.names.invocation_key(INV), "state")
         sizes[fan_out] = len(raw)
-        await store.delete_invocation("ns", "g", INV)
+        await store.invocations.delete_invocation("ns", "g", INV)
         assert await store.redis.exists(store.names.tasks_key(INV)) == 0
         assert await store.redis.exists(store.names.output_index_key(INV, "square")) == 0
     assert sizes[400] < sizes[10] + 200, sizes
@@ -152,13 +152,13 @@ async def test_the_summary_does_not_grow_with_the_fan_out(store: StateStore) -> 
 
 async def test_a_view_knows_whether_anyone_listens_to_its_progress(store: StateStore) -> None:
     engine = Engine(_definition())
-    await store.create_invocation(
+    await store.invocations.create_invocation(
         engine.new_state(INV, namespace="ns"), StoredValues.from_payloads([encode({})])
     )
-    assert not (await store.load_views({INV: []}, {}, 8))[INV].listened
-    progress = store.subscribe_progress(INV)
+    assert not (await store.invocations.load_views({INV: []}, {}, 8))[INV].listened
+    progress = store.progress.subscribe_progress(INV)
     await anext(progress)  # subscribed
     try:
-        assert (await store.load_views({INV: []}, {}, 8))[INV].listened
+        assert (await store.invocations.load_views({INV: []}, {}, 8))[INV].listened
     finally:
         await progress.aclose()

@@ -26,10 +26,12 @@ from services.common.events import (
     decode_task_message,
     encode_message,
 )
+from services.common.graphs import GraphRecord
+from services.common.invocations import InvocationRepository
 from services.common.kafka_bus import KafkaBus
 from services.common.names import Names
 from services.common.settings import InfraSettings, SchedulerSettings
-from services.common.state_store import GraphRecord, StateStore
+from services.common.state_store import StateStore
 from services.scheduler import Scheduler
 from services.scheduler.states import StateCache
 
@@ -138,7 +140,7 @@ async def register(store: StateStore, graph: Graph = GRAPH) -> None:
         definition=definition,
         code_key="not-used-by-the-scheduler",
     )
-    await store.put_graph(record)
+    await store.graphs.put_graph(record)
 
 
 async def invoke(
@@ -154,7 +156,7 @@ async def invoke(
         graph_version=version,
         created_at=time.time(),
     )
-    await store.create_invocation(state, values)
+    await store.invocations.create_invocation(state, values)
     event = InvocationCreatedEvent(
         namespace=NS,
         graph=GRAPH.name,
@@ -196,7 +198,7 @@ def topic_of(names: Names, function: str) -> str:
 
 
 async def rev_of(store: StateStore, invocation_id: str) -> int:
-    loaded = await store.load_invocation(invocation_id)
+    loaded = await store.invocations.load_invocation(invocation_id)
     assert loaded is not None
     return loaded[1]
 
@@ -227,7 +229,7 @@ async def test_fan_out_duplicates_completion_and_dead_letters(
         # Tasks are published before the state (and the log pointers) is saved: wait for
         # the fan-out's batch to be handled.
         await until(lambda: _handled(scheduler, 2))
-        logs = await store.get_logs(inv, [start.task.id])
+        logs = await store.invocations.get_logs(inv, [start.task.id])
         assert logs[start.task.id] == {
             "stdout": f"logs/{start.task.id}/stdout",
             "stderr": None,
@@ -245,7 +247,7 @@ async def test_fan_out_duplicates_completion_and_dead_letters(
             await send(kafka_bus, names, done(message, [2 * message.task.inputs[0].start]))
         await until(lambda: _status(store, inv, "succeeded"))
         assert await doubles.total() == 3
-        outputs = await store.get_outputs(inv, [m.task.id for m in messages])
+        outputs = await store.invocations.get_outputs(inv, [m.task.id for m in messages])
         assert len(outputs) == 3
 
     await kafka_bus.publish(names.events_topic, "garbage", b"this is not an event")
@@ -266,7 +268,7 @@ async def test_burst_mode_fails_an_invocation_of_an_unknown_graph_version(
     async with Scheduler(infra_settings, SchedulerSettings()) as scheduler:
         await scheduler.run_until_idle(idle_sec=0.3)  # returns once the events are drained
     assert scheduler.handled == 1
-    loaded = await store.load_invocation(inv)
+    loaded = await store.invocations.load_invocation(inv)
     assert loaded is not None
     state, _ = loaded
     assert state.status == "failed"
@@ -321,8 +323,8 @@ async def test_two_schedulers_share_the_partitions(
         await asyncio.gather(*runs)
 
 
-class FlakyStore(StateStore):
-    """The real store, except that the first state save fails as if Redis had gone away."""
+class FlakyInvocations(InvocationRepository):
+    """The real repository, except that the first state save fails as if Redis had gone."""
 
     failures = 1
 
@@ -331,6 +333,14 @@ class FlakyStore(StateStore):
             self.failures -= 1
             raise PlatformUnavailable("Redis is unavailable (injected)")
         return await super().save_views(*args, **kwargs)
+
+
+class FlakyStore(StateStore):
+    """The real store with :class:`FlakyInvocations`."""
+
+    def __init__(self, settings: InfraSettings) -> None:
+        super().__init__(settings)
+        self.invocations = self.flaky = FlakyInvocations(self.redis, self.names)
 
 
 async def test_a_batch_is_retried_when_redis_fails_mid_batch(
@@ -347,7 +357,7 @@ async def test_a_batch_is_retried_when_redis_fails_mid_batch(
             await until(lambda: _handled(scheduler, 1))
             scheduler.stop()
             await running
-    assert flaky.failures == 0
+    assert flaky.flaky.failures == 0
     async with reading(infra_settings, kafka_bus, topic_of(names, "numbers"), parts) as starts:
         # Published before the failed save, then again by the retried batch: the same task.
         messages = [decode_task_message(v) for v in await starts.read(2)]
@@ -363,18 +373,18 @@ async def test_state_cache_serves_only_the_current_revision(
     state = InvocationState(
         invocation_id="inv-1", namespace=NS, graph="g", graph_version="v", status="running"
     )
-    await store.create_invocation(state, StoredValues.from_payloads([encode({})]))
+    await store.invocations.create_invocation(state, StoredValues.from_payloads([encode({})]))
     views = await cache.load({"inv-1": [], "missing": []})
     assert list(views) == ["inv-1"]
     view = views["inv-1"]
-    assert await store.save_view(view) == 1 and view.rev == 1
+    assert await store.invocations.save_view(view) == 1 and view.rev == 1
     cache.keep(view)
     again = (await cache.load({"inv-1": []}))["inv-1"]
     assert again.state is view.state and again.rev == 1  # the kept summary, not re-read
     assert (await cache.load({"inv-1": []}))["inv-1"].state is not view.state  # handed out once
     cache.keep(again)
     foreign = again.state.model_copy(update={"error_function": "elsewhere"})
-    assert await store.save_invocation(foreign, 1) == 2  # another writer
+    assert await store.invocations.save_invocation(foreign, 1) == 2  # another writer
     fresh = (await cache.load({"inv-1": []}))["inv-1"]
     assert fresh.rev == 2 and fresh.state.error_function == "elsewhere"
 
@@ -389,4 +399,4 @@ async def _handled(scheduler: Scheduler, count: int) -> bool:
 
 
 async def _status(store: StateStore, invocation_id: str, status: str) -> bool:
-    return await store.invocation_status(invocation_id) == status
+    return await store.invocations.invocation_status(invocation_id) == status

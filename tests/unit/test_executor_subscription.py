@@ -5,8 +5,8 @@ import time
 import pytest
 
 from indexify import Graph, Image, indexify_function
+from services.common.graphs import GraphRecord
 from services.common.names import Names
-from services.common.state_store import GraphRecord
 from services.executor.subscription import (
     LabelError,
     executor_labels,

@@ -1,0 +1,143 @@
+"""Which executor process runs a task: claims, leases and recorded results in Redis.
+
+A claim takes a task's lease (a key with a TTL holding the process's token) unless the task is
+done, its invocation is over, another live process holds it, or an earlier run recorded its
+result. A success is recorded before its event is published, so a redelivered task
+re-publishes it instead of running again. The scripts are ``lua/claim_task.lua`` (one task),
+``lua/claim_tasks.lua`` (a chunk), ``lua/renew_leases.lua`` and ``lua/record_results.lua``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .events import ProgressEvent
+from .names import Names
+from .redis_calls import RedisRepository, ms, text
+from .scripts import register
+
+__all__ = ["TaskClaims"]
+
+
+def _by_invocation(tasks: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for invocation_id, task_id in tasks:
+        grouped.setdefault(invocation_id, []).append(task_id)
+    return grouped
+
+
+class TaskClaims(RedisRepository):
+    """Claims, leases and recorded results of tasks (used by executors)."""
+
+    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
+        super().__init__(redis, names)
+        self._claim = register(redis, "claim_task")
+        self._claim_many = register(redis, "claim_tasks")
+        self._renew = register(redis, "renew_leases")
+        self._record = register(redis, "record_results")
+
+    async def claim_tasks(
+        self,
+        tasks: Iterable[tuple[str, str, ProgressEvent | None]],
+        token: str,
+        ttl_sec: float,
+    ) -> list[tuple[str, str]]:
+        """Whether an executor process (``token``) may run each ``(invocation id, task id,
+        started)``; one pipeline (one round trip), every claim its own atomic call:
+
+        * ``("skip", why)``: done already, or the invocation is over;
+        * ``("result", event json)``: a previous run recorded its success (outputs stored)
+          but its event may not have reached Kafka: publish that, do not run again;
+        * ``("run", "")``: the caller now holds the task's lease (renew it while running),
+          and ``started`` (a progress event, if given) was published;
+        * ``("wait", holder)``: another live executor process runs it: ask again later.
+        """
+        tasks = list(tasks)
+        if not tasks:
+            return []
+        ttl_ms = ms(ttl_sec)
+        calls = [
+            (
+                [
+                    self.names.invocation_key(invocation_id),
+                    self.names.done_key(invocation_id),
+                    self.names.results_key(invocation_id),
+                    self.names.lease_key(invocation_id, task_id),
+                ],
+                [
+                    task_id,
+                    token,
+                    ttl_ms,
+                    self.names.progress_channel(invocation_id),
+                    started.model_dump_json() if started is not None else "",
+                ],
+            )
+            for invocation_id, task_id, started in tasks
+        ]
+        answers = await self._call(self._scripts(self._claim, calls))
+        return [(text(verdict), text(detail)) for verdict, detail in answers]
+
+    async def claim_chunk(
+        self,
+        invocation_id: str,
+        function: str,
+        tasks: Sequence[tuple[str, int]],
+        token: str,
+        ttl_sec: float,
+        executor: str,
+    ) -> list[tuple[str, str]]:
+        """:meth:`claim_tasks` for ``(task id, attempt)`` s of one invocation's function in
+        ONE call (``lua/claim_tasks.lua``); ``task.started`` is published for each lease
+        taken, while someone listens to the invocation's progress."""
+        if not tasks:
+            return []
+        names = self.names
+        keys = [
+            names.invocation_key(invocation_id),
+            names.done_key(invocation_id),
+            names.results_key(invocation_id),
+        ]
+        args: list[Any] = [
+            token,
+            ms(ttl_sec),
+            names.lease_prefix(invocation_id),
+            names.progress_channel(invocation_id),
+            invocation_id,
+            executor,
+            function,
+        ]
+        for task_id, attempt in tasks:
+            args += [task_id, attempt]
+        [flat] = await self._call(self._scripts(self._claim_many, [(keys, args)]))
+        return [(text(flat[i]), text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def renew_leases(
+        self, tasks: Iterable[tuple[str, str]], token: str, ttl_sec: float
+    ) -> None:
+        """Extend the leases ``token`` holds on ``(invocation id, task id)`` pairs: one call
+        per invocation (``lua/renew_leases.lua``), all in one round trip."""
+        calls: list[tuple[list[str], list[Any]]] = [
+            ([], [token, ms(ttl_sec), self.names.lease_prefix(inv), *task_ids])
+            for inv, task_ids in _by_invocation(tasks).items()
+        ]
+        if calls:
+            await self._call(self._scripts(self._renew, calls))
+
+    async def record_results(
+        self, results: Iterable[tuple[str, str, bytes | None]], token: str
+    ) -> None:
+        """For ``(invocation id, task id, success event json or None)``: keep the successes
+        (first writer wins), then release ``token``'s leases; one call per invocation
+        (``lua/record_results.lua``), all in one round trip."""
+        grouped: dict[str, list[Any]] = {}
+        for invocation_id, task_id, event_json in results:
+            grouped.setdefault(invocation_id, []).extend((task_id, event_json or b""))
+        calls = [
+            ([self.names.results_key(inv)], [token, self.names.lease_prefix(inv), *pairs])
+            for inv, pairs in grouped.items()
+        ]
+        if calls:
+            await self._call(self._scripts(self._record, calls))
