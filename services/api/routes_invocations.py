@@ -56,6 +56,11 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+_PageCursor = Annotated[
+    str | None, Query(max_length=40, description="`next_cursor` of the previous page")
+]
+
+
 @router.post(
     _GRAPH + "/invoke_object",
     openapi_extra=_INVOKE_BODY,
@@ -184,9 +189,7 @@ async def function_outputs(
     invocation_id: str,
     function: str,
     service: Service,
-    cursor: Annotated[
-        str | None, Query(max_length=40, description="`next_cursor` of the previous page")
-    ] = None,
+    cursor: _PageCursor = None,
     limit: Annotated[
         int, Query(ge=1, le=outputs.MAX_OUTPUTS_PAGE, description="values per page at most")
     ] = outputs.OUTPUTS_PAGE,
@@ -228,9 +231,7 @@ async def task_logs(
     invocation_id: str,
     function: str,
     service: Service,
-    cursor: Annotated[
-        str | None, Query(max_length=40, description="`next_cursor` of the previous page")
-    ] = None,
+    cursor: _PageCursor = None,
     limit: Annotated[
         int,
         Query(

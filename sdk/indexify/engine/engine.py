@@ -66,6 +66,21 @@ def task_id_for(function: str, origin: str) -> str:
     return f"{function}-{digest}"
 
 
+def _take(values: list[ValueRange], room: int) -> list[ValueRange]:
+    """Remove and return the first ``room`` values of ``values`` (a range cut in two if it
+    straddles the limit)."""
+    taken: list[ValueRange] = []
+    while values and room > 0:
+        head, rest = values[0].split(room)
+        taken.append(head)
+        room -= head.size
+        if rest is None:
+            values.pop(0)
+        else:
+            values[0] = rest
+    return taken
+
+
 def _jitter_fraction(task_id: str, attempt: int) -> float:
     digest = hashlib.blake2b(f"{task_id}:{attempt}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") / 2**32
@@ -285,15 +300,8 @@ class Engine:
         room = self.max_fanout_slice or sum(p.size for p in state.pending)
         while state.pending and room > 0:
             pending = state.pending[0]
-            taken: list[ValueRange] = []
-            while pending.values and room > 0:
-                head, rest = pending.values[0].split(room)
-                taken.append(head)
-                room -= head.size
-                if rest is None:
-                    pending.values.pop(0)
-                else:
-                    pending.values[0] = rest
+            taken = _take(pending.values, room)
+            room -= sum(v.size for v in taken)
             if not pending.values:
                 state.pending.pop(0)
             self._create_tasks(state, pending.target, taken, pending.origin_key, out)
@@ -364,16 +372,7 @@ class Engine:
     def _start_reduce_step(
         self, state: InvocationState, name: str, reducer: ReducerState, out: list[Command]
     ) -> None:
-        batch: list[ValueRange] = []
-        room = self.max_reduce_batch
-        while reducer.queue and room > 0:
-            head, rest = reducer.queue[0].split(room)
-            batch.append(head)
-            room -= head.size
-            if rest is None:
-                reducer.queue.pop(0)
-            else:
-                reducer.queue[0] = rest
+        batch = _take(reducer.queue, self.max_reduce_batch)
         reducer.step += 1
         task = Task(
             id=f"{name}-r{reducer.step}",
