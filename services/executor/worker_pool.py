@@ -64,6 +64,7 @@ __all__ = ["WorkerPool", "WorkerStartError"]
 _READY = "ready"
 _STARTED = "started"
 _CHUNK_END = "chunk-end"
+CHUNK_TURN_SEC = 0.5  # a chunk's elements run on a worker this long before it yields
 _SETUP_TIMEOUT_SEC = 600.0  # loading code and inputs of a task with a timeout
 _log = get_logger(__name__)
 
@@ -131,9 +132,14 @@ def _worker_main(
         if message is None:
             return
         if isinstance(message, list):  # a chunk: no timeouts, results streamed one by one
+            # A chunk's turn on the worker lasts about CHUNK_TURN_SEC: the executor then
+            # claims the rest again (a cancel stops them) and the worker is shared fairly.
+            turn_ends = time.monotonic() + CHUNK_TURN_SEC
             with runner.prefetched(message):
                 for one in message:
                     _send_blocking(sock, _run_one(runner, one, _nothing, executor_id))
+                    if time.monotonic() >= turn_ends:
+                        break
             _send_blocking(sock, _CHUNK_END)
             continue
         # Only a task with a timeout needs to say when its function starts (one message less).
@@ -314,7 +320,8 @@ class WorkerPool:
         can publish it while the rest still run); all are returned, in order. If the worker
         dies mid-chunk, the results it sent stay, the task it was running gets a
         ``platform`` ``WorkerDied`` failure, and the tasks after it (which never ran) run on
-        the next free worker. When the chunk had to wait for a worker,
+        the next free worker. A chunk holds a worker for about :data:`CHUNK_TURN_SEC`, then
+        waits for one again with its remaining tasks. When the chunk had to wait for a worker,
         ``still_wanted(messages)`` returns the ones to run (nothing wanted: returns ``[]``
         without running); with ``always_ask`` it is asked whenever a worker is free (the
         executor claims a chunk's tasks only then, so no lease is held while waiting). Tasks
@@ -348,14 +355,25 @@ class WorkerPool:
                     self.busy -= 1
                 if not rest:
                     return results
-                # The worker died under one task: the tasks after it never ran, so they are
-                # not failures (a task that kills its worker must not drag its siblings'
-                # retries down with it): they run on the next free worker.
+                # The chunk's turn ended, or the worker died under one task: the tasks after
+                # it never ran, so they are not failures (a task that kills its worker must
+                # not drag its siblings' retries down with it). They wait for a worker again,
+                # fairly among the others, and (``always_ask``) are claimed again: a cancel
+                # meanwhile stops them.
                 messages = rest
                 self._idle.release(owner)
                 holding = False
                 worker = await self._idle.get(owner)
                 holding = True
+                if always_ask and still_wanted is not None:
+                    try:
+                        messages = list(await still_wanted(messages))
+                    except BaseException:
+                        self._idle.put_nowait(worker)
+                        raise
+                    if not messages:
+                        self._idle.put_nowait(worker)
+                        return results
         finally:
             if holding:
                 self._idle.release(owner)
@@ -368,21 +386,22 @@ class WorkerPool:
         results: list[TaskFinishedEvent],
     ) -> Sequence[TaskMessage]:
         """Run ``messages`` on ``worker``, appending their results; returns the ones that
-        never ran because the worker died under an earlier one (which reports
-        ``WorkerDied``)."""
+        never ran: the chunk's turn ended (:data:`CHUNK_TURN_SEC`), or the worker died under
+        an earlier one (which reports ``WorkerDied``)."""
         started_at = time.time()
         done = 0
         self.dispatches += 1
         try:
             await worker.send(list(messages))
-            for message in messages:
-                reply = await worker.receive(None)
+            reply = await worker.receive(None)
+            while reply != _CHUNK_END and done < len(messages):
+                message = messages[done]
                 if not isinstance(reply, TaskFinishedEvent) or reply.task_id != message.task.id:
                     raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
                 results.append(reply)
                 done += 1
                 on_result(reply)
-            reply = await worker.receive(None)
+                reply = await worker.receive(None)
         except (_WorkerDied, OSError):
             exitcode = await self._reap(worker)
             culprit = messages[done]  # the task it was running
@@ -402,7 +421,7 @@ class WorkerPool:
             self._replace(worker)
             raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
         self._idle.put_nowait(worker)
-        return ()
+        return messages[done:]  # the turn ended before these ran
 
     async def _reap(self, worker: _Worker) -> int | None:
         """The exit code of a worker whose stream ended; it is replaced."""

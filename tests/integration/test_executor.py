@@ -44,6 +44,7 @@ from services.common.names import Names
 from services.common.settings import ExecutorSettings, InfraSettings
 from services.common.state_store import StateStore
 from services.executor.service import Executor
+from services.executor.worker_pool import CHUNK_TURN_SEC
 
 # -- the user's code ------------------------------------------------------------------------
 
@@ -127,6 +128,12 @@ def fragile(x: int) -> int:
 @indexify_function()
 def slower(x: int) -> int:
     time.sleep(3)
+    return x
+
+
+@indexify_function()
+def tenth(x: int) -> int:
+    time.sleep(0.1)
     return x
 
 
@@ -846,3 +853,29 @@ async def test_a_chunk_with_a_timeout_runs_element_by_element(
         for i, item in enumerate(chunk.items, start=1):
             assert await stack.outputs(await events.wait_for(item.task.id)) == [2 * i]
         assert executor.pool.dispatches == 3  # a timeout kills a worker: one task each
+
+
+async def test_a_cancel_stops_a_running_chunk_at_the_end_of_its_turn(
+    stack: Stack, events: EventsReader
+) -> None:
+    """A chunk holds its worker for about CHUNK_TURN_SEC, then its remaining elements are
+    claimed again: after a cancel they do not run (40 elements of 0.1 s would take 4 s)."""
+    record = await stack.register(_graph("turns", tenth))
+    inv = await stack.invocation(record, a=0, b=0)
+    chunk = stack.chunk(record, inv, "tenth", list(range(40)))
+    await stack.send(record, chunk)
+    async with running(stack.infra, _settings(concurrency=1)) as executor:
+        first = await events.wait_for(chunk.items[0].task.id)
+        assert first.finished.outcome == "success"
+        state, rev = (await stack.store.invocations.load_invocation(inv)) or (None, 0)
+        assert state is not None
+        cancelled = state.model_copy(update={"status": "cancelled"})
+        assert await stack.store.invocations.save_invocation(cancelled, rev) is not None
+        topic = stack.topic(record.definition, "tenth")
+        await _eventually(
+            lambda: _committed_is(stack.bus, executor.group_id, topic, 1), what="the commit"
+        )
+        await events.catch_up()
+        ran = sum(1 for item in chunk.items if events.seen[item.task.id])
+        assert 1 <= ran <= 2 * int(CHUNK_TURN_SEC / 0.1) + 2, ran  # a turn or two, not 40
+        assert executor.pool.dispatches >= 1
