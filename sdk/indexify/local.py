@@ -17,8 +17,6 @@ from .engine import (
     DEFAULT_MAX_REDUCE_BATCH,
     INPUT_TASK_ID,
     Command,
-    ContinueDelivery,
-    DeliveryContinued,
     Engine,
     InvocationCancelled,
     InvocationCreated,
@@ -147,9 +145,6 @@ class LocalClient(IndexifyClient):
         pending: deque[Command] = deque(engine.handle(state, InvocationCreated(at=time.time())))
         while pending:
             command = pending.popleft()
-            if isinstance(command, ContinueDelivery):  # only with max_fanout_slice
-                pending.extend(engine.handle(state, DeliveryContinued(seq=command.seq)))
-                continue
             if not isinstance(command, RunTask):
                 continue
             if command.delay_sec:

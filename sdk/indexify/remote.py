@@ -491,10 +491,3 @@ def error_from_response(response: HttpResponse) -> ApiError:
     if response.status_code == 400:
         return RemoteInvalidInputError(400, message)
     return ApiError(response.status_code, message)
-
-
-def _sse_error(data: str) -> str:
-    try:
-        return _detail(json.loads(data)) or data
-    except ValueError:
-        return data

@@ -11,15 +11,14 @@ page of the function's task records (:meth:`StateStore.tasks_page`).
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, InvocationState, ValueRange
 from indexify.models import TaskLogs
 from services.common.blobs import load_values
+from services.common.concurrency import gather_bounded
 from services.common.errors import BadRequest, NotFound, ServiceError
 from services.common.events import StoredValues
 from services.common.graphs import GraphRecord
@@ -36,19 +35,6 @@ PAGE_BYTES = 8 * 1024 * 1024
 LOGS_PAGE = 100
 MAX_LOGS_PAGE = 1000
 _READS_AT_ONCE = 16  # concurrent MinIO reads of one request
-
-_T = TypeVar("_T")
-
-
-async def _bounded(coros: Sequence[Awaitable[_T]]) -> list[_T]:
-    """``asyncio.gather`` with at most :data:`_READS_AT_ONCE` running at a time."""
-    gate = asyncio.Semaphore(_READS_AT_ONCE)
-
-    async def one(coro: Awaitable[_T]) -> _T:
-        async with gate:
-            return await coro
-
-    return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
 async def _state_and_function(
@@ -159,8 +145,9 @@ async def function_outputs(
     while at - entry < len(ranges) and done >= ranges[at - entry].size:
         at, done = at + 1, 0
     more = at - entry < len(ranges) or len(ranges) > limit
-    loaded = await _bounded(
-        [load_values(service.blobs, stored[t.task_id].slice(t.start, t.stop)) for t in taken]
+    loaded = await gather_bounded(
+        [load_values(service.blobs, stored[t.task_id].slice(t.start, t.stop)) for t in taken],
+        _READS_AT_ONCE,
     )
     values = [
         OutputValue(
@@ -237,13 +224,6 @@ async def _read_text(service: ApiService, key: object) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-async def _log_pointers(
-    service: ApiService, invocation_id: str, task_ids: list[str]
-) -> dict[str, dict[str, Any]]:
-    """Where the logs of ``task_ids`` are."""
-    return await service.store.invocations.get_logs(invocation_id, task_ids)
-
-
 async def task_logs(
     service: ApiService,
     namespace: str,
@@ -262,7 +242,7 @@ async def task_logs(
         invocation_id, start, limit, function=function
     )
     records.sort(key=lambda r: r.task.id)
-    pointers = await _log_pointers(service, invocation_id, [r.task.id for r in records])
+    pointers = await service.store.invocations.get_logs(invocation_id, [r.task.id for r in records])
 
     async def one(task_id: str, error: ErrorInfo | None) -> TaskLogs:
         where = pointers.get(task_id, {})
@@ -276,5 +256,5 @@ async def task_logs(
             traceback=error.traceback if error else "",
         )
 
-    logs = await _bounded([one(r.task.id, r.error) for r in records])
+    logs = await gather_bounded([one(r.task.id, r.error) for r in records], _READS_AT_ONCE)
     return TaskLogsPage(logs=logs, next_cursor=validation.scan_cursor(after))

@@ -349,9 +349,7 @@ class ApiService:
         _log.info("invocation deleted", graph=graph, invocation=invocation_id)
 
     async def _delete_invocation_data(self, state: InvocationState) -> None:
-        await self.store.invocations.delete_invocation(
-            state.namespace, state.graph, state.invocation_id
-        )
+        await self.store.invocations.delete_invocation(state)
         await self.blobs.delete_prefix(
             self.names.invocation_prefix(state.namespace, state.graph, state.invocation_id)
         )

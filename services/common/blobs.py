@@ -230,7 +230,7 @@ def _byte_range(values: StoredValues) -> tuple[str, int, int]:
     return values.object_key, offsets[0], offsets[-1]
 
 
-def _unpack(values: StoredValues, data: bytes) -> list[Payload]:
+def unpack(values: StoredValues, data: bytes) -> list[Payload]:
     """Split ``data`` (the bytes of :func:`_byte_range`) back into payloads."""
     assert values.offsets is not None
     base = values.offsets[0]
@@ -259,7 +259,7 @@ def load_values_sync(store: BlobStore, values: StoredValues) -> list[Payload]:
     if values.inline is not None:
         return values.inline_payloads()
     key, start, end = _byte_range(values)
-    return _unpack(values, store.get_range_sync(key, start, end))
+    return unpack(values, store.get_range_sync(key, start, end))
 
 
 async def store_values(
@@ -275,4 +275,4 @@ async def load_values(store: BlobStore, values: StoredValues) -> list[Payload]:
     if values.inline is not None:
         return values.inline_payloads()
     key, start, end = _byte_range(values)
-    return _unpack(values, await store.get_range(key, start, end))
+    return unpack(values, await store.get_range(key, start, end))

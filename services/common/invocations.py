@@ -74,9 +74,8 @@ def summary_json(state: InvocationState) -> str:
     """The summary of ``state``: everything but task records, outputs and queued values
     (a reducer's ``backlog`` then counts every value stored in its queue list)."""
     data = state.model_dump(mode="json", exclude=_EXCLUDED)
-    for name, reducer in data["reducers"].items():
-        reducer["backlog"] = reducer["backlog"] + len(reducer.pop("queue"))
-        del name
+    for reducer in data["reducers"].values():
+        reducer["backlog"] += len(reducer.pop("queue"))
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -95,24 +94,6 @@ class InvocationRepository(RedisRepository):
     def __init__(self, redis: aioredis.Redis, names: Names):
         super().__init__(redis, names)
         self._save = register(redis, "save_invocation")
-
-    @property
-    def save_script(self) -> Any:
-        return self._save
-
-    # -- writes ----------------------------------------------------------------------------
-
-    def _create(self, pipe: Any, state: InvocationState, input_values: StoredValues) -> None:
-        """Queue on ``pipe`` what records an accepted invocation (before its event)."""
-        pipe.hset(
-            self.names.invocation_key(state.invocation_id),
-            mapping={"state": summary_json(state), "status": state.status, "rev": 0},
-        )
-        pipe.hset(
-            self.names.outputs_key(state.invocation_id),
-            INPUT_FIELD,
-            input_values.model_dump_json(),
-        )
 
     def save_call(
         self,
@@ -182,7 +163,7 @@ class InvocationRepository(RedisRepository):
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def _load_views(
+    async def load_views(
         self,
         wanted: Mapping[str, Iterable[str]],
         cached: Mapping[str, tuple[InvocationState, int]],
@@ -206,7 +187,7 @@ class InvocationRepository(RedisRepository):
                 if task_ids:
                     pipe.hmget(names.tasks_key(inv), task_ids)
                 pipe.pubsub_numsub(names.progress_channel(inv))
-            rows = iter(await pipe.execute())
+            rows = iter(await self._call(pipe.execute()))
         views: dict[str, InvocationView] = {}
         for inv, task_ids in asked.items():
             head = next(rows)
@@ -218,7 +199,7 @@ class InvocationRepository(RedisRepository):
             if inv in cached and cached[inv][1] == rev:
                 state = cached[inv][0]
             elif inv in cached:  # another writer moved it on: read the summary again
-                raw = await self._redis.hget(names.invocation_key(inv), "state")
+                raw = await self._call(self._redis.hget(names.invocation_key(inv), "state"))
                 if raw is None:
                     continue
                 state = parse_summary(raw)
@@ -251,7 +232,7 @@ class InvocationRepository(RedisRepository):
             for view, name in todo:
                 key = self.names.reducer_queue_key(view.state.invocation_id, name)
                 pipe.lrange(key, 0, window - 1)
-            rows = await pipe.execute()
+            rows = await self._call(pipe.execute())
         for (view, name), items in zip(todo, rows, strict=True):
             reducer = view.state.reducers[name]
             loaded = _ranges(items)
@@ -259,7 +240,7 @@ class InvocationRepository(RedisRepository):
             reducer.backlog -= len(loaded)
             view.windows[name] = list(loaded)
 
-    async def _load_summaries(self, ids: Iterable[str]) -> dict[str, tuple[InvocationState, int]]:
+    async def load_invocations(self, ids: Iterable[str]) -> dict[str, tuple[InvocationState, int]]:
         """``(summary, rev)`` of each existing invocation: no task records, no outputs."""
         ids = list(ids)
         if not ids:
@@ -267,15 +248,15 @@ class InvocationRepository(RedisRepository):
         async with self._redis.pipeline(transaction=False) as pipe:
             for inv in ids:
                 pipe.hmget(self.names.invocation_key(inv), ["state", "rev"])
-            rows = await pipe.execute()
+            rows = await self._call(pipe.execute())
         return {
             inv: (parse_summary(row[0]), int(row[1] or 0))
             for inv, row in zip(ids, rows, strict=True)
             if row[0] is not None
         }
 
-    async def _tasks_page(
-        self, invocation_id: str, cursor: int, limit: int, *, function: str | None = None
+    async def tasks_page(
+        self, invocation_id: str, cursor: int = 0, limit: int = 1000, *, function: str | None = None
     ) -> tuple[list[TaskRecord], int]:
         """Up to about ``limit`` task records (of ``function`` only, if given) from
         ``cursor`` (0: the start); the next cursor is 0 when there are no more. A filtered
@@ -285,7 +266,9 @@ class InvocationRepository(RedisRepository):
         records: list[TaskRecord] = []
         match = f"{function}-*" if function is not None else None
         for _ in range(_SCAN_ROUNDS):
-            cursor, found = await self._redis.hscan(key, cursor, match=match, count=limit)
+            cursor, found = await self._call(
+                self._redis.hscan(key, cursor, match=match, count=limit)
+            )
             assert isinstance(found, dict)
             for raw in found.values():
                 record = TaskRecord.model_validate_json(raw)
@@ -295,19 +278,19 @@ class InvocationRepository(RedisRepository):
                 break
         return records, int(cursor)
 
-    async def _get_tasks(
-        self, invocation_id: str, task_ids: Sequence[str]
-    ) -> dict[str, TaskRecord]:
+    async def get_tasks(self, invocation_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
         if not task_ids:
             return {}
-        rows = await self._redis.hmget(self.names.tasks_key(invocation_id), list(task_ids))
+        rows = await self._call(
+            self._redis.hmget(self.names.tasks_key(invocation_id), list(task_ids))
+        )
         return {
             task_id: TaskRecord.model_validate_json(raw)
             for task_id, raw in zip(task_ids, rows, strict=True)
             if raw is not None
         }
 
-    async def _output_ranges(
+    async def output_ranges(
         self, invocation_id: str, function: str, start: int = 0, stop: int | None = None
     ) -> list[ValueRange]:
         """Entries ``start`` to ``stop - 1`` (None: to the end) of ``function``'s output
@@ -316,7 +299,7 @@ class InvocationRepository(RedisRepository):
         if stop is not None and stop <= start:
             return []
         key = self.names.output_index_key(invocation_id, function)
-        return _ranges(list(await self._redis.lrange(key, start, end)))
+        return _ranges(list(await self._call(self._redis.lrange(key, start, end))))
 
     def invocation_keys(self, invocation_id: str, state: InvocationState | None) -> list[str]:
         """Every Redis key of one invocation (``state``: its summary, for the per-function
@@ -337,8 +320,13 @@ class InvocationRepository(RedisRepository):
 
     async def create_invocation(self, state: InvocationState, input_values: StoredValues) -> None:
         """Record an accepted invocation (status pending) before its event is published."""
+        inv = state.invocation_id
         pipe = self._redis.pipeline(transaction=True)
-        self._create(pipe, state, input_values)
+        pipe.hset(
+            self.names.invocation_key(inv),
+            mapping={"state": summary_json(state), "status": state.status, "rev": 0},
+        )
+        pipe.hset(self.names.outputs_key(inv), INPUT_FIELD, input_values.model_dump_json())
         pipe.zadd(
             self.names.invocations_key(state.namespace, state.graph),
             {state.invocation_id: state.created_at or time.time()},
@@ -349,32 +337,13 @@ class InvocationRepository(RedisRepository):
         """The summary of an invocation (no task records, no outputs) and its revision."""
         return (await self.load_invocations([invocation_id])).get(invocation_id)
 
-    async def load_invocations(
-        self, invocation_ids: Iterable[str]
-    ) -> dict[str, tuple[InvocationState, int]]:
-        """:meth:`load_invocation` of each existing invocation, in one round trip."""
-        return await self._call(self._load_summaries(invocation_ids))
-
-    async def load_views(
-        self,
-        wanted: Mapping[str, Iterable[str]],
-        cached: Mapping[str, tuple[InvocationState, int]],
-        window: int,
-    ) -> dict[str, InvocationView]:
-        """See :meth:`_load_views`."""
-        return await self._call(self._load_views(wanted, cached, window))
-
     async def invocation_status(self, invocation_id: str) -> str | None:
         raw = await self._call(self._redis.hget(self.names.invocation_key(invocation_id), "status"))
         return raw.decode() if raw else None
 
     async def save_views(
         self,
-        saves: Iterable[
-            tuple[
-                InvocationView, Mapping[str, StoredValues], Iterable[str], Iterable[ProgressEvent]
-            ]
-        ],
+        saves: Iterable[_ViewSave],
     ) -> list[int | None]:
         """Save each ``(view, new stored values, done task ids, progress)``: one atomic
         compare-and-set per invocation, all in one pipeline (one round trip); progress is
@@ -387,7 +356,7 @@ class InvocationRepository(RedisRepository):
         ]
         if not calls:
             return []
-        results = await self._call(self._scripts(self.save_script, calls))
+        results = await self._call(self._scripts(self._save, calls))
         revs: list[int | None] = []
         for (view, *_), result in zip(saves, results, strict=True):
             rev = int(result)
@@ -412,25 +381,6 @@ class InvocationRepository(RedisRepository):
         view = InvocationView(state=state, rev=expected_rev)
         return await self.save_view(view, values=outputs, done=done, progress=progress)
 
-    async def save_invocations(
-        self,
-        saves: Iterable[
-            tuple[
-                InvocationState,
-                int,
-                Mapping[str, StoredValues] | None,
-                Iterable[str],
-                Iterable[ProgressEvent],
-            ]
-        ],
-    ) -> list[int | None]:
-        """:meth:`save_invocation` for ``(state, expected rev, outputs, done, progress)`` each,
-        in one round trip."""
-        return await self.save_views(
-            (InvocationView(state=state, rev=rev), outputs or {}, done, progress)
-            for state, rev, outputs, done, progress in saves
-        )
-
     async def save_view(
         self,
         view: InvocationView,
@@ -442,21 +392,6 @@ class InvocationRepository(RedisRepository):
         """:meth:`save_views` for one view."""
         return (await self.save_views([(view, values or {}, done, progress)]))[0]
 
-    async def tasks_page(
-        self, invocation_id: str, cursor: int = 0, limit: int = 1000, function: str | None = None
-    ) -> tuple[list[TaskRecord], int]:
-        """A page of task records (see :meth:`InvocationRepository.tasks_page`)."""
-        return await self._call(self._tasks_page(invocation_id, cursor, limit, function=function))
-
-    async def get_tasks(self, invocation_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
-        return await self._call(self._get_tasks(invocation_id, task_ids))
-
-    async def output_ranges(
-        self, invocation_id: str, function: str, start: int = 0, stop: int | None = None
-    ) -> list[ValueRange]:
-        """A slice of ``function``'s output index (ranges of task outputs, in order)."""
-        return await self._call(self._output_ranges(invocation_id, function, start, stop))
-
     async def list_invocations(
         self, namespace: str, graph: str, limit: int | None = 1000
     ) -> list[str]:
@@ -466,13 +401,13 @@ class InvocationRepository(RedisRepository):
         )
         return [r.decode() for r in raw]
 
-    async def delete_invocation(self, namespace: str, graph: str, invocation_id: str) -> None:
-        loaded = await self.load_invocation(invocation_id)
-        state = loaded[0] if loaded is not None else None
+    async def delete_invocation(self, state: InvocationState) -> None:
+        """Remove every key of the invocation whose summary is ``state``."""
+        inv = state.invocation_id
         pipe = self._redis.pipeline(transaction=True)
-        pipe.zrem(self.names.invocations_key(namespace, graph), invocation_id)
-        pipe.delete(*self.invocation_keys(invocation_id, state))
-        pipe.publish(self.names.finished_channel, invocation_id)  # wakes its long polls
+        pipe.zrem(self.names.invocations_key(state.namespace, state.graph), inv)
+        pipe.delete(*self.invocation_keys(inv, state))
+        pipe.publish(self.names.finished_channel, inv)  # wakes its long polls
         await self._call(pipe.execute())
 
     async def get_outputs(

@@ -26,7 +26,7 @@ scheduler does not send those) runs element by element, so a timeout kills one e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord
@@ -106,7 +106,7 @@ class ChunkRunner:
         executor = self._executor
         by_id = {m.task.id: m for m in messages}
         held: list[tuple[str, str]] = []
-        later: list[Awaitable[bool]] = []  # elements not run here: recorded results, waits
+        later: list[Coroutine[Any, Any, bool]] = []  # not run here: recorded results, waits
         sent: list[asyncio.Future[None]] = []
         failed: list[tuple[TaskMessage, TaskFinishedEvent]] = []
 
@@ -157,7 +157,12 @@ class ChunkRunner:
                 failed.append((by_id[event.task_id or ""], event))
 
         try:
-            await executor.pool.run_many(messages, claim, on_result, always_ask=True)
+            try:
+                await executor.pool.run_many(messages, claim, on_result, always_ask=True)
+            except BaseException:
+                for step in later:  # never started: close them (no "never awaited" warning)
+                    step.close()
+                raise
             ran()
             outcomes = await asyncio.gather(*sent, return_exceptions=True)
             await self._unsendable(record, [o for o in outcomes if isinstance(o, BaseException)])
@@ -179,12 +184,9 @@ class ChunkRunner:
                 raise error
         if not errors:
             return
-        executor = self._executor
         _log.error("cannot report chunk results; dead-lettering the chunk", error=str(errors[0]))
-        bus = executor._require(executor._bus)
         reason = f"{len(errors)} tasks of the chunk ran but their results cannot be published: "
-        reason += str(errors[0])
-        await executor._retrying("dead-lettering", lambda: bus.dead_letter(reason, record))
+        await self._executor._dead_letter(reason + str(errors[0]), record)
 
     async def _recorded(
         self, message: TaskMessage, recorded: str, record: ConsumerRecord[Any, Any]

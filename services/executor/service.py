@@ -331,8 +331,7 @@ class Executor:
         try:
             message = decode_task_topic_message(record.value or b"")
         except MessageDecodeError as exc:
-            bus, why = self._require(self._bus), exc.reason
-            await self._retrying("dead-lettering", lambda: bus.dead_letter(why, record))
+            await self._dead_letter(exc.reason, record)
             self._complete(tp, record.offset)
             return
         if isinstance(message, TaskChunkMessage):
@@ -474,11 +473,16 @@ class Executor:
             await self._completions.submit(event)
         except ServiceError as exc:  # not retryable (e.g. too large): park the task message
             log.error("cannot report the task; dead-lettering it", error=str(exc))
-            bus = self._require(self._bus)
             reason = f"task {message.task.id} ran but its result cannot be published: {exc}"
-            await self._retrying("dead-lettering", lambda: bus.dead_letter(reason, record))
+            await self._dead_letter(reason, record)
         self.tasks_run += 1
         self._log_finished(log, message, event)
+
+    async def _dead_letter(self, reason: str, record: ConsumerRecord[Any, Any]) -> None:
+        """Park ``record`` on the dead-letter topic with ``reason`` (retried while Kafka is
+        unavailable): it is then complete, and its offset may be committed."""
+        bus = self._require(self._bus)
+        await self._retrying("dead-lettering", lambda: bus.dead_letter(reason, record))
 
     async def _publish_recorded(self, message: TaskMessage, recorded_json: str, log: Any) -> None:
         """A previous run stored the outputs and recorded its result, then maybe died before

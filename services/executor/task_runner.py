@@ -29,13 +29,12 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import pairwise
 
 from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, TaskFinished, ValueRange
 from indexify.graph import Graph
 from indexify.runtime import FunctionRunner, TaskResult
-from services.common.blobs import BlobStore, load_values_sync, store_values_sync
+from services.common.blobs import BlobStore, load_values_sync, store_values_sync, unpack
 from services.common.errors import NotFound, ServiceError
 from services.common.events import StoredValues, TaskFinishedEvent, TaskMessage
 from services.common.names import Names
@@ -230,9 +229,7 @@ class TaskRunner:
         if found is not None and offsets is not None and len(offsets) == values.count + 1:
             base, data = found
             if base <= offsets[0] and offsets[-1] - base <= len(data):
-                parts = tuple(data[a - base : b - base] for a, b in pairwise(offsets))
-                inline = StoredValues(content_types=values.content_types, inline=parts)
-                return inline.inline_payloads()
+                return unpack(values, data[offsets[0] - base : offsets[-1] - base])
         return load_values_sync(self.blobs, values)
 
     def _loader(self, message: TaskMessage) -> Callable[[ValueRange], list[Payload]]:

@@ -285,25 +285,37 @@ class WorkerPool:
         Workers are shared fairly between invocations (:class:`.fairness.FairHandout`).
         """
         owner = _owner(message)
-        waited = self._idle.empty()
-        worker = await self._idle.get(owner)
+        check = still_wanted if self._idle.empty() else None
+        worker = await self._acquire(owner, check)
+        if worker is None:
+            return None
+        self.busy += 1
         try:
-            if waited and still_wanted is not None:
-                try:
-                    wanted = await still_wanted()
-                except BaseException:
-                    self._idle.put_nowait(worker)
-                    raise
-                if not wanted:
-                    self._idle.put_nowait(worker)
-                    return None
-            self.busy += 1
-            try:
-                return await self._run_on(worker, message)
-            finally:
-                self.busy -= 1
+            return await self._run_on(worker, message)
         finally:
+            self.busy -= 1
             self._idle.release(owner)
+
+    async def _acquire(
+        self, owner: str, check: Callable[[], Awaitable[bool]] | None
+    ) -> _Worker | None:
+        """The next free worker for ``owner`` (fairly, see :class:`.fairness.FairHandout`),
+        once ``check`` (if given) said the work is still wanted; None (the worker handed
+        back) when it is not. The caller releases ``owner`` when done with the worker."""
+        worker = await self._idle.get(owner)
+        if check is None:
+            return worker
+        try:
+            wanted = await check()
+        except BaseException:
+            self._idle.put_nowait(worker)
+            self._idle.release(owner)
+            raise
+        if not wanted:
+            self._idle.put_nowait(worker)
+            self._idle.release(owner)
+            return None
+        return worker
 
     async def run_many(
         self,
@@ -333,50 +345,32 @@ class WorkerPool:
         if not messages:
             return []
         owner = _owner(messages[0])
-        waited = self._idle.empty()
-        worker = await self._idle.get(owner)
-        holding = True
-        try:
-            if (waited or always_ask) and still_wanted is not None:
-                try:
-                    messages = list(await still_wanted(messages))
-                except BaseException:
-                    self._idle.put_nowait(worker)
-                    raise
-                if not messages:
-                    self._idle.put_nowait(worker)
-                    return []
-            results: list[TaskFinishedEvent] = []
-            while True:
-                self.busy += 1
-                try:
-                    rest = await self._run_chunk_on(worker, messages, on_result or _ignore, results)
-                finally:
-                    self.busy -= 1
-                if not rest:
-                    return results
-                # The chunk's turn ended, or the worker died under one task: the tasks after
-                # it never ran, so they are not failures (a task that kills its worker must
-                # not drag its siblings' retries down with it). They wait for a worker again,
-                # fairly among the others, and (``always_ask``) are claimed again: a cancel
-                # meanwhile stops them.
-                messages = rest
+        ask = still_wanted is not None and (always_ask or self._idle.empty())
+        results: list[TaskFinishedEvent] = []
+        todo: Sequence[TaskMessage] = messages
+        while todo:
+
+            async def wanted() -> bool:
+                nonlocal todo
+                assert still_wanted is not None
+                todo = list(await still_wanted(todo))
+                return bool(todo)
+
+            worker = await self._acquire(owner, wanted if ask else None)
+            if worker is None:
+                break
+            self.busy += 1
+            try:
+                todo = await self._run_chunk_on(worker, todo, on_result or _ignore, results)
+            finally:
+                self.busy -= 1
                 self._idle.release(owner)
-                holding = False
-                worker = await self._idle.get(owner)
-                holding = True
-                if always_ask and still_wanted is not None:
-                    try:
-                        messages = list(await still_wanted(messages))
-                    except BaseException:
-                        self._idle.put_nowait(worker)
-                        raise
-                    if not messages:
-                        self._idle.put_nowait(worker)
-                        return results
-        finally:
-            if holding:
-                self._idle.release(owner)
+            # The chunk's turn ended, or the worker died under one task: the tasks after it
+            # never ran, so they are not failures (a task that kills its worker must not drag
+            # its siblings' retries down with it). They wait for a worker again, fairly
+            # among the others, and (``always_ask``) are claimed again: a cancel stops them.
+            ask = still_wanted is not None and always_ask
+        return results
 
     async def _run_chunk_on(
         self,

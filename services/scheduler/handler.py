@@ -11,17 +11,17 @@ may be committed. A ``PlatformUnavailable`` leaves the batch to be retried from 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias, TypeVar
+from typing import TypeAlias
 
 from aiokafka import ConsumerRecord
 
 from indexify.definition import GraphDefinition
 from indexify.engine import Engine, ErrorInfo
+from services.common.concurrency import gather_bounded
 from services.common.errors import PlatformUnavailable
 from services.common.events import (
     MessageDecodeError,
@@ -54,7 +54,6 @@ from .topics import TaskTopics
 __all__ = ["EventHandler", "Record"]
 
 _log = get_logger(__name__)
-_T = TypeVar("_T")
 _MAX_CAS_ROUNDS = 5
 _ENGINE_CACHE = 256
 _REDIS_CONCURRENCY = 32
@@ -81,16 +80,6 @@ class _Work:
     def task_ids(self) -> list[str]:
         """The tasks this batch's events are about (their records are loaded)."""
         return [e.finished.task_id for e, _ in self.events if isinstance(e, TaskFinishedEvent)]
-
-
-async def _bounded(aws: Iterable[Awaitable[_T]], limit: int = _REDIS_CONCURRENCY) -> list[_T]:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(aw: Awaitable[_T]) -> _T:
-        async with semaphore:
-            return await aw
-
-    return list(await asyncio.gather(*(one(aw) for aw in aws)))
 
 
 class EventHandler:
@@ -280,7 +269,7 @@ class EventHandler:
         assert work.view is not None
         decision, state = work.decision, work.view.state
         assert decision is not None
-        if not (decision.run or decision.continue_seq) or work.definition is None:
+        if (not decision.run and decision.continue_seq is None) or work.definition is None:
             return
         try:
             work.ready, work.delayed = build_messages(
@@ -311,8 +300,9 @@ class EventHandler:
             except PlatformUnavailable:
                 self._topics.forget({topic for topic, _, _ in ready})
                 raise
-        await _bounded(
-            self.store.delayed.schedule_delayed(due, item.encode()) for due, item in delayed
+        await gather_bounded(
+            (self.store.delayed.schedule_delayed(due, item.encode()) for due, item in delayed),
+            _REDIS_CONCURRENCY,
         )
         logs = [
             (w.invocation_id, task_id, pointers)

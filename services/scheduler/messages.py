@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -325,19 +325,23 @@ def build_messages(
     lookup = {**values, **decision.known, **decision.outputs}
     ready: list[Outgoing] = []
     delayed: list[tuple[float, DelayedItem]] = []
-    groups: dict[str, list[TaskMessage]] = {}
+    groups: dict[str, list[ChunkItem]] = {}
     for command in decision.run:
         task = command.task
-        message = task_message(task, state, definition, lookup)
         topic = task_topic(names, definition, state.namespace, task.function)
         key = message_key(state.invocation_id, task.id)
         if command.delay_sec > 0:
-            item = DelayedItem(topic=topic, key=key, value=encode_message(message).decode())
+            retry = task_message(task, state, definition, lookup)
+            item = DelayedItem(topic=topic, key=key, value=encode_message(retry).decode())
             delayed.append((now + command.delay_sec, item))
-        elif task.kind == "reduce" or message.timeout_sec is not None:
-            ready.append((topic, key, encode_message(message)))
-        else:
-            groups.setdefault(task.function, []).append(message)
+        elif task.kind == "reduce" or definition.nodes[task.function].timeout_sec is not None:
+            ready.append(
+                (topic, key, encode_message(task_message(task, state, definition, lookup)))
+            )
+        else:  # built once, as a chunk's item (or as a message of its own if alone)
+            groups.setdefault(task.function, []).append(
+                ChunkItem(task=task, inputs=_inputs(task, lookup))
+            )
         if decision.task_progress:
             decision.progress.append(
                 ProgressEvent(
@@ -356,26 +360,43 @@ def build_messages(
             seq=decision.continue_seq,
         )
         ready.append((names.events_topic, state.invocation_id, encode_message(event)))
-    for function, messages in groups.items():
+    for function, items in groups.items():
         topic = task_topic(names, definition, state.namespace, function)
-        size = chunk_size(len(messages), slots)
-        for part in chunks(messages, size):
-            first = part[0]
-            key = message_key(state.invocation_id, first.task.id)
+        size = chunk_size(len(items), slots)
+        for part in chunks(items, size):
+            first = part[0].task
+            key = message_key(state.invocation_id, first.id)
+            message: BaseModel
             if len(part) == 1:
-                ready.append((topic, key, encode_message(first)))
-                continue
-            chunk = TaskChunkMessage(
-                namespace=state.namespace,
-                graph=state.graph,
-                invocation_id=state.invocation_id,
-                task_id=first.task.id,
-                graph_version=state.graph_version,
-                function=function,
-                items=tuple(ChunkItem(task=m.task, inputs=m.inputs) for m in part),
-            )
-            ready.append((topic, key, encode_message(chunk)))
+                message = _envelope(TaskMessage, state, first.id, task=first, inputs=part[0].inputs)
+            else:
+                message = _envelope(
+                    TaskChunkMessage, state, first.id, function=function, items=tuple(part)
+                )
+            ready.append((topic, key, encode_message(message)))
     return ready, delayed
+
+
+def _inputs(task: Task, values: Mapping[str, StoredValues]) -> tuple[StoredValues, ...]:
+    """``task``'s inputs sliced from stored values (:class:`MissingValues` if unknown)."""
+    missing = [tid for tid in _value_ids(task) if tid not in values]
+    if missing:
+        raise MissingValues(task.id, missing)
+    return tuple(values[r.task_id].slice(r.start, r.stop) for r in task.inputs)
+
+
+_M = TypeVar("_M", TaskMessage, TaskChunkMessage)
+
+
+def _envelope(kind: type[_M], state: InvocationState, task_id: str, **fields: Any) -> _M:
+    return kind(
+        namespace=state.namespace,
+        graph=state.graph,
+        invocation_id=state.invocation_id,
+        task_id=task_id,
+        graph_version=state.graph_version,
+        **fields,
+    )
 
 
 def task_message(
@@ -385,20 +406,15 @@ def task_message(
     values: Mapping[str, StoredValues],
 ) -> TaskMessage:
     """The message an executor needs to run ``task``: inputs sliced from stored values."""
-    missing = [tid for tid in _value_ids(task) if tid not in values]
-    if missing:
-        raise MissingValues(task.id, missing)
-    inputs = tuple(values[r.task_id].slice(r.start, r.stop) for r in task.inputs)
+    inputs = _inputs(task, values)
     accumulator = None
     if task.accumulator is not None:
         acc = task.accumulator
         accumulator = values[acc.task_id].slice(acc.start, acc.stop)
-    return TaskMessage(
-        namespace=state.namespace,
-        graph=state.graph,
-        invocation_id=state.invocation_id,
-        task_id=task.id,
-        graph_version=state.graph_version,
+    return _envelope(
+        TaskMessage,
+        state,
+        task.id,
         task=task,
         inputs=inputs,
         accumulator=accumulator,

@@ -41,6 +41,7 @@ from services.common.events import (
     decode_scheduler_event,
 )
 from services.common.executor_registry import ExecutorInfo
+from services.common.invocations import InvocationView
 from services.common.kafka_bus import KafkaBus, make_consumer
 from services.common.names import Names
 from services.common.settings import ApiSettings, InfraSettings
@@ -861,8 +862,9 @@ async def test_many_long_polls_share_one_connection(api: Api) -> None:
     saves = []
     for inv in invocations[:-1]:  # play the scheduler: the save publishes the finish
         state, rev = await api.store.invocations.load_invocation(inv) or pytest.fail("no state")
-        saves.append((state.model_copy(update={"status": "succeeded"}), rev, None, (), ()))
-    await api.store.invocations.save_invocations(saves)
+        view = InvocationView(state=state.model_copy(update={"status": "succeeded"}), rev=rev)
+        saves.append((view, {}, (), ()))
+    await api.store.invocations.save_views(saves)
     await api.client.delete(base + invocations[-1])  # a deleted one wakes its poll too
     responses = await asyncio.wait_for(asyncio.gather(*waiting), 20)
     assert [r.status_code for r in responses] == [200] * 149 + [404]

@@ -141,10 +141,10 @@ async def test_the_summary_does_not_grow_with_the_fan_out(store: StateStore) -> 
     sizes = {}
     for fan_out in (10, 400):
         engine = Engine(_definition(), max_reduce_batch=50, max_fanout_slice=100)
-        await _run(store, engine, fan_out, seed=7, window=100)
+        summary, _ = await _run(store, engine, fan_out, seed=7, window=100)
         raw = await store.redis.hget(store.names.invocation_key(INV), "state")
         sizes[fan_out] = len(raw)
-        await store.invocations.delete_invocation("ns", "g", INV)
+        await store.invocations.delete_invocation(summary)
         assert await store.redis.exists(store.names.tasks_key(INV)) == 0
         assert await store.redis.exists(store.names.output_index_key(INV, "square")) == 0
     assert sizes[400] < sizes[10] + 200, sizes
