@@ -52,15 +52,19 @@ class RedisRepository:
             raise unavailable(exc) from exc
 
     async def _scripts(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Run ``script`` once per ``(keys, args)`` in one pipeline (one round trip; each call
-        atomic on its own). Calls refused with NOSCRIPT (script cache flushed) are re-run
-        after loading the script; no call runs twice."""
+        """Run ``script`` once per ``(keys, args)`` in one pipeline (see :meth:`_pipeline`)."""
+        return await self._pipeline([(script, keys, args) for keys, args in calls])
+
+    async def _pipeline(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run each ``(script, keys, args)`` in one pipeline (one round trip; each call atomic
+        on its own), answers in order. Calls refused with NOSCRIPT (script cache flushed) are
+        re-run after loading their script; no call runs twice."""
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for _ in range(3):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in todo:
-                    keys, args = calls[i]
+                    script, keys, args = calls[i]
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
                 answers = await pipe.execute(raise_on_error=False)
             missing = []
@@ -73,6 +77,7 @@ class RedisRepository:
                     results[i] = answer
             if not missing:
                 return results
-            script.sha = await self._redis.script_load(script.script)
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                script.sha = await self._redis.script_load(script.script)
             todo = missing
         raise ResponseError("NOSCRIPT: the script keeps disappearing from Redis")

@@ -58,27 +58,46 @@ class TaskClaims(RedisRepository):
         tasks = list(tasks)
         if not tasks:
             return []
-        ttl_ms = ms(ttl_sec)
-        calls = [
-            (
-                [
-                    self.names.invocation_key(invocation_id),
-                    self.names.done_key(invocation_id),
-                    self.names.results_key(invocation_id),
-                    self.names.lease_key(invocation_id, task_id),
-                ],
-                [
-                    task_id,
-                    token,
-                    ttl_ms,
-                    self.names.progress_channel(invocation_id),
-                    started.model_dump_json() if started is not None else "",
-                ],
-            )
-            for invocation_id, task_id, started in tasks
-        ]
-        answers = await self._call(self._scripts(self._claim, calls))
+        calls = [self._claim_call(*task, token, ttl_sec) for task in tasks]
+        answers = await self._call(self._pipeline(calls))
         return [(text(verdict), text(detail)) for verdict, detail in answers]
+
+    def _claim_call(
+        self,
+        invocation_id: str,
+        task_id: str,
+        started: ProgressEvent | None,
+        token: str,
+        ttl_sec: float,
+    ) -> tuple[Any, list[str], list[Any]]:
+        keys = [
+            self.names.invocation_key(invocation_id),
+            self.names.done_key(invocation_id),
+            self.names.results_key(invocation_id),
+            self.names.lease_key(invocation_id, task_id),
+        ]
+        args = [
+            task_id,
+            token,
+            ms(ttl_sec),
+            self.names.progress_channel(invocation_id),
+            started.model_dump_json() if started is not None else "",
+        ]
+        return self._claim, keys, args
+
+    async def record_and_claim(
+        self,
+        results: Iterable[tuple[str, str, bytes | None]],
+        token: str,
+        task: tuple[str, str, ProgressEvent | None],
+        ttl_sec: float,
+    ) -> tuple[str, str]:
+        """:meth:`record_results` then :meth:`claim_tasks` of one task, in ONE round trip:
+        an executor continuing a chain keeps each step's result before it runs the next."""
+        calls = [*self._record_calls(results, token), self._claim_call(*task, token, ttl_sec)]
+        answers = await self._call(self._pipeline(calls))
+        verdict, detail = answers[-1]
+        return text(verdict), text(detail)
 
     async def claim_chunk(
         self,
@@ -132,12 +151,21 @@ class TaskClaims(RedisRepository):
         """For ``(invocation id, task id, success event json or None)``: keep the successes
         (first writer wins), then release ``token``'s leases; one call per invocation
         (``lua/record_results.lua``), all in one round trip."""
+        calls = self._record_calls(results, token)
+        if calls:
+            await self._call(self._pipeline(calls))
+
+    def _record_calls(
+        self, results: Iterable[tuple[str, str, bytes | None]], token: str
+    ) -> list[tuple[Any, list[str], list[Any]]]:
         grouped: dict[str, list[Any]] = {}
         for invocation_id, task_id, event_json in results:
             grouped.setdefault(invocation_id, []).extend((task_id, event_json or b""))
-        calls = [
-            ([self.names.results_key(inv)], [token, self.names.lease_prefix(inv), *pairs])
+        return [
+            (
+                self._record,
+                [self.names.results_key(inv)],
+                [token, self.names.lease_prefix(inv), *pairs],
+            )
             for inv, pairs in grouped.items()
         ]
-        if calls:
-            await self._call(self._scripts(self._record, calls))

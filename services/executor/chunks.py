@@ -35,6 +35,8 @@ from services.common.errors import ServiceError
 from services.common.events import TaskChunkMessage, TaskFinishedEvent, TaskMessage
 from services.common.logging import get_logger
 
+from .results import Completion
+
 if TYPE_CHECKING:
     from .service import Executor
 
@@ -152,7 +154,7 @@ class ChunkRunner:
             return run
 
         def on_result(event: TaskFinishedEvent) -> None:
-            sent.append(executor._completions.enqueue(event))
+            sent.append(executor._completions.enqueue(Completion(event)))
             if event.finished.outcome != "success":
                 failed.append((by_id[event.task_id or ""], event))
 

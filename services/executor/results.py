@@ -14,15 +14,39 @@ Sizes: a single result over Kafka's message limit becomes a permanent failure of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from indexify.engine import ErrorInfo
 from services.common.events import TaskFinishedEvent, TasksFinishedEvent, encode_message
 from services.common.kafka_bus import MAX_MESSAGE_BYTES
 
-__all__ = ["MESSAGE_LIMIT", "fit_result", "pack_results"]
+__all__ = ["MESSAGE_LIMIT", "Completion", "fit_result", "pack_results"]
 
 #: What one encoded message may weigh: Kafka's limit less room for the record's key/headers.
 MESSAGE_LIMIT = MAX_MESSAGE_BYTES - 1024
+
+
+@dataclass(eq=False)
+class Completion:
+    """One attempt's result on its way out; ``recorded`` once it is kept in Redis (a step of a
+    chain is kept before the next step runs; a re-published result was kept by its run)."""
+
+    event: TaskFinishedEvent
+    recorded: bool = False
+    _encoded: tuple[TaskFinishedEvent, bytes] | None = field(default=None, repr=False)
+
+    def encoded(self) -> tuple[TaskFinishedEvent, bytes]:
+        """The event as sent (see :func:`fit_result`) and its JSON, encoded once."""
+        if self._encoded is None:
+            self._encoded = fit_result(self.event, encode_message(self.event))
+        return self._encoded
+
+    def recorded_as(self) -> tuple[str, str, bytes | None]:
+        """What ``TaskClaims.record_results`` keeps: ``(invocation, task, json)``, the JSON
+        only for a success (a redelivery re-publishes it instead of running again)."""
+        event, raw = self.encoded()
+        success = event.finished.outcome == "success"
+        return event.invocation_id, event.finished.task_id, raw if success else None
 
 
 def fit_result(

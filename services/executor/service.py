@@ -43,6 +43,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
+from functools import partial
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -56,7 +57,6 @@ from services.common.events import (
     TaskFinishedEvent,
     TaskMessage,
     decode_task_topic_message,
-    encode_message,
 )
 from services.common.executor_registry import ExecutorInfo
 from services.common.kafka_bus import KafkaBus, TopicPartition, make_consumer
@@ -66,10 +66,11 @@ from services.common.settings import ExecutorSettings, InfraSettings
 from services.common.state_store import StateStore
 
 from .batcher import BatchCaller, Batcher
+from .chains import HOLD_SEC, MAX_STEPS, ChainPlanner
 from .chunks import ChunkRunner
 from .fairness import RoundRobin
 from .offsets import OffsetKeeper
-from .results import fit_result, pack_results
+from .results import Completion, pack_results
 from .subscription import executor_labels, satisfied_topics
 from .worker_pool import WorkerPool
 
@@ -128,7 +129,8 @@ class Executor:
         self._pool: WorkerPool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._offsets: OffsetKeeper | None = None
-        self._completions: Batcher[TaskFinishedEvent] = Batcher(self._send_finished)
+        self._completions: Batcher[Completion] = Batcher(self._send_finished)
+        self._chains: ChainPlanner | None = None
         self._claims: BatchCaller[_ClaimAsked, tuple[str, str]] = BatchCaller(self._claim_batch)
         self._chunks = ChunkRunner(self)
 
@@ -162,6 +164,7 @@ class Executor:
                 raise PlatformUnavailable(f"cannot start the task consumer: {exc}") from exc
             stack.push_async_callback(self._consumer.stop)
             self._offsets = OffsetKeeper(self._consumer, on_lost=self._forget_partitions)
+            self._chains = ChainPlanner(self._store.graphs, self.labels)
             await self.refresh_subscription()
             await self._heartbeat()
         except BaseException:
@@ -459,24 +462,88 @@ class Executor:
             else:
                 log.info("task skipped", reason=detail)
             return
-        await self._report(record, message, event, log)
+        self.tasks_run += 1
+        self._log_finished(log, message, event)
+        results = await self._continue_chain(message, event, log)
+        await self._report(record, message, results, log)
+
+    async def _continue_chain(
+        self, message: TaskMessage, event: TaskFinishedEvent, log: Any
+    ) -> list[Completion]:
+        """Run the steps that follow ``event`` here while they may (:mod:`.chains`); every
+        result but the last is recorded in Redis before the next step runs. Returns the
+        chain's results, in order, to be published together."""
+        results = [Completion(event)]
+        store, pool = self._require(self._store), self._require(self._pool)
+        chains = self._require(self._chains)
+        held_since = time.monotonic()
+        while (
+            len(results) < MAX_STEPS
+            and time.monotonic() - held_since < HOLD_SEC
+            and not self.stopping
+        ):
+            try:
+                step = await chains.next_message(message, event)
+            except PlatformUnavailable:
+                break  # the scheduler sends the next step as usual
+            if step is None:
+                break
+            key = (step.invocation_id, step.task.id)
+            if key in self._leases:
+                break
+            unrecorded = [r.recorded_as() for r in results if not r.recorded]
+            claim = (*key, self._started(step))
+            kind, _ = await self._retrying(
+                "continuing a chain",
+                partial(
+                    store.claims.record_and_claim,
+                    unrecorded,
+                    self._token,
+                    claim,
+                    self.lease_ttl_sec,
+                ),
+            )
+            for result in results:
+                result.recorded = True
+            if kind != "run":  # cancelled or finished meanwhile, or run elsewhere
+                log.info("chain ends here", next_task=step.task.id, verdict=kind)
+                break
+            self._leases.add(key)
+            try:
+                finished = await pool.run(step)  # never None: nothing to ask before it runs
+            finally:
+                self._leases.discard(key)
+            if finished is None:
+                break
+            event = finished
+            message = step
+            results.append(Completion(event))
+            self.tasks_run += 1
+            self._log_finished(self._chained_log(log, step), step, event)
+        return results
+
+    @staticmethod
+    def _chained_log(log: Any, step: TaskMessage) -> Any:
+        task = step.task
+        return log.bind(task=task.id, function=task.function, attempt=task.attempt, chained=True)
 
     async def _report(
         self,
         record: ConsumerRecord[Any, Any],
         message: TaskMessage,
-        event: TaskFinishedEvent,
+        results: list[Completion],
         log: Any,
     ) -> None:
-        """Record and publish one attempt's result (batched); returns once Kafka has it."""
+        """Record and publish the results of a message's task (and of the chain that
+        followed it) in one batch; returns once Kafka has them."""
+        sent = [self._completions.enqueue(result) for result in results]
         try:
-            await self._completions.submit(event)
+            await asyncio.gather(*sent)
         except ServiceError as exc:  # not retryable (e.g. too large): park the task message
+            await asyncio.gather(*sent, return_exceptions=True)
             log.error("cannot report the task; dead-lettering it", error=str(exc))
             reason = f"task {message.task.id} ran but its result cannot be published: {exc}"
             await self._dead_letter(reason, record)
-        self.tasks_run += 1
-        self._log_finished(log, message, event)
 
     async def _dead_letter(self, reason: str, record: ConsumerRecord[Any, Any]) -> None:
         """Park ``record`` on the dead-letter topic with ``reason`` (retried while Kafka is
@@ -490,7 +557,8 @@ class Executor:
         recorded = TaskFinishedEvent.model_validate_json(recorded_json)
         finished = recorded.finished.model_copy(update={"attempt": message.task.attempt})
         log.info("task result recorded by an earlier run; re-publishing it")
-        await self._completions.submit(recorded.model_copy(update={"finished": finished}))
+        republished = recorded.model_copy(update={"finished": finished})
+        await self._completions.submit(Completion(republished, recorded=True))
 
     @staticmethod
     def _log_finished(log: Any, message: TaskMessage, event: TaskFinishedEvent) -> None:
@@ -525,7 +593,7 @@ class Executor:
 
     # -- sending (batched) ------------------------------------------------------------------
 
-    async def _send_finished(self, events: list[TaskFinishedEvent]) -> None:
+    async def _send_finished(self, completions: list[Completion]) -> None:
         """One batch of results; the scheduler records their log pointers and outputs.
 
         Each success is recorded in Redis (its outputs are stored) before it is published: a
@@ -535,16 +603,15 @@ class Executor:
         invocation's results of the batch travel together (:func:`.results.pack_results`).
         """
         bus, store = self._require(self._bus), self._require(self._store)
-        encoded = [fit_result(e, encode_message(e)) for e in events]
-        results = [
-            (e.invocation_id, e.finished.task_id, _success_json(e, raw)) for e, raw in encoded
-        ]
-        await self._retrying(
-            "recording task results", lambda: store.claims.record_results(results, self._token)
-        )
+        encoded = [c.encoded() for c in completions]
+        results = [c.recorded_as() for c in completions if not c.recorded]
+        if results:
+            await self._retrying(
+                "recording task results", lambda: store.claims.record_results(results, self._token)
+            )
         if self._failpoint is not None and any(
             _function_of(e.finished.task_id) == self._failpoint and e.finished.outcome == "success"
-            for e in events
+            for e, _ in encoded
         ):
             _log.warning("failpoint exit_before_finish hit: exiting", function=self._failpoint)
             os._exit(1)
@@ -669,11 +736,6 @@ def _parse_failpoint(spec: str) -> str | None:
     if kind != "exit_before_finish" or not function:
         raise ValueError(f"unknown executor failpoint {spec!r}; use exit_before_finish:<function>")
     return function
-
-
-def _success_json(event: TaskFinishedEvent, raw: bytes) -> bytes | None:
-    """What ``record_results`` keeps for a redelivery: the event of a success, else None."""
-    return raw if event.finished.outcome == "success" else None
 
 
 def _function_of(task_id: str) -> str:

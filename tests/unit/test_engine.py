@@ -677,3 +677,58 @@ def test_a_reducer_with_values_outside_the_view_does_not_finalize() -> None:
     commands = engine.handle(state, ok(step))
     assert tasks_of(commands) == [] and finishes(commands) == []
     assert not state.reducers["r"].finalized and state.status == "running"
+
+
+# -- chained tasks (an executor continuing a chain) ------------------------------------------
+
+
+def test_chained_task_is_the_task_the_engine_creates_for_the_same_result() -> None:
+    """A call with one output and one plain successor: the chained task equals the one
+    handle() creates (id, inputs, attempt), and its result is accepted as that task's."""
+    engine = Engine(graph("a", edges={"a": ("b",), "b": ("c",)}))
+    state, [a] = started(engine)
+    chained = engine.chained_task(a, ok(a))
+    [b] = tasks_of(engine.handle(state, ok(a)))
+    assert chained == b
+    chained_c = engine.chained_task(b, ok(b))
+    [c] = tasks_of(engine.handle(state, ok(b)))
+    assert chained_c == c
+    assert engine.chained_task(c, ok(c)) is None  # the end of the graph
+    assert finishes(engine.handle(state, ok(c)))[0].status == "succeeded"
+
+
+def test_chained_task_after_a_route_choosing_one_target() -> None:
+    engine = Engine(graph("a", edges={"a": ("r",)}, routes={"r": ("x", "y")}, r=router("r")))
+    state, [a] = started(engine)
+    [r] = tasks_of(engine.handle(state, ok(a)))
+    chained = engine.chained_task(r, ok(r, route=("y",)))
+    [y] = tasks_of(engine.handle(state, ok(r, route=("y",))))
+    assert chained == y and y.function == "y" and y.inputs == r.inputs
+    assert engine.chained_task(r, ok(r, route=("x", "y"))) is None  # two targets
+    assert engine.chained_task(r, ok(r, route=("nope",))) is None  # not a route target
+    assert engine.chained_task(r, ok(r, route=())) is None
+
+
+@pytest.mark.parametrize(
+    ("definition", "outputs", "why"),
+    [
+        (graph("a", edges={"a": ("b",)}), 3, "a fan-out"),
+        (graph("a", edges={"a": ("b",)}), 0, "no output"),
+        (graph("a", edges={"a": ("b", "c")}), 1, "two successors"),
+        (graph("a", edges={"a": ("s",)}, s=reducer("s")), 1, "a reducer"),
+    ],
+)
+def test_no_chained_task_where_the_state_decides(
+    definition: GraphDefinition, outputs: int, why: str
+) -> None:
+    engine = Engine(definition)
+    _, [a] = started(engine)
+    assert engine.chained_task(a, ok(a, outputs)) is None, why
+
+
+def test_no_chained_task_after_a_failure_or_for_another_task() -> None:
+    engine = Engine(graph("a", edges={"a": ("b",)}))
+    _, [a] = started(engine)
+    assert engine.chained_task(a, fail(a)) is None
+    other = a.model_copy(update={"id": "a-other"})
+    assert engine.chained_task(other, ok(a)) is None

@@ -41,7 +41,6 @@ from .model import (
     RunTask,
     Task,
     TaskFinished,
-    TaskKind,
     TaskRecord,
     ValueRange,
 )
@@ -317,20 +316,58 @@ class Engine:
         origin_key: str,
         out: list[Command],
     ) -> None:
-        node = self.definition.nodes[target]
-        kind: TaskKind = "route" if node.kind == "router" else "call"
         for value_range in values:
             for index in range(value_range.start, value_range.stop):
-                value = value_range.single(index)
-                origin = f"{origin_key}:{value.task_id}:{index}"
-                task = Task(
-                    id=task_id_for(target, origin),
-                    invocation_id=state.invocation_id,
-                    function=target,
-                    kind=kind,
-                    inputs=(value,),
+                task = self._new_task(
+                    state.invocation_id, target, value_range.single(index), origin_key
                 )
                 self._queue(state, task, out)
+
+    def _new_task(
+        self, invocation_id: str, target: str, value: ValueRange, origin_key: str
+    ) -> Task:
+        """The task of ``target`` for one value: its id depends only on where the value came
+        from, so every path that decides this step (the scheduler, an executor continuing a
+        chain) names it alike."""
+        node = self.definition.nodes[target]
+        return Task(
+            id=task_id_for(target, f"{origin_key}:{value.task_id}:{value.start}"),
+            invocation_id=invocation_id,
+            function=target,
+            kind="route" if node.kind == "router" else "call",
+            inputs=(value,),
+        )
+
+    def chained_task(self, task: Task, event: TaskFinished) -> Task | None:
+        """The one task that follows from ``task``'s successful result alone, or None.
+
+        A chain step: a call with exactly one output and exactly one successor, or a route
+        choosing exactly one target, when that next function is not a reducer (a reducer's
+        steps depend on the whole invocation's state). The task is the one :meth:`handle`
+        creates for the same result (same id, inputs and attempt), so an executor may run it
+        at once and report both results together; the scheduler accepts the second as the
+        result of the task the first one created."""
+        if event.outcome != "success" or event.task_id != task.id:
+            return None
+        if task.kind == "call":
+            successors = self.definition.successors(task.function)
+            if event.output_count != 1 or len(successors) != 1:
+                return None
+            target = successors[0]
+            value = ValueRange(task_id=task.id, function=task.function, start=0, stop=1)
+            origin_key = task.id
+        elif task.kind == "route":
+            chosen = list(dict.fromkeys(event.route or ()))
+            if len(chosen) != 1 or chosen[0] not in self.definition.route_targets(task.function):
+                return None
+            if len(task.inputs) != 1 or task.inputs[0].size != 1:
+                return None
+            target, value, origin_key = chosen[0], task.inputs[0], f"{task.id}>"
+        else:
+            return None
+        if self.definition.nodes[target].reducer:
+            return None
+        return self._new_task(task.invocation_id, target, value, origin_key)
 
     def _queue(self, state: InvocationState, task: Task, out: list[Command]) -> None:
         if task.id in state.tasks:

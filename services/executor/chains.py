@@ -1,0 +1,110 @@
+"""Continuing a chain here: the step that follows a result, run without a trip through Kafka.
+
+A 3-step chain through the scheduler costs 7 Kafka hops (invocation -> scheduler -> task ->
+executor -> result -> scheduler -> ...). The engine is pure and task ids are deterministic, so
+when a result decides the next task by itself (:meth:`indexify.engine.Engine.chained_task`: a
+call with one output and one successor, or a route choosing one target; never a reducer) and
+this executor may run that function (its labels satisfy the function's placement), the
+executor (:class:`.service.Executor`):
+
+1. keeps the finished step's result in Redis and claims the next task, in ONE round trip
+   (:meth:`TaskClaims.record_and_claim`). From here a crash redelivers the first task's
+   message, whose recorded result is re-published instead of run again; the scheduler then
+   sends the next task as usual, and the claim's lease keeps a second executor from running
+   it while this one still might;
+2. runs the next task on its worker pool with the previous step's output as input (inline, or
+   the object the worker just wrote, read back from the executor's local value cache);
+3. repeats while the chain goes on, for at most :data:`MAX_STEPS` steps and only while the
+   first held result is younger than :data:`HOLD_SEC` (a chain of slow steps reports each
+   step at most one step late);
+4. publishes every step's result in ONE message. The scheduler, still the only writer of the
+   invocation's state, applies them in order: the first result creates the next task (the
+   same id), the next result finishes it, so no task message is ever sent for it. A result
+   the scheduler would not have asked for (the invocation was cancelled or failed meanwhile,
+   or the step was retried) is stale there and ignored, like any duplicate: rejected.
+
+Retries, timeouts and failures keep their meaning: a chained step that fails is reported as
+its result, and the scheduler retries it (through its task topic) or ends the branch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from indexify.engine import Engine
+from indexify.placement import satisfies
+from services.common.events import TaskFinishedEvent, TaskMessage
+from services.common.graphs import GraphRepository
+
+__all__ = ["HOLD_SEC", "MAX_STEPS", "ChainPlanner", "chained_message"]
+
+#: A chain runs at most this many steps here before its results are published.
+MAX_STEPS = 16
+#: A next step starts here only while the chain's first result waited less than this.
+HOLD_SEC = 0.5
+_ENGINES = 64
+
+
+def chained_message(
+    engine: Engine, labels: Mapping[str, str], message: TaskMessage, event: TaskFinishedEvent
+) -> TaskMessage | None:
+    """The task message of the step that follows ``event`` (the result of ``message``), if
+    it follows from that result alone and an executor with ``labels`` may run it."""
+    if event.finished.outcome != "success" or event.outputs is None:
+        return None
+    task = engine.chained_task(message.task, event.finished)
+    if task is None:
+        return None
+    node = engine.definition.nodes[task.function]
+    if not satisfies(labels, node.required_labels):
+        return None
+    # a call's successor gets its one output; a route's target gets the router's own input
+    call = message.task.kind == "call"
+    inputs = (event.outputs.slice(0, 1),) if call else (message.inputs[0],)
+    return TaskMessage(
+        namespace=message.namespace,
+        graph=message.graph,
+        invocation_id=message.invocation_id,
+        task_id=task.id,
+        graph_version=message.graph_version,
+        task=task,
+        inputs=inputs,
+        timeout_sec=node.timeout_sec,
+    )
+
+
+class ChainPlanner:
+    """:func:`chained_message` with each graph version's engine loaded once (LRU)."""
+
+    def __init__(self, graphs: GraphRepository, labels: Mapping[str, str]) -> None:
+        self._graphs = graphs
+        self._labels = dict(labels)
+        self._engines: OrderedDict[tuple[str, str, str], Engine] = OrderedDict()
+
+    async def next_message(
+        self, message: TaskMessage, event: TaskFinishedEvent
+    ) -> TaskMessage | None:
+        """The next step to run here after ``event``, or None (the scheduler decides)."""
+        if event.finished.outcome != "success" or event.outputs is None:
+            return None
+        if message.task.kind == "reduce":
+            return None
+        engine = await self._engine(message.namespace, message.graph, message.graph_version)
+        if engine is None:
+            return None
+        return chained_message(engine, self._labels, message, event)
+
+    async def _engine(self, namespace: str, graph: str, version: str) -> Engine | None:
+        key = (namespace, graph, version)
+        found = self._engines.get(key)
+        if found is not None:
+            self._engines.move_to_end(key)
+            return found
+        record = await self._graphs.get_graph_version(namespace, graph, version)
+        if record is None:
+            return None  # not cached: asked again next time
+        self._engines[key] = engine = Engine(record.definition)
+        while len(self._engines) > _ENGINES:
+            self._engines.popitem(last=False)
+        return engine
