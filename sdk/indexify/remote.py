@@ -225,11 +225,22 @@ class RemoteClient(IndexifyClient):
         payload = encode(kwargs)
         path = self._graph_path(graph, "invoke_object")
         headers = {"Content-Type": payload.content_type, ENCODED_HEADER: "1"}
-        invocation_id = str(self._json("POST", path, content=payload.data, headers=headers)["id"])
-        if block_until_done:
-            # A long poll of the status (woken when the invocation ends), not the progress
-            # stream: the stream carries three events per task, which for a fan-out of
-            # thousands costs the API and this client far more than the invocation's end.
+        if not block_until_done:
+            return str(self._json("POST", path, content=payload.data, headers=headers)["id"])
+        # Invoke and wait in one request (the server answers once the invocation ended),
+        # then long polls of the status if that wait ran out: not the progress stream, which
+        # carries three events per task (for a fan-out of thousands, far more than its end).
+        wait = min(self.wait_timeout, _LONG_POLL_SEC)
+        accepted = self._json(
+            "POST",
+            path,
+            content=payload.data,
+            headers=headers,
+            params={"wait_sec": f"{wait:.3f}"},
+            timeout=self.timeout + wait,
+        )
+        invocation_id = str(accepted["id"])
+        if accepted.get("status") not in TERMINAL_STATUSES:
             self._wait(graph, invocation_id, self.wait_timeout, limit=0)
         return invocation_id
 

@@ -79,9 +79,19 @@ async def invoke(
     request: Request,
     service: Service,
     block_until_finish: bool = False,
+    wait_sec: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=60,
+            description="answer once the invocation is terminal (or after this many seconds) "
+            "with its status: invoke and wait in one request",
+        ),
+    ] = 0,
     encoded: Annotated[str | None, Header(alias="X-Indexify-Encoded")] = None,
 ) -> Response | InvocationAccepted:
-    """Start an invocation; returns its id once the event is durable in Kafka."""
+    """Start an invocation; returns its id once the event is durable in Kafka (with
+    ``wait_sec``: once it finished, or the wait ran out, with its status)."""
     body = await _read_body(request)
     content_type = request.headers.get("content-type")
     is_encoded = (encoded or "").strip().lower() in _TRUE
@@ -91,7 +101,11 @@ async def invoke(
             service, namespace, graph, body, content_type, is_encoded, settings.sse_keepalive_sec
         )
     invocation_id = await service.invoke(namespace, graph, body, content_type, is_encoded)
-    return InvocationAccepted(id=invocation_id)
+    if wait_sec <= 0:
+        return InvocationAccepted(id=invocation_id)
+    await wait_until_terminal(service, invocation_id, wait_sec)
+    status = await service.store.invocations.invocation_status(invocation_id)
+    return InvocationAccepted(id=invocation_id, status=status)
 
 
 @router.get(_GRAPH + "/invocations")

@@ -66,6 +66,11 @@ class GraphDeleted(_Body):
 
 class InvocationAccepted(_Body):
     id: str
+    status: InvocationStatus | None = Field(
+        default=None,
+        description="with `wait_sec`: the invocation's status when answered (terminal unless "
+        "the wait ran out); without: not set",
+    )
 
 
 class InvocationList(_Body):

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.common import event_loop
 from services.common.errors import PlatformUnavailable, ServiceError
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import ExecutorSettings, InfraSettings
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(infra.log_level, infra.log_format, service="executor")
     try:
-        asyncio.run(serve(infra, settings))
+        event_loop.run(serve(infra, settings))
     except (ServiceError, LabelError) as exc:
         _log.error("executor failed", error=str(exc))
         return 1

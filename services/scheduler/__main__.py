@@ -12,6 +12,7 @@ import signal
 import sys
 from typing import cast
 
+from services.common import event_loop
 from services.common.errors import ServiceError
 from services.common.logging import LogFormat, configure_logging, get_logger
 from services.common.settings import InfraSettings, SchedulerSettings
@@ -35,7 +36,7 @@ def main() -> int:
     settings = SchedulerSettings()
     configure_logging(infra.log_level, cast(LogFormat, infra.log_format), service="scheduler")
     try:
-        asyncio.run(serve(infra, settings))
+        event_loop.run(serve(infra, settings))
     except ServiceError as exc:
         _log.error("scheduler failed", error=str(exc))
         return 1
