@@ -9,7 +9,9 @@ A :class:`TaskRunner` lives as long as its worker process. For each task it
    one object with one GET of the covering range: a fan-out's elements are consecutive
    values of their parent's outputs object);
 3. runs the function with the SDK's ``FunctionRunner`` (the code the in-process client runs);
-4. stores the outputs (inline when small, else ONE object ``Names.outputs_object``) and any
+4. stores the outputs (inline when small, else ONE object ``Names.outputs_object``, also
+   kept in the executor's local :class:`.value_cache.ValueCache`, where the next step on this
+   executor reads it instead of downloading it again) and any
    stdout/stderr (``Names.log_object``), and returns the :class:`TaskFinishedEvent` (the
    executor records a success in Redis, batched, before publishing it).
 
@@ -34,11 +36,13 @@ from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, TaskFinished, ValueRange
 from indexify.graph import Graph
 from indexify.runtime import FunctionRunner, TaskResult
-from services.common.blobs import BlobStore, load_values_sync, store_values_sync, unpack
+from services.common.blobs import BlobStore, load_values_sync, plan_values, unpack
 from services.common.errors import NotFound, ServiceError
 from services.common.events import StoredValues, TaskFinishedEvent, TaskMessage
 from services.common.names import Names
 from services.common.settings import InfraSettings
+
+from .value_cache import ValueCache
 
 __all__ = ["TaskRunner", "failure_event"]
 
@@ -118,6 +122,7 @@ class TaskRunner:
         *,
         cache_size: int = 32,
         max_outputs: int | None = None,
+        values: ValueCache | None = None,
     ):
         self.blobs = BlobStore(infra)
         self.max_outputs = max_outputs
@@ -126,6 +131,7 @@ class TaskRunner:
         self._cache_size = cache_size
         self._runners: OrderedDict[tuple[str, str, str], FunctionRunner] = OrderedDict()
         self._prefetched: dict[str, tuple[int, bytes]] = {}  # object key -> (start, bytes)
+        self.values = values  # this executor's local copies of stored objects
 
     def run(
         self, message: TaskMessage, on_start: Callable[[], None] = lambda: None
@@ -230,6 +236,10 @@ class TaskRunner:
             base, data = found
             if base <= offsets[0] and offsets[-1] - base <= len(data):
                 return unpack(values, data[offsets[0] - base : offsets[-1] - base])
+        if values.inline is None and self.values is not None and values.object_key and offsets:
+            local = self.values.get_range(values.object_key, offsets[0], offsets[-1])
+            if local is not None:
+                return unpack(values, local)
         return load_values_sync(self.blobs, values)
 
     def _loader(self, message: TaskMessage) -> Callable[[ValueRange], list[Payload]]:
@@ -275,7 +285,13 @@ class TaskRunner:
                 key = self.names.outputs_object(
                     message.namespace, message.graph, message.invocation_id, task.id
                 )
-                outputs = store_values_sync(self.blobs, result.outputs, key)
+                outputs, data = plan_values(
+                    result.outputs, key, self.blobs.settings.inline_limit_bytes
+                )
+                if data is not None:
+                    self.blobs.put_sync(key, data)
+                    if self.values is not None:
+                        self.values.put(key, data)
         except ServiceError as exc:
             raise _platform(f"cannot store the results of {task.function!r}", exc) from exc
         finished = result.finished(task, self.executor_id)

@@ -33,6 +33,9 @@ results it already sent; the tasks it had not finished report ``WorkerDied`` too
 
 Like every ``spawn`` user, a program that embeds the pool must guard its entry point with
 ``if __name__ == "__main__":`` (``python -m services.executor`` does).
+
+The pool also owns the directory of its workers' shared :class:`.value_cache.ValueCache`
+(created on start, removed on close): the outputs one worker stored, read back by another.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import pickle
+import shutil
 import signal
 import socket
 import struct
@@ -48,6 +52,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from indexify.engine import ErrorInfo
@@ -58,6 +63,7 @@ from services.common.settings import InfraSettings
 
 from .fairness import FairHandout
 from .task_runner import TaskRunner, failure_event
+from .value_cache import ValueCache, cache_directory
 
 __all__ = ["WorkerPool", "WorkerStartError"]
 
@@ -114,7 +120,11 @@ def _read_exactly(sock: socket.socket, size: int) -> bytearray:
 
 
 def _worker_main(
-    sock: socket.socket, infra: InfraSettings, executor_id: str, max_outputs: int | None = None
+    sock: socket.socket,
+    infra: InfraSettings,
+    executor_id: str,
+    max_outputs: int | None = None,
+    values_dir: Path | None = None,
 ) -> None:
     """The worker process: run task messages from ``sock`` until ``None`` or end of stream."""
     # The executor decides when its workers stop: a Ctrl-C or SIGTERM sent to the whole
@@ -122,7 +132,8 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(infra.log_level, infra.log_format, service="executor-worker")
-    runner = TaskRunner(infra, executor_id, max_outputs=max_outputs)
+    values = ValueCache(values_dir) if values_dir is not None else None
+    runner = TaskRunner(infra, executor_id, max_outputs=max_outputs, values=values)
     _send_blocking(sock, _READY)
     while True:
         try:
@@ -245,6 +256,7 @@ class WorkerPool:
         self.start_timeout_sec = start_timeout_sec
         self.stop_timeout_sec = stop_timeout_sec
         self.max_outputs = max_outputs
+        self.values_dir: Path | None = None  # the workers' shared ValueCache, while started
         self._context = multiprocessing.get_context("spawn")
         self._workers: set[_Worker] = set()
         self._idle: FairHandout[_Worker] = FairHandout()
@@ -262,6 +274,7 @@ class WorkerPool:
         await self.close()
 
     async def start(self) -> None:
+        self.values_dir = cache_directory(self.executor_id)
         try:
             workers = await asyncio.gather(*(self._spawn() for _ in range(self.size)))
         except BaseException:
@@ -474,7 +487,7 @@ class WorkerPool:
         parent_sock, child_sock = socket.socketpair()
         process = self._context.Process(
             target=_worker_main,
-            args=(child_sock, self.infra, self.executor_id, self.max_outputs),
+            args=(child_sock, self.infra, self.executor_id, self.max_outputs, self.values_dir),
             name=f"indexify-worker-{self.executor_id}",
         )
         try:
@@ -550,3 +563,6 @@ class WorkerPool:
             *(self._stop(w, kill=w not in idle) for w in list(self._workers)),
             return_exceptions=True,
         )
+        if self.values_dir is not None:
+            shutil.rmtree(self.values_dir, ignore_errors=True)
+            self.values_dir = None

@@ -4,9 +4,11 @@ Every test runs against real subprocesses (see ``conftest.py``) and waits on con
 deadlines; nothing sleeps for a fixed time.
 """
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Union
 
@@ -305,3 +307,56 @@ def test_deadletters_lists_an_undecodable_event(stack: DevStack, await_condition
 
     result = await_condition(listed, 30, "the poison message in the dead letters")
     assert "invalid message" in result.stdout
+
+
+# -- chains continued on one executor -------------------------------------------------------
+
+
+@indexify_function()
+def chain_inc(x: int) -> int:
+    return x + 1
+
+
+@indexify_function()
+def chain_double(x: int) -> int:
+    return x * 2
+
+
+@indexify_function()
+def chain_to_str(x: int) -> str:
+    return f"={x}"
+
+
+def test_a_chain_keeps_every_steps_output_and_record(client: IndexifyClient) -> None:
+    """The executor runs ``chain_double`` and ``chain_to_str`` right after ``chain_inc``
+    (one task message for three steps); every step is still a task with its own stored
+    output and attempt, as if the scheduler had sent each."""
+    g = Graph(name="chain3", start_node=chain_inc)
+    g.add_edge(chain_inc, chain_double)
+    g.add_edge(chain_double, chain_to_str)
+    client.register_compute_graph(g)
+    invocation_id = client.invoke_graph_with_object("chain3", block_until_done=True, x=4)
+    assert client.graph_outputs("chain3", invocation_id, "chain_inc") == [5]
+    assert client.graph_outputs("chain3", invocation_id, "chain_double") == [10]
+    assert client.graph_outputs("chain3", invocation_id, "chain_to_str") == ["=10"]
+    info = client.invocation_status("chain3", invocation_id)
+    assert info.status == "succeeded"
+    tasks = {t.function: t for t in info.tasks}
+    assert set(tasks) == {"chain_inc", "chain_double", "chain_to_str"}
+    assert all(t.status == "succeeded" and len(t.attempts) == 1 for t in tasks.values())
+
+
+def test_invoke_and_wait_in_one_request(client: IndexifyClient, stack: DevStack) -> None:
+    """``POST .../invoke_object?wait_sec=`` answers once the invocation ended, with its
+    status (what ``block_until_done=True`` uses)."""
+    g = Graph(name="chain3w", start_node=chain_inc)
+    g.add_edge(chain_inc, chain_double)
+    client.register_compute_graph(g)
+    url = f"{stack.url}/namespaces/default/compute_graphs/chain3w/invoke_object?wait_sec=30"
+    request = urllib.request.Request(
+        url, data=b'{"x": 1}', headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    assert answer["status"] == "succeeded"
+    assert client.graph_outputs("chain3w", answer["id"], "chain_double") == [4]
