@@ -20,6 +20,7 @@ import pytest
 from workload import (
     Submitted,
     blob_graph,
+    chain_graph,
     check_invariants,
     jobs_graph,
     map_reduce_graph,
@@ -521,6 +522,76 @@ def test_cancel_mid_way_skips_queued_tasks(
     statuses = {t.status for t in info.tasks if t.function == "step"}
     assert "cancelled" in statuses
     print(f"cancelled in {took:.2f} s; {ran}/{n} ran, {skipped()} skipped")
+
+
+# -- chains continued on an executor --------------------------------------------------------
+
+
+def test_executor_killed_in_a_continued_chain_repeats_no_finished_step(
+    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """chain_a -> chain_b -> chain_c; the executor runs chain_b itself right after chain_a
+    and is SIGKILLed while chain_b runs. Pass: the invocation succeeds with the exact
+    output; chain_a ran once (its result was kept before chain_b started: the redelivered
+    task message re-publishes it), chain_c once; chain_b twice (killed mid-run, run again);
+    every task has one successful attempt."""
+    _core(stack)
+    _executor(stack, 0, concurrency=1)
+    stack.wait_healthy()
+    client = _client(stack, request)
+    client.register_compute_graph(chain_graph())
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=60.0)
+    wait_for(lambda: _markers(markers, "chain_b-0"), 30, "the chained step to start")
+    assert _markers(markers, "chain_a-0") and not _markers(markers, "chain_c-1")
+    stack.kill("executor-0")
+    _executor(stack, 1, concurrency=1)
+    wait_for(lambda: len(_markers(markers, "chain_b-0")) >= 2, 90, "chain_b to run again")
+    (markers / "go").write_text("")
+    info = client.wait_for_invocation("fault_chain", inv, timeout=90)
+    assert info.status == "succeeded", info.error
+    assert client.graph_outputs("fault_chain", inv, "chain_c") == [11]
+    assert len(_markers(markers, "chain_a-0")) == 1
+    assert len(_markers(markers, "chain_b-0")) == 2
+    assert len(_markers(markers, "chain_c-1")) == 1
+    tasks = {t.function: t for t in info.tasks}
+    assert set(tasks) == {"chain_a", "chain_b", "chain_c"}
+    for task in tasks.values():
+        assert [a.outcome for a in task.attempts] == ["success"], task
+
+
+def test_a_continued_result_after_a_cancel_is_rejected(
+    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The invocation is cancelled while its executor runs the chained chain_b. Pass: the
+    executor finishes chain_b, then its claim of chain_c is refused ("invocation
+    cancelled": the chain ends there); the scheduler ignores the late results of chain_a and
+    chain_b (the invocation stays cancelled, with no task of chain_b or chain_c), and
+    chain_c never runs."""
+    _core(stack)
+    _executor(stack, 0, concurrency=1)
+    stack.wait_healthy()
+    client = _client(stack, request)
+    client.register_compute_graph(chain_graph())
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=60.0)
+    wait_for(lambda: _markers(markers, "chain_b-0"), 30, "the chained step to start")
+    client.cancel_invocation("fault_chain", inv)
+    assert client.wait_for_invocation("fault_chain", inv, timeout=30).status == "cancelled"
+    (markers / "go").write_text("")
+
+    def chain_refused() -> bool:
+        log = _log(stack, "executor-0")
+        return any("chain ends here" in line and "skip" in line for line in log.splitlines())
+
+    wait_for(chain_refused, 30, "the executor to be refused the next step")
+    info = client.invocation_status("fault_chain", inv)
+    assert info.status == "cancelled"
+    assert {t.function for t in info.tasks} == {"chain_a"}
+    assert not _markers(markers, "chain_c")
+    assert client.graph_outputs("fault_chain", inv, "chain_b") == []
 
 
 # -- dead letters ---------------------------------------------------------------------------------

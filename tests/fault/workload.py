@@ -91,6 +91,39 @@ def _mark(job: Job, what: str) -> None:
 
 
 @indexify_function()
+def chain_a(dir: str, seconds: float) -> Job:
+    """The first step of a chain an executor continues itself (one output, one successor)."""
+    job = Job(dir=dir, x=0, seconds=seconds)
+    _mark(job, "chain_a")
+    return job
+
+
+@indexify_function()
+def chain_b(job: Job) -> Job:
+    """The chained step: runs until the test creates ``<dir>/go`` (at most ``seconds``), so
+    a test can kill its executor or cancel the invocation meanwhile."""
+    _mark(job, "chain_b")
+    deadline = time.monotonic() + job.seconds
+    while not Path(job.dir, "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return Job(dir=job.dir, x=job.x + 1, seconds=job.seconds)
+
+
+@indexify_function()
+def chain_c(job: Job) -> int:
+    _mark(job, "chain_c")
+    return job.x + 10
+
+
+def chain_graph() -> Graph:
+    """chain_a -> chain_b -> chain_c: continued on one executor after chain_a's task."""
+    g = Graph(name="fault_chain", start_node=chain_a)
+    g.add_edge(chain_a, chain_b)
+    g.add_edge(chain_b, chain_c)
+    return g
+
+
+@indexify_function()
 def jobs(marker_dir: str, n: int, seconds: float = 0.0) -> List[Job]:
     return [Job(dir=marker_dir, x=i, seconds=seconds) for i in range(n)]
 
