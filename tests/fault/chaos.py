@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import Submitted, check_invariants, map_reduce_graph
+from workload import Submitted, chain_mix_graph, check_invariants, map_reduce_graph
 
 from indexify import create_client
 from services.devstack import DevStack
@@ -41,12 +41,14 @@ def main() -> int:
     }
     reference = create_client(in_process=True, echo_output=False)
     reference.register_compute_graph(map_reduce_graph())
+    reference.register_compute_graph(chain_mix_graph())
     submitted: list[Submitted] = []
     kills: list[str] = []
     with DevStack(env, log_dir=logs) as stack:
         stack.start_default(executors=args.executors)
         client = create_client(service_url=stack.url)
         client.register_compute_graph(map_reduce_graph())
+        client.register_compute_graph(chain_mix_graph())
         stop = threading.Event()
 
         def chaos() -> None:
@@ -60,13 +62,15 @@ def main() -> int:
         killer.start()
         end = time.monotonic() + args.minutes * 60
         while time.monotonic() < end:
-            n = rng.choice([5, 20, 100])
+            # half map-reduce fan-outs, half chains continued on an executor
+            graph = rng.choice(["chaos_map_reduce", "chaos_chain"])
+            n = rng.choice([5, 20, 100]) if graph == "chaos_map_reduce" else rng.randrange(200)
             try:
-                inv = client.invoke_graph_with_object("chaos_map_reduce", n=n)
+                inv = client.invoke_graph_with_object(graph, n=n)
             except Exception as exc:  # the API refused: not accepted, so not checked
                 print(f"invoke refused: {exc}")
             else:
-                submitted.append(Submitted("chaos_map_reduce", {"n": n}, inv))
+                submitted.append(Submitted(graph, {"n": n}, inv))
             time.sleep(1 / args.rate)
         stop.set()
         killer.join()

@@ -13,6 +13,7 @@ from typing import Any, List, Union
 from pydantic import BaseModel
 
 from indexify import Graph, IndexifyClient, indexify_function, indexify_router
+from indexify.errors import InvocationNotFinishedError
 
 
 class Total(BaseModel):
@@ -218,9 +219,45 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@indexify_function()
+def link_inc(n: int) -> int:
+    return n + 1
+
+
+@indexify_function()
+def link_double(x: int) -> int:
+    return 2 * x
+
+
+@indexify_router()
+def link_route(x: int) -> List[Union[link_small, link_big]]:
+    return [link_small] if x < 100 else [link_big]
+
+
+@indexify_function()
+def link_small(x: int) -> str:
+    return f"small:{x}"
+
+
+@indexify_function()
+def link_big(x: int) -> str:
+    return f"big:{x}"
+
+
+def chain_mix_graph() -> Graph:
+    """link_inc -> link_double -> link_route -> link_small | link_big: every step after the
+    first is continued on the executor that ran the one before (chains and a route)."""
+    g = Graph(name="chaos_chain", start_node=link_inc)
+    g.add_edge(link_inc, link_double)
+    g.add_edge(link_double, link_route)
+    g.route(link_route, [link_small, link_big])
+    return g
+
+
 FUNCTIONS = {
     "chaos_map_reduce": ["numbers", "square", "add_up", "odd_total", "even_total"],
     "chaos_slow": ["slow_step", "after_slow"],
+    "chaos_chain": ["link_inc", "link_double", "link_small", "link_big"],
 }
 
 
@@ -273,7 +310,7 @@ def check_invariants(
             info = remote.wait_for_invocation(
                 item.graph, item.invocation_id, timeout=max(1.0, deadline - time.monotonic())
             )
-        except TimeoutError:
+        except (TimeoutError, InvocationNotFinishedError):
             report.not_terminal.append(item.invocation_id)
             continue
         if info.status not in ("succeeded", "failed", "cancelled"):
