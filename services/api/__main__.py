@@ -32,6 +32,7 @@ def main() -> int:
         host=api.host,
         port=api.port,
         log_config=None,  # our structlog configuration renders uvicorn's logs too
+        access_log=api.access_log,
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -240,8 +240,8 @@ class ApiService:
             raise PlatformUnavailable(
                 f"the invocation could not be queued ({exc}); nothing was started, retry later"
             ) from exc
-        for a in accepted:
-            _log.info(
+        for a in accepted:  # debug: one line per invocation costs the API under load
+            _log.debug(
                 "invocation accepted",
                 namespace=a.state.namespace,
                 graph=a.state.graph,
