@@ -7,6 +7,8 @@
      │                             without spending the user's retry budget
      ├── NotFound                  the thing asked for does not exist (HTTP 404)
      ├── Conflict                  it exists already / changed under us (HTTP 409)
+     │    └── CommitRejected       an offset commit came after a rebalance moved the
+     │                             partitions: drop those offsets (the new owner replays them)
      ├── BadRequest                the request is wrong: fix it (HTTP 400)
      └── PayloadTooLarge           a body or message is over a size limit (HTTP 413)
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequest",
+    "CommitRejected",
     "Conflict",
     "NotFound",
     "PayloadTooLarge",
@@ -46,6 +49,14 @@ class NotFound(ServiceError):
 
 class Conflict(ServiceError):
     """The thing exists already, or changed since it was read."""
+
+
+class CommitRejected(Conflict):
+    """The consumer group moved the partitions before their offsets were committed.
+
+    Not worth retrying: the partitions' new owner gets the uncommitted messages again (the
+    handlers are idempotent). Forget those offsets and go on with what is still assigned.
+    """
 
 
 class BadRequest(ServiceError):

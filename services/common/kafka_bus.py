@@ -9,9 +9,12 @@ Why it looks like this:
   round trip per batch instead of one per message, which is what makes fan-out fast.
 * Consumers never auto-commit (:func:`make_consumer`): a service commits an offset only after
   the effects of the message are durable; :class:`OffsetTracker` says how far that is when
-  the messages of one partition finish out of order.
-* aiokafka's exceptions stop here: they are translated into :mod:`services.common.errors`
-  (:class:`PlatformUnavailable` for "Kafka is not answering, retry later").
+  the messages of one partition finish out of order. The services consume through
+  :class:`services.common.kafka_consumer.Consumer`, which wraps such a consumer.
+* aiokafka's exceptions stop here and in :mod:`.kafka_consumer`: :func:`kafka_errors` is the
+  one map from them to :mod:`services.common.errors` (:class:`PlatformUnavailable` for
+  "Kafka is not answering, retry later", :class:`CommitRejected` for a commit that came after
+  a rebalance).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 
 from . import events
-from .errors import PayloadTooLarge, PlatformUnavailable, ServiceError
+from .errors import CommitRejected, PayloadTooLarge, PlatformUnavailable, ServiceError
 from .logging import get_logger
 from .names import Names
 from .settings import InfraSettings
@@ -74,13 +77,11 @@ _log = get_logger(__name__)
 # -- error translation ----------------------------------------------------------------------
 
 
-#: "Not now": the broker is unreachable or slow, or the group is rebalancing (a commit that
-#: failed because of that is harmless: the new owner gets the uncommitted messages again).
-#: aiokafka marks some of these ``retriable=False``, so they are listed explicitly.
+#: "Not now": the broker is unreachable or slow, or the group is rebalancing. aiokafka marks
+#: some of these ``retriable=False``, so they are listed explicitly.
 _TRANSIENT = (
     KafkaConnectionError,
     KafkaTimeoutError,
-    CommitFailedError,
     RebalanceInProgressError,
     IllegalGenerationError,
     UnknownMemberIdError,
@@ -105,6 +106,12 @@ def _translate(exc: BaseException, what: str) -> ServiceError:
     """The service error for an aiokafka (or socket) failure while doing ``what``."""
     if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
         return PayloadTooLarge(f"{what}: message over the {MAX_MESSAGE_BYTES} byte limit ({exc})")
+    if isinstance(exc, CommitFailedError):
+        # Harmless: the partitions' new owner gets the uncommitted messages again.
+        return CommitRejected(
+            f"{what}: the consumer group rebalanced and the partitions moved ({exc}); drop "
+            "these offsets, the new owner handles the messages again"
+        )
     if isinstance(exc, _TRANSIENT + _PRODUCER_STATE) or (
         isinstance(exc, KafkaError) and exc.retriable
     ):

@@ -15,9 +15,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
-
-from aiokafka import ConsumerRecord
 
 from indexify.definition import GraphDefinition
 from indexify.engine import Engine, ErrorInfo
@@ -32,6 +29,7 @@ from services.common.events import (
 )
 from services.common.invocations import InvocationView
 from services.common.kafka_bus import KafkaBus
+from services.common.kafka_consumer import Record
 from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import SchedulerSettings
@@ -51,7 +49,7 @@ from .messages import (
 from .states import StateCache
 from .topics import TaskTopics
 
-__all__ = ["EventHandler", "Record"]
+__all__ = ["EventHandler"]
 
 _log = get_logger(__name__)
 _MAX_CAS_ROUNDS = 5
@@ -61,8 +59,6 @@ _DEFAULT_SLOTS = 2  # worker slots assumed while no executor has registered
 _SLOTS_REFRESH_SEC = 5.0
 _FAN_OUT_VALUES = 64  # outputs with at least this many values are cached (fan-out sources)
 _VALUES_CACHED = 32
-
-Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 @dataclass

@@ -29,18 +29,16 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
-
-from services.common.errors import PlatformUnavailable
-from services.common.kafka_bus import KafkaBus, TopicPartition, make_consumer
+from services.common.errors import CommitRejected, PlatformUnavailable, ServiceError
+from services.common.kafka_bus import KafkaBus
+from services.common.kafka_consumer import Consumer, Record, TopicPartition
 from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import InfraSettings, SchedulerSettings
 from services.common.state_store import StateStore
 
 from .delayed import DelayedTasks
-from .handler import EventHandler, Record
+from .handler import EventHandler
 from .states import StateCache
 from .topics import TaskTopics
 
@@ -50,16 +48,18 @@ _log = get_logger(__name__)
 _SLOW_BATCH_SEC = 0.5  # batches slower than this are logged (other invocations wait)
 
 
-class _OnRevoke(ConsumerRebalanceListener):
+class _OnRevoke:
+    """The scheduler's rebalance listener: commit what is handled before partitions go."""
+
     def __init__(self, scheduler: Scheduler, states: StateCache) -> None:
         self._scheduler = scheduler
         self._states = states
 
-    async def on_partitions_revoked(self, revoked: object) -> None:
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self._states.clear()
         await self._scheduler.commit_handled()  # the next owner starts after our work
 
-    async def on_partitions_assigned(self, assigned: object) -> None:
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         pass
 
 
@@ -85,7 +85,7 @@ class Scheduler:
         self._poll_timeout_ms = poll_timeout_ms
         self._max_backoff = max_backoff_sec
         self._stack = AsyncExitStack()
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: Consumer | None = None
         self._stop = asyncio.Event()
         self._handler: EventHandler | None = None
         self.delayed: DelayedTasks | None = None
@@ -118,23 +118,15 @@ class Scheduler:
             self._handler = EventHandler(
                 self._bus, self._store, self.settings, topics=topics, states=states
             )
-            consumer = make_consumer(
+            consumer = Consumer(
                 self.infra,
                 group_id=self.group_id,
-                topics=[self.names.events_topic],
-                listener=_OnRevoke(self, states),
                 max_poll_records=self.settings.max_batch,
                 session_timeout_ms=self.settings.session_timeout_ms,
                 client_id=f"{self.group_id}-{id(self):x}",
             )
-            try:
-                await consumer.start()
-            except KafkaError as exc:
-                await consumer.stop()
-                raise PlatformUnavailable(
-                    f"cannot join consumer group {self.group_id} at {self.infra.kafka_bootstrap} "
-                    f"({exc}); is Kafka up (`make infra-up`)?"
-                ) from exc
+            await consumer.start()  # PlatformUnavailable, naming the fix, if Kafka is down
+            consumer.subscribe([self.names.events_topic], listener=_OnRevoke(self, states))
             self._consumer = consumer
         except BaseException:
             await self._stack.aclose()
@@ -177,7 +169,7 @@ class Scheduler:
         return self._store
 
     @property
-    def consumer(self) -> AIOKafkaConsumer:
+    def consumer(self) -> Consumer:
         if self._consumer is None:
             raise RuntimeError("Scheduler is not started: use `async with Scheduler(...)`")
         return self._consumer
@@ -234,7 +226,7 @@ class Scheduler:
             if time.monotonic() - self._committed_at >= self.settings.commit_interval_sec:
                 await self._commit_quietly()
 
-    async def _fetch(self, consumer: AIOKafkaConsumer) -> list[Record]:
+    async def _fetch(self, consumer: Consumer) -> list[Record]:
         """The next batch: a share of ``max_batch`` from every assigned partition that has
         events buffered, so one partition's backlog (a huge fan-out's results all land on
         its invocation's partition) cannot fill batch after batch while the others wait:
@@ -297,11 +289,13 @@ class Scheduler:
             return
         try:
             await self._consumer.commit(offsets)
-        except CommitFailedError as exc:  # partitions moved: their new owner replays them
+        except CommitRejected as exc:  # partitions moved: their new owner replays them
             _log.warning("offset commit rejected after a rebalance", error=str(exc))
-        except KafkaError as exc:
+        except ServiceError as exc:
             for tp, offset in offsets.items():  # keep them for the next commit
                 self._handled_offsets[tp] = max(self._handled_offsets.get(tp, 0), offset)
+            if isinstance(exc, PlatformUnavailable):
+                raise
             raise PlatformUnavailable(f"committing offsets {offsets}: {exc}") from exc
 
     async def _commit_quietly(self) -> None:

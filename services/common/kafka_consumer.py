@@ -1,0 +1,245 @@
+"""The consuming side of Kafka: :class:`Consumer`, the one place services read topics through.
+
+``async with Consumer(settings, group_id=...) as consumer: consumer.subscribe(topics, listener)``
+
+* **Same settings everywhere**: a :class:`Consumer` owns the consumer that
+  :func:`~.kafka_bus.make_consumer` builds: no auto-commit (commit what is durable,
+  :meth:`Consumer.commit`), ``earliest`` for a new group, long ``max_poll_interval_ms``.
+* **Our types only.** Records are :data:`Record`; a rebalance listener is any object with the
+  two methods of :class:`RebalanceListener`; every aiokafka (or socket) failure comes out as a
+  :mod:`services.common.errors` error through the one map in :func:`.kafka_bus.kafka_errors`:
+  :class:`PlatformUnavailable` ("retry later"), :class:`CommitRejected` (a commit after the
+  partitions moved), else :class:`ServiceError`. Nothing above this module imports aiokafka.
+* **The fetch wait** (how long the broker holds a fetch that found nothing): the broker
+  answers at once when data arrives on a partition that is in the request, so an idle
+  consumer can wait long (:data:`IDLE_FETCH_WAIT_MS`) and costs the broker a few fetches a
+  second instead of fifty per partition. The wait hurts in one case: aiokafka's fetcher sends
+  one fetch per broker at a time, and a partition that becomes fetchable while one is in
+  flight (resumed after a pause, or whose buffered records were just handed out after the
+  fetcher moved on without it) waits for that fetch to end. So the consumer uses the short
+  wait (``InfraSettings.kafka_fetch_max_wait_ms``) while any partition is paused or records
+  came back within the last :data:`BUSY_SEC`, and the long one otherwise
+  (:func:`fetch_wait_ms`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
+from types import TracebackType
+from typing import Any, Protocol, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
+
+from .errors import PlatformUnavailable, ServiceError
+from .kafka_bus import TopicPartition, kafka_errors, make_consumer
+from .settings import InfraSettings
+
+__all__ = [
+    "BUSY_SEC",
+    "IDLE_FETCH_WAIT_MS",
+    "Consumer",
+    "RebalanceListener",
+    "Record",
+    "TopicPartition",
+    "fetch_wait_ms",
+]
+
+#: A consumed record: ``topic``, ``partition``, ``offset``, ``key`` and ``value`` (bytes).
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+#: How long the broker may hold the fetch of a consumer with nothing paused and no records
+#: lately (aiokafka's default): a data-less fetch every half second per consumer.
+IDLE_FETCH_WAIT_MS = 500
+#: A consumer that got records within this many seconds uses the short fetch wait.
+BUSY_SEC = 1.0
+
+
+def fetch_wait_ms(*, paused: bool, idle_sec: float, short_ms: int, long_ms: int) -> int:
+    """The fetch wait for the next fetch requests: ``short_ms`` while a partition is paused
+    (a resume must not wait for a long fetch in flight) or records came back less than
+    :data:`BUSY_SEC` ago (the fetcher may hold more of them: their partition is fetched
+    again once they are handed out), else ``long_ms``."""
+    return short_ms if paused or idle_sec < BUSY_SEC else long_ms
+
+
+class RebalanceListener(Protocol):
+    """Told about rebalances (from within :meth:`Consumer.getmany`, between fetches)."""
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Before the partitions go: commit what is done (the consumer still owns them)."""
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """The new assignment (partitions kept through the rebalance included)."""
+
+
+class _Listener(ConsumerRebalanceListener):
+    """aiokafka's listener class (its ``subscribe`` insists on it) around ours."""
+
+    def __init__(self, listener: RebalanceListener) -> None:
+        self._listener = listener
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._listener.on_partitions_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._listener.on_partitions_assigned(set(assigned))
+
+
+class Consumer:
+    """A group member reading topics; the constructor does no I/O.
+
+    ``start()``/``stop()`` (or ``async with``) join and leave the group; the rest is
+    aiokafka's consumer API in our types (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        settings: InfraSettings,
+        *,
+        group_id: str,
+        max_poll_records: int = 500,
+        session_timeout_ms: int = 10_000,
+        client_id: str | None = None,
+        idle_fetch_wait_ms: int = IDLE_FETCH_WAIT_MS,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self._options: dict[str, Any] = {
+            "group_id": group_id,
+            "max_poll_records": max_poll_records,
+            "session_timeout_ms": session_timeout_ms,
+            "client_id": client_id,
+        }
+        self._short_wait_ms = settings.kafka_fetch_max_wait_ms
+        self._long_wait_ms = max(idle_fetch_wait_ms, self._short_wait_ms)
+        self._records_at = float("-inf")  # when getmany last returned records
+        self._consumer: AIOKafkaConsumer | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and join the group (``PlatformUnavailable`` if Kafka does not answer)."""
+        # Built here, not in __init__: aiokafka binds to the running event loop.
+        consumer = make_consumer(self.settings, **self._options)
+        try:
+            async with kafka_errors(f"joining consumer group {self.group_id}"):
+                await consumer.start()
+        except BaseException as exc:
+            with suppress(Exception):
+                await consumer.stop()
+            if not isinstance(exc, ServiceError):
+                raise
+            raise PlatformUnavailable(
+                f"cannot join consumer group {self.group_id} at {self.settings.kafka_bootstrap} "
+                f"({exc.__cause__ or exc}); is Kafka up (`make infra-up`) and "
+                "INDEXIFY_KAFKA_BOOTSTRAP its address?"
+            ) from exc
+        self._consumer = consumer
+        self._apply_fetch_wait()
+
+    async def stop(self) -> None:
+        """Leave the group (its partitions move at once) and close; idempotent."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            async with kafka_errors(f"leaving consumer group {self.group_id}"):
+                await consumer.stop()
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the consumer is not started: `await consumer.start()` first")
+        return self._consumer
+
+    # -- subscription ---------------------------------------------------------------------
+
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener | None = None) -> None:
+        """Consume exactly ``topics`` (replaces the previous subscription; rebalances)."""
+        wrapped = _Listener(listener) if listener is not None else None
+        self._started.subscribe(topics=list(topics), listener=wrapped)
+
+    def unsubscribe(self) -> None:
+        self._started.unsubscribe()
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this member owns now."""
+        return set(self._started.assignment())
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]]:
+        """Records fetched so far (of ``partitions``, or of all assigned ones), at most
+        ``max_records``; waits up to ``timeout_ms`` when there are none. Rebalance
+        listeners run inside this call."""
+        async with kafka_errors("fetching records"):
+            batch = await self._started.getmany(
+                *partitions, timeout_ms=timeout_ms, max_records=max_records
+            )
+        if batch:
+            self._records_at = time.monotonic()
+        self._apply_fetch_wait()
+        return batch
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop fetching ``partitions`` (still assigned: no rebalance)."""
+        self._started.pause(*partitions)
+        self._apply_fetch_wait()
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._started.resume(*partitions)
+        self._apply_fetch_wait()
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._started.paused())
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Fetch ``partition`` from ``offset`` next."""
+        self._started.seek(partition, offset)
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit ``{partition: next offset to read}``. ``CommitRejected`` if the group moved
+        the partitions meanwhile, ``PlatformUnavailable`` if Kafka is not answering."""
+        async with kafka_errors(f"committing offsets of {len(offsets)} partition(s)"):
+            await self._started.commit(dict(offsets))
+
+    # -- the fetch wait -------------------------------------------------------------------
+
+    @property
+    def fetch_wait_ms(self) -> int | None:
+        """The wait the next fetch requests carry (None before start, or when aiokafka does
+        not expose it: then it stays at the short wait the consumer was built with)."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        wait = getattr(fetcher, "_fetch_max_wait_ms", None)
+        return wait if isinstance(wait, int) else None
+
+    def _apply_fetch_wait(self) -> None:
+        """Set the fetch wait for the next fetch requests (see :func:`fetch_wait_ms`)."""
+        wait = fetch_wait_ms(
+            paused=bool(self._consumer is not None and self._consumer.paused()),
+            idle_sec=time.monotonic() - self._records_at,
+            short_ms=self._short_wait_ms,
+            long_ms=self._long_wait_ms,
+        )
+        # aiokafka has no API to change ``fetch_max_wait_ms`` after start; its fetcher reads
+        # this private attribute whenever it builds a FetchRequest (aiokafka 0.14,
+        # consumer/fetcher.py, Fetcher._get_actions_per_node). Should a later aiokafka drop
+        # it, nothing breaks: the consumer keeps the short wait it was built with
+        # (tests/unit/test_kafka_consumer.py checks the attribute is there).
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+            fetcher._fetch_max_wait_ms = wait

@@ -1,0 +1,89 @@
+"""The Kafka consumer wrapper without a broker: the fetch wait, the error map, the boundary."""
+
+from __future__ import annotations
+
+import inspect
+
+import aiokafka.errors as kafka
+import pytest
+from aiokafka.consumer.fetcher import Fetcher
+
+from services.common.errors import (
+    CommitRejected,
+    PayloadTooLarge,
+    PlatformUnavailable,
+    ServiceError,
+)
+from services.common.kafka_bus import kafka_errors
+from services.common.kafka_consumer import BUSY_SEC, fetch_wait_ms
+
+
+@pytest.mark.parametrize(
+    ("paused", "idle_sec", "expected"),
+    [
+        (False, float("inf"), 500),  # idle: the broker holds the fetch
+        (False, BUSY_SEC + 0.1, 500),
+        (True, float("inf"), 20),  # a resume must not wait for a long fetch in flight
+        (False, 0.0, 20),  # records just came: the fetcher may hold more of them
+        (False, BUSY_SEC - 0.1, 20),
+        (True, 0.0, 20),
+    ],
+)
+def test_fetch_wait_is_long_only_when_idle_and_nothing_is_paused(
+    paused: bool, idle_sec: float, expected: int
+) -> None:
+    assert fetch_wait_ms(paused=paused, idle_sec=idle_sec, short_ms=20, long_ms=500) == expected
+
+
+def test_aiokafka_fetcher_reads_the_wait_for_every_request() -> None:
+    """The wrapper changes the wait through this private attribute (a newer aiokafka that
+    drops it leaves every consumer on the short wait: correct, but costlier)."""
+    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher._get_actions_per_node)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (kafka.CommitFailedError("rebalanced"), CommitRejected),
+        (kafka.KafkaConnectionError("down"), PlatformUnavailable),
+        (kafka.KafkaTimeoutError(), PlatformUnavailable),
+        (kafka.RebalanceInProgressError(), PlatformUnavailable),
+        (kafka.NotLeaderForPartitionError(), PlatformUnavailable),  # retriable
+        (ConnectionRefusedError(), PlatformUnavailable),
+        (TimeoutError(), PlatformUnavailable),
+        (kafka.MessageSizeTooLargeError(), PayloadTooLarge),
+        (kafka.GroupAuthorizationFailedError(), ServiceError),
+        (kafka.IllegalStateError("not subscribed"), ServiceError),
+    ],
+)
+async def test_one_map_from_kafka_errors_to_ours(
+    raised: BaseException, expected: type[ServiceError]
+) -> None:
+    with pytest.raises(ServiceError) as caught:
+        async with kafka_errors("doing it"):
+            raise raised
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is raised
+    assert str(caught.value).startswith("doing it: ")
+
+
+def _kafka_errors() -> list[type[kafka.KafkaError]]:
+    found: list[type[kafka.KafkaError]] = []
+    for value in vars(kafka).values():
+        if not (isinstance(value, type) and issubclass(value, kafka.KafkaError)):
+            continue
+        if issubclass(value, kafka.BrokerResponseError) and not hasattr(value, "errno"):
+            continue  # the abstract base of the broker's error codes
+        found.append(value)
+    return found
+
+
+async def test_every_aiokafka_error_becomes_a_service_error() -> None:
+    for error_class in _kafka_errors():
+        try:
+            error = error_class()
+        except TypeError:  # needs arguments: not raised bare by aiokafka either
+            continue
+        with pytest.raises(ServiceError):
+            async with kafka_errors("x"):
+                raise error
