@@ -5,7 +5,7 @@ executor -> result -> scheduler -> ...). The engine is pure and task ids are det
 when a result decides the next task by itself (:meth:`indexify.engine.Engine.chained_task`: a
 call with one output and one successor, or a route choosing one target; never a reducer) and
 this executor may run that function (its labels satisfy the function's placement), the
-executor (:class:`.service.Executor`):
+executor (:class:`ChainRunner`, the loop around :class:`ChainPlanner`):
 
 1. keeps the finished step's result in Redis and claims the next task, in ONE round trip
    (:meth:`TaskClaims.record_and_claim`). From here a crash redelivers the first task's
@@ -29,15 +29,25 @@ its result, and the scheduler retries it (through its task topic) or ends the br
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from indexify.engine import Engine
 from indexify.placement import satisfies
+from services.common.errors import PlatformUnavailable
 from services.common.events import TaskFinishedEvent, TaskMessage
 from services.common.graphs import GraphRepository
 
-__all__ = ["HOLD_SEC", "MAX_STEPS", "ChainPlanner", "chained_message"]
+from .results import Completion
+from .tasklog import log_finished
+
+if TYPE_CHECKING:
+    from .leases import Leases
+    from .worker_pool import WorkerPool
+
+__all__ = ["HOLD_SEC", "MAX_STEPS", "ChainPlanner", "ChainRunner", "chained_message"]
 
 #: A chain runs at most this many steps here before its results are published.
 MAX_STEPS = 16
@@ -108,3 +118,63 @@ class ChainPlanner:
         while len(self._engines) > _ENGINES:
             self._engines.popitem(last=False)
         return engine
+
+
+class ChainRunner:
+    """Runs the steps that follow a result here, while they may (the module docstring)."""
+
+    def __init__(
+        self,
+        planner: ChainPlanner,
+        leases: Leases,
+        pool: WorkerPool,
+        *,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._planner = planner
+        self._leases = leases
+        self._pool = pool
+        self._stopping = stopping
+
+    async def continue_after(
+        self, message: TaskMessage, event: TaskFinishedEvent, log: Any
+    ) -> list[Completion]:
+        """The results of ``event`` and of the steps run here after it, in order, to be
+        published together; every result but the last is recorded in Redis before the next
+        step runs (so ``len(result) - 1`` steps ran here)."""
+        results = [Completion(event)]
+        held_since = time.monotonic()
+        while (
+            len(results) < MAX_STEPS
+            and time.monotonic() - held_since < HOLD_SEC
+            and not self._stopping()
+        ):
+            try:
+                step = await self._planner.next_message(message, event)
+            except PlatformUnavailable:
+                break  # the scheduler sends the next step as usual
+            if step is None:
+                break
+            key = (step.invocation_id, step.task.id)
+            if key in self._leases:
+                break
+            unrecorded = [r.recorded_as() for r in results if not r.recorded]
+            kind, _ = await self._leases.record_and_claim(unrecorded, step)
+            for result in results:
+                result.recorded = True
+            if kind != "run":  # cancelled or finished meanwhile, or run elsewhere
+                log.info("chain ends here", next_task=step.task.id, verdict=kind)
+                break
+            with self._leases.holding(key):
+                finished = await self._pool.run(step)  # never None: nothing to ask first
+            if finished is None:
+                break
+            event = finished
+            message = step
+            results.append(Completion(event))
+            task = step.task
+            step_log = log.bind(
+                task=task.id, function=task.function, attempt=task.attempt, chained=True
+            )
+            log_finished(step_log, step, event)
+        return results

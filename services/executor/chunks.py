@@ -26,42 +26,59 @@ scheduler does not send those) runs element by element, so a timeout kills one e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
-
-from aiokafka import ConsumerRecord
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 from services.common.errors import ServiceError
 from services.common.events import TaskChunkMessage, TaskFinishedEvent, TaskMessage
+from services.common.kafka_consumer import Record
 from services.common.logging import get_logger
 
+from .leases import Leases, Verdict
+from .reporter import Reporter
 from .results import Completion
+from .tasklog import log_finished, task_log
+from .worker_pool import WorkerPool
 
-if TYPE_CHECKING:
-    from .service import Executor
+__all__ = ["ChunkRunner", "SingleTask"]
 
-__all__ = ["ChunkRunner"]
-
-_Verdict = tuple[str, str]
 _log = get_logger(__name__)
 
 
-class ChunkRunner:
-    """The executor's handling of chunk messages (it uses the executor's claims, leases,
-    worker pool and completion batcher: a chunk's elements are the executor's tasks)."""
+class SingleTask(Protocol):
+    """The single-task path (:meth:`.handler.TaskHandler.process_task`): claim (unless the
+    verdict is given), then run, re-publish, skip or wait; ``True`` once durable."""
 
-    def __init__(self, executor: Executor):
-        self._executor = executor
+    def __call__(
+        self,
+        message: TaskMessage,
+        record: Record,
+        ran: Callable[[], None],
+        verdict: Verdict | None = None,
+    ) -> Awaitable[bool]: ...
+
+
+class ChunkRunner:
+    """Handles chunk messages with the executor's own leases, worker pool and reporter (a
+    chunk's elements are the executor's tasks); ``single`` runs an element on its own."""
+
+    def __init__(
+        self, leases: Leases, reporter: Reporter, pool: WorkerPool, *, single: SingleTask
+    ) -> None:
+        self._leases = leases
+        self._reporter = reporter
+        self._pool = pool
+        self._single = single
+        self.tasks_run = 0  # elements run to a result in chunks' worker round trips
 
     async def process(
-        self, chunk: TaskChunkMessage, record: ConsumerRecord[Any, Any], ran: Callable[[], None]
+        self, chunk: TaskChunkMessage, record: Record, ran: Callable[[], None]
     ) -> bool:
         """Handle every element of ``chunk``; ``True`` once all their effects are durable
         (``False`` if shutdown interrupted an element's wait: the chunk is redelivered).
         ``ran`` is called once no element needs a worker any more."""
-        executor = self._executor
         messages = chunk.task_messages()
-        alone: list[tuple[TaskMessage, _Verdict | None]] = []
+        alone: list[tuple[TaskMessage, Verdict | None]] = []
         together: list[TaskMessage] = []
         if chunk.timeout_sec is not None:  # a timeout kills the worker: one element at a time
             alone = [(m, None) for m in messages]
@@ -71,7 +88,7 @@ class ChunkRunner:
             seen: set[tuple[str, str]] = set()
             for message in messages:
                 key = (message.invocation_id, message.task.id)
-                if key in executor._leases or key in seen:
+                if key in self._leases or key in seen:
                     alone.append((message, ("wait", "this executor")))
                 else:
                     together.append(message)
@@ -85,13 +102,13 @@ class ChunkRunner:
     async def _alone(
         self,
         message: TaskMessage,
-        record: ConsumerRecord[Any, Any],
+        record: Record,
         ran: Callable[[], None],
-        verdict: _Verdict | None,
+        verdict: Verdict | None,
     ) -> bool:
         """One element on the single-task path (from its claim's verdict, if known)."""
         try:
-            return await self._executor._process_task(message, record, ran, verdict=verdict)
+            return await self._single(message, record, ran, verdict=verdict)
         finally:
             ran()
 
@@ -99,13 +116,13 @@ class ChunkRunner:
         self,
         chunk: TaskChunkMessage,
         messages: list[TaskMessage],
-        record: ConsumerRecord[Any, Any],
+        record: Record,
         ran: Callable[[], None],
     ) -> bool:
         """Claim the elements once a worker is free (one Lua call; no lease is held while
         the chunk waits for a worker), run the claimed ones in that worker round trip, and
         queue each result for sending as it arrives."""
-        executor = self._executor
+        leases = self._leases
         by_id = {m.task.id: m for m in messages}
         held: list[tuple[str, str]] = []
         later: list[Coroutine[Any, Any, bool]] = []  # not run here: recorded results, waits
@@ -114,24 +131,14 @@ class ChunkRunner:
 
         async def claim(waiting: Sequence[TaskMessage]) -> list[TaskMessage]:
             tasks = [(m.task.id, m.task.attempt) for m in waiting]
-            verdicts = await executor._retrying(
-                "claiming a chunk",
-                lambda: executor._require(executor._store).claims.claim_chunk(
-                    chunk.invocation_id,
-                    chunk.function,
-                    tasks,
-                    executor._token,
-                    executor.lease_ttl_sec,
-                    executor.id,
-                ),
-            )
+            verdicts = await leases.claim_chunk(chunk.invocation_id, chunk.function, tasks)
             run = []
             skipped: dict[str, int] = {}
             for message, verdict in zip(waiting, verdicts, strict=True):
                 kind = verdict[0]
                 if kind == "run":
                     key = (message.invocation_id, message.task.id)
-                    executor._leases.add(key)
+                    leases.hold(key)
                     held.append(key)
                     run.append(message)
                 elif kind == "result":
@@ -154,13 +161,13 @@ class ChunkRunner:
             return run
 
         def on_result(event: TaskFinishedEvent) -> None:
-            sent.append(executor._completions.enqueue(Completion(event)))
+            sent.append(self._reporter.enqueue(Completion(event)))
             if event.finished.outcome != "success":
                 failed.append((by_id[event.task_id or ""], event))
 
         try:
             try:
-                await executor.pool.run_many(messages, claim, on_result, always_ask=True)
+                await self._pool.run_many(messages, claim, on_result, always_ask=True)
             except BaseException:
                 for step in later:  # never started: close them (no "never awaited" warning)
                     step.close()
@@ -168,17 +175,15 @@ class ChunkRunner:
             ran()
             outcomes = await asyncio.gather(*sent, return_exceptions=True)
             await self._unsendable(record, [o for o in outcomes if isinstance(o, BaseException)])
-            executor.tasks_run += len(sent)
+            self.tasks_run += len(sent)
             for message, event in failed:
-                executor._log_finished(executor._task_log(record, message), message, event)
+                log_finished(task_log(record, message), message, event)
             return all(await asyncio.gather(*later))
         finally:
             for key in held:
-                executor._leases.discard(key)
+                leases.release(key)
 
-    async def _unsendable(
-        self, record: ConsumerRecord[Any, Any], errors: list[BaseException]
-    ) -> None:
+    async def _unsendable(self, record: Record, errors: list[BaseException]) -> None:
         """Results that cannot be published (not retryable, e.g. too large): park the
         chunk's message once on the dead-letter topic, with the first reason."""
         for error in errors:
@@ -188,14 +193,11 @@ class ChunkRunner:
             return
         _log.error("cannot report chunk results; dead-lettering the chunk", error=str(errors[0]))
         reason = f"{len(errors)} tasks of the chunk ran but their results cannot be published: "
-        await self._executor._dead_letter(reason + str(errors[0]), record)
+        await self._reporter.dead_letter(reason + str(errors[0]), record)
 
-    async def _recorded(
-        self, message: TaskMessage, recorded: str, record: ConsumerRecord[Any, Any]
-    ) -> bool:
+    async def _recorded(self, message: TaskMessage, recorded: str, record: Record) -> bool:
         """An element an earlier run recorded: re-publish its result, nothing runs."""
-        executor = self._executor
-        await executor._publish_recorded(message, recorded, executor._task_log(record, message))
+        await self._reporter.publish_recorded(message, recorded, task_log(record, message))
         return True
 
 

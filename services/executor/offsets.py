@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
-
-from services.common.kafka_bus import OffsetTracker, TopicPartition
+from services.common.errors import ServiceError
+from services.common.kafka_bus import OffsetTracker
+from services.common.kafka_consumer import Consumer, TopicPartition
 from services.common.logging import get_logger
 
 __all__ = ["OffsetKeeper"]
@@ -30,12 +28,13 @@ __all__ = ["OffsetKeeper"]
 _log = get_logger(__name__)
 
 
-class OffsetKeeper(ConsumerRebalanceListener):
-    """Tracks taken/done offsets of one consumer and commits them; its rebalance listener."""
+class OffsetKeeper:
+    """Tracks taken/done offsets of one consumer and commits them; its rebalance listener
+    (a :class:`~services.common.kafka_consumer.RebalanceListener`)."""
 
     def __init__(
         self,
-        consumer: AIOKafkaConsumer,
+        consumer: Consumer,
         *,
         on_lost: Callable[[set[TopicPartition]], None] = lambda lost: None,
     ):
@@ -80,19 +79,18 @@ class OffsetKeeper(ConsumerRebalanceListener):
             return
         try:
             await self._consumer.commit(offsets)
-        except KafkaError as exc:  # rebalancing or broker gone: the next commit catches up
+        except ServiceError as exc:  # rebalancing or broker gone: the next commit catches up
             _log.warning("offset commit failed; retried later", error=str(exc))
             return
         self._tracker.mark_committed(offsets)
 
-    # -- ConsumerRebalanceListener --------------------------------------------------------
+    # -- RebalanceListener ----------------------------------------------------------------
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Keep tracking: a partition handed back in this rebalance keeps its tasks in flight.
-        await self.commit(set(revoked))
+        await self.commit(revoked)
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        assigned = set(assigned)
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         lost = (self._tracker.partitions | set(self._fetched)) - assigned
         self._tracker.forget(lost)
         for tp in lost:

@@ -6,25 +6,37 @@ key; the executor subscribes to exactly the topics of the functions whose requir
 own labels satisfy (:func:`indexify.placement.satisfies`). All versions count, not only the
 current one: invocations stay on the version they started with, and an older version may
 place a function differently.
+
+:class:`Subscription` is the effectful part: it checks ``graphs_epoch()`` (one Redis read)
+and, when the graphs changed, resubscribes the consumer, so a newly registered graph is
+picked up without a restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from indexify.placement import IMAGE_LABEL, satisfies
-from services.common.graphs import GraphRecord
+from services.common.errors import ServiceError
+from services.common.graphs import GraphRecord, GraphRepository
+from services.common.kafka_consumer import Consumer
+from services.common.logging import get_logger
 from services.common.names import Names
+
+from .offsets import OffsetKeeper
 
 __all__ = [
     "FunctionTopic",
     "LabelError",
+    "Subscription",
     "executor_labels",
     "parse_labels",
     "satisfied_topics",
     "task_topics",
 ]
+
+_log = get_logger(__name__)
 
 
 class LabelError(ValueError):
@@ -91,3 +103,58 @@ def satisfied_topics(
     return frozenset(
         ft.topic for ft in task_topics(names, records) if satisfies(labels, dict(ft.required))
     )
+
+
+class Subscription:
+    """The task topics ``consumer`` is subscribed to, kept equal to
+    :func:`satisfied_topics` of the registered graphs by :meth:`refresh`.
+
+    ``offsets`` is the consumer's rebalance listener; when no topic is left, its progress is
+    reset and ``on_cleared`` drops what was fetched and not started."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        graphs: GraphRepository,
+        names: Names,
+        labels: Mapping[str, str],
+        *,
+        offsets: OffsetKeeper,
+        on_cleared: Callable[[], None],
+    ) -> None:
+        self._consumer = consumer
+        self._graphs = graphs
+        self._names = names
+        self._labels = dict(labels)
+        self._offsets = offsets
+        self._on_cleared = on_cleared
+        self._epoch: int | None = None
+        self.topics: frozenset[str] = frozenset()
+
+    async def refresh(self) -> bool:
+        """Resubscribe if the registered graphs changed; ``True`` if the topics changed."""
+        epoch = await self._graphs.graphs_epoch()
+        if epoch == self._epoch:
+            return False
+        records = await self._graphs.all_versions()
+        topics = satisfied_topics(self._names, self._labels, records)
+        self._epoch = epoch
+        if topics == self.topics:
+            return False
+        added, removed = sorted(topics - self.topics), sorted(self.topics - topics)
+        if topics:
+            self._consumer.subscribe(sorted(topics), listener=self._offsets)
+        else:
+            self._consumer.unsubscribe()
+            self._offsets.reset()
+            self._on_cleared()
+        self.topics = topics
+        _log.info("subscription changed", topics=len(topics), added=added, removed=removed)
+        return True
+
+    async def refresh_quietly(self) -> None:
+        """:meth:`refresh`, logging (not raising) a failure: it is tried again later."""
+        try:
+            await self.refresh()
+        except ServiceError as exc:
+            _log.warning("cannot refresh the subscription; retrying", error=str(exc))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
+from pathlib import Path
 
 import aiokafka.errors as kafka
 import pytest
@@ -16,6 +18,8 @@ from services.common.errors import (
 )
 from services.common.kafka_bus import kafka_errors
 from services.common.kafka_consumer import BUSY_SEC, fetch_wait_ms
+
+SERVICES = Path(__file__).resolve().parents[2] / "services"
 
 
 @pytest.mark.parametrize(
@@ -87,3 +91,19 @@ async def test_every_aiokafka_error_becomes_a_service_error() -> None:
         with pytest.raises(ServiceError):
             async with kafka_errors("x"):
                 raise error
+
+
+def test_only_the_kafka_adapters_import_aiokafka() -> None:
+    offenders = []
+    for path in sorted(SERVICES.rglob("*.py")):
+        if path.parent.name == "common" and path.name.startswith("kafka_"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "aiokafka" for name in names):
+                offenders.append(str(path.relative_to(SERVICES.parent)))
+    assert offenders == [], "use services.common.kafka_consumer / kafka_bus instead"

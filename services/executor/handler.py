@@ -1,0 +1,149 @@
+"""One task topic message, from its bytes to its durable effects.
+
+:class:`TaskHandler` decodes a message (undecodable -> dead-letter topic) and hands a chunk to
+:class:`.chunks.ChunkRunner`; a single task goes through its claim's verdict
+(:class:`.leases.Leases`):
+
+* ``run``: run it on the :class:`WorkerPool` (asking again, if it waited for a worker,
+  whether it is still wanted), continue its chain here (:class:`.chains.ChainRunner`), then
+  record and publish the results (:class:`.reporter.Reporter`);
+* ``result``: an earlier run recorded it: re-publish that result, nothing runs;
+* ``skip``: done already, or the invocation is over;
+* ``wait``: another live process (or this one) holds its lease: wait for its result or for
+  the lease to lapse, instead of running the function a second time.
+
+:meth:`TaskHandler.process` returns ``True`` once the message's effects are durable (its
+offset may be committed) and ``False`` when shutdown ended a wait (the partition's next owner
+gets the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from services.common.events import (
+    MessageDecodeError,
+    TaskChunkMessage,
+    TaskMessage,
+    decode_task_topic_message,
+)
+from services.common.kafka_consumer import Record
+
+from .chains import ChainRunner
+from .chunks import ChunkRunner
+from .leases import Leases, Verdict
+from .reporter import Reporter
+from .tasklog import log_finished, task_log
+from .worker_pool import WorkerPool
+
+__all__ = ["TaskHandler"]
+
+
+class TaskHandler:
+    """Handles the task messages the executor takes (see the module docstring)."""
+
+    def __init__(
+        self,
+        leases: Leases,
+        reporter: Reporter,
+        pool: WorkerPool,
+        chains: ChainRunner,
+        *,
+        stop: asyncio.Event,
+    ) -> None:
+        self._leases = leases
+        self._reporter = reporter
+        self._pool = pool
+        self._chains = chains
+        self._stop = stop
+        self._chunks = ChunkRunner(leases, reporter, pool, single=self.process_task)
+        self._tasks_run = 0
+
+    @property
+    def tasks_run(self) -> int:
+        """Functions run to a result here (chained steps and chunk elements included)."""
+        return self._tasks_run + self._chunks.tasks_run
+
+    async def process(self, record: Record, ran: Callable[[], None]) -> bool:
+        """Handle one message; ``ran`` is called once it no longer needs a worker. ``True``
+        once its effects are durable."""
+        try:
+            message = decode_task_topic_message(record.value or b"")
+        except MessageDecodeError as exc:
+            await self._reporter.dead_letter(exc.reason, record)
+            return True
+        if isinstance(message, TaskChunkMessage):
+            return await self._chunks.process(message, record, ran)
+        return await self.process_task(message, record, ran)
+
+    async def process_task(
+        self,
+        message: TaskMessage,
+        record: Record,
+        ran: Callable[[], None],
+        verdict: Verdict | None = None,
+    ) -> bool:
+        """Claim one task (``verdict``: its claim was asked already, with a chunk's), then
+        run it, re-publish its recorded result, skip it or wait for the process holding its
+        lease. ``True`` once its effects are durable; ``False`` if shutdown ended a wait."""
+        leases = self._leases
+        log = task_log(record, message)
+        key = (message.invocation_id, message.task.id)
+        started = leases.started(message)
+        if verdict is None:
+            if key in leases:  # the same task twice in this process: a duplicate
+                verdict = ("wait", "this executor")
+            else:
+                verdict = await leases.claim(key, started)
+        kind, detail = verdict
+        if kind == "wait":
+            # Another live executor process (or this one) runs this task: a rebalance moved
+            # its partition, or the message was delivered twice. Wait for its result or for
+            # its lease to lapse (it died) instead of running the function a second time.
+            log.info("task runs elsewhere; waiting for its lease", holder=detail)
+            while kind == "wait":
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), min(1.0, leases.ttl_sec / 3))
+                if self._stop.is_set():
+                    return False
+                if key in leases:
+                    continue
+                kind, detail = await leases.claim(key, started)
+        if kind == "skip":
+            log.info("task skipped", reason=detail)
+            return True
+        if kind == "result":
+            await self._reporter.publish_recorded(message, detail, log)
+            return True
+        with leases.holding(key):
+            await self._run(record, message, log, ran)
+        return True
+
+    async def _run(
+        self, record: Record, message: TaskMessage, log: Any, ran: Callable[[], None]
+    ) -> None:
+        log.debug("task started")
+        verdict: list[Verdict] = []
+
+        async def still_wanted() -> bool:  # asked when the task waited for a free worker
+            answer = await self._leases.recheck(message)
+            verdict.append(answer)
+            return answer[0] not in ("skip", "result")
+
+        event = await self._pool.run(message, still_wanted)
+        ran()
+        if event is None:  # cancelled, finished or recorded while it waited for a worker
+            kind, detail = verdict[-1]
+            if kind == "result":
+                await self._reporter.publish_recorded(message, detail, log)
+            else:
+                log.info("task skipped", reason=detail)
+            return
+        self._tasks_run += 1
+        log_finished(log, message, event)
+        results = await self._chains.continue_after(message, event, log)
+        self._tasks_run += len(results) - 1
+        await self._reporter.report(record, message, results, log)
