@@ -50,8 +50,11 @@ __all__ = [
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 #: How long the broker may hold the fetch of a consumer with nothing paused and no records
-#: lately (aiokafka's default): a data-less fetch every half second per consumer.
-IDLE_FETCH_WAIT_MS = 500
+#: lately. A record arriving on any partition of the request ends the wait at once, so this
+#: bounds nothing a user waits for; it sets how often an idle consumer re-lists every
+#: partition it owns (an executor with 100 graphs owns over a thousand): a data-less fetch
+#: every 3 s per consumer.
+IDLE_FETCH_WAIT_MS = 3_000
 #: A consumer that got records within this many seconds uses the short fetch wait.
 BUSY_SEC = 1.0
 
@@ -103,6 +106,7 @@ class Consumer:
         session_timeout_ms: int = 10_000,
         client_id: str | None = None,
         idle_fetch_wait_ms: int = IDLE_FETCH_WAIT_MS,
+        metadata_max_age_ms: int = 5_000,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -111,10 +115,12 @@ class Consumer:
             "max_poll_records": max_poll_records,
             "session_timeout_ms": session_timeout_ms,
             "client_id": client_id,
+            "metadata_max_age_ms": metadata_max_age_ms,
         }
         self._short_wait_ms = settings.kafka_fetch_max_wait_ms
         self._long_wait_ms = max(idle_fetch_wait_ms, self._short_wait_ms)
         self._records_at = float("-inf")  # when getmany last returned records
+        self._paused: set[TopicPartition] = set()  # paused through this wrapper
         self._consumer: AIOKafkaConsumer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -198,14 +204,20 @@ class Consumer:
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop fetching ``partitions`` (still assigned: no rebalance)."""
         self._started.pause(*partitions)
+        self._paused.update(partitions)
         self._apply_fetch_wait()
 
     def resume(self, *partitions: TopicPartition) -> None:
         self._started.resume(*partitions)
+        self._paused.difference_update(partitions)
         self._apply_fetch_wait()
 
     def paused(self) -> set[TopicPartition]:
-        return set(self._started.paused())
+        """The assigned partitions paused by :meth:`pause` (kept here: asking aiokafka walks
+        every assigned partition, over a thousand for an executor with 100 graphs)."""
+        if self._paused:
+            self._paused.intersection_update(self._started.paused())  # a rebalance unpauses
+        return set(self._paused)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         """Fetch ``partition`` from ``offset`` next."""
@@ -230,7 +242,7 @@ class Consumer:
     def _apply_fetch_wait(self) -> None:
         """Set the fetch wait for the next fetch requests (see :func:`fetch_wait_ms`)."""
         wait = fetch_wait_ms(
-            paused=bool(self._consumer is not None and self._consumer.paused()),
+            paused=bool(self._paused),
             idle_sec=time.monotonic() - self._records_at,
             short_ms=self._short_wait_ms,
             long_ms=self._long_wait_ms,

@@ -134,11 +134,10 @@ class Intake:
         """Pause the partitions with ``PARTITION_BACKLOG`` messages waiting here, resume the
         paused ones with half that or fewer."""
         consumer = self._consumer
-        assigned = consumer.assignment()
         paused = consumer.paused()
-        full = {tp for tp, n in self._buffered.items() if n >= PARTITION_BACKLOG} & assigned
-        if full - paused:
-            consumer.pause(*(full - paused))
+        full = {tp for tp, n in self._buffered.items() if n >= PARTITION_BACKLOG}
+        if full - paused:  # (the assignment is asked only then: it lists every partition)
+            consumer.pause(*((full - paused) & consumer.assignment()))
         drained = {tp for tp in paused if self._buffered[tp] <= PARTITION_BACKLOG // 2}
         if drained:
             consumer.resume(*drained)
