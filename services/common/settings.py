@@ -40,9 +40,10 @@ class InfraSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         default=20,
         ge=1,
-        description="how long the broker holds a consumer's fetch that found nothing; a "
-        "partition that becomes fetchable meanwhile waits for it, so this bounds a hop's "
-        "worst-case delay (aiokafka's default, 500, stalls pipelines)",
+        description="how long the broker holds a busy consumer's fetch that found nothing (one "
+        "with a paused partition or records in the last second; an idle one waits 3 s, which "
+        "a record ends at once): a partition that becomes fetchable meanwhile waits for it, "
+        "so this bounds a hop's worst-case delay under load",
     )
     log_level: str = "INFO"
     log_format: str = Field(default="console", pattern="^(console|json)$")

@@ -172,9 +172,6 @@ class Executor:
             max_poll_records=settings.max_poll_records,
             session_timeout_ms=settings.session_timeout_ms,
             client_id=f"executor-{self.id}",
-            # explicit topics, resubscribed on every graph change: metadata needs no quick
-            # refresh, and with hundreds of task topics each refresh costs both ends
-            metadata_max_age_ms=60_000,
         )
         await consumer.start()
         stack.push_async_callback(consumer.stop)

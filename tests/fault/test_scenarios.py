@@ -117,9 +117,11 @@ def test_executor_dies_after_storing_outputs_no_duplicates(
     """Failpoint ``INDEXIFY_EXECUTOR_FAILPOINT=exit_before_finish:step`` (a test hook) makes
     the only executor ``os._exit(1)`` after a ``step`` task stored its outputs and its result
     record, before publishing task.finished. The executor is restarted without it.
-    Pass: the invocation succeeds; ``step`` ran exactly once per input (the redelivered task
+    Pass: the invocation succeeds; ``step`` ran exactly once (the redelivered task
     re-publishes the recorded result instead of running again); ``after_step`` ran exactly
-    once per input; outputs equal the in-process run's."""
+    once; outputs equal the in-process run's. One input: with several, another element whose
+    function finished but whose result was not recorded yet when the process exited runs
+    again, rightly (nothing of it was kept), which would make the count depend on timing."""
     _core(stack)
     _executor(stack, 0, concurrency=1, INDEXIFY_EXECUTOR_FAILPOINT="exit_before_finish:step")
     stack.wait_healthy()
@@ -127,7 +129,7 @@ def test_executor_dies_after_storing_outputs_no_duplicates(
     client.register_compute_graph(jobs_graph())
     markers = tmp_path / "markers"
     markers.mkdir()
-    n = 4
+    n = 1
     inv = client.invoke_graph_with_object("fault_jobs", marker_dir=str(markers), n=n)
     victim = stack.processes["executor-0"].process
     wait_for(lambda: victim.poll() is not None, 60, "the failpoint to end the executor")
