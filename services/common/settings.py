@@ -120,6 +120,13 @@ class ExecutorSettings(BaseSettings):
         "(default: the session timeout, at least 3 s); another executor that is handed the "
         "same task waits for the lease instead of running it twice",
     )
+    chain_hold_sec: float = Field(
+        default=0.5,
+        ge=0,
+        description="an executor runs the next step of a chain itself while the chain's first "
+        "result waited less than this (services/executor/chains.py); 0: every step goes "
+        "through the scheduler",
+    )
     failpoint: str = Field(
         default="",
         description="TEST HOOK, never set in production: 'exit_before_finish:<function>' makes "

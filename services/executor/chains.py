@@ -15,8 +15,9 @@ executor (:class:`ChainRunner`, the loop around :class:`ChainPlanner`):
 2. runs the next task on its worker pool with the previous step's output as input (inline, or
    the object the worker just wrote, read back from the executor's local value cache);
 3. repeats while the chain goes on, for at most :data:`MAX_STEPS` steps and only while the
-   first held result is younger than :data:`HOLD_SEC` (a chain of slow steps reports each
-   step at most one step late);
+   first held result is younger than ``INDEXIFY_EXECUTOR_CHAIN_HOLD_SEC`` (default
+   :data:`HOLD_SEC`; a chain of slow steps reports each step at most one step late; 0 turns
+   continuing off);
 4. publishes every step's result in ONE message. The scheduler, still the only writer of the
    invocation's state, applies them in order: the first result creates the next task (the
    same id), the next result finishes it, so no task message is ever sent for it. A result
@@ -130,11 +131,15 @@ class ChainRunner:
         pool: WorkerPool,
         *,
         stopping: Callable[[], bool],
+        hold_sec: float = HOLD_SEC,
+        max_steps: int = MAX_STEPS,
     ) -> None:
         self._planner = planner
         self._leases = leases
         self._pool = pool
         self._stopping = stopping
+        self.hold_sec = hold_sec  # 0: every step goes through the scheduler
+        self.max_steps = max_steps
 
     async def continue_after(
         self, message: TaskMessage, event: TaskFinishedEvent, log: Any
@@ -145,8 +150,8 @@ class ChainRunner:
         results = [Completion(event)]
         held_since = time.monotonic()
         while (
-            len(results) < MAX_STEPS
-            and time.monotonic() - held_since < HOLD_SEC
+            len(results) < self.max_steps
+            and time.monotonic() - held_since < self.hold_sec
             and not self._stopping()
         ):
             try:

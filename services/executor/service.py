@@ -180,7 +180,11 @@ class Executor:
             bus, leases, events_topic=self.names.events_topic, before_publish=self._failpoint
         )
         chains = ChainRunner(
-            ChainPlanner(store.graphs, self.labels), leases, pool, stopping=self._stop.is_set
+            ChainPlanner(store.graphs, self.labels),
+            leases,
+            pool,
+            stopping=self._stop.is_set,
+            hold_sec=settings.chain_hold_sec,
         )
         handler = TaskHandler(leases, reporter, pool, chains, stop=self._stop)
         intake = Intake(

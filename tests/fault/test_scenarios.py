@@ -572,9 +572,10 @@ def test_a_continued_result_after_a_cancel_is_rejected(
     executor finishes chain_b, then its claim of chain_c is refused ("invocation
     cancelled": the chain ends there); the scheduler ignores the late results of chain_a and
     chain_b (the invocation stays cancelled, with no task of chain_b or chain_c), and
-    chain_c never runs."""
+    chain_c never runs. (The executor holds a chain for up to a minute here, so it always
+    asks for chain_c however long the cancel takes.)"""
     _core(stack)
-    _executor(stack, 0, concurrency=1)
+    _executor(stack, 0, concurrency=1, INDEXIFY_EXECUTOR_CHAIN_HOLD_SEC="60")
     stack.wait_healthy()
     client = _client(stack, request)
     client.register_compute_graph(chain_graph())
