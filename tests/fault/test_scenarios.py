@@ -531,6 +531,23 @@ def test_cancel_mid_way_skips_queued_tasks(
 # -- chains continued on an executor --------------------------------------------------------
 
 
+def _chain_started(
+    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest, **executor_env: str
+) -> tuple[IndexifyClient, Path, str]:
+    """API, scheduler and one executor (one worker); a ``fault_chain`` invocation whose
+    chained ``chain_b`` is running (until ``<markers>/go`` exists)."""
+    _core(stack)
+    _executor(stack, 0, concurrency=1, **executor_env)
+    stack.wait_healthy()
+    client = _client(stack, request)
+    client.register_compute_graph(chain_graph())
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=60.0)
+    wait_for(lambda: _markers(markers, "chain_b-0"), 30, "the chained step to start")
+    return client, markers, inv
+
+
 def test_executor_killed_in_a_continued_chain_repeats_no_finished_step(
     stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -539,15 +556,7 @@ def test_executor_killed_in_a_continued_chain_repeats_no_finished_step(
     output; chain_a ran once (its result was kept before chain_b started: the redelivered
     task message re-publishes it), chain_c once; chain_b twice (killed mid-run, run again);
     every task has one successful attempt."""
-    _core(stack)
-    _executor(stack, 0, concurrency=1)
-    stack.wait_healthy()
-    client = _client(stack, request)
-    client.register_compute_graph(chain_graph())
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=60.0)
-    wait_for(lambda: _markers(markers, "chain_b-0"), 30, "the chained step to start")
+    client, markers, inv = _chain_started(stack, tmp_path, request)
     assert _markers(markers, "chain_a-0") and not _markers(markers, "chain_c-1")
     stack.kill("executor-0")
     _executor(stack, 1, concurrency=1)
@@ -574,15 +583,9 @@ def test_a_continued_result_after_a_cancel_is_rejected(
     chain_b (the invocation stays cancelled, with no task of chain_b or chain_c), and
     chain_c never runs. (The executor holds a chain for up to a minute here, so it always
     asks for chain_c however long the cancel takes.)"""
-    _core(stack)
-    _executor(stack, 0, concurrency=1, INDEXIFY_EXECUTOR_CHAIN_HOLD_SEC="60")
-    stack.wait_healthy()
-    client = _client(stack, request)
-    client.register_compute_graph(chain_graph())
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=60.0)
-    wait_for(lambda: _markers(markers, "chain_b-0"), 30, "the chained step to start")
+    client, markers, inv = _chain_started(
+        stack, tmp_path, request, INDEXIFY_EXECUTOR_CHAIN_HOLD_SEC="60"
+    )
     client.cancel_invocation("fault_chain", inv)
     assert client.wait_for_invocation("fault_chain", inv, timeout=30).status == "cancelled"
     (markers / "go").write_text("")
