@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import certifi
@@ -245,12 +245,19 @@ def unpack(values: StoredValues, data: bytes) -> list[Payload]:
 
 
 def store_values_sync(
-    store: BlobStore, payloads: Sequence[Payload], object_key: str
+    store: BlobStore,
+    payloads: Sequence[Payload],
+    object_key: str,
+    *,
+    keep: Callable[[str, bytes], None] | None = None,
 ) -> StoredValues:
-    """Store ``payloads`` inline (small) or as one object under ``object_key`` (large)."""
+    """Store ``payloads`` inline (small) or as one object under ``object_key`` (large);
+    ``keep(object_key, data)`` is given the object once it is stored (a local copy)."""
     values, data = plan_values(payloads, object_key, store.settings.inline_limit_bytes)
     if data is not None:
         store.put_sync(object_key, data)
+        if keep is not None:
+            keep(object_key, data)
     return values
 
 

@@ -39,8 +39,8 @@ from indexify.engine import Engine
 from indexify.placement import satisfies
 from services.common.errors import PlatformUnavailable
 from services.common.events import TaskFinishedEvent, TaskMessage
-from services.common.graphs import GraphRepository
 
+from .graph_versions import GraphVersions
 from .results import Completion
 from .tasklog import log_finished
 
@@ -62,7 +62,7 @@ def chained_message(
 ) -> TaskMessage | None:
     """The task message of the step that follows ``event`` (the result of ``message``), if
     it follows from that result alone and an executor with ``labels`` may run it."""
-    if event.finished.outcome != "success" or event.outputs is None:
+    if event.outputs is None:  # a failure: the scheduler decides (retry or give up)
         return None
     task = engine.chained_task(message.task, event.finished)
     if task is None:
@@ -88,8 +88,8 @@ def chained_message(
 class ChainPlanner:
     """:func:`chained_message` with each graph version's engine loaded once (LRU)."""
 
-    def __init__(self, graphs: GraphRepository, labels: Mapping[str, str]) -> None:
-        self._graphs = graphs
+    def __init__(self, versions: GraphVersions, labels: Mapping[str, str]) -> None:
+        self._versions = versions
         self._labels = dict(labels)
         self._engines: OrderedDict[tuple[str, str, str], Engine] = OrderedDict()
 
@@ -97,10 +97,8 @@ class ChainPlanner:
         self, message: TaskMessage, event: TaskFinishedEvent
     ) -> TaskMessage | None:
         """The next step to run here after ``event``, or None (the scheduler decides)."""
-        if event.finished.outcome != "success" or event.outputs is None:
-            return None
-        if message.task.kind == "reduce":
-            return None
+        if event.outputs is None or message.task.kind == "reduce":
+            return None  # never chained: no engine needed
         engine = await self._engine(message.namespace, message.graph, message.graph_version)
         if engine is None:
             return None
@@ -112,7 +110,7 @@ class ChainPlanner:
         if found is not None:
             self._engines.move_to_end(key)
             return found
-        record = await self._graphs.get_graph_version(namespace, graph, version)
+        record = await self._versions.get(namespace, graph, version)
         if record is None:
             return None  # not cached: asked again next time
         self._engines[key] = engine = Engine(record.definition)

@@ -56,6 +56,7 @@ from services.common.settings import ExecutorSettings, InfraSettings
 from services.common.state_store import StateStore
 
 from .chains import ChainPlanner, ChainRunner
+from .graph_versions import GraphVersions
 from .handler import TaskHandler
 from .heartbeat import Heartbeat
 from .inflight import InFlight
@@ -179,8 +180,9 @@ class Executor:
         reporter = Reporter(
             bus, leases, events_topic=self.names.events_topic, before_publish=self._failpoint
         )
+        versions = GraphVersions(store.graphs)
         chains = ChainRunner(
-            ChainPlanner(store.graphs, self.labels),
+            ChainPlanner(versions, self.labels),
             leases,
             pool,
             stopping=self._stop.is_set,
@@ -212,6 +214,7 @@ class Executor:
                 self.labels,
                 offsets=intake.offsets,
                 on_cleared=intake.clear,
+                versions=versions,
             ),
             heartbeat=Heartbeat(
                 store.registry,

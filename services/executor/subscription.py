@@ -24,6 +24,7 @@ from services.common.kafka_consumer import Consumer
 from services.common.logging import get_logger
 from services.common.names import Names
 
+from .graph_versions import GraphVersions
 from .offsets import OffsetKeeper
 
 __all__ = [
@@ -121,9 +122,11 @@ class Subscription:
         *,
         offsets: OffsetKeeper,
         on_cleared: Callable[[], None],
+        versions: GraphVersions | None = None,
     ) -> None:
         self._consumer = consumer
         self._graphs = graphs
+        self._versions = versions
         self._names = names
         self._labels = dict(labels)
         self._offsets = offsets
@@ -137,6 +140,8 @@ class Subscription:
         if epoch == self._epoch:
             return False
         records = await self._graphs.all_versions()
+        if self._versions is not None:
+            self._versions.replace(records)  # read once, for the chain planner too
         topics = satisfied_topics(self._names, self._labels, records)
         self._epoch = epoch
         if topics == self.topics:

@@ -36,7 +36,7 @@ from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, TaskFinished, ValueRange
 from indexify.graph import Graph
 from indexify.runtime import FunctionRunner, TaskResult
-from services.common.blobs import BlobStore, load_values_sync, plan_values, unpack
+from services.common.blobs import BlobStore, load_values_sync, store_values_sync, unpack
 from services.common.errors import NotFound, ServiceError
 from services.common.events import StoredValues, TaskFinishedEvent, TaskMessage
 from services.common.names import Names
@@ -285,13 +285,8 @@ class TaskRunner:
                 key = self.names.outputs_object(
                     message.namespace, message.graph, message.invocation_id, task.id
                 )
-                outputs, data = plan_values(
-                    result.outputs, key, self.blobs.settings.inline_limit_bytes
-                )
-                if data is not None:
-                    self.blobs.put_sync(key, data)
-                    if self.values is not None:
-                        self.values.put(key, data)
+                keep = self.values.put if self.values is not None else None
+                outputs = store_values_sync(self.blobs, result.outputs, key, keep=keep)
         except ServiceError as exc:
             raise _platform(f"cannot store the results of {task.function!r}", exc) from exc
         finished = result.finished(task, self.executor_id)

@@ -53,6 +53,7 @@ class ValueCache:
         self.max_bytes = max_bytes
         self.max_object_bytes = max_object_bytes
         self.hits = 0
+        self._unchecked = 0  # bytes this process wrote since it last trimmed
 
     def _path(self, key: str) -> Path:
         return self.directory / hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
@@ -76,7 +77,13 @@ class ValueCache:
                 raise
         except OSError:
             return
-        self._trim()
+        # Trimming lists the directory: do it once per eighth of the bound written here, not
+        # per object (the pool's workers each trim, so the bound is overshot by at most
+        # one eighth per worker).
+        self._unchecked += len(data)
+        if self._unchecked >= self.max_bytes // 8:
+            self._unchecked = 0
+            self._trim()
 
     def get_range(self, key: str, start: int, end: int) -> bytes | None:
         """Bytes ``[start, end)`` of object ``key`` if it is here, else None."""
@@ -93,10 +100,11 @@ class ValueCache:
 
     def _trim(self) -> None:
         """Remove the oldest files while the directory holds more than ``max_bytes``."""
+        entries = []
         try:
-            entries = [
-                (e.stat().st_mtime_ns, e.stat().st_size, e.path) for e in os.scandir(self.directory)
-            ]
+            for entry in os.scandir(self.directory):
+                stat = entry.stat()
+                entries.append((stat.st_mtime_ns, stat.st_size, entry.path))
         except OSError:
             return
         total = sum(size for _, size, _ in entries)
