@@ -288,13 +288,13 @@ class EventHandler:
         """Make the task messages, retries and log pointers durable (before any state save)."""
         ready = [item for w in works for item in w.ready]
         delayed = [item for w in works for item in w.delayed]
-        topics = {topic for topic, _, _ in ready} | {item.topic for _, item in delayed}
+        topics = {item.topic for item in ready} | {item.topic for _, item in delayed}
         await self._topics.ensure(topics)
         if ready:
             try:
                 await self.bus.publish_many(ready)
             except PlatformUnavailable:
-                self._topics.forget({topic for topic, _, _ in ready})
+                self._topics.forget({item.topic for item in ready})
                 raise
         await gather_bounded(
             (self.store.delayed.schedule_delayed(due, item.encode()) for due, item in delayed),

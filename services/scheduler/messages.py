@@ -10,6 +10,7 @@ topic, or into delayed items for retries with backoff. The service wraps these i
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -46,6 +47,7 @@ from services.common.events import (
     TasksFinishedEvent,
     encode_message,
 )
+from services.common.kafka_bus import Outgoing
 from services.common.names import Names
 
 from .chunking import chunk_size, chunks
@@ -65,9 +67,6 @@ __all__ = [
     "task_topic",
     "to_engine_event",
 ]
-
-Outgoing = tuple[str, str, bytes]
-"""``(topic, key, value)``, what :meth:`KafkaBus.publish_many` sends."""
 
 
 class MissingValues(LookupError):
@@ -99,7 +98,7 @@ class DelayedItem(BaseModel):
         return cls.model_validate_json(raw)
 
     def outgoing(self) -> Outgoing:
-        return self.topic, self.key, self.value.encode()
+        return Outgoing(self.topic, self.key, self.value.encode())
 
 
 @dataclass
@@ -336,7 +335,7 @@ def build_messages(
             delayed.append((now + command.delay_sec, item))
         elif task.kind == "reduce" or definition.nodes[task.function].timeout_sec is not None:
             ready.append(
-                (topic, key, encode_message(task_message(task, state, definition, lookup)))
+                Outgoing(topic, key, encode_message(task_message(task, state, definition, lookup)))
             )
         else:  # built once, as a chunk's item (or as a message of its own if alone)
             groups.setdefault(task.function, []).append(
@@ -359,11 +358,15 @@ def build_messages(
             invocation_id=state.invocation_id,
             seq=decision.continue_seq,
         )
-        ready.append((names.events_topic, state.invocation_id, encode_message(event)))
+        ready.append(Outgoing(names.events_topic, state.invocation_id, encode_message(event)))
     for function, items in groups.items():
         topic = task_topic(names, definition, state.namespace, function)
         size = chunk_size(len(items), slots)
-        for part in chunks(items, size):
+        parts = chunks(items, size)
+        # Several messages: one after another over the topic's partitions (from a partition
+        # of the invocation's), so every consumer of the function gets its share.
+        first_partition = zlib.crc32(f"{state.invocation_id}:{function}".encode())
+        for index, part in enumerate(parts):
             first = part[0].task
             key = message_key(state.invocation_id, first.id)
             message: BaseModel
@@ -373,7 +376,8 @@ def build_messages(
                 message = _envelope(
                     TaskChunkMessage, state, first.id, function=function, items=tuple(part)
                 )
-            ready.append((topic, key, encode_message(message)))
+            spread = first_partition + index if len(parts) > 1 else None
+            ready.append(Outgoing(topic, key, encode_message(message), spread))
     return ready, delayed
 
 

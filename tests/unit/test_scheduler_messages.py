@@ -98,7 +98,7 @@ def test_created_emits_the_start_task_with_the_input_inline(engine, graph) -> No
     assert needed_values(decision) == set()  # the input came with the event
     ready, delayed = build_messages(decision, state, graph, NAMES, {})
     assert delayed == []
-    [(topic, key, value)] = ready
+    [(topic, key, value, _)] = ready
     assert topic == "ix.tasks.gpu-a100.ns.g.start"
     message = decode_task_message(value)
     assert key == f"{state.invocation_id}:{message.task.id}" and message.task_id == message.task.id
@@ -116,8 +116,8 @@ def test_fan_out_slices_the_outputs_one_value_per_task(engine, graph) -> None:
     assert decision.done == [start_id]
     assert decision.logs[start_id] == {"stdout": "out-key", "stderr": None, "attempt": 1}
     ready, _ = build_messages(decision, state, graph, NAMES, {})
-    messages = [decode_task_message(v) for _, _, v in ready]
-    assert {t for t, _, _ in ready} == {"ix.tasks.any.ns.g.double"}
+    messages = [decode_task_message(v) for _, _, v, _ in ready]
+    assert {item.topic for item in ready} == {"ix.tasks.any.ns.g.double"}
     assert sorted(m.inputs[0].inline_payloads()[0].data for m in messages) == [b"10", b"20", b"30"]
     assert [p.type for p in decision.progress] == ["task.finished"] + ["task.created"] * 3
 
@@ -255,15 +255,24 @@ def test_a_fan_out_travels_as_chunks_each_element_its_own_task(engine, graph) ->
     state, decision = _fanned_out(engine, 10)
     ready, delayed = build_messages(decision, state, graph, NAMES, {}, slots=1)
     assert delayed == []
-    decoded = [decode_task_topic_message(v) for _, _, v in ready]
+    decoded = [decode_task_topic_message(item.value) for item in ready]
     assert [type(m).__name__ for m in decoded] == ["TaskChunkMessage"] * 3 + ["TaskMessage"]
     singles = [m for d in decoded for m in (d.task_messages() if d.type == "task.chunk" else [d])]
     assert [m.task.id for m in singles] == [c.task.id for c in decision.run]
     values = [m.inputs[0].inline_payloads()[0].data for m in singles]
     assert values == [str(i).encode() for i in range(10)]
-    keys = [k for _, k, _ in ready]
+    keys = [item.key for item in ready]
     assert len(set(keys)) == 4 and all(k.startswith(f"{state.invocation_id}:") for k in keys)
     assert [p.type for p in decision.progress].count("task.created") == 10
+    # One message after another over the partitions, not wherever the keys hash to.
+    spreads = [item.spread for item in ready]
+    assert spreads[0] is not None and spreads == list(range(spreads[0], spreads[0] + 4))
+
+
+def test_a_single_task_message_goes_where_its_key_hashes(engine, graph) -> None:
+    state, decision = _fanned_out(engine, 1)
+    ready, _ = build_messages(decision, state, graph, NAMES, {}, slots=4)
+    assert [item.spread for item in ready] == [None]
 
 
 def test_functions_with_a_timeout_are_never_chunked() -> None:
@@ -271,7 +280,7 @@ def test_functions_with_a_timeout_are_never_chunked() -> None:
     engine = Engine(graph)
     state, decision = _fanned_out(engine, 10)
     ready, _ = build_messages(decision, state, graph, NAMES, {}, slots=1)
-    assert [decode_task_topic_message(v).type for _, _, v in ready] == ["task.ready"] * 10
+    assert [decode_task_topic_message(v).type for _, _, v, _ in ready] == ["task.ready"] * 10
 
 
 def test_a_batch_of_results_is_handled_result_by_result(engine) -> None:
@@ -292,7 +301,7 @@ def test_a_sliced_fan_out_asks_for_its_next_slice_on_the_events_topic(graph) -> 
     state, decision = _fanned_out(engine, 10)
     assert len(decision.run) == 4 and decision.continue_seq == 1
     ready, _ = build_messages(decision, state, graph, NAMES, {}, slots=1)
-    [(_topic, key, value)] = [item for item in ready if item[0] == NAMES.events_topic]
+    [(_topic, key, value, _)] = [item for item in ready if item[0] == NAMES.events_topic]
     assert key == state.invocation_id
     event = decode_scheduler_event(value)
     assert isinstance(event, InvocationContinueEvent) and event.seq == 1
