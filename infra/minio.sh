@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# MinIO (built once from its Go module, cached) on 127.0.0.1.
+# MinIO (built once from its Go module, cached) on 127.0.0.1, with the installation's keys
+# (from $INDEXIFY_DATA_DIR/credentials.env; never MinIO's default ones).
 # usage: infra/minio.sh {install|start|stop|status|restart}
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -78,7 +79,8 @@ minio_start() {
     refuse_foreign_port minio "$INDEXIFY_MINIO_PORT"
     refuse_foreign_port minio-console "$INDEXIFY_MINIO_CONSOLE_PORT"
     ensure_dirs "$MINIO_DATA"
-    MINIO_ROOT_USER="$INDEXIFY_MINIO_ACCESS_KEY" MINIO_ROOT_PASSWORD="$INDEXIFY_MINIO_SECRET_KEY" \
+    MINIO_ROOT_USER="${INDEXIFY_MINIO_ACCESS_KEY:-minioadmin}" \
+      MINIO_ROOT_PASSWORD="${INDEXIFY_MINIO_SECRET_KEY:-minioadmin}" \
       MINIO_BROWSER=off MINIO_UPDATE=off \
       start_daemon minio "$MINIO_LOG" "$MINIO_BIN" server "$MINIO_DATA" \
       --address "$HOST:$INDEXIFY_MINIO_PORT" --console-address "$HOST:$INDEXIFY_MINIO_CONSOLE_PORT"
@@ -103,4 +105,5 @@ minio_status() {
   fi
 }
 
+load_credentials
 dispatch minio "${1:-}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Redis (Debian's redis-server) on 127.0.0.1 with AOF on.
+# Redis (Debian's redis-server) on 127.0.0.1 with AOF on, the installation's password
+# (requirepass, from $INDEXIFY_DATA_DIR/credentials.env), protected mode on and CONFIG disabled.
 # usage: infra/redis.sh {install|start|stop|status|restart}
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -7,6 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REDIS_DATA="$INDEXIFY_DATA_DIR/redis"
 REDIS_LOG="$LOG_DIR/redis.log"
+REDIS_CONF="$RUN_DIR/redis.conf"
 REDIS_PATTERN=redis-server
 
 redis_install() {
@@ -17,7 +19,34 @@ redis_install() {
   command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
 }
 
-redis_ping() { [[ $(redis-cli -h "$HOST" -p "$INDEXIFY_REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+# The password goes through the environment: a command line is readable by every user.
+redis_cli() { REDISCLI_AUTH="${INDEXIFY_REDIS_PASSWORD:-}" redis-cli --no-auth-warning -h "$HOST" -p "$INDEXIFY_REDIS_PORT" "$@"; }
+
+redis_ping() { [[ $(redis_cli ping 2>/dev/null) == PONG ]]; }
+
+# The server's settings, in a file only its owner reads (the password must not appear on a
+# command line); rewritten at every start, so a changed setting applies on restart.
+write_redis_conf() {
+  local tmp="$REDIS_CONF.tmp"
+  (
+    umask 077
+    cat >"$tmp" <<EOF
+bind $HOST
+port $INDEXIFY_REDIS_PORT
+dir $REDIS_DATA
+appendonly yes
+appendfsync everysec
+save ""
+daemonize no
+protected-mode yes
+rename-command CONFIG ""
+EOF
+    if [[ -n ${INDEXIFY_REDIS_PASSWORD:-} ]]; then
+      echo "requirepass $INDEXIFY_REDIS_PASSWORD" >>"$tmp"
+    fi
+  )
+  mv "$tmp" "$REDIS_CONF"
+}
 
 redis_start() {
   local t0=$EPOCHREALTIME deadline=$((SECONDS + INDEXIFY_READY_TIMEOUT))
@@ -27,12 +56,15 @@ redis_start() {
     fi
     refuse_foreign_port redis "$INDEXIFY_REDIS_PORT"
     ensure_dirs "$REDIS_DATA"
-    start_daemon redis "$REDIS_LOG" redis-server --bind "$HOST" --port "$INDEXIFY_REDIS_PORT" \
-      --dir "$REDIS_DATA" --appendonly yes --appendfsync everysec --save "" \
-      --daemonize no --protected-mode no
+    write_redis_conf
+    start_daemon redis "$REDIS_LOG" redis-server "$REDIS_CONF"
   fi
-  # PING answers -LOADING while the AOF is replayed, PONG once Redis serves.
+  # PING answers -LOADING while the AOF is replayed, PONG once Redis serves (and an
+  # authentication error when the running server has another password).
   until redis_ping; do
+    if [[ $(redis_cli ping 2>&1) == *WRONGPASS* ]]; then
+      die "redis on $HOST:$INDEXIFY_REDIS_PORT refuses the password in $CREDENTIALS_FILE (it was started with another): run infra/redis.sh restart"
+    fi
     is_running redis "$REDIS_PATTERN" || fail_start redis "$REDIS_LOG" "redis exited"
     ((SECONDS < deadline)) || fail_start redis "$REDIS_LOG" "redis not ready within ${INDEXIFY_READY_TIMEOUT} s"
     sleep 0.05
@@ -52,4 +84,5 @@ redis_status() {
   fi
 }
 
+load_credentials
 dispatch redis "${1:-}"

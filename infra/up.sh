@@ -7,6 +7,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 t0=$EPOCHREALTIME
+ensure_credentials # once, before the components start in parallel
 ensure_dirs
 components=(kafka redis minio)
 
@@ -25,6 +26,14 @@ done
 if [[ -f $REPO_ROOT/services/common/bootstrap.py ]]; then
   [[ -x $INDEXIFY_PYTHON ]] || die "$INDEXIFY_PYTHON not found (run make setup, or set INDEXIFY_PYTHON)"
   log "bootstrapping topics and buckets (services.common.bootstrap)"
-  (cd "$REPO_ROOT" && "$INDEXIFY_PYTHON" -m services.common.bootstrap) || die "services.common.bootstrap failed"
+  # The servers just started, wherever the port settings put them (settings read the
+  # credentials from the data directory).
+  (
+    cd "$REPO_ROOT"
+    export INDEXIFY_KAFKA_BOOTSTRAP="${INDEXIFY_KAFKA_BOOTSTRAP:-$HOST:$INDEXIFY_KAFKA_PORT}"
+    export INDEXIFY_REDIS_URL="${INDEXIFY_REDIS_URL:-redis://$HOST:$INDEXIFY_REDIS_PORT/0}"
+    export INDEXIFY_MINIO_ENDPOINT="${INDEXIFY_MINIO_ENDPOINT:-$HOST:$INDEXIFY_MINIO_PORT}"
+    "$INDEXIFY_PYTHON" -m services.common.bootstrap
+  ) || die "services.common.bootstrap failed"
 fi
-log "infrastructure up ($(elapsed "$t0") s): kafka $HOST:$INDEXIFY_KAFKA_PORT, redis $HOST:$INDEXIFY_REDIS_PORT, minio $HOST:$INDEXIFY_MINIO_PORT; data in $INDEXIFY_DATA_DIR"
+log "infrastructure up ($(elapsed "$t0") s): kafka $HOST:$INDEXIFY_KAFKA_PORT, redis $HOST:$INDEXIFY_REDIS_PORT, minio $HOST:$INDEXIFY_MINIO_PORT; data and credentials ($CREDENTIALS_FILE) in $INDEXIFY_DATA_DIR"

@@ -2,8 +2,9 @@
 
 Why it looks like this:
 
-* ``minio.Minio`` is synchronous and thread-safe, and executor worker *processes* are
-  synchronous too. So the core is the ``*_sync`` methods; the async methods are one-line
+* ``minio.Minio`` is synchronous and thread-safe. So the core is the ``*_sync`` methods (the
+  executor reads and stores a task's values with them, in a thread, for its worker
+  processes, which hold no credentials); the async methods are one-line
   ``asyncio.to_thread`` wrappers for the services' event loops. The logic exists once.
 * A task's outputs (a fan-out may return thousands) are packed into ONE object with
   cumulative byte offsets (:func:`pack`), so storing them is one PUT, and reading any slice of
@@ -13,8 +14,8 @@ Why it looks like this:
 * minio/urllib3 exceptions stop here: a missing object is :class:`NotFound`, an unreachable
   or failing server is :class:`PlatformUnavailable`.
 
-A ``BlobStore`` holds an HTTP connection pool and cannot be pickled: a worker process builds
-its own from the (picklable) settings.
+A ``BlobStore`` holds an HTTP connection pool (and the credentials): it is never sent to a
+worker process.
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@
 * :mod:`.subscription` - which task topics a label set satisfies, and resubscribing;
 * :mod:`.heartbeat` - the executor's entry in the registry;
 * :mod:`.worker_pool` - the worker processes, timeouts and dead workers;
-* :mod:`.task_runner` - what runs inside a worker: code cache, inputs, outputs and logs;
+  :mod:`.worker_process` - starting one (scrubbed environment, unprivileged user,
+  :mod:`.privileges`); :mod:`.worker_wire` - what crosses its socket (never a pickle back);
+* :mod:`.task_data` - the executor's side of a task: code, inputs, outputs and logs (workers
+  hold no credentials); :mod:`.task_runner` - what runs inside a worker;
 * :mod:`.batcher`, :mod:`.fairness`, :mod:`.results`, :mod:`.retries` - batching sends,
   fair order, packing results, waiting out outages;
 * ``python -m services.executor`` - the command line (:mod:`.__main__`).

@@ -21,7 +21,12 @@ from pydantic import ValidationError
 from services.common import event_loop
 from services.common.errors import PlatformUnavailable, ServiceError
 from services.common.logging import configure_logging, get_logger
-from services.common.settings import ExecutorSettings, InfraSettings
+from services.common.settings import (
+    ExecutorSettings,
+    InfraSettings,
+    InsecureSettings,
+    check_credentials,
+)
 
 from .service import Executor
 from .subscription import LabelError, parse_labels
@@ -95,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         infra, settings = build_settings(argv)
     except (LabelError, ValidationError) as exc:
         print(f"invalid executor settings: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_credentials(infra)
+    except InsecureSettings as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     configure_logging(infra.log_level, infra.log_format, service="executor")
     try:

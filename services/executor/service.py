@@ -165,6 +165,8 @@ class Executor:
                 self.id,
                 settings.concurrency,
                 max_outputs=settings.max_outputs_per_task,
+                worker_user=settings.worker_user,
+                worker_group=settings.worker_group,
             )
         )
         consumer = Consumer(

@@ -3,17 +3,21 @@
 A step's large output goes to MinIO (the durable copy, which every other executor reads); the
 next step of the same invocation very often runs on this same executor (a chain continued
 here, a router's target), and would otherwise download what was just uploaded. So every
-object a worker writes is also written here, and a worker reading an input looks here first.
+object the executor stores for its workers is also written here, and reading an input looks
+here first.
 
-* **Where**: one directory per worker pool, on tmpfs (``/dev/shm``) where there is one, shared
-  by the pool's worker processes; created and removed by :class:`.worker_pool.WorkerPool`.
+* **Where**: one directory per worker pool, on tmpfs (``/dev/shm``) where there is one,
+  private to the executor (mode 0700: worker processes, which run user code, neither read nor
+  write it; they get their inputs from the executor); created and removed by
+  :class:`.worker_pool.WorkerPool`.
 * **Consistency**: object keys are deterministic per task; a file is written whole under a
   temporary name and renamed into place, so a reader sees a complete object or none. A read
   that finds nothing (evicted, never here) falls back to MinIO.
 * **Bounds**: objects over ``max_object_bytes`` are not kept; once the directory holds more
   than ``max_bytes``, the least recently written files are removed.
 
-Only worker processes use it, with plain blocking file I/O: never on an event loop.
+Only the executor uses it (:mod:`.task_data`), with plain blocking file I/O, in threads:
+never on an event loop.
 """
 
 from __future__ import annotations
@@ -78,8 +82,7 @@ class ValueCache:
         except OSError:
             return
         # Trimming lists the directory: do it once per eighth of the bound written here, not
-        # per object (the pool's workers each trim, so the bound is overshot by at most
-        # one eighth per worker).
+        # per object (so the bound is overshot by at most one eighth).
         self._unchecked += len(data)
         if self._unchecked >= self.max_bytes // 8:
             self._unchecked = 0

@@ -1,77 +1,75 @@
 """Worker processes that run user functions, so the executor's event loop never does.
 
-The pool keeps ``size`` worker processes, each running one task at a time. They are started
-with the ``spawn`` method (a fork of a process running asyncio and aiokafka threads is not
-safe) and talk to the executor over a Unix socket pair, one length-prefixed pickle per
-message::
+The pool keeps ``size`` worker processes (:mod:`.worker_process`: a scrubbed environment,
+an unprivileged user where the OS allows, no credentials), each running one task at a time.
+The executor does all the I/O for them (:mod:`.task_data`): it reads a task's code and
+inputs, sends them over the worker's Unix socket pair (:mod:`.worker_wire`: pickles in, JSON
+and raw bytes out, never a pickle from a worker), and stores the outputs and logs that come
+back::
 
-    executor                               worker (services.executor.task_runner)
-        ── TaskMessage ──────────────────►  load code and inputs
-        ◄───────────────────── "started" ─  (only with a timeout, which starts here)
-                                            run the function, store outputs and logs
-        ◄──────────── TaskFinishedEvent ──
+    executor                                      worker (services.executor.task_runner)
+        read code (once per worker) and inputs
+        ── WorkRequest (code?, inputs) ─────────►  load the code (once)
+        ◄────────────────────────────── started ─  (only with a timeout, which starts here)
+                                                   run the function
+        ◄─────────── result (outputs, logs) ─────
+        store outputs and logs, build the TaskFinishedEvent
 
-A chunk (the elements of a fan-out, :meth:`WorkerPool.run_many`) is one round trip: the
-worker gets the list of task messages, runs them one after another and streams each result
+A chunk (the elements of a fan-out, :meth:`WorkerPool.run_many`) is one round trip: its
+inputs are read together (one GET of a covering range, :meth:`.task_data.TaskData.prefetch`),
+the worker gets the list of requests, runs them one after another and streams each result
 back as it completes, then an end marker. The per-task costs of a round trip (waiting for a
 free worker, a wake-up of the worker and of the executor) are paid once per chunk::
 
-        ── [TaskMessage, ...] ───────────►  for each: run it
-        ◄──────────── TaskFinishedEvent ──  (one per task, as each completes)
-        ◄─────────────────── "chunk-end" ─
+        ── [WorkRequest, ...] ──────────────────►  for each: run it
+        ◄────────────────────────────── result ─  (one per task, as each completes)
+        ◄──────────────────────────── chunk-end ─
 
 The executor's side is an asyncio stream: waiting for a worker never blocks the loop (and
 needs no thread), so heartbeats, Kafka and other tasks go on while a function computes, and a
-message of megabytes (thousands of inline values) that arrives in pieces is simply read until
-its length is complete; only the end of the stream (the process died) means a dead worker. A
-task that runs past its
-``timeout_sec`` gets its worker process killed and replaced and reports a user error of type
-``TimeoutError``; a worker that dies under a task (segfault, OOM kill, ``os._exit``) is
-replaced too and the task reports a ``platform`` error, retried without spending the user's
-budget. The executor survives both. A worker that dies in the middle of a chunk keeps the
-results it already sent; the tasks it had not finished report ``WorkerDied`` too.
+message of megabytes that arrives in pieces is simply read until its length is complete; only
+the end of the stream (the process died) means a dead worker. MinIO reads and writes run in
+threads. A task that runs past its ``timeout_sec`` gets its worker process killed and
+replaced and reports a user error of type ``TimeoutError``; a worker that dies under a task
+(segfault, OOM kill, ``os._exit``) or sends something that is not a reply is replaced too and
+the task reports a ``platform`` error, retried without spending the user's budget. The
+executor survives both. A worker that dies in the middle of a chunk keeps the results it
+already sent; the tasks it had not finished report ``WorkerDied`` too.
 
-Like every ``spawn`` user, a program that embeds the pool must guard its entry point with
-``if __name__ == "__main__":`` (``python -m services.executor`` does).
-
-The pool also owns the directory of its workers' shared :class:`.value_cache.ValueCache`
-(created on start, removed on close): the outputs one worker stored, read back by another.
+The pool also owns the directory of the executor's :class:`.value_cache.ValueCache` (created
+on start, private to the executor, removed on close): outputs stored here, read back by the
+next step on this executor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
-import pickle
 import shutil
-import signal
-import socket
-import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
 
 from indexify.engine import ErrorInfo
+from services.common.blobs import BlobStore
 from services.common.errors import ServiceError
 from services.common.events import TaskFinishedEvent, TaskMessage
-from services.common.logging import configure_logging, get_logger
+from services.common.logging import get_logger
+from services.common.names import Names
 from services.common.settings import InfraSettings
 
 from .fairness import FairHandout
-from .task_runner import TaskRunner, failure_event
+from .task_data import TaskData, TaskFailure, failure_event
+from .task_runner import CHUNK_TURN_SEC
 from .value_cache import ValueCache, cache_directory
+from .worker_process import WorkerDied, WorkerProcess, worker_identity
+from .worker_wire import WireError, WorkReply, WorkRequest, describe
 
-__all__ = ["WorkerPool", "WorkerStartError"]
+__all__ = ["CHUNK_TURN_SEC", "WorkerPool", "WorkerStartError"]
 
-_READY = "ready"
-_STARTED = "started"
-_CHUNK_END = "chunk-end"
-CHUNK_TURN_SEC = 0.5  # a chunk's elements run on a worker this long before it yields
-_SETUP_TIMEOUT_SEC = 600.0  # loading code and inputs of a task with a timeout
+_SETUP_TIMEOUT_SEC = 600.0  # loading the code of a task with a timeout
 _log = get_logger(__name__)
 
 
@@ -79,111 +77,10 @@ class WorkerStartError(ServiceError):
     """A worker process could not be started (it died or did not answer while starting)."""
 
 
-class _WorkerDied(Exception):
-    def __init__(self, exitcode: int | None):
-        super().__init__(f"exit code {exitcode}")
-        self.exitcode = exitcode
-
-
-#: Every message is its pickle's length (8 bytes, network order), then the pickle.
-_HEADER = struct.Struct("!Q")
-
-
-def _frame(message: Any) -> tuple[bytes, bytes]:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)), data
-
-
-# -- inside the worker process ----------------------------------------------------------------
-
-
-def _send_blocking(sock: socket.socket, message: Any) -> None:
-    header, data = _frame(message)
-    sock.sendall(header)
-    sock.sendall(data)
-
-
-def _receive_blocking(sock: socket.socket) -> Any:
-    (size,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size))
-    return pickle.loads(_read_exactly(sock, size))
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytearray:
-    buffer = bytearray(size)
-    view, done = memoryview(buffer), 0
-    while done < size:
-        count = sock.recv_into(view[done:])
-        if count == 0:
-            raise EOFError("the executor closed the socket")
-        done += count
-    return buffer
-
-
-def _worker_main(
-    sock: socket.socket,
-    infra: InfraSettings,
-    executor_id: str,
-    max_outputs: int | None = None,
-    values_dir: Path | None = None,
-) -> None:
-    """The worker process: run task messages from ``sock`` until ``None`` or end of stream."""
-    # The executor decides when its workers stop: a Ctrl-C or SIGTERM sent to the whole
-    # process group must not kill tasks it is still waiting for.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_logging(infra.log_level, infra.log_format, service="executor-worker")
-    values = ValueCache(values_dir) if values_dir is not None else None
-    runner = TaskRunner(infra, executor_id, max_outputs=max_outputs, values=values)
-    _send_blocking(sock, _READY)
-    while True:
-        try:
-            message = _receive_blocking(sock)
-        except (EOFError, OSError):
-            return  # the executor is gone
-        if message is None:
-            return
-        if isinstance(message, list):  # a chunk: no timeouts, results streamed one by one
-            # A chunk's turn on the worker lasts about CHUNK_TURN_SEC: the executor then
-            # claims the rest again (a cancel stops them) and the worker is shared fairly.
-            turn_ends = time.monotonic() + CHUNK_TURN_SEC
-            with runner.prefetched(message):
-                for one in message:
-                    _send_blocking(sock, _run_one(runner, one, _nothing, executor_id))
-                    if time.monotonic() >= turn_ends:
-                        break
-            _send_blocking(sock, _CHUNK_END)
-            continue
-        # Only a task with a timeout needs to say when its function starts (one message less).
-        on_start = (
-            (lambda: _send_blocking(sock, _STARTED))
-            if message.timeout_sec is not None
-            else _nothing
-        )
-        _send_blocking(sock, _run_one(runner, message, on_start, executor_id))
-
-
-def _run_one(
-    runner: TaskRunner, message: TaskMessage, on_start: Callable[[], None], executor_id: str
-) -> TaskFinishedEvent:
-    started_at = time.time()
-    try:
-        return runner.run(message, on_start=on_start)
-    except Exception as exc:  # a bug of ours, not of the user's code: keep the worker
-        get_logger(__name__).exception("worker failed to run a task")
-        error = ErrorInfo(
-            kind="platform", type=type(exc).__name__, message=f"executor worker error: {exc}"
-        )
-        return failure_event(message, error, executor_id, started_at)
-
-
 def _owner(message: TaskMessage) -> str:
     """Workers are shared fairly between (invocation, function) pairs: a reducer's steps do
     not wait behind its own fan-out's chunks, nor a small invocation behind a big one."""
     return f"{message.invocation_id}/{message.task.function}"
-
-
-def _nothing() -> None:
-    pass
 
 
 def _ignore(event: TaskFinishedEvent) -> None:
@@ -197,42 +94,13 @@ def _died(function: str, exitcode: int | None) -> str:
     )
 
 
-# -- in the executor --------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    """One message of a chunk: its request, or the event of its failure to prepare."""
 
-
-@dataclass(eq=False)
-class _Worker:
-    process: BaseProcess
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-
-    async def send(self, message: Any) -> None:
-        header, data = _frame(message)
-        try:
-            self.writer.write(header)
-            self.writer.write(data)
-            await self.writer.drain()  # a large message waits here, not in a blocked loop
-        except (ConnectionError, RuntimeError) as exc:  # RuntimeError: transport closed
-            raise _WorkerDied(None) from exc
-
-    async def receive(self, timeout: float | None) -> Any:
-        """The next message; ``TimeoutError`` after ``timeout`` s, ``_WorkerDied`` when the
-        stream ended (the process is gone)."""
-
-        async def read() -> Any:
-            header = await self.reader.readexactly(_HEADER.size)
-            (size,) = _HEADER.unpack(header)
-            return pickle.loads(await self.reader.readexactly(size))
-
-        try:
-            return await asyncio.wait_for(read(), timeout)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise _WorkerDied(None) from exc
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError, ConnectionError):
-            await self.writer.wait_closed()
+    message: TaskMessage
+    request: WorkRequest | None = None
+    failure: TaskFinishedEvent | None = None
 
 
 class WorkerPool:
@@ -247,6 +115,8 @@ class WorkerPool:
         start_timeout_sec: float = 60.0,
         stop_timeout_sec: float = 5.0,
         max_outputs: int | None = None,
+        worker_user: str = "nobody",
+        worker_group: str = "",
     ):
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, got size={size}")
@@ -256,10 +126,11 @@ class WorkerPool:
         self.start_timeout_sec = start_timeout_sec
         self.stop_timeout_sec = stop_timeout_sec
         self.max_outputs = max_outputs
-        self.values_dir: Path | None = None  # the workers' shared ValueCache, while started
-        self._context = multiprocessing.get_context("spawn")
-        self._workers: set[_Worker] = set()
-        self._idle: FairHandout[_Worker] = FairHandout()
+        self.identity = worker_identity(worker_user, worker_group)
+        self.values_dir: Path | None = None  # the executor's ValueCache, while started
+        self.data: TaskData | None = None  # while started
+        self._workers: set[WorkerProcess] = set()
+        self._idle: FairHandout[WorkerProcess] = FairHandout()
         self._spawners: set[asyncio.Task[None]] = set()
         self._closing = False
         self.busy = 0
@@ -275,6 +146,13 @@ class WorkerPool:
 
     async def start(self) -> None:
         self.values_dir = cache_directory(self.executor_id)
+        self.data = TaskData(
+            BlobStore(self.infra),
+            Names(self.infra.prefix),
+            self.executor_id,
+            max_outputs=self.max_outputs,
+            values=ValueCache(self.values_dir),
+        )
         try:
             workers = await asyncio.gather(*(self._spawn() for _ in range(self.size)))
         except BaseException:
@@ -282,7 +160,11 @@ class WorkerPool:
             raise
         for worker in workers:
             self._idle.put_nowait(worker)
-        _log.info("worker processes started", workers=self.size)
+        _log.info(
+            "worker processes started",
+            workers=self.size,
+            uid=self.identity.uid if self.identity.uid is not None else "executor's",
+        )
 
     # -- running tasks ------------------------------------------------------------------
 
@@ -311,7 +193,7 @@ class WorkerPool:
 
     async def _acquire(
         self, owner: str, check: Callable[[], Awaitable[bool]] | None
-    ) -> _Worker | None:
+    ) -> WorkerProcess | None:
         """The next free worker for ``owner`` (fairly, see :class:`.fairness.FairHandout`),
         once ``check`` (if given) said the work is still wanted; None (the worker handed
         back) when it is not. The caller releases ``owner`` when done with the worker."""
@@ -385,9 +267,43 @@ class WorkerPool:
             ask = still_wanted is not None and always_ask
         return results
 
+    # -- one worker round trip ----------------------------------------------------------
+
+    def _data(self) -> TaskData:
+        if self.data is None:
+            raise ServiceError("the worker pool is not started (use `async with WorkerPool`)")
+        return self.data
+
+    def _prepare(self, worker: WorkerProcess, messages: Sequence[TaskMessage]) -> list[_Prepared]:
+        """Requests for ``messages`` on ``worker`` (blocking I/O: run in a thread)."""
+        data = self._data()
+        prefetched = data.prefetch(messages) if len(messages) > 1 else None
+        prepared = []
+        for message in messages:
+            try:
+                request = data.request(message, worker.codes, prefetched)
+            except TaskFailure as failure:
+                event = failure_event(message, failure.error, self.executor_id, time.time())
+                prepared.append(_Prepared(message, failure=event))
+            else:
+                prepared.append(_Prepared(message, request=request))
+        return prepared
+
+    async def _finish(
+        self, worker: WorkerProcess, item: _Prepared, reply: WorkReply, data: bytes
+    ) -> TaskFinishedEvent:
+        """The event for ``item`` from its worker's ``reply`` (outputs stored first)."""
+        request, message = item.request, item.message
+        assert request is not None
+        if reply.kind != "result" or reply.task_id != message.task.id:
+            raise WireError(f"unexpected reply from a worker process: {describe(reply)}")
+        worker.codes.update(request.code_key, reply.code_cached)
+        result = reply.result(data)
+        return await asyncio.to_thread(self._data().finish, message, result)
+
     async def _run_chunk_on(
         self,
-        worker: _Worker,
+        worker: WorkerProcess,
         messages: Sequence[TaskMessage],
         on_result: Callable[[TaskFinishedEvent], None],
         results: list[TaskFinishedEvent],
@@ -396,62 +312,79 @@ class WorkerPool:
         never ran: the chunk's turn ended (:data:`CHUNK_TURN_SEC`), or the worker died under
         an earlier one (which reports ``WorkerDied``)."""
         started_at = time.time()
-        done = 0
         self.dispatches += 1
-        try:
-            await worker.send(list(messages))
-            reply = await worker.receive(None)
-            while reply != _CHUNK_END and done < len(messages):
-                message = messages[done]
-                if not isinstance(reply, TaskFinishedEvent) or reply.task_id != message.task.id:
-                    raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
-                results.append(reply)
-                done += 1
-                on_result(reply)
-                reply = await worker.receive(None)
-        except (_WorkerDied, OSError):
-            exitcode = await self._reap(worker)
-            culprit = messages[done]  # the task it was running
-            error = ErrorInfo(
-                kind="platform",
-                type="WorkerDied",
-                message=_died(culprit.task.function, exitcode),
-            )
-            event = failure_event(culprit, error, self.executor_id, started_at)
+        pending: deque[_Prepared] = deque()
+
+        def emit(event: TaskFinishedEvent) -> None:
             results.append(event)
             on_result(event)
-            return messages[done + 1 :]
+
+        def flush_failures() -> None:  # messages that failed before reaching the worker
+            while pending and pending[0].request is None:
+                failed = pending.popleft().failure
+                assert failed is not None
+                emit(failed)
+
+        try:
+            pending.extend(await asyncio.to_thread(self._prepare, worker, messages))
+            requests = [p.request for p in pending if p.request is not None]
+            flush_failures()
+            if requests:
+                await worker.send(requests)
+                reply, data = await worker.receive(None)
+                while reply.kind != "chunk-end" and pending:
+                    emit(await self._finish(worker, pending.popleft(), reply, data))
+                    flush_failures()
+                    reply, data = await worker.receive(None)
+                if reply.kind != "chunk-end":
+                    raise WireError(f"unexpected reply from a worker process: {describe(reply)}")
+        except (WorkerDied, WireError, OSError) as exc:
+            exitcode = await self._reap(worker)
+            if not pending:  # every task reported: only the end marker went wrong
+                return []
+            culprit = pending.popleft().message  # the task it was running
+            message = _died(culprit.task.function, exitcode)
+            if isinstance(exc, WireError):
+                message = f"{exc}; the worker process was replaced"
+            error = ErrorInfo(kind="platform", type="WorkerDied", message=message)
+            emit(failure_event(culprit, error, self.executor_id, started_at))
+            return [p.message for p in pending]
         except BaseException:  # cancelled (shutdown) or confused: the worker is mid-chunk
             self._replace(worker)
             raise
-        if reply != _CHUNK_END:
-            self._replace(worker)
-            raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
+        for item in pending:  # the turn ended before these ran: code they carried never
+            if item.request is not None and item.request.code is not None:  # reached it
+                worker.codes.update(item.request.code_key, cached=False)
         self._idle.put_nowait(worker)
-        return messages[done:]  # the turn ended before these ran
+        return [p.message for p in pending]
 
-    async def _reap(self, worker: _Worker) -> int | None:
+    async def _reap(self, worker: WorkerProcess) -> int | None:
         """The exit code of a worker whose stream ended; it is replaced."""
         # The socket closes a moment before the process can be reaped: wait for its code.
-        await asyncio.to_thread(worker.process.join, 1.0)
-        exitcode = worker.process.exitcode
+        exitcode = await worker.join(1.0)
         self._replace(worker)
         return exitcode
 
-    async def _run_on(self, worker: _Worker, message: TaskMessage) -> TaskFinishedEvent:
+    async def _run_on(self, worker: WorkerProcess, message: TaskMessage) -> TaskFinishedEvent:
         started_at = time.time()
         function = message.task.function
         running = False
         self.dispatches += 1
         try:
-            await worker.send(message)
+            (prepared,) = await asyncio.to_thread(self._prepare, worker, [message])
+            if prepared.request is None:
+                assert prepared.failure is not None
+                self._idle.put_nowait(worker)
+                return prepared.failure
+            await worker.send(prepared.request)
             if message.timeout_sec is None:
-                reply = await worker.receive(None)
+                reply, data = await worker.receive(None)
             else:
-                reply = await worker.receive(_SETUP_TIMEOUT_SEC)
-                if reply == _STARTED:
+                reply, data = await worker.receive(_SETUP_TIMEOUT_SEC)
+                if reply.kind == "started":
                     running = True
-                    reply = await worker.receive(message.timeout_sec)
+                    reply, data = await worker.receive(message.timeout_sec)
+            event = await self._finish(worker, prepared, reply, data)
         except TimeoutError:
             self._replace(worker)
             if running:
@@ -465,60 +398,54 @@ class WorkerPool:
                 error = ErrorInfo(
                     kind="platform",
                     type="TimeoutError",
-                    message=f"loading the code and inputs of {function!r} took over "
-                    f"{_SETUP_TIMEOUT_SEC:g} s; is MinIO answering?",
+                    message=f"loading the code of {function!r} took over {_SETUP_TIMEOUT_SEC:g} s",
                 )
             return failure_event(message, error, self.executor_id, started_at)
-        except (_WorkerDied, OSError):
+        except (WorkerDied, WireError, OSError) as exc:
             exitcode = await self._reap(worker)
-            error = ErrorInfo(kind="platform", type="WorkerDied", message=_died(function, exitcode))
+            text = _died(function, exitcode)
+            if isinstance(exc, WireError):
+                text = f"{exc}; the worker process was replaced"
+            error = ErrorInfo(kind="platform", type="WorkerDied", message=text)
             return failure_event(message, error, self.executor_id, started_at)
         except BaseException:  # cancelled (shutdown): the worker is mid-task, retire it
             self._replace(worker)
             raise
         self._idle.put_nowait(worker)
-        if not isinstance(reply, TaskFinishedEvent):
-            raise ServiceError(f"unexpected reply from a worker process: {reply!r}")
-        return reply
+        return event
 
     # -- starting and replacing workers --------------------------------------------------
 
-    async def _spawn(self) -> _Worker:
-        parent_sock, child_sock = socket.socketpair()
-        process = self._context.Process(
-            target=_worker_main,
-            args=(child_sock, self.infra, self.executor_id, self.max_outputs, self.values_dir),
-            name=f"indexify-worker-{self.executor_id}",
-        )
+    async def _spawn(self) -> WorkerProcess:
         try:
-            await asyncio.to_thread(process.start)
-        finally:
-            child_sock.close()  # the child has its copy: the end of stream now means it died
-        reader, writer = await asyncio.open_unix_connection(sock=parent_sock)
-        worker = _Worker(process=process, reader=reader, writer=writer)
+            worker = await WorkerProcess.start(
+                self.identity, self.infra.log_level, self.infra.log_format
+            )
+        except OSError as exc:
+            raise WorkerStartError(f"cannot start a worker process: {exc}") from exc
         self._workers.add(worker)
         try:
-            reply = await worker.receive(self.start_timeout_sec)
-        except (TimeoutError, _WorkerDied) as exc:
+            reply, _ = await worker.receive(self.start_timeout_sec)
+        except (TimeoutError, WorkerDied, WireError) as exc:
             await self._stop(worker, kill=True)
             raise WorkerStartError(
                 f"a worker process did not start within {self.start_timeout_sec:g} s ({exc!r}); "
-                "its stderr says why (is the executor's Python environment complete?)"
+                "its stderr says why (is the executor's Python environment complete, and "
+                "readable by the worker user?)"
             ) from exc
-        if reply != _READY:
+        if reply.kind != "ready":
             await self._stop(worker, kill=True)
-            raise WorkerStartError(f"a worker process answered {reply!r} instead of ready")
+            raise WorkerStartError(f"a worker process answered {reply.kind!r} instead of ready")
         return worker
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: WorkerProcess) -> None:
         """Kill ``worker`` (it is mid-task or broken) and start another in the background."""
-        with contextlib.suppress(OSError, ValueError):
-            worker.process.kill()
+        worker.kill()
         task = asyncio.create_task(self._respawn(worker))
         self._spawners.add(task)
         task.add_done_callback(self._spawners.discard)
 
-    async def _respawn(self, old: _Worker) -> None:
+    async def _respawn(self, old: WorkerProcess) -> None:
         await self._stop(old, kill=True)
         delay = 0.5
         while not self._closing:
@@ -533,21 +460,18 @@ class WorkerPool:
                 await self._stop(worker, kill=False)
             else:
                 self._idle.put_nowait(worker)
-                _log.info("worker process replaced", pid=worker.process.pid)
+                _log.info("worker process replaced", pid=worker.pid)
             return
 
-    async def _stop(self, worker: _Worker, *, kill: bool) -> None:
-        process = worker.process
+    async def _stop(self, worker: WorkerProcess, *, kill: bool) -> None:
         if not kill:
-            with contextlib.suppress(_WorkerDied, OSError, TimeoutError):
+            with contextlib.suppress(WorkerDied, OSError, TimeoutError):
                 await asyncio.wait_for(worker.send(None), self.stop_timeout_sec)
-            await asyncio.to_thread(process.join, self.stop_timeout_sec)
-        if process.is_alive():
-            process.kill()
-        await asyncio.to_thread(process.join, self.stop_timeout_sec)
+            await worker.join(self.stop_timeout_sec)
+        if worker.alive():
+            worker.kill()
+        await worker.join(self.stop_timeout_sec)
         await worker.close()
-        with contextlib.suppress(ValueError):
-            process.close()
         self._workers.discard(worker)
 
     async def close(self) -> None:
@@ -556,7 +480,7 @@ class WorkerPool:
         for task in list(self._spawners):
             task.cancel()
         await asyncio.gather(*self._spawners, return_exceptions=True)
-        idle: set[_Worker] = set()
+        idle: set[WorkerProcess] = set()
         while not self._idle.empty():
             idle.add(self._idle.get_nowait())
         await asyncio.gather(

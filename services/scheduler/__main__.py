@@ -15,7 +15,12 @@ from typing import cast
 from services.common import event_loop
 from services.common.errors import ServiceError
 from services.common.logging import LogFormat, configure_logging, get_logger
-from services.common.settings import InfraSettings, SchedulerSettings
+from services.common.settings import (
+    InfraSettings,
+    InsecureSettings,
+    SchedulerSettings,
+    check_credentials,
+)
 
 from .service import Scheduler
 
@@ -34,6 +39,11 @@ async def serve(infra: InfraSettings, settings: SchedulerSettings) -> None:
 def main() -> int:
     infra = InfraSettings()
     settings = SchedulerSettings()
+    try:
+        check_credentials(infra)
+    except InsecureSettings as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 2
     configure_logging(infra.log_level, cast(LogFormat, infra.log_format), service="scheduler")
     try:
         event_loop.run(serve(infra, settings))

@@ -23,6 +23,9 @@ def stack(
         "INDEXIFY_PREFIX": prefix,
         "INDEXIFY_EXECUTOR_SESSION_TIMEOUT_MS": "3000",
         "INDEXIFY_SCHEDULER_SESSION_TIMEOUT_MS": "3000",
+        # The scenarios' functions leave marker files in the test's private tmp_path: their
+        # workers keep the executor's user (still with a scrubbed environment).
+        "INDEXIFY_EXECUTOR_WORKER_USER": "",
     }
     with DevStack(env, log_dir=tmp_path / "logs") as running:
         yield running

@@ -24,7 +24,7 @@ from services.common.blobs import BlobStore, load_values_sync, store_values_sync
 from services.common.events import StoredValues, TaskFinishedEvent, TaskMessage
 from services.common.names import Names
 from services.common.settings import InfraSettings
-from services.executor.task_runner import TaskRunner
+from services.executor.task_data import CodeSlots, TaskData
 from services.executor.worker_pool import WorkerPool
 
 _VALUES = 2_000
@@ -245,22 +245,25 @@ def test_a_chunk_reads_its_inputs_from_one_object_with_one_get(
         message = tasks.message("size_of", [None])
         chunk.append(message.model_copy(update={"inputs": (stored.slice(i, i + 1),)}))
 
-    runner = TaskRunner(infra_settings, "exec-prefetch")
+    data = TaskData(blob_store, Names(infra_settings.prefix), "exec-prefetch")
     gets: list[tuple[str, int, int]] = []
-    real_get = runner.blobs.get_range_sync
+    real_get = blob_store.get_range_sync
 
     def counting_get(object_key: str, start: int, end: int) -> bytes:
         gets.append((object_key, start, end))
         return real_get(object_key, start, end)
 
-    monkeypatch.setattr(runner.blobs, "get_range_sync", counting_get)
-    with runner.prefetched(chunk):
-        events = [runner.run(message) for message in chunk]
-    assert [tasks.outputs(e) for e in events] == [[30_000]] * len(words)
+    monkeypatch.setattr(blob_store, "get_range_sync", counting_get)
+    slots = CodeSlots()
+    prefetched = data.prefetch(chunk)
+    requests = [data.request(message, slots, prefetched) for message in chunk]
+    assert [r.inputs[r.task.inputs[0]] for r in requests] == [[encode(w)] for w in words]
     assert stored.offsets is not None
     assert gets == [(key, stored.offsets[0], stored.offsets[-1])]  # one GET for all five
+    # the code travels once per worker: with the first request only
+    assert requests[0].code is not None and [r.code for r in requests[1:]] == [None] * 4
 
     gets.clear()  # outside a chunk: one ranged GET per task, as before
-    events = [runner.run(message) for message in chunk[:2]]
-    assert [tasks.outputs(e) for e in events] == [[30_000]] * 2
+    requests = [data.request(message, slots) for message in chunk[:2]]
+    assert [r.inputs[r.task.inputs[0]] for r in requests] == [[encode(w)] for w in words[:2]]
     assert len(gets) == 2

@@ -83,14 +83,31 @@ def test_infrastructure_addresses_point_at_compose_services(compose: dict[str, A
     assert urlparse(env["INDEXIFY_REDIS_URL"]).hostname in services
     assert env["INDEXIFY_MINIO_ENDPOINT"].split(":")[0] in services
     assert services["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    assert "--appendonly" in services["redis"]["command"]
+    assert "--appendonly yes" in " ".join(services["redis"]["command"])
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """``text`` as compose expands it with ``env`` (``${X:-default}``, ``${X:?error}``)."""
+
+    def expand(match: re.Match[str]) -> str:
+        name, kind, rest = match.groups()
+        if env.get(name):
+            return env[name]
+        if kind == "?":
+            raise LookupError(f"{name} is required: {rest}")
+        return rest if kind == "-" else ""
+
+    return _VARIABLE.sub(expand, text)
 
 
 def test_api_port_matches_settings_and_healthcheck(compose: dict[str, Any]) -> None:
     api = _services(compose)["api"]
     port = int(api["environment"]["INDEXIFY_API_PORT"])
     assert port == ApiSettings().port == 8900
-    assert f"{port}:{port}" in api["ports"]
+    assert [_interpolate(p, {}) for p in api["ports"]] == [f"127.0.0.1:{port}:{port}"]
     probe = " ".join(api["healthcheck"]["test"])
     assert re.search(rf":{port}/health\b", probe), probe
 
@@ -125,3 +142,58 @@ def test_dockerfile_copies_what_exists() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source.rstrip("/")).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_the_api_is_exposed_only_when_asked(compose: dict[str, Any]) -> None:
+    (mapping,) = _services(compose)["api"]["ports"]
+    assert _interpolate(mapping, {}).startswith("127.0.0.1:")  # loopback by default
+    assert _interpolate(mapping, {"INDEXIFY_API_BIND": "0.0.0.0"}) == "0.0.0.0:8900:8900"
+    assert "INDEXIFY_API_BIND=0.0.0.0" in (ROOT / "compose.yaml").read_text()  # documented
+
+
+_CREDENTIALS = ("INDEXIFY_REDIS_PASSWORD", "INDEXIFY_MINIO_ACCESS_KEY", "INDEXIFY_MINIO_SECRET_KEY")
+
+
+def test_backend_credentials_are_required_and_never_defaults(compose: dict[str, Any]) -> None:
+    text = (ROOT / "compose.yaml").read_text()
+    assert "minioadmin" not in text
+    services = _services(compose)
+    minio = services["minio"]["environment"]
+    redis = services["redis"]["environment"]
+    for value in (*minio.values(), *redis.values()):
+        with pytest.raises(LookupError, match="is required"):
+            _interpolate(value, {})
+    given = {name: f"secret-{i}" for i, name in enumerate(_CREDENTIALS)}
+    assert _interpolate(minio["MINIO_ROOT_USER"], given) == "secret-1"
+    assert _interpolate(minio["MINIO_ROOT_PASSWORD"], given) == "secret-2"
+    for name in [*APP_SERVICES, "init"]:
+        env = services[name]["environment"]
+        for variable in _CREDENTIALS:
+            assert _interpolate(env[variable], given) == given[variable], (name, variable)
+            with pytest.raises(LookupError):
+                _interpolate(env[variable], {})
+
+
+def test_redis_requires_its_password_and_disables_config(compose: dict[str, Any]) -> None:
+    redis = _services(compose)["redis"]
+    command = " ".join(redis["command"])
+    assert "requirepass" in command and "$$REDIS_PASSWORD" in command
+    assert 'rename-command CONFIG ""' in command
+    assert "--protected-mode yes" in command
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+
+
+def test_probes_of_our_services_use_the_settings_credentials(compose: dict[str, Any]) -> None:
+    for name in ("scheduler", "executor"):
+        probe = " ".join(_services(compose)[name]["healthcheck"]["test"])
+        assert "InfraSettings" in probe and "redis_url" in probe, name
+
+
+def test_executors_run_as_root_so_their_workers_drop_to_an_unprivileged_user(
+    compose: dict[str, Any],
+) -> None:
+    executor = _services(compose)["executor"]
+    assert executor["user"] == "root"
+    worker_user = executor["environment"]["INDEXIFY_EXECUTOR_WORKER_USER"]
+    assert worker_user not in ("", "root", "0")
+    assert ExecutorSettings().worker_user == "nobody"
