@@ -20,7 +20,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
+from services.common.blobs import BlobStore
+from services.common.dead_letters import restore
 from services.common.events import DeadLetter
+from services.common.kafka_bus import MAX_MESSAGE_BYTES
 from services.common.names import Names
 from services.common.settings import InfraSettings
 
@@ -267,15 +270,20 @@ async def replay_deadletters(settings: InfraSettings, rows: list[DeadLetterRow])
     """Publish each dead letter's original bytes to its original topic again (after a fix)."""
     letters = [r.letter for r in rows if r.letter is not None]
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=MAX_MESSAGE_BYTES,
     )
+    blobs = BlobStore(settings)  # parts too big for the letter were kept in MinIO
     await _bounded("connecting", settings, producer.start())
     try:
         for letter in letters:
+            key, value, headers = await restore(letter, blobs.get)
             await _bounded(
                 f"publishing to {letter.topic}",
                 settings,
-                producer.send_and_wait(letter.topic, letter.value, key=letter.key),
+                producer.send_and_wait(letter.topic, value, key=key, headers=headers),
             )
     finally:
         await producer.stop()

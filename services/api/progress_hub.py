@@ -168,8 +168,12 @@ class ProgressHub:
                 backoff = min(backoff * 2, _MAX_BACKOFF_SEC)
                 continue
             backoff = 0.1
-            if message is not None:
+            if message is None:
+                continue
+            try:
                 self._dispatch(message)
+            except Exception:  # one odd message must not end progress for everyone
+                _log.exception("progress message ignored", channel=str(message.get("channel")))
 
     def _dispatch(self, message: dict[str, object]) -> None:
         kind = message.get("type")
@@ -178,7 +182,7 @@ class ProgressHub:
         data = message.get("data")
         if kind == "message" and isinstance(data, bytes):
             if name == self._finished_channel:
-                for watch in self._watches.get(data.decode(), ()):
+                for watch in self._watches.get(data.decode(errors="replace"), ()):
                     watch.finished = True
                     watch.event.set()
                 return

@@ -198,7 +198,15 @@ TaskTopicMessage = Annotated[TaskMessage | TaskChunkMessage, Field(discriminator
 
 
 class DeadLetter(_Frozen):
-    """A message that could not be processed, kept with its reason and original bytes."""
+    """A message that could not be processed, kept with its reason and original bytes.
+
+    A part too big to travel in the letter (Kafka's message limit, and base64 makes bytes a
+    third bigger) is stored in MinIO instead: ``value_object`` (then ``value`` is empty),
+    ``key_object`` (then ``key`` is None) and ``headers_object`` (a JSON list of
+    ``[name, base64 value]``; then ``headers`` is empty) name those objects.
+    ``value_size`` is the original value's length (None in letters written before it
+    existed); ``value_null`` says the message had no value at all.
+    """
 
     type: Literal["deadletter"] = "deadletter"
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -207,8 +215,14 @@ class DeadLetter(_Frozen):
     partition: int
     offset: int
     key: bytes | None = None
-    value: bytes
+    value: bytes = b""
     at: float = Field(default_factory=time.time)
+    value_size: int | None = None
+    value_null: bool = False
+    headers: tuple[tuple[str, bytes], ...] = ()
+    value_object: str | None = None
+    key_object: str | None = None
+    headers_object: str | None = None
 
 
 ProgressType = Literal[

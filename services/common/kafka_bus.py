@@ -11,6 +11,9 @@ Why it looks like this:
   the effects of the message are durable; :class:`OffsetTracker` says how far that is when
   the messages of one partition finish out of order. The services consume through
   :class:`services.common.kafka_consumer.Consumer`, which wraps such a consumer.
+* :meth:`KafkaBus.dead_letter` parks any message, whatever its size: what would make the
+  letter too big for Kafka is stored in MinIO first and referenced from the letter
+  (:mod:`.dead_letters`), so a poison message can always be completed and committed.
 * aiokafka's exceptions stop here and in :mod:`.kafka_consumer`: :func:`kafka_errors` is the
   one map from them to :mod:`services.common.errors` (:class:`PlatformUnavailable` for
   "Kafka is not answering, retry later", :class:`CommitRejected` for a commit that came after
@@ -51,7 +54,8 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import TopicPartition
 
-from . import events
+from .blobs import BlobStore
+from .dead_letters import ParkedRecord, plan_dead_letter
 from .errors import CommitRejected, PayloadTooLarge, PlatformUnavailable, ServiceError
 from .logging import get_logger
 from .names import Names
@@ -72,6 +76,8 @@ __all__ = [
 #: The broker's ``message.max.bytes`` (infra/kafka/server.properties.template); bigger values
 #: go to MinIO, never through Kafka.
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+#: How big a dead letter's JSON may be: the limit less its Kafka key and the record overhead.
+_DEAD_LETTER_BUDGET = MAX_MESSAGE_BYTES - 64 * 1024
 _log = get_logger(__name__)
 
 
@@ -164,19 +170,8 @@ class Publisher(Protocol):
     async def publish_many(self, items: Sequence[Outgoing | tuple[str, str, bytes]]) -> None: ...
 
 
-class SourceRecord(Protocol):
-    """The parts of a consumed record a dead letter keeps (aiokafka's ``ConsumerRecord``)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
+SourceRecord = ParkedRecord
+"""The parts of a consumed record a dead letter keeps (aiokafka's ``ConsumerRecord``)."""
 
 
 class KafkaBus:
@@ -186,8 +181,15 @@ class KafkaBus:
     answer), leaving flushes what is in flight and closes.
     """
 
-    def __init__(self, settings: InfraSettings, *, client_id: str | None = None):
+    def __init__(
+        self,
+        settings: InfraSettings,
+        *,
+        client_id: str | None = None,
+        blobs: BlobStore | None = None,
+    ):
         self.settings = settings
+        self._blobs = blobs
         self.names = Names(settings.prefix)
         self.client_id = client_id or f"{settings.prefix}-{uuid.uuid4().hex[:8]}"
         self._producer: AIOKafkaProducer | None = None
@@ -268,24 +270,32 @@ class KafkaBus:
         await self._send_all([_wire(Outgoing(*item)) for item in items])
 
     async def dead_letter(self, reason: str, record: SourceRecord) -> None:
-        """Park a message that can never be processed, with the reason and its exact bytes."""
-        letter = events.DeadLetter(
-            reason=reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value or b"",
-        )
+        """Park a message that can never be processed, with the reason and its exact bytes,
+        whatever its size: parts that would make the letter too big for Kafka go to MinIO
+        first, referenced from the letter (:func:`.dead_letters.plan_dead_letter`).
+        ``PlatformUnavailable`` when Kafka or MinIO is down (retry:
+        :func:`.dead_letters.park` does)."""
+        plan = plan_dead_letter(reason, record, self.names, budget=_DEAD_LETTER_BUDGET)
+        for key, data in plan.objects.items():
+            await self.blobs.put(key, data)
         topic = self.names.deadletter_topic
-        await self._send_all([(topic, record.key, events.encode_message(letter), None)])
+        await self._send_all([(topic, plan.kafka_key, plan.encoded, None)])
         _log.warning(
             "message dead-lettered",
-            reason=reason,
+            reason=plan.letter.reason,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
+            value_bytes=plan.letter.value_size,
+            objects=sorted(plan.objects),
         )
+
+    @property
+    def blobs(self) -> BlobStore:
+        """Where dead letters keep what is too big for Kafka (built on first use)."""
+        if self._blobs is None:
+            self._blobs = BlobStore(self.settings)
+        return self._blobs
 
     async def _send_all(self, items: Sequence[_Wire]) -> None:
         for topic, _, value, _ in items:

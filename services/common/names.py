@@ -25,6 +25,11 @@ class Names:
         """Messages that could not be processed, with the reason and the original bytes."""
         return f"{self.prefix}.deadletter"
 
+    def deadletter_object(self, topic: str, partition: int, offset: int, part: str) -> str:
+        """Where a dead letter too big for Kafka keeps ``part`` (``value``, ``key`` or
+        ``headers``) of the message at ``topic``/``partition``/``offset``."""
+        return f"{self.prefix}/deadletters/{topic}/{partition}/{offset}/{part}"
+
     def task_topic(self, placement_key: str, namespace: str, graph: str, function: str) -> str:
         return f"{self.prefix}.tasks.{placement_key}.{namespace}.{graph}.{function}"
 

@@ -12,6 +12,10 @@
 * ``wait``: another live process (or this one) holds its lease: wait for its result or for
   the lease to lapse, instead of running the function a second time.
 
+A message of any size or shape that cannot be decoded, or whose handling fails with anything
+but ``PlatformUnavailable``, is dead-lettered (:mod:`services.common.dead_letters`) and so
+completed: no one message stops the intake or holds back its partition's offsets.
+
 :meth:`TaskHandler.process` returns ``True`` once the message's effects are durable (its
 offset may be committed) and ``False`` when shutdown ended a wait (the partition's next owner
 gets the message).
@@ -31,6 +35,7 @@ from services.common.events import (
     decode_task_topic_message,
 )
 from services.common.kafka_consumer import Record
+from services.common.logging import get_logger
 
 from .chains import ChainRunner
 from .chunks import ChunkRunner
@@ -40,6 +45,8 @@ from .tasklog import log_finished, task_log
 from .worker_pool import WorkerPool
 
 __all__ = ["TaskHandler"]
+
+_log = get_logger(__name__)
 
 
 class TaskHandler:
@@ -69,7 +76,26 @@ class TaskHandler:
 
     async def process(self, record: Record, ran: Callable[[], None]) -> bool:
         """Handle one message; ``ran`` is called once it no longer needs a worker. ``True``
-        once its effects are durable."""
+        once its effects are durable.
+
+        No message can take the intake down or leave its partition stuck: one whose
+        handling fails with anything but ``PlatformUnavailable`` (which is waited out
+        inside) is dead-lettered with the error, which completes it."""
+        try:
+            return await self._process(record, ran)
+        except Exception as exc:
+            ran()
+            _log.exception(
+                "task message cannot be handled; dead-lettering it",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            reason = f"the executor failed on this message: {type(exc).__name__}: {exc}"
+            await self._reporter.dead_letter(reason, record)
+            return True
+
+    async def _process(self, record: Record, ran: Callable[[], None]) -> bool:
         try:
             message = decode_task_topic_message(record.value or b"")
         except MessageDecodeError as exc:

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from services.common.dead_letters import park
 from services.common.errors import ServiceError
 from services.common.events import TaskFinishedEvent, TaskMessage
 from services.common.kafka_bus import KafkaBus
@@ -87,9 +88,10 @@ class Reporter:
         await self._batcher.submit(Completion(republished, recorded=True))
 
     async def dead_letter(self, reason: str, record: Record) -> None:
-        """Park ``record`` on the dead-letter topic with ``reason`` (retried while Kafka is
-        unavailable): it is then complete, and its offset may be committed."""
-        await retrying("dead-lettering", lambda: self._bus.dead_letter(reason, record))
+        """Park ``record`` on the dead-letter topic with ``reason`` (whatever its size; any
+        failure is retried with backoff until shutdown cancels it, never skipped): it is
+        then complete, and its offset may be committed."""
+        await park(self._bus, reason, record)
 
     async def close(self, timeout_sec: float = 10.0) -> None:
         """Send what is queued (for at most ``timeout_sec``)."""

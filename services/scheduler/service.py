@@ -4,7 +4,10 @@
 
 Per poll batch (all partitions this process owns; the batch work is :mod:`.handler`):
 
-1. decode each record; an undecodable one goes to the dead-letter topic and the rest flows;
+1. decode each record; an undecodable one (of any size: see :mod:`services.common.dead_letters`)
+   goes to the dead-letter topic and the rest flows; an event whose handling fails with
+   anything but ``PlatformUnavailable`` is dead-lettered with the error (:meth:`Scheduler.
+   _apply`), so no one message stops the loop;
 2. group the events by invocation (partition order is kept), load the states in one pipeline,
    and apply each invocation's events through the pure engine (:mod:`.messages`);
 3. resolve the new tasks' inputs (this batch's outputs, else ``StateStore.get_outputs``);
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 
+from services.common.dead_letters import park
 from services.common.errors import CommitRejected, PlatformUnavailable, ServiceError
 from services.common.kafka_bus import KafkaBus
 from services.common.kafka_consumer import Consumer, Record, TopicPartition
@@ -204,7 +208,7 @@ class Scheduler:
                 continue
             last_activity = time.monotonic()
             try:
-                await self.handle_batch(records)
+                await self._apply(records)
                 self._handled(records)
                 self.handled += len(records)
                 backoff = 0.1
@@ -225,6 +229,42 @@ class Scheduler:
                 continue
             if time.monotonic() - self._committed_at >= self.settings.commit_interval_sec:
                 await self._commit_quietly()
+
+    async def _apply(self, records: Sequence[Record]) -> None:
+        """Handle a batch so that no one event can stop the loop: when the batch fails with
+        anything but ``PlatformUnavailable`` (a bug, or an event no check foresaw), its
+        events are handled one at a time and each one that fails again is dead-lettered
+        with the error (:func:`park`: retried until it is, never skipped). Its effects, if
+        any, are idempotent: handling the rest again only repeats them."""
+        try:
+            await self.handle_batch(records)
+            return
+        except PlatformUnavailable:
+            raise
+        except Exception as exc:
+            _log.exception("batch failed; handling its events one at a time", events=len(records))
+            if len(records) == 1:
+                await self._poison(records[0], exc)
+                return
+        for record in records:
+            try:
+                await self.handle_batch([record])
+            except PlatformUnavailable:
+                raise
+            except Exception as exc:
+                await self._poison(record, exc)
+
+    async def _poison(self, record: Record, exc: Exception) -> None:
+        _log.error(
+            "event cannot be handled; dead-lettering it",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        reason = f"the scheduler failed on this event: {type(exc).__name__}: {exc}"
+        if not await park(self.bus, reason, record, stop=self._stop):
+            raise PlatformUnavailable("stopping before the event could be dead-lettered")
 
     async def _fetch(self, consumer: Consumer) -> list[Record]:
         """The next batch: a share of ``max_batch`` from every assigned partition that has

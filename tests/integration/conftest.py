@@ -17,6 +17,7 @@ import pytest
 from services.common.blobs import BlobStore
 from services.common.kafka_bus import KafkaBus
 from services.common.settings import InfraSettings
+from services.common.state_store import StateStore
 
 _HERE = Path(__file__).parent
 
@@ -31,6 +32,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def _require_infra(require_infra: None) -> None:
     """Checked once per session (tests/conftest.py), applied to every test in this directory."""
+
+
+@pytest.fixture(autouse=True)
+def _api_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apps built here accept requests without API keys (``ApiSettings()`` reads this), so
+    the API's tests are about what they test; ``test_auth.py`` builds its app with keys."""
+    monkeypatch.setenv("INDEXIFY_API_INSECURE_NO_AUTH", "1")
 
 
 @pytest.fixture
@@ -55,3 +63,13 @@ def blob_store(infra_settings: InfraSettings) -> Iterator[BlobStore]:
     store.ensure_bucket_sync()
     yield store
     store.delete_prefix_sync(f"{infra_settings.prefix}/")
+
+
+@pytest.fixture
+async def store(infra_settings: InfraSettings) -> AsyncIterator[StateStore]:
+    """An open state store; the test's keys (``<prefix>:*``) are deleted afterwards."""
+    async with StateStore(infra_settings) as opened:
+        yield opened
+        keys = [k async for k in opened.redis.scan_iter(match=f"{infra_settings.prefix}:*")]
+        if keys:
+            await opened.redis.delete(*keys)

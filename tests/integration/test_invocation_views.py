@@ -9,7 +9,6 @@ writes must not grow with the size of the invocation.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -26,20 +25,10 @@ from indexify.engine import (
     TaskFinished,
 )
 from services.common.events import StoredValues
-from services.common.settings import InfraSettings
 from services.common.state_store import StateStore
 from services.scheduler.messages import accepts
 
 INV = "inv-views"
-
-
-@pytest.fixture
-async def store(infra_settings: InfraSettings) -> AsyncIterator[StateStore]:
-    async with StateStore(infra_settings) as s:
-        yield s
-        keys = [k async for k in s.redis.scan_iter(match=f"{infra_settings.prefix}:*")]
-        if keys:
-            await s.redis.delete(*keys)
 
 
 def _definition() -> GraphDefinition:

@@ -111,15 +111,6 @@ async def _exists(bus: KafkaBus, topic: str) -> bool:
 
 
 @pytest.fixture
-async def store(infra_settings: InfraSettings) -> AsyncIterator[StateStore]:
-    async with StateStore(infra_settings) as store:
-        yield store
-        keys = [k async for k in store.redis.scan_iter(match=f"{infra_settings.prefix}:*")]
-        if keys:
-            await store.redis.delete(*keys)
-
-
-@pytest.fixture
 async def scheduler(
     infra_settings: InfraSettings, kafka_bus: KafkaBus, store: StateStore
 ) -> AsyncIterator[Scheduler]:
