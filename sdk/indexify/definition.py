@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -29,8 +31,14 @@ class NodeDefinition(BaseModel):
     required_labels: dict[str, str] = Field(default_factory=dict)
     placement_key: str = "any"
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
-    timeout_sec: float | None = None
+    timeout_sec: float | None = Field(default=None, gt=0)
     encoder: str = "auto"
+    parameter_schemas: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """The start node's parameters that JSON can carry: parameter -> JSON schema of its
+    annotation (the API checks invocation arguments against them)."""
+    code_hash: str = ""
+    """A fingerprint of the function's code (and its accumulator's), so the graph's version
+    changes with the code: the SDK computes it, and it is part of what is versioned."""
 
 
 class GraphDefinition(BaseModel):
@@ -50,6 +58,14 @@ class GraphDefinition(BaseModel):
 
     _ancestors: dict[str, frozenset[str]] | None = PrivateAttr(default=None)
     _topological: tuple[str, ...] | None = PrivateAttr(default=None)
+
+    def content_version(self) -> str:
+        """The version this definition must carry: a hash of everything in it but the version
+        (nodes with their code fingerprints, edges, routes, Python and SDK versions). The SDK
+        and the server compute it the same way, so a version names exactly one content."""
+        content = self.model_dump(mode="json", exclude={"version"})
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def argument_problems(self, kwargs: Iterable[str]) -> str | None:
         """Why the start node cannot be called with these keyword arguments (None if it can)."""

@@ -77,6 +77,57 @@ def encode(value: Any, hint: Any = None, *, encoder: str = "auto") -> Payload:
     return _pickle(value)
 
 
+def encode_arguments(kwargs: dict[str, Any], hints: dict[str, Any] | None = None) -> Payload:
+    """An invocation's keyword arguments: a JSON object when every argument survives JSON
+    typed by its parameter's annotation (``hints``, the start function's), else one pickle.
+
+    JSON needs none of the caller's modules to be read (an executor rebuilds models from the
+    graph's own annotations), and it is the only form the API accepts from keys that may not
+    deploy code. Without ``hints`` (a graph registered elsewhere), an argument is checked
+    against its own type (a list of models against ``list[Model]``).
+    """
+    parts: list[bytes] = []
+    for name, value in kwargs.items():
+        hint = hints[name] if hints is not None and name in hints else _hint_of(value)
+        data = _argument_json(value, hint)
+        if data is None:
+            return _pickle(kwargs)
+        parts.append(json.dumps(name).encode() + b":" + data)
+    return Payload(content_type=JSON, data=b"{" + b",".join(parts) + b"}")
+
+
+def _argument_json(value: Any, hint: Any) -> bytes | None:
+    if type(value) in _PRIMITIVES and not (isinstance(value, float) and not math.isfinite(value)):
+        return json.dumps(value).encode()
+    if _is_plain_hint(hint):
+        return _try_json(value, hint)
+    adapter = _cached_adapter(hint)
+    if adapter is None:
+        return None
+    try:
+        data = adapter.dump_json(value)
+        decoded = coerce(json.loads(data), hint)
+    except Exception:
+        return None
+    return data if type(decoded) is type(value) and decoded == value else None
+
+
+def _hint_of(value: Any) -> Any:
+    """A type for ``value`` as an annotation would give it: ``list[Model]`` for a list of
+    models (all elements of one type), ``dict[str, T]``, else the value's own type."""
+    kind = type(value)
+    if kind in (list, tuple, set, frozenset) and value:
+        element_types = {type(v) for v in value}
+        if len(element_types) == 1:
+            (element,) = element_types
+            return kind[element, ...] if kind is tuple else kind[element]
+    if kind is dict and value and all(type(k) is str for k in value):
+        value_types = {type(v) for v in value.values()}
+        if len(value_types) == 1:
+            return dict[str, value_types.pop()]  # type: ignore[misc]
+    return kind
+
+
 def _try_json(value: Any, hint: Any) -> bytes | None:
     try:
         if _is_plain_hint(hint) or not _mentions_models_or_tuples(hint):

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import sys
-import sysconfig
 import types
 import typing
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import cloudpickle
+from pydantic import TypeAdapter
 
 from . import __version__
+from .code_closure import CodeClosure
 from .definition import GraphDefinition, NodeDefinition
 from .errors import GraphValidationError
 from .functions import check_name, node_class, signature_target, spec_of
 from .placement import placement_key, required_labels
+
+_BUILT_HERE: weakref.WeakValueDictionary[str, Graph] = weakref.WeakValueDictionary()
 
 
 class Graph:
@@ -32,6 +35,14 @@ class Graph:
         self._hints: dict[str, dict[str, Any]] = {}
         self.start_node = self._add_node(start_node)
         self._definition: GraphDefinition | None = None
+        self._shipped: list[types.ModuleType] = []
+        _BUILT_HERE[self.name] = self
+
+    @staticmethod
+    def built_here(name: str) -> Graph | None:
+        """The graph of that name last built in this process (while it is referenced): a
+        client reads outputs with its classes, never with code downloaded from a server."""
+        return _BUILT_HERE.get(name)
 
     # -- building -------------------------------------------------------------------------
 
@@ -163,7 +174,17 @@ class Graph:
         """The validated, JSON-able description of the graph, with its content hash."""
         if self._definition is None:
             self.validate()
-            nodes = {name: _node_definition(node) for name, node in self.nodes.items()}
+            closure = CodeClosure()
+            nodes = {
+                name: _node_definition(node).model_copy(
+                    update={"code_hash": self._fingerprint(closure, name)[:16]}
+                )
+                for name, node in self.nodes.items()
+            }
+            start = nodes[self.start_node]
+            nodes[self.start_node] = start.model_copy(
+                update={"parameter_schemas": self._parameter_schemas(self.start_node)}
+            )
             draft = GraphDefinition(
                 name=self.name,
                 description=self.description,
@@ -174,12 +195,29 @@ class Graph:
                 python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
                 sdk_version=__version__,
             )
-            digest = hashlib.sha256(draft.model_dump_json().encode())
-            for name in sorted(self.nodes):
-                digest.update(name.encode())
-                digest.update(_code_fingerprint(node_class(self.nodes[name])))
-            self._definition = draft.model_copy(update={"version": digest.hexdigest()[:16]})
+            self._definition = draft.model_copy(update={"version": draft.content_version()})
+            self._shipped = closure.shipped_modules()
         return self._definition
+
+    def _parameter_schemas(self, name: str) -> dict[str, dict[str, Any]]:
+        """JSON schemas of the parameters whose annotations pydantic can describe (an
+        unannotated parameter, or one of a type JSON cannot carry, is not checked)."""
+        schemas: dict[str, dict[str, Any]] = {}
+        for parameter, hint in self.parameter_hints(name).items():
+            if hint is None or hint is Any:
+                continue
+            try:
+                schemas[parameter] = TypeAdapter(hint).json_schema(mode="validation")
+            except Exception:
+                continue
+        return schemas
+
+    def _fingerprint(self, closure: CodeClosure, name: str) -> str:
+        node = self.nodes[name]
+        accumulate = spec_of(node).accumulate
+        extra = [accumulate] if accumulate is not None else []
+        extra.extend(hint for _, hint in sorted(self.type_hints(name).items()))
+        return closure.fingerprint(node_class(node), extra)
 
     @property
     def version(self) -> str:
@@ -189,22 +227,20 @@ class Graph:
     # -- code -----------------------------------------------------------------------------
 
     def serialize(self) -> bytes:
-        """The graph's code, cloudpickled; user modules are pickled by value."""
+        """The graph's code, cloudpickled; every user module the code reaches
+        (:mod:`.code_closure`) is pickled by value, so an executor needs none of the user's
+        source tree."""
         self.definition()
         for name in self.nodes:
             self.type_hints(name)
         already = set(cloudpickle.list_registry_pickle_by_value())
-        modules: dict[str, types.ModuleType] = {}
-        for node in self.nodes.values():
-            module = sys.modules.get(getattr(node_class(node), "__module__", ""))
-            if module is not None and module.__name__ not in already and _is_user_module(module):
-                modules[module.__name__] = module
-        for module in modules.values():
+        modules = [m for m in self._shipped if m.__name__ not in already]
+        for module in modules:
             cloudpickle.register_pickle_by_value(module)
         try:
             return bytes(cloudpickle.dumps(self))
         finally:
-            for module in modules.values():
+            for module in modules:
                 cloudpickle.unregister_pickle_by_value(module)
 
     @staticmethod
@@ -217,6 +253,7 @@ class Graph:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_definition"] = None
+        state["_shipped"] = []  # module objects: recomputed with the definition
         return state
 
     # -- lookups used by runners ----------------------------------------------------------
@@ -250,17 +287,6 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph(name={self.name!r}, nodes={list(self.nodes)})"
-
-
-def _is_user_module(module: types.ModuleType) -> bool:
-    name = module.__name__
-    if name in ("__main__", "builtins", "indexify") or name.startswith("indexify."):
-        return False  # __main__ is pickled by value anyway; the SDK is installed everywhere
-    path = getattr(module, "__file__", None)
-    if not path:
-        return False
-    library_roots = {sysconfig.get_paths()[key] for key in ("stdlib", "purelib", "platlib")}
-    return not any(path.startswith(root) for root in library_roots)
 
 
 def _parameters(node: Any, *, required_only: bool = False) -> list[str]:
@@ -367,35 +393,3 @@ def _node_definition(node: Any) -> NodeDefinition:
         timeout_sec=spec.timeout,
         encoder=spec.encoder,
     )
-
-
-def _code_fingerprint(obj: Any) -> bytes:
-    """Bytes that change when the code of a function, class or accumulator changes."""
-    digest = hashlib.sha256()
-
-    def add_code(code: types.CodeType) -> None:
-        digest.update(code.co_code)
-        digest.update(repr(code.co_names).encode())
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                add_code(const)
-            else:
-                digest.update(repr(const).encode())
-
-    if isinstance(obj, type):
-        for attr in sorted(vars(obj)):
-            value = vars(obj)[attr]
-            if isinstance(value, types.FunctionType):
-                add_code(value.__code__)
-    elif isinstance(obj, types.FunctionType):
-        add_code(obj.__code__)
-    spec = spec_of(obj)
-    if spec.accumulate is not None:
-        digest.update(_code_fingerprint_class(spec.accumulate))
-    return digest.digest()
-
-
-def _code_fingerprint_class(cls: type) -> bytes:
-    schema = getattr(cls, "model_json_schema", None)
-    text = repr(schema()) if callable(schema) else repr(sorted(vars(cls)))
-    return hashlib.sha256(text.encode()).digest()

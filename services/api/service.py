@@ -9,17 +9,26 @@ write, and an invocation whose event cannot be published is removed again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from indexify.definition import GraphDefinition
 from indexify.encoding import Payload
 from indexify.engine import InvocationState
 from indexify.engine.model import InvocationStatus
 from indexify.models import GraphInfo, InvocationInfo
 from services.common.blobs import BlobStore, load_values, store_values
-from services.common.errors import NotFound, PayloadTooLarge, PlatformUnavailable, ServiceError
+from services.common.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    PlatformUnavailable,
+    ServiceError,
+)
 from services.common.events import (
     InvocationCancelEvent,
     InvocationCreatedEvent,
@@ -35,6 +44,7 @@ from services.common.settings import InfraSettings
 from services.common.state_store import StateStore
 
 from . import validation
+from .arguments import ArgumentChecker
 from .progress_hub import ProgressHub
 from .schemas import GraphRegistered, GraphUpload, Health
 
@@ -77,6 +87,7 @@ class ApiService:
         self.store = store
         self.blobs = blobs
         self.hub = hub
+        self.arguments = ArgumentChecker()
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -125,14 +136,56 @@ class ApiService:
     # -- graphs -----------------------------------------------------------------------------
 
     async def register_graph(self, namespace: str, upload: GraphUpload) -> GraphRegistered:
+        """Register a version, or make a recorded one current again.
+
+        The version is the hash of the definition's content (:meth:`content_version`), and a
+        version's code never changes: uploading other code for a recorded version is a
+        :class:`Conflict` (send the definition without code to make that version current).
+        """
         definition = validation.parse_definition(upload.definition, self.names, namespace)
-        code = validation.decode_code(upload.code)
+        version = definition.content_version()
+        if definition.version != version:
+            raise BadRequest(
+                f"graph {definition.name!r}: its version is computed from the definition's "
+                f"content, not chosen: this definition's is {version!r}, got "
+                f"{definition.version!r}; send Graph.definition() as the SDK makes it"
+            )
         await self.require_namespace(namespace)
-        current = await self.store.graphs.get_graph(namespace, definition.name)
-        if current is not None and current.version == definition.version:
-            return GraphRegistered(**graph_info(current).model_dump(), created=False)
-        code_key = self.names.code_object(namespace, definition.name, definition.version)
-        await self.blobs.put(code_key, code)
+        code = None if upload.code is None else validation.decode_code(upload.code)
+        digest = None if code is None else hashlib.sha256(code).hexdigest()
+        stored = await self.store.graphs.get_graph_version(namespace, definition.name, version)
+        if stored is None:
+            if code is None or digest is None:
+                raise BadRequest(
+                    f"graph {definition.name!r} has no version {version}: send its `code` "
+                    "(base64 of Graph.serialize()) to register it"
+                )
+            stored, created = await self._add_version(namespace, definition, code, digest)
+        else:
+            created = False
+        if digest is not None and digest != stored.code_sha256:
+            raise Conflict(
+                f"version {version} of graph {definition.name!r} is recorded with other code, "
+                "and a version's code never changes: register it without `code` to make the "
+                "recorded code current, or change the graph to get a new version"
+            )
+        if code is not None and not await self.blobs.exists(stored.code_key):
+            await self.blobs.put(stored.code_key, code)  # its first upload stopped half-way
+        await self.store.graphs.make_current(stored)
+        _log.info(
+            "graph registered",
+            namespace=namespace,
+            graph=stored.name,
+            version=version,
+            created=created,
+        )
+        return GraphRegistered(**graph_info(stored).model_dump(), created=created)
+
+    async def _add_version(
+        self, namespace: str, definition: GraphDefinition, code: bytes, digest: str
+    ) -> tuple[GraphRecord, bool]:
+        """Record a new version: its task topics, then the record (the first of concurrent
+        uploads wins), then its code (by the winner only)."""
         await self.bus.ensure_topics(
             {
                 self.names.task_topic(node.placement_key, namespace, definition.name, name): (
@@ -148,17 +201,13 @@ class ApiService:
             description=definition.description,
             created_at=time.time(),
             definition=definition,
-            code_key=code_key,
+            code_key=self.names.code_object(namespace, definition.name, definition.version),
+            code_sha256=digest,
         )
-        stored, created = await self.store.graphs.put_graph(record)
-        _log.info(
-            "graph registered",
-            namespace=namespace,
-            graph=stored.name,
-            version=stored.version,
-            created=created,
-        )
-        return GraphRegistered(**graph_info(stored).model_dump(), created=created)
+        stored, added = await self.store.graphs.add_version(record)
+        if added:
+            await self.blobs.put(stored.code_key, code)
+        return stored, added
 
     async def graphs(self, namespace: str) -> list[GraphInfo]:
         await self.require_namespace(namespace)
@@ -198,10 +247,20 @@ class ApiService:
         body: bytes,
         content_type: str | None,
         encoded: bool,
+        *,
+        may_pickle: bool = False,
     ) -> AcceptedInvocation:
-        """Validate the arguments, store the input and the pending record (not published)."""
+        """Validate the arguments, store the input and the pending record (not published).
+        Pickled arguments only ``may_pickle`` (the caller's key may deploy code)."""
         record = await self.require_graph(namespace, graph)
-        payload = validation.invocation_payload(record.definition, body, content_type, encoded)
+        payload = validation.invocation_payload(
+            record.definition,
+            body,
+            content_type,
+            encoded,
+            checker=self.arguments,
+            may_pickle=may_pickle,
+        )
         return await self._accept(record, payload)
 
     async def _accept(self, record: GraphRecord, payload: Payload) -> AcceptedInvocation:
@@ -267,8 +326,12 @@ class ApiService:
         body: bytes,
         content_type: str | None,
         encoded: bool,
+        *,
+        may_pickle: bool = False,
     ) -> str:
-        accepted = await self.accept_invocation(namespace, graph, body, content_type, encoded)
+        accepted = await self.accept_invocation(
+            namespace, graph, body, content_type, encoded, may_pickle=may_pickle
+        )
         await self.publish_accepted([accepted])
         return accepted.id
 

@@ -147,9 +147,13 @@ async def invoke_streaming(
     content_type: str | None,
     encoded: bool,
     keepalive_sec: float,
+    *,
+    may_pickle: bool = False,
 ) -> StreamingResponse:
     """Accept, subscribe, publish, then stream (errors before the stream are plain JSON)."""
-    accepted = await service.accept_invocation(namespace, graph, body, content_type, encoded)
+    accepted = await service.accept_invocation(
+        namespace, graph, body, content_type, encoded, may_pickle=may_pickle
+    )
     try:
         listener = await service.hub.listen(accepted.id)
     except ServiceError:

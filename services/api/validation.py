@@ -12,12 +12,15 @@ import json
 import re
 from typing import Any
 
+from fastapi import Request
 from pydantic import ValidationError
 
 from indexify.definition import GraphDefinition, NodeDefinition
 from indexify.encoding import CONTENT_TYPES, JSON, Payload, encode
-from services.common.errors import BadRequest
+from services.common.errors import BadRequest, Forbidden
 from services.common.names import Names
+
+from .arguments import ArgumentChecker
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -25,12 +28,41 @@ _MAX_TOPIC_LENGTH = 249  # Kafka's limit on topic names
 
 
 def check_name(name: str, what: str) -> str:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise BadRequest(
             f"{what} name {name!r} is invalid: use 1-100 letters, digits, '_' or '-' "
             "(names become part of Kafka topic names)"
         )
     return name
+
+
+#: What each path parameter may hold: every one becomes part of Redis keys, object keys or
+#: topic names, so nothing else (``:``, ``/``, ``*``, spaces, ...) reaches the stores.
+PATH_IDS: dict[str, tuple[re.Pattern[str], str]] = {
+    "namespace": (NAME_PATTERN, "1-100 letters, digits, '_' or '-'"),
+    "graph": (NAME_PATTERN, "1-100 letters, digits, '_' or '-'"),
+    "function": (NAME_PATTERN, "1-100 letters, digits, '_' or '-'"),
+    "invocation_id": (NAME_PATTERN, "1-100 letters, digits, '_' or '-' (the id invoke returned)"),
+    "key_id": (NAME_PATTERN, "1-100 letters, digits, '_' or '-' (a key's id)"),
+    "task_id": (
+        re.compile(r"^[A-Za-z0-9_-]{1,200}$"),
+        "1-200 letters, digits, '_' or '-' (a task id from the invocation's tasks)",
+    ),
+}
+
+
+def check_path_ids(params: dict[str, Any]) -> None:
+    """:class:`BadRequest` naming the first path parameter that is not a well-formed id."""
+    for name, value in params.items():
+        rule = PATH_IDS.get(name)
+        if rule is not None and not rule[0].fullmatch(str(value)):
+            raise BadRequest(f"{name} {str(value)[:120]!r} is invalid: use {rule[1]}")
+
+
+async def valid_path_ids(request: Request) -> None:
+    """Router/app dependency: every id in the path is checked (:func:`check_path_ids`)
+    before any route builds a key from it: a 400 with what is allowed."""
+    check_path_ids(request.path_params)
 
 
 def _validation_summary(exc: ValidationError, limit: int = 3) -> str:
@@ -52,7 +84,7 @@ def parse_definition(raw: dict[str, Any], names: Names, namespace: str) -> Graph
             "`Graph.definition().model_dump(mode='json')`"
         ) from None
     check_name(definition.name, "graph")
-    if not definition.version or not _TOPIC_SAFE.match(definition.version):
+    if not definition.version or not _TOPIC_SAFE.fullmatch(definition.version):
         raise BadRequest(
             f"graph {definition.name!r}: version {definition.version!r} must be 1-100 letters, "
             "digits, '_' or '-'; send the definition from `Graph.definition()`, which sets it"
@@ -85,7 +117,7 @@ def _check_node(graph: str, key: str, node: NodeDefinition, names: Names, namesp
         raise BadRequest(
             f"graph {graph!r}: nodes[{key!r}] is named {node.name!r}; the key must be its name"
         )
-    if not _TOPIC_SAFE.match(node.placement_key):
+    if not _TOPIC_SAFE.fullmatch(node.placement_key):
         raise BadRequest(
             f"function {key!r}: placement key {node.placement_key!r} must be 1-100 letters, "
             "digits, '_' or '-'"
@@ -161,21 +193,34 @@ def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def check_arguments(definition: GraphDefinition, kwargs: dict[str, Any]) -> None:
-    """The start node must accept every keyword and get every required one."""
+def check_arguments(
+    definition: GraphDefinition, kwargs: dict[str, Any], checker: ArgumentChecker | None = None
+) -> None:
+    """The start node must accept every keyword and get every required one, each of the type
+    its annotation says (with a ``checker``)."""
     problem = definition.argument_problems(kwargs)
+    if problem is None and checker is not None:
+        problem = checker.problems(definition, kwargs)
     if problem is not None:
         raise BadRequest(problem)
 
 
 def invocation_payload(
-    definition: GraphDefinition, body: bytes, content_type: str | None, encoded: bool
+    definition: GraphDefinition,
+    body: bytes,
+    content_type: str | None,
+    encoded: bool,
+    *,
+    checker: ArgumentChecker | None = None,
+    may_pickle: bool = True,
 ) -> Payload:
     """The invocation's input payload from a request body.
 
     Plain bodies are a JSON object of keyword arguments. With ``X-Indexify-Encoded: 1`` the
     body is the data of an SDK-encoded payload of ``content_type`` (JSON or cloudpickle);
-    only JSON arguments can be checked here (a pickle is never loaded by the API).
+    only JSON arguments can be checked here (a pickle is never loaded by the API), and a
+    pickle is accepted only when ``may_pickle`` (the caller's key may deploy code: an executor
+    unpickling it runs whatever it says).
     """
     media = (content_type or JSON).split(";", 1)[0].strip().lower() or JSON
     if encoded:
@@ -184,8 +229,14 @@ def invocation_payload(
                 f"X-Indexify-Encoded bodies must have Content-Type {' or '.join(CONTENT_TYPES)}, "
                 f"got {media!r}"
             )
+        if media != JSON and not may_pickle:
+            raise Forbidden(
+                "pickled arguments run code on the executors, so they need a key with the "
+                "`deploy` role; send the arguments as JSON (plain data and pydantic models, "
+                "as the SDK does when the start function's annotations allow it)"
+            )
         if media == JSON:
-            check_arguments(definition, parse_json_object(body, "the encoded arguments"))
+            check_arguments(definition, parse_json_object(body, "the encoded arguments"), checker)
         elif not body:
             raise BadRequest("the encoded arguments are empty; send `encode(kwargs).data`")
         return Payload(content_type=media, data=body)
@@ -195,7 +246,7 @@ def invocation_payload(
             f"({JSON}), or an SDK-encoded payload with the header X-Indexify-Encoded: 1"
         )
     kwargs = parse_json_object(body, "the request body")
-    check_arguments(definition, kwargs)
+    check_arguments(definition, kwargs, checker)
     return encode(kwargs)
 
 
@@ -217,7 +268,7 @@ def parse_scan_cursor(value: str | None, param: str, returned_as: str) -> int:
     """A cursor over task records (empty or absent: the start)."""
     if not value:
         return 0
-    if not _SCAN_CURSOR.match(value) or int(value) >= _MAX_SCAN_CURSOR:
+    if not _SCAN_CURSOR.fullmatch(value) or int(value) >= _MAX_SCAN_CURSOR:
         raise _bad_cursor(param, value, returned_as)
     return int(value)
 
@@ -231,7 +282,7 @@ def parse_outputs_cursor(value: str | None, param: str = "cursor") -> tuple[int,
     """``(entry of the output index, values of that entry already listed)``."""
     if not value:
         return 0, 0
-    match = _OUTPUTS_CURSOR.match(value)
+    match = _OUTPUTS_CURSOR.fullmatch(value)
     if match is None:
         raise _bad_cursor(param, value, "next_cursor")
     return int(match[1]), int(match[2])

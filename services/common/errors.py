@@ -63,5 +63,9 @@ class BadRequest(ServiceError):
     """The input is invalid; the message says what to fix."""
 
 
+class Forbidden(ServiceError):
+    """The caller's key may not do this here; the message names what it would need."""
+
+
 class PayloadTooLarge(ServiceError):
     """A value or message is over a configured size limit."""

@@ -37,6 +37,9 @@ class GraphRecord(BaseModel):
     created_at: float
     definition: GraphDefinition
     code_key: str
+    code_sha256: str = ""
+    """SHA-256 of the code as uploaded: a version's code never changes (empty: recorded
+    before versions were immutable)."""
 
 
 class GraphRepository(RedisRepository):
@@ -62,20 +65,43 @@ class GraphRepository(RedisRepository):
         return bool(await self._call(self._redis.sismember(self.names.namespaces_key, namespace)))
 
     async def put_graph(self, record: GraphRecord) -> tuple[GraphRecord, bool]:
-        """Store a graph; an unchanged version keeps its record. Returns (current, is_new)."""
+        """Store a graph version and make it current; an unchanged version keeps its record.
+        Returns (current, is_new)."""
         current = await self.get_graph(record.namespace, record.name)
         if current is not None and current.version == record.version:
             return current, False
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self.names.graphs_key(record.namespace), record.name, record.model_dump_json())
-        pipe.hset(
-            self.names.graph_versions_key(record.namespace, record.name),
-            record.version,
-            record.model_dump_json(),
+        await self._set_current(record, record.model_dump_json())
+        return record, True
+
+    async def add_version(self, record: GraphRecord) -> tuple[GraphRecord, bool]:
+        """Record a new version (not yet current) unless it exists: versions are immutable,
+        so of two uploads of one version the first wins. Returns (stored, is_new)."""
+        added = await self._call(
+            self._redis.hsetnx(
+                self.names.graph_versions_key(record.namespace, record.name),
+                record.version,
+                record.model_dump_json(),
+            )
         )
+        if added:
+            return record, True
+        stored = await self.get_graph_version(record.namespace, record.name, record.version)
+        return (stored or record), False
+
+    async def make_current(self, record: GraphRecord) -> bool:
+        """Make a recorded version the graph's current one; False if it already was."""
+        current = await self.get_graph(record.namespace, record.name)
+        if current is not None and current.version == record.version:
+            return False
+        await self._set_current(record, record.model_dump_json())
+        return True
+
+    async def _set_current(self, record: GraphRecord, raw: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self.names.graphs_key(record.namespace), record.name, raw)
+        pipe.hset(self.names.graph_versions_key(record.namespace, record.name), record.version, raw)
         pipe.incr(self.names.graphs_epoch_key)
         await self._call(pipe.execute())
-        return record, True
 
     async def get_graph(self, namespace: str, name: str) -> GraphRecord | None:
         raw = await self._call(self._redis.hget(self.names.graphs_key(namespace), name))

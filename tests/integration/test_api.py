@@ -142,13 +142,11 @@ async def running_api(
 
 @pytest.fixture
 async def api(
-    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore, store: StateStore
 ) -> AsyncIterator[Api]:
-    try:
-        async with running_api(infra_settings) as api:
-            yield api
-    finally:
-        await _drop_keys(infra_settings)
+    """The app on this test's prefix; ``store`` deletes its keys afterwards."""
+    async with running_api(infra_settings) as api:
+        yield api
 
 
 async def consume_events(
@@ -266,6 +264,26 @@ async def test_register_keeps_version_and_changed_graph_gets_a_new_one(api: Api)
     await eventually(topics_listed)
 
 
+async def test_a_version_is_computed_from_content_and_its_code_never_changes(api: Api) -> None:
+    url = "/namespaces/default/compute_graphs"
+    first = await api.register(graph_v1())
+    await api.register(graph_v2())
+    body = upload(graph_v1())
+
+    claimed = {**body, "definition": {**body["definition"], "version": "v1"}}
+    assert_error(await api.client.post(url, json=claimed), 400, "computed", first["version"])
+
+    other_code = {**body, "code": upload(graph_v2())["code"]}
+    assert_error(await api.client.post(url, json=other_code), 409, "never changes")
+    stored = await api.client.get(f"{url}/calc/code", params={"version": first["version"]})
+    assert Graph.deserialize(stored.content).version == first["version"]  # not overwritten
+
+    # Without code, a recorded version becomes current again (what the SDK does after a 409).
+    again = await api.client.post(url, json={"definition": body["definition"]})
+    assert again.status_code == 200 and again.json()["created"] is False, again.text
+    assert (await api.client.get(f"{url}/calc")).json()["version"] == first["version"]
+
+
 async def test_register_rejects_bad_definitions_and_code(api: Api) -> None:
     good = upload(graph_v1())
     definition = good["definition"]
@@ -282,9 +300,19 @@ async def test_register_rejects_bad_definitions_and_code(api: Api) -> None:
         (with_definition(edges={"start": ["ghost"]}), 400, "ghost"),
         (with_definition(edges={"square": ["start"], "start": ["square"]}), 400, "cycle"),
         (with_definition(name="bad name"), 400, "bad name"),
+        (
+            with_definition(
+                nodes={
+                    **definition["nodes"],
+                    "start": {**definition["nodes"]["start"], "timeout_sec": -5},
+                }
+            ),
+            400,
+            "timeout_sec",
+        ),
         ({"definition": definition, "code": "not base64!"}, 400, "base64"),
         ({"definition": definition, "code": ""}, 400, "empty"),
-        ({"definition": definition}, 422, "code"),
+        ({"definition": definition}, 400, "code"),
     ]
     for body, status, word in cases:
         assert_error(await api.client.post(url, json=body), status, word)
@@ -367,9 +395,11 @@ async def test_rejected_invokes_publish_nothing(api: Api) -> None:
     post = api.client.post
     assert_error(await post(url, json={"n": 1, "bogus": 2}), 400, "bogus")
     assert_error(await post(url, json={"label": "y"}), 400, "'n'")
+    assert_error(await post(url, json={"n": "abc"}), 400, "n:", "'integer'")  # not "abcabc"
+    assert_error(await post(url, json={"n": [1, 2]}), 400, "n:", "'integer'")
     assert_error(await post(url, json=[1, 2]), 400, "object")
     assert_error(await post(url, content=b"{nope", headers={"content-type": JSON}), 400, "JSON")
-    assert_error(await post(url, content=b"n=1", headers={"content-type": "text/plain"}), 400)
+    assert_error(await post(url, content=b"n=1", headers={"content-type": "text/plain"}), 415)
     encoded_bad = await post(
         url, content=b'{"zzz": 1}', headers={"content-type": JSON, "X-Indexify-Encoded": "1"}
     )

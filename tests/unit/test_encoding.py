@@ -10,7 +10,16 @@ import pytest
 from pydantic import BaseModel
 
 from indexify import EncodingError
-from indexify.encoding import JSON, PICKLE, Payload, coerce, decode, element_hint, encode
+from indexify.encoding import (
+    JSON,
+    PICKLE,
+    Payload,
+    coerce,
+    decode,
+    element_hint,
+    encode,
+    encode_arguments,
+)
 
 
 class Item(BaseModel):
@@ -161,3 +170,45 @@ def test_payload_length_is_its_size_in_bytes() -> None:
 )
 def test_element_hint_is_the_type_of_one_output(return_hint: Any, expected: Any) -> None:
     assert element_hint(return_hint) == expected
+
+
+# -- invocation arguments -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "hints"),
+    [
+        ({"a": 1, "s": "x", "f": 2.5, "none": None}, None),
+        ({"item": Item(name="pen", price=2.0)}, {"item": Item}),
+        ({"item": Item(name="pen")}, None),  # typed by its own class
+        ({"items": [Item(name="a"), Item(name="b")]}, None),  # as list[Item]
+        ({"pair": (1, "a")}, {"pair": tuple[int, str]}),
+        ({"by_name": {"a": Item(name="a")}}, {"by_name": dict[str, Item]}),
+    ],
+)
+def test_arguments_that_json_carries_travel_as_json(
+    kwargs: dict[str, Any], hints: dict[str, Any] | None
+) -> None:
+    payload = encode_arguments(kwargs, hints)
+    assert payload.content_type == JSON
+    raw = json.loads(payload.data)
+    declared = {"items": list[Item], **(hints or {})}  # what the start function would say
+    assert {k: coerce(v, declared.get(k, type(kwargs[k]))) for k, v in raw.items()} == kwargs
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "hints"),
+    [
+        ({"z": complex(1, 2)}, None),
+        ({"thing": Opaque(3)}, None),
+        ({"item": Item(name="pen")}, {"item": None}),  # unannotated: the object itself
+        ({"n": 1, "x": math.inf}, None),
+        ({"item": SpecialItem(name="a")}, {"item": Item}),  # a subclass JSON would lose
+    ],
+)
+def test_one_argument_json_cannot_carry_pickles_them_all(
+    kwargs: dict[str, Any], hints: dict[str, Any] | None
+) -> None:
+    payload = encode_arguments(kwargs, hints)
+    assert payload.content_type == PICKLE
+    assert decode(payload) == kwargs
