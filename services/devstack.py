@@ -23,9 +23,24 @@ from typing import IO
 
 import redis
 
+from indexify.credentials import forget_api_key
+from services.common.api_keys import provision_dev_key
 from services.common.blobs import BlobStore
 from services.common.kafka_bus import KafkaBus
+from services.common.logging import get_logger
 from services.common.settings import InfraSettings
+
+#: A supervised process that stays up this long has its crash count reset.
+STABLE_SEC = 60.0
+_FIRST_RESTART_SEC = 1.0
+_MAX_RESTART_SEC = 30.0
+_log = get_logger(__name__)
+
+
+def restart_delay(crashes: int) -> float:
+    """How long to wait before restarting a process that exited ``crashes`` times in a
+    row: 1 s doubling, at most 30 s."""
+    return float(min(_FIRST_RESTART_SEC * 2 ** max(crashes - 1, 0), _MAX_RESTART_SEC))
 
 
 def free_port() -> int:
@@ -64,10 +79,18 @@ class DevStack:
         self.env.setdefault("INDEXIFY_API_HOST", "127.0.0.1")
         self.log_dir = log_dir
         self.processes: dict[str, _Running] = {}
+        #: the stack's admin key (None with INDEXIFY_API_INSECURE_NO_AUTH): saved in the
+        #: credentials file for :attr:`url`, so clients of this stack need no configuration
+        self.api_key = provision_dev_key(self.env, self.url)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """Headers for a raw HTTP request to this stack's API."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def start(self, spec: ProcessSpec) -> None:
         previous = self.processes.get(spec.name)
@@ -119,19 +142,47 @@ class DevStack:
             time.sleep(0.1)
         raise TimeoutError(f"the API did not become healthy at {self.url} in {timeout} s")
 
-    def supervise(self, poll_sec: float = 0.2) -> tuple[str, int] | None:
-        """Run until SIGINT/SIGTERM (returns None) or until a process exits (its name, code)."""
+    def supervise(
+        self, poll_sec: float = 0.2, *, max_restarts: int | None = None
+    ) -> tuple[str, int] | None:
+        """Run until SIGINT/SIGTERM (returns None), restarting any process that exits, with
+        backoff (:func:`restart_delay`: a process that keeps crashing is restarted less and
+        less often; its count resets once it stays up :data:`STABLE_SEC`). Every exit and
+        restart is logged. With ``max_restarts``, a process that exited more often than
+        that in a row ends supervision instead: ``(its name, its exit code)``."""
         stop: list[int] = []
         previous = {
             sig: signal.signal(sig, lambda signum, _frame: stop.append(signum))
             for sig in (signal.SIGINT, signal.SIGTERM)
         }
+        crashes: dict[str, int] = {}
+        due: dict[str, float] = {}  # exited processes: when to start them again
+        started = {name: time.monotonic() for name in self.processes}
         try:
             while not stop:
+                now = time.monotonic()
                 for name, running in self.processes.items():
+                    if name in due:
+                        if now >= due[name]:
+                            del due[name]
+                            _log.info("restarting service", service=name, restarts=crashes[name])
+                            self.start(running.spec)
+                            started[name] = now
+                        continue
                     code = running.process.poll()
-                    if code is not None:
+                    if code is None:
+                        if now - started.get(name, now) >= STABLE_SEC:
+                            crashes.pop(name, None)
+                        continue
+                    crashes[name] = crashes.get(name, 0) + 1
+                    if max_restarts is not None and crashes[name] > max_restarts:
+                        _log.error("service keeps exiting; giving up", service=name, code=code)
                         return name, code
+                    delay = restart_delay(crashes[name])
+                    _log.warning(
+                        "service exited; restarting it", service=name, code=code, retry_in=delay
+                    )
+                    due[name] = now + delay
                 time.sleep(poll_sec)
             return None
         finally:
@@ -161,6 +212,8 @@ class DevStack:
                 os.killpg(running.process.pid, signal.SIGKILL)
                 running.process.wait(timeout=10)
             running.log.close()
+        if self.api_key is not None:
+            forget_api_key(self.url, self.api_key)
 
     def __enter__(self) -> DevStack:
         return self

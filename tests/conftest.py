@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -69,3 +69,17 @@ def cleanup() -> Callable[[str], None]:
     """``cleanup(prefix)`` removes a prefix's topics, Redis keys and objects: each test's
     stack uses a fresh prefix, and a long-lived dev broker slows down with every topic left."""
     return purge_prefix
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_credentials_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The dev stacks started by tests save their admin keys in a credentials file of this
+    session (the SDK finds them there), never in the user's own; a key in the caller's
+    environment would override them, so it is dropped."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("indexify-config") / "credentials.json"
+        patch.setenv("INDEXIFY_CREDENTIALS_FILE", str(path))
+        patch.delenv("INDEXIFY_API_KEY", raising=False)
+        patch.delenv("INDEXIFY_API_ADMIN_KEY_SHA256", raising=False)
+        patch.delenv("INDEXIFY_API_INSECURE_NO_AUTH", raising=False)
+        yield

@@ -6,6 +6,9 @@
     indexify-cli build-image FILE FUNCTION  the Dockerfile of a function's Image (and build it)
     indexify-cli topics list|describe|lag   topics, partitions, consumer lag
     indexify-cli deadletters [--replay]     messages that could not be processed
+    indexify-cli keys create|list|revoke    API keys (an admin key is needed)
+    indexify-cli keys generate              a first admin key for a deployment, with its hash
+    indexify-cli keys save KEY              store a key for a server in the credentials file
 
 Every command but ``build-image`` needs the server package (``pip install -e .`` from the
 repository) and, except ``api``/``scheduler``/``executor`` which wait for them, running Kafka,
@@ -30,11 +33,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .credentials import credentials_path, forget_api_key, save_api_key
 from .dev_server import infra_endpoints, unreachable
+from .keys_cli import add_key_commands
 
 __all__ = ["main"]
 
 _INSTALL_HINT = "install the server: pip install -e . from the repository"
+_INSECURE_HELP = "accept requests without an API key (local experiments only: logs a warning)"
 
 
 def _console() -> Console:
@@ -75,7 +81,8 @@ def cmd_server_dev_mode(args: argparse.Namespace) -> int:
     from services.devstack import DevStack
 
     host = os.environ.get("INDEXIFY_API_HOST", "127.0.0.1")
-    with DevStack(api_port=args.port) as stack:
+    env = {"INDEXIFY_API_INSECURE_NO_AUTH": "1"} if args.insecure_no_auth else None
+    with DevStack(env, api_port=args.port) as stack:
         try:
             stack.start_default(executors=args.executors, concurrency=args.concurrency)
         except (RuntimeError, TimeoutError) as exc:
@@ -87,7 +94,26 @@ def cmd_server_dev_mode(args: argparse.Namespace) -> int:
             f"{args.executors} executor(s) (Kafka {settings.kafka_bootstrap}, prefix "
             f"{settings.prefix!r}); Ctrl-C stops it"
         )
-        exited = stack.supervise()
+        if stack.api_key is not None:
+            if url != stack.url:
+                save_api_key(url, stack.api_key)
+            console.print(
+                f"Admin API key (all namespaces): [bold]{stack.api_key}[/]\n"
+                f"saved for {url} in {credentials_path()}, where the SDK and indexify-cli "
+                "find it; other clients send it as `Authorization: Bearer <key>`"
+            )
+        elif stack.env.get("INDEXIFY_API_ADMIN_KEY_SHA256"):
+            console.print("API keys: the admin key is the one INDEXIFY_API_ADMIN_KEY_SHA256 names")
+        else:
+            _err().print(
+                "[bold red]WARNING: --insecure-no-auth: the API accepts every request without "
+                "a key, as an admin; anyone who reaches the port can run code on this machine"
+            )
+        try:
+            exited = stack.supervise()
+        finally:
+            if stack.api_key is not None and url != stack.url:
+                forget_api_key(url, stack.api_key)
     if exited is not None:
         name, code = exited
         _err().print(f"[red]{name} exited with code {code}; stopped the rest")
@@ -106,7 +132,9 @@ def _exec_module(module: str, args: list[str], env: dict[str, str] | None = None
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    env = {"INDEXIFY_API_PORT": str(args.port)} if args.port else None
+    env = {"INDEXIFY_API_PORT": str(args.port)} if args.port else {}
+    if args.insecure_no_auth:
+        env["INDEXIFY_API_INSECURE_NO_AUTH"] = "1"
     return _exec_module("services.api", args.rest, env)
 
 
@@ -300,10 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=int(os.environ.get("INDEXIFY_API_PORT", 8900)))
     dev.add_argument("--executors", type=int, default=1)
     dev.add_argument("--concurrency", type=int, default=2, help="tasks at once per executor")
+    dev.add_argument("--insecure-no-auth", action="store_true", help=_INSECURE_HELP)
     dev.set_defaults(handler=cmd_server_dev_mode, needs_server=True)
 
     api = sub.add_parser("api", help="run the API service")
     api.add_argument("--port", type=int, default=None)
+    api.add_argument("--insecure-no-auth", action="store_true", help=_INSECURE_HELP)
     api.set_defaults(handler=cmd_api, needs_server=True)
     scheduler = sub.add_parser("scheduler", help="run one scheduler")
     scheduler.set_defaults(handler=cmd_scheduler, needs_server=True)
@@ -337,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=20, help="last N per partition")
     dead.add_argument("--replay", action="store_true", help="publish them to their topics again")
     dead.set_defaults(handler=cmd_deadletters, needs_server=True)
+    add_key_commands(sub)
     return parser
 
 

@@ -23,7 +23,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .client import DEFAULT_NAMESPACE, DEFAULT_SERVICE_URL, IndexifyClient
-from .encoding import JSON, Payload, coerce, decode, encode
+from .credentials import resolve_api_key
+from .encoding import JSON, Payload, coerce, decode, element_hint, encode_arguments
 from .engine import TERMINAL_STATUSES
 from .errors import (
     ApiError,
@@ -44,7 +45,6 @@ from .http import (
     request_path,
 )
 from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs
-from .runtime import FunctionRunner
 
 __all__ = ["RemoteClient", "RemoteInvalidInputError", "RemoteNotFoundError"]
 
@@ -78,6 +78,9 @@ class _Registered:
 class RemoteClient(IndexifyClient):
     """Talks to an Indexify server at ``service_url``; one namespace per client.
 
+    ``api_key`` is sent as ``Authorization: Bearer <key>``; without it the client uses
+    ``$INDEXIFY_API_KEY``, else the credentials file's key for ``service_url`` (which
+    ``indexify-cli server-dev-mode`` writes; see :mod:`indexify.credentials`).
     ``timeout`` bounds each HTTP request; ``wait_timeout`` bounds how long
     ``graph_outputs`` and ``invoke_graph_with_object(block_until_done=True)`` wait for an
     invocation to finish. Thread-safe: one client may serve many threads.
@@ -92,16 +95,19 @@ class RemoteClient(IndexifyClient):
         wait_timeout: float = 300.0,
         transport: Transport | None = None,
         headers: dict[str, str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.namespace = check_name(namespace, "namespace")
         self.service_url = service_url.rstrip("/")
         self.timeout = timeout
         self.wait_timeout = wait_timeout
         self._headers = dict(headers or {})
+        key = resolve_api_key(self.service_url, api_key)
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
         self._transport: Transport = transport or ConnectionPool(self.service_url)
         self._lock = threading.Lock()
         self._registered: dict[str, _Registered] = {}
-        self._runners: dict[tuple[str, str], FunctionRunner | None] = {}
         self._namespace_ready = namespace == DEFAULT_NAMESPACE
 
     def __repr__(self) -> str:
@@ -173,7 +179,13 @@ class RemoteClient(IndexifyClient):
     def _ensure_namespace(self) -> None:
         if self._namespace_ready:
             return
-        self.create_namespace(self.namespace)
+        try:
+            self.create_namespace(self.namespace)
+        except ApiError as exc:
+            # A key that is not an admin's may not create namespaces: an admin made this
+            # one with the key (a missing one is reported by the call that needs it).
+            if exc.status_code != 403:
+                raise
         self._namespace_ready = True
 
     def namespaces(self) -> list[str]:
@@ -198,7 +210,17 @@ class RemoteClient(IndexifyClient):
             "definition": definition.model_dump(mode="json"),
             "code": base64.b64encode(code).decode("ascii"),
         }
-        info = _model(GraphInfo, self._json("POST", self._path("compute_graphs"), json=body))
+        try:
+            reply = self._json("POST", self._path("compute_graphs"), json=body)
+        except ApiError as exc:
+            if exc.status_code != 409:
+                raise
+            # This version is recorded with code pickled in another process (pickles of the
+            # same code differ between processes) and a version's code never changes: make
+            # the recorded code current instead.
+            del body["code"]
+            reply = self._json("POST", self._path("compute_graphs"), json=body)
+        info = _model(GraphInfo, reply)
         with self._lock:
             self._registered[graph.name] = _Registered(version=info.version, graph=graph)
         return info
@@ -214,15 +236,13 @@ class RemoteClient(IndexifyClient):
         self._request("DELETE", self._graph_path(name))
         with self._lock:
             self._registered.pop(name, None)
-            for key in [k for k in self._runners if k[0] == name]:
-                del self._runners[key]
 
     # -- invocations ------------------------------------------------------------------------
 
     def invoke_graph_with_object(
         self, graph: str, block_until_done: bool = False, **kwargs: Any
     ) -> str:
-        payload = encode(kwargs)
+        payload = encode_arguments(kwargs, self._start_hints(graph))
         path = self._graph_path(graph, "invoke_object")
         headers = {"Content-Type": payload.content_type, ENCODED_HEADER: "1"}
         if not block_until_done:
@@ -243,6 +263,14 @@ class RemoteClient(IndexifyClient):
         if accepted.get("status") not in TERMINAL_STATUSES:
             self._wait(graph, invocation_id, self.wait_timeout, limit=0)
         return invocation_id
+
+    def _start_hints(self, graph: str) -> dict[str, Any] | None:
+        """The start function's parameter annotations, if this client registered the graph."""
+        with self._lock:
+            local = self._registered.get(graph)
+        if local is None:
+            return None
+        return local.graph.parameter_hints(local.graph.start_node)
 
     def invocation_status(self, graph: str, invocation_id: str) -> InvocationInfo:
         """The status, task counts and the first page of the tasks (``next_tasks_cursor`` is
@@ -333,11 +361,9 @@ class RemoteClient(IndexifyClient):
         path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "outputs")
         params = {"limit": str(_OUTPUTS_PAGE)}
         body = self._json("GET", path, params=params)
-        version: str | None = None
         if body.get("status") not in TERMINAL_STATUSES:
             # the in-process client's outputs are always final: wait for the same here
-            info = self._wait(graph, invocation_id, self.wait_timeout, limit=0)
-            version = info.graph_version
+            self._wait(graph, invocation_id, self.wait_timeout, limit=0)
             body = self._json("GET", path, params=params)
         error = body.get("error")
         if error:
@@ -359,19 +385,15 @@ class RemoteClient(IndexifyClient):
             Payload(content_type=item["content_type"], data=base64.b64decode(item["data"]))
             for item in items
         ]
-        return self._decode_outputs(graph, invocation_id, fn_name, payloads, version)
+        return self._decode_outputs(graph, fn_name, payloads)
 
-    def _decode_outputs(
-        self,
-        graph: str,
-        invocation_id: str,
-        fn_name: str,
-        payloads: list[Payload],
-        version: str | None,
-    ) -> list[Any]:
+    def _decode_outputs(self, graph: str, fn_name: str, payloads: list[Payload]) -> list[Any]:
+        """Outputs as values. JSON is typed with the caller's own classes (the return
+        annotation of ``fn_name`` in the graph this client registered, or else in the graph of
+        that name built in this process), or left as plain data: the client never loads a
+        graph's code from the server to read its outputs."""
         values: list[Any] = []
-        runner: FunctionRunner | None = None
-        runner_loaded = False
+        hint: Any = None
         for payload in payloads:
             if payload.content_type != JSON:
                 values.append(decode(payload))  # pickles carry their own type
@@ -383,44 +405,18 @@ class RemoteClient(IndexifyClient):
             if type(raw) in _PRIMITIVES:  # typed decoding leaves these as they are
                 values.append(raw)
                 continue
-            if not runner_loaded:
-                if version is None:
-                    version = self.invocation_status(graph, invocation_id).graph_version
-                runner = self._runner(graph, version)
-                runner_loaded = True
-            values.append(coerce(raw, runner.output_hint(fn_name)) if runner else raw)
+            if hint is None:
+                hint = self._output_hint(graph, fn_name)
+            values.append(coerce(raw, hint))
         return values
 
-    def _runner(self, graph: str, version: str) -> FunctionRunner | None:
-        """A runner of one version of the graph (None: its code does not load here)."""
-        key = (graph, version)
+    def _output_hint(self, graph: str, fn_name: str) -> Any:
         with self._lock:
-            if key in self._runners:
-                return self._runners[key]
-            local = self._registered.get(graph)
-        runner: FunctionRunner | None = None
-        if local is not None and local.version == version:
-            runner = FunctionRunner(local.graph)
-        else:
-            runner = self._download_runner(graph, version)
-        with self._lock:
-            self._runners[key] = runner
-        return runner
-
-    def _download_runner(self, graph: str, version: str) -> FunctionRunner | None:
-        code = self._request(
-            "GET", self._graph_path(graph, "code"), params={"version": version}
-        ).content
-        try:
-            return FunctionRunner(Graph.deserialize(code))
-        except Exception as exc:  # user code may not unpickle here: fall back to plain values
-            logger.warning(
-                "cannot load the code of graph %r version %s (%r); outputs decode untyped",
-                graph,
-                version,
-                exc,
-            )
-            return None
+            registered = self._registered.get(graph)
+        local = registered.graph if registered is not None else Graph.built_here(graph)
+        if local is None or fn_name not in local.nodes:
+            return Any
+        return element_hint(local.return_hint(fn_name))
 
     def logs(self, graph: str, invocation_id: str, fn_name: str) -> list[TaskLogs]:
         path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "logs")

@@ -14,9 +14,10 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 
+from services.common.api_keys import ApiKeyStore, Role
 from services.common.blobs import BlobStore
 from services.common.errors import PlatformUnavailable
 from services.common.kafka_bus import KafkaBus
@@ -24,13 +25,15 @@ from services.common.logging import get_logger
 from services.common.settings import ApiSettings, InfraSettings
 from services.common.state_store import StateStore
 
-from . import routes_graphs, routes_invocations, ui
+from . import routes_graphs, routes_invocations, routes_keys, ui
+from .auth import AUTH_RESPONSES, Authenticator, Requires
 from .errors import install_error_handlers
-from .limits import BodyLimitMiddleware
+from .limits import BodyLimitMiddleware, RequestGuardMiddleware
 from .progress_hub import ProgressHub
 from .routes_graphs import Service
 from .schemas import ExecutorList, Health
 from .service import ApiService
+from .validation import valid_path_ids
 
 __all__ = ["create_app"]
 
@@ -80,12 +83,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.service = await _open_with_retry(stack, infra, startup_timeout_sec)
+            service = await _open_with_retry(stack, infra, startup_timeout_sec)
+            app.state.service = service
+            app.state.authenticator = Authenticator(
+                api_settings, ApiKeyStore(service.store.redis, service.names)
+            )
             _log.info(
                 "api ready",
                 prefix=infra.prefix,
                 kafka=infra.kafka_bootstrap,
-                redis=infra.redis_url,
+                redis=infra.redis_url_redacted,
                 minio=infra.minio_endpoint,
             )
             yield
@@ -96,12 +103,31 @@ def create_app(
         summary="Register compute graphs, invoke them, follow their progress, read outputs.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(valid_path_ids)],  # ids checked before any key is built (400)
     )
     app.state.api_settings = api_settings
+    if not api_settings.insecure_no_auth and not api_settings.admin_key_sha256:
+        _log.info(
+            "only API keys stored in Redis are accepted (no INDEXIFY_API_ADMIN_KEY_SHA256); "
+            "`indexify-cli keys generate` makes a first admin key"
+        )
+    if api_settings.insecure_no_auth:
+        _log.warning(
+            "INSECURE: --insecure-no-auth is set; every request is accepted WITHOUT an API key, "
+            "as an admin of every namespace: anyone who reaches this port can run code on the "
+            "executors. Use it only for local experiments on loopback."
+        )
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_json_depth=api_settings.max_json_depth,
+        body_timeout_sec=api_settings.body_timeout_sec,
+        allowed_origins=api_settings.allowed_origins,
+    )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=api_settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(routes_graphs.router)
     app.include_router(routes_invocations.router)
+    app.include_router(routes_keys.router)
     app.include_router(ui.router)
 
     @app.get("/health", tags=["platform"], responses={503: {"model": Health}})
@@ -111,7 +137,12 @@ def create_app(
         status = 200 if report.status == "ok" else 503
         return JSONResponse(report.model_dump(), status_code=status)
 
-    @app.get("/internal/executors", tags=["platform"])
+    @app.get(
+        "/internal/executors",
+        tags=["platform"],
+        responses=AUTH_RESPONSES,
+        dependencies=[Depends(Requires(Role.admin, scope="global"))],
+    )
     async def executors(service: Service) -> ExecutorList:
         """Executors that sent a heartbeat recently, with their labels and load."""
         return ExecutorList(executors=await service.store.registry.executors())

@@ -9,6 +9,9 @@
 other :class:`ServiceError`    502     a backend refused the request
 request body/params invalid    422     FastAPI validation, flattened into ``detail``
 =============================  ======  =========================================
+
+The OpenAPI document declares that body (:class:`.schemas.ErrorBody`) for every error status
+of every route (:func:`document_errors`), so what is documented is what is sent.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from fastapi.responses import JSONResponse
 from services.common.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     NotFound,
     PayloadTooLarge,
     PlatformUnavailable,
@@ -34,14 +38,29 @@ from .schemas import ErrorBody
 
 _log = get_logger(__name__)
 
-#: For the OpenAPI document: the error answers every route may give.
+_ERROR_DESCRIPTIONS = {
+    400: "invalid input (an id, the JSON, the definition, the arguments): `detail` says what",
+    401: "no API key, or an invalid one",
+    403: "the key's namespace or role does not allow this, or a cross-origin browser request",
+    404: "no such namespace, graph, invocation, task or output",
+    408: "the request body stalled",
+    409: "it exists already, or changed meanwhile",
+    413: "the request body is over the size limit",
+    415: "a body without a JSON (or SDK payload) Content-Type",
+    422: "a parameter or field of the wrong type; `errors` lists them",
+    503: "Kafka, Redis or MinIO is not answering: retry later",
+}
+
+#: For the OpenAPI document: the error answers every route may give (all ``ErrorBody``).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 404, 413, 503)
+    status: {"model": ErrorBody, "description": text}
+    for status, text in _ERROR_DESCRIPTIONS.items()
 }
 
 _STATUS: tuple[tuple[type[ServiceError], int], ...] = (
     (NotFound, 404),
     (BadRequest, 400),
+    (Forbidden, 403),
     (Conflict, 409),
     (PayloadTooLarge, 413),
     (PlatformUnavailable, 503),
@@ -89,6 +108,38 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Map errors to JSON answers, and declare those answers on every route of the OpenAPI
+    document (:func:`document_errors`)."""
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def document_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with :data:`ERROR_RESPONSES` on every operation: what a route declares
+    itself stays, except FastAPI's own 422 body (a list ``detail``), which this API never
+    sends (see :func:`_validation_error`)."""
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status, text in _ERROR_DESCRIPTIONS.items():
+                if str(status) in responses and status != 422:
+                    continue
+                responses[str(status)] = {
+                    "description": text,
+                    "content": {"application/json": {"schema": ref}},
+                }
+    return document

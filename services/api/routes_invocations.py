@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from indexify.models import InvocationInfo
+from services.common.api_keys import Role
 from services.common.settings import ApiSettings
 
 from . import outputs
+from .auth import AUTH_RESPONSES, Requires, has_role
 from .errors import ERROR_RESPONSES
 from .routes_graphs import Service
 from .schemas import (
@@ -25,7 +27,10 @@ from .schemas import (
 from .service import MAX_TASKS_PAGE, TASKS_PAGE
 from .sse import invoke_streaming, wait_until_terminal
 
-router = APIRouter(responses=ERROR_RESPONSES, tags=["invocations"])
+router = APIRouter(responses={**ERROR_RESPONSES, **AUTH_RESPONSES}, tags=["invocations"])
+
+_READ = [Depends(Requires(Role.read))]
+_INVOKE = [Depends(Requires(Role.invoke))]
 
 _GRAPH = "/namespaces/{namespace}/compute_graphs/{graph}"
 _INVOCATION = _GRAPH + "/invocations/{invocation_id}"
@@ -72,6 +77,7 @@ _PageCursor = Annotated[
         }
     },
     response_model=InvocationAccepted,
+    dependencies=_INVOKE,
 )
 async def invoke(
     namespace: str,
@@ -95,12 +101,22 @@ async def invoke(
     body = await _read_body(request)
     content_type = request.headers.get("content-type")
     is_encoded = (encoded or "").strip().lower() in _TRUE
+    may_pickle = has_role(request, Role.deploy)  # a pickle runs code where it is loaded
     if block_until_finish:
         settings: ApiSettings = request.app.state.api_settings
         return await invoke_streaming(
-            service, namespace, graph, body, content_type, is_encoded, settings.sse_keepalive_sec
+            service,
+            namespace,
+            graph,
+            body,
+            content_type,
+            is_encoded,
+            settings.sse_keepalive_sec,
+            may_pickle=may_pickle,
         )
-    invocation_id = await service.invoke(namespace, graph, body, content_type, is_encoded)
+    invocation_id = await service.invoke(
+        namespace, graph, body, content_type, is_encoded, may_pickle=may_pickle
+    )
     if wait_sec <= 0:
         return InvocationAccepted(id=invocation_id)
     await wait_until_terminal(service, invocation_id, wait_sec)
@@ -108,7 +124,7 @@ async def invoke(
     return InvocationAccepted(id=invocation_id, status=status)
 
 
-@router.get(_GRAPH + "/invocations")
+@router.get(_GRAPH + "/invocations", dependencies=_READ)
 async def list_invocations(
     namespace: str,
     graph: str,
@@ -119,7 +135,7 @@ async def list_invocations(
     return InvocationList(invocations=await service.invocations(namespace, graph, limit))
 
 
-@router.get(_INVOCATION, response_model=InvocationInfo)
+@router.get(_INVOCATION, response_model=InvocationInfo, dependencies=_READ)
 async def get_invocation(
     namespace: str,
     graph: str,
@@ -157,7 +173,7 @@ async def get_invocation(
     return Response(info.model_dump_json(), media_type="application/json")
 
 
-@router.delete(_INVOCATION)
+@router.delete(_INVOCATION, dependencies=_INVOKE)
 async def delete_invocation(
     namespace: str, graph: str, invocation_id: str, service: Service
 ) -> InvocationDeleted:
@@ -165,7 +181,7 @@ async def delete_invocation(
     return InvocationDeleted(id=invocation_id)
 
 
-@router.post(_INVOCATION + "/cancel", status_code=202)
+@router.post(_INVOCATION + "/cancel", status_code=202, dependencies=_INVOKE)
 async def cancel_invocation(
     namespace: str, graph: str, invocation_id: str, service: Service
 ) -> CancelRequested:
@@ -174,7 +190,7 @@ async def cancel_invocation(
     return CancelRequested(id=invocation_id, status=status, requested=requested)
 
 
-@router.post(_INVOCATION + "/rerun")
+@router.post(_INVOCATION + "/rerun", dependencies=_INVOKE)
 async def rerun_invocation(
     namespace: str, graph: str, invocation_id: str, service: Service
 ) -> InvocationAccepted:
@@ -182,13 +198,13 @@ async def rerun_invocation(
     return InvocationAccepted(id=await service.rerun_invocation(namespace, graph, invocation_id))
 
 
-@router.post(_GRAPH + "/rerun")
+@router.post(_GRAPH + "/rerun", dependencies=_INVOKE)
 async def rerun_graph(namespace: str, graph: str, service: Service) -> RerunAll:
     """Replay every invocation of the graph on its current version (a backfill)."""
     return RerunAll(invocations=await service.rerun_graph(namespace, graph))
 
 
-@router.get(_INVOCATION + "/outputs")
+@router.get(_INVOCATION + "/outputs", dependencies=_READ)
 async def output_counts(
     namespace: str, graph: str, invocation_id: str, service: Service
 ) -> OutputCounts:
@@ -196,7 +212,7 @@ async def output_counts(
     return await outputs.output_counts(service, namespace, graph, invocation_id)
 
 
-@router.get(_INVOCATION + "/fn/{function}/outputs")
+@router.get(_INVOCATION + "/fn/{function}/outputs", dependencies=_READ)
 async def function_outputs(
     namespace: str,
     graph: str,
@@ -221,6 +237,7 @@ async def function_outputs(
     _INVOCATION + "/fn/{function}/output/{task_id}/{index}",
     response_class=Response,
     responses={200: {"content": {"application/json": {}, "application/x-cloudpickle": {}}}},
+    dependencies=_READ,
 )
 async def raw_output(
     namespace: str,
@@ -238,7 +255,7 @@ async def raw_output(
     return Response(content=payload.data, media_type=payload.content_type)
 
 
-@router.get(_INVOCATION + "/fn/{function}/logs")
+@router.get(_INVOCATION + "/fn/{function}/logs", dependencies=_READ)
 async def task_logs(
     namespace: str,
     graph: str,

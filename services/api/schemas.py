@@ -22,9 +22,11 @@ class _Body(BaseModel):
 
 
 class ErrorBody(_Body):
-    """Every 4xx/5xx answer: ``detail`` says what went wrong and what to fix."""
+    """Every 4xx/5xx answer: ``detail`` says what went wrong and what to fix; a 422 also
+    lists the invalid fields in ``errors`` (each with ``loc``, ``msg`` and ``type``)."""
 
     detail: str
+    errors: list[dict[str, Any]] | None = None
 
 
 class NamespaceCreate(_Body):
@@ -45,7 +47,11 @@ class GraphUpload(_Body):
     ``Graph.serialize()`` (cloudpickle)."""
 
     definition: dict[str, Any]
-    code: str = Field(description="base64 of the graph's cloudpickled code")
+    code: str | None = Field(
+        default=None,
+        description="base64 of the graph's cloudpickled code; may be left out to make an "
+        "already recorded version current again",
+    )
 
 
 class GraphRegistered(GraphInfo):

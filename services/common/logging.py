@@ -8,18 +8,21 @@ object per line for machines; ``"console"`` renders aligned key=value text for p
 Libraries that log through stdlib ``logging`` (aiokafka, urllib3, uvicorn) go through the same
 renderer, so a process writes a single format. aiokafka is chatty at INFO (every rebalance,
 every coordinator lookup), so it is held at WARNING unless our own level is stricter.
+Credentials in URLs (``redis://:password@host``) are masked in every line
+(:func:`redact_credentials`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["LogFormat", "configure_logging", "get_logger"]
+__all__ = ["LogFormat", "configure_logging", "get_logger", "redact_credentials"]
 
 LogFormat = Literal["console", "json"]
 
@@ -36,6 +39,29 @@ class _AddService:
     def __call__(self, logger: WrappedLogger, method_name: str, event: EventDict) -> EventDict:
         event.setdefault("service", self.service)
         return event
+
+
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the secret of every URL's userinfo masked: ``redis://:pw@host`` ->
+    ``redis://:***@host``, ``s3://user:pw@host`` -> ``s3://user:***@host``,
+    ``http://token@host`` -> ``http://***@host``."""
+
+    def mask(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user + colon if colon else ''}***@"
+
+    return _USERINFO.sub(mask, text) if "@" in text else text
+
+
+def _redact(logger: WrappedLogger, method_name: str, event: EventDict) -> EventDict:
+    """Mask URL credentials in every string field of every line (backend URLs are logged)."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact_credentials(value)
+    return event
 
 
 class _OurHandler(logging.StreamHandler[TextIO]):
@@ -69,13 +95,13 @@ def configure_logging(level: str, fmt: LogFormat | str, service: str) -> None:
         tracebacks = structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
         )
-        final: list[Processor] = [tracebacks, renderer]
+        final: list[Processor] = [tracebacks, _redact, renderer]
     elif fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty(),
             exception_formatter=structlog.dev.plain_traceback,  # no locals (secrets), no rich
         )
-        final = [renderer]
+        final = [_redact, renderer]
     else:
         raise ValueError(f"unknown log format {fmt!r}; use 'console' or 'json'")
 

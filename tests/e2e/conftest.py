@@ -88,9 +88,11 @@ def _require_infra(_infra_up: None) -> None:
     """Checked once per session, applied to every end-to-end test."""
 
 
-def _executors(url: str) -> set[str]:
+def _executors(dev: DevStack) -> set[str]:
     try:
-        body = httpx.get(f"{url}/internal/executors", timeout=2).json()
+        body = httpx.get(
+            f"{dev.url}/internal/executors", headers=dev.auth_headers, timeout=2
+        ).json()
     except (httpx.HTTPError, ValueError):
         return set()
     return {e["id"] for e in body.get("executors", [])}
@@ -136,7 +138,7 @@ def stack(
         )
         dev.wait_healthy(timeout=60)
         wait_until(
-            lambda: _executors(dev.url) >= {CPU_EXECUTOR, GPU_EXECUTOR},
+            lambda: _executors(dev) >= {CPU_EXECUTOR, GPU_EXECUTOR},
             60,
             "both executors to send heartbeats",
         )

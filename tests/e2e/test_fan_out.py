@@ -8,6 +8,7 @@ names its executor). Nothing sleeps for a fixed time: every wait is on a conditi
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,7 +41,9 @@ def stack(
         dev.wait_healthy(timeout=60)
 
         def both_registered() -> bool:
-            body = httpx.get(f"{dev.url}/internal/executors", timeout=2).json()
+            body = httpx.get(
+                f"{dev.url}/internal/executors", headers=dev.auth_headers, timeout=2
+            ).json()
             return {e["id"] for e in body.get("executors", [])} >= set(EXECUTORS)
 
         await_condition(both_registered, 60, "both executors to send heartbeats")
@@ -163,9 +166,19 @@ def numbered(n: int, marks: str) -> list[dict[str, object]]:
     return [{"x": i, "marks": marks} for i in range(n)]
 
 
+@pytest.fixture
+def worker_writable() -> Iterator[Path]:
+    """A directory the executors' worker processes may write (they run as an unprivileged
+    user, which cannot enter pytest's private ``tmp_path``)."""
+    with tempfile.TemporaryDirectory(prefix="indexify-marks-") as directory:
+        Path(directory).chmod(0o777)
+        yield Path(directory)
+
+
 def test_a_failing_element_of_a_chunk_is_retried_alone(
-    client: IndexifyClient, tmp_path: Path
+    client: IndexifyClient, worker_writable: Path
 ) -> None:
+    tmp_path = worker_writable
     g = Graph(name="flaky_chunk", start_node=numbered)
     g.add_edge(numbered, flaky_square)
     g.add_edge(flaky_square, total)

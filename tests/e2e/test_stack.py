@@ -104,9 +104,11 @@ def test_map_of_1000_into_a_reducer_gives_the_exact_sum(
     assert client.invocation_status(readme, invocation_id).outputs["generate_sequence"] == 1000
 
 
-def test_a_client_that_did_not_register_decodes_with_the_servers_code(
+def test_a_client_that_did_not_register_decodes_with_the_callers_own_classes(
     stack: DevStack, client: IndexifyClient, readme: str
 ) -> None:
+    """``other`` registered nothing: the graph built in this process types the outputs
+    (never code downloaded from the server)."""
     invocation_id = client.invoke_graph_with_object(readme, a=4)  # returns at once
     with create_client(service_url=stack.url) as other:  # type: ignore[attr-defined]
         (total,) = other.graph_outputs(readme, invocation_id, "sum_all_numbers")
@@ -354,7 +356,10 @@ def test_invoke_and_wait_in_one_request(client: IndexifyClient, stack: DevStack)
     client.register_compute_graph(g)
     url = f"{stack.url}/namespaces/default/compute_graphs/chain3w/invoke_object?wait_sec=30"
     request = urllib.request.Request(
-        url, data=b'{"x": 1}', headers={"Content-Type": "application/json"}, method="POST"
+        url,
+        data=b'{"x": 1}',
+        headers={"Content-Type": "application/json", **stack.auth_headers},
+        method="POST",
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         answer = json.loads(response.read())

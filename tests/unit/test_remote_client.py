@@ -97,6 +97,17 @@ def status_body(status: str, version: str = "v1") -> dict[str, Any]:
     }
 
 
+def registered_body(graph: Graph, created: bool = True) -> dict[str, Any]:
+    definition = graph.definition().model_dump(mode="json")
+    return {
+        "namespace": "default",
+        "name": graph.name,
+        "version": graph.version,
+        "definition": definition,
+        "created": created,
+    }
+
+
 def outputs_body(
     status: str,
     *values: Any,
@@ -154,7 +165,7 @@ def test_sse_parser_handles_crlf_and_missing_space() -> None:
 # -- requests -------------------------------------------------------------------------------
 
 
-def test_invoke_sends_encoded_kwargs_with_its_content_type() -> None:
+def test_invoke_sends_kwargs_as_json_typed_by_their_values() -> None:
     seen: list[Seen] = []
 
     def handler(request: Seen) -> HttpResponse:
@@ -166,9 +177,22 @@ def test_invoke_sends_encoded_kwargs_with_its_content_type() -> None:
     (request,) = seen
     assert request.path == "/namespaces/default/compute_graphs/points/invoke_object"
     assert request.headers[ENCODED_HEADER.lower()] == "1"
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.content) == {"n": 3, "p": {"x": 1, "y": 2}}
+
+
+def test_invoke_pickles_only_what_json_cannot_carry() -> None:
+    seen: list[Seen] = []
+
+    def handler(request: Seen) -> HttpResponse:
+        seen.append(request)
+        return ok({"id": "inv1"})
+
+    client_for(handler).invoke_graph_with_object("points", n=3, z=complex(1, 2))
+    (request,) = seen
     assert request.headers["content-type"] == "application/x-cloudpickle"
     sent = Payload(content_type=request.headers["content-type"], data=request.content)
-    assert decode(sent) == {"n": 3, "p": Point(x=1, y=2)}
+    assert decode(sent) == {"n": 3, "z": complex(1, 2)}
 
 
 def test_register_creates_a_missing_namespace_and_strips_new_fields() -> None:
@@ -193,6 +217,22 @@ def test_register_creates_a_missing_namespace_and_strips_new_fields() -> None:
     info = client_for(handler, "team").register_compute_graph(graph)
     assert info.version == graph.version
     assert calls == [("POST", "/namespaces"), ("POST", "/namespaces/team/compute_graphs")]
+
+
+def test_register_makes_the_recorded_code_current_when_the_version_has_other_bytes() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: Seen) -> HttpResponse:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if "code" in body:  # pickled in another process: the server keeps its own bytes
+            return ok({"detail": "version ... is recorded with other code"}, 409)
+        return ok(registered_body(point_graph(), created=False))
+
+    info = client_for(handler).register_compute_graph(point_graph())
+    assert info.version == point_graph().version
+    assert ["code" in body for body in bodies] == [True, False]
+    assert bodies[0]["definition"] == bodies[1]["definition"]
 
 
 # -- blocking invocations -------------------------------------------------------------------
@@ -266,23 +306,25 @@ def test_outputs_decode_to_the_registered_functions_return_type() -> None:
     assert client.graph_outputs("points", "inv1", "make_point") == [Point(x=1, y=2)]
 
 
-def test_outputs_download_the_code_of_the_invocations_version() -> None:
-    graph = point_graph()
-    downloads: list[str] = []
+def test_outputs_are_typed_by_the_callers_graph_and_never_by_downloaded_code() -> None:
+    requests: list[str] = []
 
     def handler(request: Seen) -> HttpResponse:
-        path = request.path
-        if path.endswith("/code"):
-            downloads.append(request.params["version"])
-            return HttpResponse(200, {}, graph.serialize())
-        if path.endswith("/outputs"):
+        requests.append(request.path)
+        if request.path.endswith("/outputs"):
             return ok(outputs_body("succeeded", {"x": 1, "y": 2}))
+        if request.path.endswith("/compute_graphs"):
+            return ok(registered_body(point_graph()), 201)
         return ok(status_body("succeeded", "v7"))
 
     client = client_for(handler)
+    # A graph never built in this process: plain data, and its code is not fetched.
+    assert client.graph_outputs("elsewhere", "inv1", "make_point") == [{"x": 1, "y": 2}]
+    graph = point_graph()  # built here: the caller's own classes
     assert client.graph_outputs("points", "inv1", "make_point") == [Point(x=1, y=2)]
+    client.register_compute_graph(graph)
     assert client.graph_outputs("points", "inv1", "make_point") == [Point(x=1, y=2)]
-    assert downloads == ["v7"]
+    assert not [path for path in requests if path.endswith("/code")]
 
 
 def test_primitive_outputs_need_no_code() -> None:
