@@ -9,7 +9,6 @@ and implement ``run``; the class is instantiated once per worker process.
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, overload
@@ -17,28 +16,35 @@ from typing import Any, ClassVar, Literal, TypeVar, overload
 from pydantic import BaseModel
 
 from .errors import GraphValidationError
+from .graph_rules import (
+    Problem,
+    encoder_problem,
+    name_problem,
+    router_accumulates_problem,
+    timeout_problem,
+)
 from .image import Image
 from .placement import ConstraintsInput, normalize_constraints
 from .retry import RetryPolicy, as_policy
 
 SPEC_ATTRIBUTE = "__indexify_spec__"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
-ENCODERS = ("auto", "json", "cloudpickle")
 
 FunctionKind = Literal["function", "router"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def check_name(name: str, what: str) -> str:
-    """Names become part of Kafka topic names: only letters, digits, ``_`` and ``-``."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise GraphValidationError(
-            f"{what} name {name!r} cannot be used: names become part of Kafka topic names, so "
-            "use 1-100 letters, digits, '_' or '-' (e.g. 'sum_numbers')",
-            function=name if what == "function" else None,
-            parameter="name",
-        )
+    """``name`` if it follows the name rule (:func:`.definition.name_problem`), else
+    :class:`GraphValidationError`."""
+    _refuse(name_problem(name, what))
     return name
+
+
+def _refuse(problem: Problem | None) -> None:
+    if problem is not None:
+        raise GraphValidationError(
+            problem.message, function=problem.function, parameter=problem.parameter
+        )
 
 
 @dataclass(frozen=True)
@@ -80,26 +86,11 @@ def _build_spec(
             function=fn_name,
             parameter="image",
         )
-    if encoder not in ENCODERS:
-        raise GraphValidationError(
-            f"function {fn_name!r}: encoder={encoder!r} is unknown; use one of {ENCODERS}",
-            function=fn_name,
-            parameter="encoder",
-        )
-    if timeout is not None and not timeout > 0:
-        raise GraphValidationError(
-            f"function {fn_name!r}: timeout={timeout!r} must be a positive number of seconds",
-            function=fn_name,
-            parameter="timeout",
-        )
+    _refuse(encoder_problem(fn_name, encoder))
+    _refuse(timeout_problem(fn_name, timeout))
     if accumulate is not None:
         if kind == "router":
-            raise GraphValidationError(
-                f"router {fn_name!r} cannot accumulate: routers only choose the next functions; "
-                "put accumulate= on an @indexify_function instead",
-                function=fn_name,
-                parameter="accumulate",
-            )
+            _refuse(router_accumulates_problem(fn_name))
         _check_accumulator(fn_name, accumulate)
     try:
         policy = as_policy(retries)

@@ -18,6 +18,7 @@ from .code_closure import CodeClosure
 from .definition import GraphDefinition, NodeDefinition
 from .errors import GraphValidationError
 from .functions import check_name, node_class, signature_target, spec_of
+from .graph_rules import Problem, describe_problems, link_problem
 from .placement import placement_key, required_labels
 
 _BUILT_HERE: weakref.WeakValueDictionary[str, Graph] = weakref.WeakValueDictionary()
@@ -57,10 +58,21 @@ class Graph:
                 parameter="name",
             )
         if existing is None:
+            self._refuse([*_signature_problems(node), *_node_definition(node).problems()])
             self.nodes[spec.name] = node
-            _check_signature(node, resolve=False)
         self._definition = None
         return spec.name
+
+    def _refuse(self, problems: Sequence[Problem]) -> None:
+        """Raise one :class:`GraphValidationError` listing every problem (if any); its
+        ``function`` and ``parameter`` are those of the first."""
+        if problems:
+            first = problems[0]
+            raise GraphValidationError(
+                describe_problems(self.name, problems),
+                function=first.function,
+                parameter=first.parameter,
+            )
 
     def add_edge(self, from_node: Any, to_node: Any) -> Graph:
         """Send every output of ``from_node`` to ``to_node``."""
@@ -68,12 +80,8 @@ class Graph:
 
     def add_edges(self, from_node: Any, to_nodes: Iterable[Any]) -> Graph:
         source = self._add_node(from_node)
-        if spec_of(from_node).kind == "router":
-            raise GraphValidationError(
-                f"graph {self.name!r}: {source!r} is a router; connect it with "
-                f"g.route({source}, [...]) instead of add_edge",
-                function=source,
-            )
+        wrong_kind = link_problem(self.name, "edge", source, spec_of(from_node).kind)
+        self._refuse([wrong_kind] if wrong_kind is not None else [])
         for to_node in to_nodes:
             target = self._add_node(to_node)
             targets = self.edges.setdefault(source, [])
@@ -82,13 +90,29 @@ class Graph:
         return self
 
     def route(self, from_node: Any, to_nodes: Sequence[Any]) -> Graph:
-        """Let router ``from_node`` choose among ``to_nodes`` for each of its inputs."""
+        """Let router ``from_node`` choose among ``to_nodes`` for each of its inputs.
+
+        Each target must be one the router's return annotation names (when it names
+        functions); checked here, before the graph changes."""
         source = self._add_node(from_node)
-        if spec_of(from_node).kind != "router":
-            raise GraphValidationError(
-                f"graph {self.name!r}: {source!r} is not a router; decorate it with "
-                "@indexify_router() or connect it with add_edge",
-                function=source,
+        wrong_kind = link_problem(self.name, "route", source, spec_of(from_node).kind)
+        self._refuse([wrong_kind] if wrong_kind is not None else [])
+        to_nodes = list(to_nodes)
+        annotated = self._annotated_targets(source)
+        if annotated:
+            self._refuse(
+                [
+                    Problem(
+                        f"graph {self.name!r}: router {source!r} cannot route to {target!r}: its "
+                        f"return annotation names only {annotated}; add {target} to the "
+                        f"annotation (e.g. `-> List[Union[{', '.join([*annotated, target])}]]`) "
+                        "or leave it out of the targets",
+                        function=source,
+                        parameter="return",
+                    )
+                    for target in dict.fromkeys(spec_of(node).name for node in to_nodes)
+                    if target not in annotated
+                ]
             )
         for to_node in to_nodes:
             target = self._add_node(to_node)
@@ -100,101 +124,86 @@ class Graph:
     # -- validation and description -------------------------------------------------------
 
     def validate(self) -> None:
-        """Check the whole graph; raises :class:`GraphValidationError` naming the fix."""
-        for name, node in self.nodes.items():
-            _check_signature(node, resolve=False)
-            self.type_hints(name)
-        for name, node in self.nodes.items():
-            if spec_of(node).kind == "router":
-                self._check_router(name, node)
-        self._check_acyclic()
-        self._check_reachable()
+        """Check the whole graph; raises :class:`GraphValidationError` listing every problem."""
+        self._checked_draft()
 
-    def _check_router(self, name: str, node: Any) -> None:
+    def problems(self) -> list[Problem]:
+        """Every problem of the graph: those of its code (signatures, annotations) and those
+        of its definition (:meth:`GraphDefinition.problems`, the rules the API applies too)."""
+        return self._draft()[1]
+
+    def _draft(self) -> tuple[GraphDefinition, list[Problem]]:
+        """The definition without code fingerprints and schemas, and every problem."""
+        problems: list[Problem] = []
+        for name, node in self.nodes.items():
+            problems.extend(_signature_problems(node))
+            try:
+                self.type_hints(name)
+            except GraphValidationError as exc:
+                problems.append(Problem(str(exc), exc.function, exc.parameter))
+                continue
+            if spec_of(node).kind == "router":
+                problems.extend(self._router_annotation_problems(name))
+        draft = self._graph_definition(
+            {name: _node_definition(node) for name, node in self.nodes.items()}
+        )
+        problems.extend(draft.problems())
+        return draft, problems
+
+    def _checked_draft(self) -> GraphDefinition:
+        draft, problems = self._draft()
+        self._refuse(problems)
+        return draft
+
+    def _graph_definition(self, nodes: dict[str, NodeDefinition]) -> GraphDefinition:
+        return GraphDefinition(
+            name=self.name,
+            description=self.description,
+            start_node=self.start_node,
+            nodes=nodes,
+            edges={k: tuple(v) for k, v in self.edges.items() if v},
+            routes={k: tuple(v) for k, v in self.routes.items() if v},
+            python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+            sdk_version=__version__,
+        )
+
+    def _annotated_targets(self, router: str) -> list[str]:
+        """Names of the functions a router's return annotation names (may be none)."""
+        hint = self.type_hints(router).get("return")
+        return list(dict.fromkeys(spec_of(fn).name for fn in _functions_in_annotation(hint)))
+
+    def _router_annotation_problems(self, name: str) -> list[Problem]:
+        """Every function a router's annotation names must be one of its targets (a router
+        without targets is a definition problem, reported there)."""
         targets = self.routes.get(name, [])
         if not targets:
-            raise GraphValidationError(
-                f"graph {self.name!r}: router {name!r} has no targets; add them with "
-                f"g.route({name}, [fn_a, fn_b])",
+            return []
+        return [
+            Problem(
+                f"graph {self.name!r}: router {name!r} may return {target!r} (its return "
+                f"annotation says so) but {target!r} is not one of its route targets "
+                f"{targets}; add it with g.route({name}, [..., {target}])",
                 function=name,
+                parameter="return",
             )
-        hints = self.type_hints(name)
-        for fn in _functions_in_annotation(hints.get("return")):
-            target = spec_of(fn).name
-            if target not in targets:
-                raise GraphValidationError(
-                    f"graph {self.name!r}: router {name!r} may return {target!r} (its return "
-                    f"annotation says so) but {target!r} is not one of its route targets "
-                    f"{targets}; add it with g.route({name}, [..., {target}])",
-                    function=name,
-                    parameter="return",
-                )
-
-    def _children(self, name: str) -> list[str]:
-        return self.edges.get(name, []) + self.routes.get(name, [])
-
-    def _check_acyclic(self) -> None:
-        state: dict[str, int] = {}
-
-        def visit(node: str, path: list[str]) -> None:
-            state[node] = 1
-            for child in self._children(node):
-                if state.get(child) == 1:
-                    cycle = " -> ".join([*path[path.index(child) :], child])
-                    raise GraphValidationError(
-                        f"graph {self.name!r} has a cycle ({cycle}); graphs must be acyclic: "
-                        f"remove one of these edges",
-                        function=child,
-                    )
-                if child not in state:
-                    visit(child, [*path, child])
-            state[node] = 2
-
-        for name in self.nodes:
-            if name not in state:
-                visit(name, [name])
-
-    def _check_reachable(self) -> None:
-        seen = {self.start_node}
-        frontier = [self.start_node]
-        while frontier:
-            for child in self._children(frontier.pop()):
-                if child not in seen:
-                    seen.add(child)
-                    frontier.append(child)
-        unreachable = [name for name in self.nodes if name not in seen]
-        if unreachable:
-            raise GraphValidationError(
-                f"graph {self.name!r}: {unreachable} cannot be reached from the start node "
-                f"{self.start_node!r}; connect them with add_edge/route or remove them",
-                function=unreachable[0],
-            )
+            for target in self._annotated_targets(name)
+            if target not in targets
+        ]
 
     def definition(self) -> GraphDefinition:
         """The validated, JSON-able description of the graph, with its content hash."""
         if self._definition is None:
-            self.validate()
+            checked = self._checked_draft()
             closure = CodeClosure()
             nodes = {
-                name: _node_definition(node).model_copy(
-                    update={"code_hash": self._fingerprint(closure, name)[:16]}
-                )
-                for name, node in self.nodes.items()
+                name: node.model_copy(update={"code_hash": self._fingerprint(closure, name)[:16]})
+                for name, node in checked.nodes.items()
             }
             start = nodes[self.start_node]
             nodes[self.start_node] = start.model_copy(
                 update={"parameter_schemas": self._parameter_schemas(self.start_node)}
             )
-            draft = GraphDefinition(
-                name=self.name,
-                description=self.description,
-                start_node=self.start_node,
-                nodes=nodes,
-                edges={k: tuple(v) for k, v in self.edges.items() if v},
-                routes={k: tuple(v) for k, v in self.routes.items() if v},
-                python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
-                sdk_version=__version__,
-            )
+            draft = self._graph_definition(nodes)
             self._definition = draft.model_copy(update={"version": draft.content_version()})
             self._shipped = closure.shipped_modules()
         return self._definition
@@ -325,37 +334,34 @@ def _type_hints(node: Any) -> dict[str, Any]:
         ) from exc
 
 
-def _check_signature(node: Any, *, resolve: bool) -> None:
+def _signature_problems(node: Any) -> list[Problem]:
+    """What the definition cannot show: annotations missing from the signature (the
+    definition's own rules, such as a reducer's arity, are in :meth:`NodeDefinition.problems`)."""
     spec = spec_of(node)
     target = signature_target(node)
     params = list(inspect.signature(target).parameters.values())
     if isinstance(node_class(node), type):
         params = params[1:]
-    for param in params:
-        if param.annotation is inspect.Parameter.empty:
-            raise GraphValidationError(
-                f"function {spec.name!r}: parameter {param.name!r} has no type annotation; "
-                f"annotate it (e.g. `{param.name}: int`) so inputs can be decoded",
-                function=spec.name,
-                parameter=param.name,
-            )
+    problems = [
+        Problem(
+            f"function {spec.name!r}: parameter {param.name!r} has no type annotation; "
+            f"annotate it (e.g. `{param.name}: int`) so inputs can be decoded",
+            function=spec.name,
+            parameter=param.name,
+        )
+        for param in params
+        if param.annotation is inspect.Parameter.empty
+    ]
     if inspect.signature(target).return_annotation is inspect.Signature.empty:
-        raise GraphValidationError(
-            f"function {spec.name!r} has no return annotation; add one (e.g. `-> int`, "
-            "`-> list[str]`, or `-> None` when it returns nothing)",
-            function=spec.name,
-            parameter="return",
+        problems.append(
+            Problem(
+                f"function {spec.name!r} has no return annotation; add one (e.g. `-> int`, "
+                "`-> list[str]`, or `-> None` when it returns nothing)",
+                function=spec.name,
+                parameter="return",
+            )
         )
-    positional = [p for p in params if p.kind not in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
-    if spec.is_reducer and len(positional) < 2:
-        raise GraphValidationError(
-            f"reducer {spec.name!r} must take the accumulator and one value, e.g. "
-            f"`def {spec.name}(acc: {getattr(spec.accumulate, '__name__', 'Acc')}, value: int)`",
-            function=spec.name,
-            parameter="accumulate",
-        )
-    if resolve:
-        _type_hints(node)
+    return problems
 
 
 def _functions_in_annotation(hint: Any) -> list[Any]:

@@ -316,6 +316,13 @@ async def test_register_rejects_bad_definitions_and_code(api: Api) -> None:
     ]
     for body, status, word in cases:
         assert_error(await api.client.post(url, json=body), status, word)
+    # The SDK's graph rules, all problems in one answer (not the first one found).
+    two_problems = with_definition(
+        name="bad name", edges={"square": ["start"], "start": ["square"]}
+    )
+    assert_error(
+        await api.client.post(url, json=two_problems), 400, "2 problems", "'bad name'", "cycle"
+    )
     malformed = await api.client.post(
         url, content=b"{not json", headers={"content-type": "application/json"}
     )

@@ -1,13 +1,18 @@
 """Graph validation: each mistake raises GraphValidationError naming the function and parameter.
 
+The graph rules live in one place, ``GraphDefinition.problems()``: the SDK applies them when a
+graph is built and the API when one is registered; every problem is reported at once.
+
 No ``from __future__ import annotations`` here: functions defined inside tests must keep real
 annotation objects so their hints resolve.
 """
 
+import itertools
 import subprocess
 import sys
 import textwrap
-from typing import Union
+import time
+from typing import Any, Optional, Union
 
 import pytest
 from pydantic import BaseModel
@@ -21,6 +26,11 @@ from indexify import (
     indexify_function,
     indexify_router,
 )
+from indexify.graph_rules import Problem
+from services.api.validation import check_name as api_check_name
+from services.api.validation import parse_definition
+from services.common.errors import BadRequest
+from services.common.names import Names
 
 
 class Total(BaseModel):
@@ -186,7 +196,7 @@ def test_unreachable_node_is_refused() -> None:
 # -- names ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["my graph", "my.graph", "", "a/b", "x" * 101, "é"])
+@pytest.mark.parametrize("name", ["my graph", "my.graph", "", "a/b", "x" * 101, "é", "abc\n"])
 def test_invalid_graph_names(name: str) -> None:
     raises(lambda: Graph(name, start_node=double), function=None, parameter="name")
 
@@ -351,6 +361,303 @@ def test_definition_is_cached_until_the_graph_changes() -> None:
     g.add_edge(numbers, double)
     assert g.definition() is not first
     assert g.definition().edges == {"numbers": ("double",)}
+
+
+# -- the graph rules of a definition (shared by the SDK and the API) ------------------------
+
+
+def valid_json() -> dict[str, Any]:
+    return summing_graph().definition().model_dump(mode="json")
+
+
+def changed(**changes: Any) -> GraphDefinition:
+    """The summing graph's definition with top-level fields replaced."""
+    return GraphDefinition.model_validate({**valid_json(), **changes})
+
+
+def with_node(key: str, /, **fields: Any) -> GraphDefinition:
+    """The summing graph's definition with fields of one node replaced (or a node added)."""
+    raw = valid_json()
+    raw["nodes"][key] = {**raw["nodes"].get(key, {"name": key}), **fields}
+    return GraphDefinition.model_validate(raw)
+
+
+def located(problems: list[Problem]) -> list[tuple[str | None, str | None]]:
+    return [(p.function, p.parameter) for p in problems]
+
+
+def test_a_built_definition_has_no_problems() -> None:
+    assert summing_graph().definition().problems() == []
+
+
+@pytest.mark.parametrize(
+    ("definition", "function", "parameter", "words"),
+    [
+        (lambda: changed(name="my graph"), None, "name", ["'my graph'", "letters"]),
+        (lambda: changed(nodes={}), None, None, ["no functions"]),
+        (lambda: changed(start_node="missing"), "missing", None, ["start node", "missing"]),
+        (lambda: with_node("double", name="dbl"), "double", "name", ["nodes['double']"]),
+        (lambda: with_node("bad.fn", name="bad.fn"), "bad.fn", "name", ["'bad.fn'"]),
+        (
+            lambda: changed(edges={**valid_json()["edges"], "numbers": ["double", "ghost"]}),
+            "ghost",
+            None,
+            ["edge 'numbers'", "'ghost'"],
+        ),
+        (
+            lambda: changed(routes={"pick": ["describe", "shout", "phantom"]}),
+            "phantom",
+            None,
+            ["route 'pick'", "'phantom'"],
+        ),
+        (
+            lambda: changed(edges={**valid_json()["edges"], "pick": ["describe"]}),
+            "pick",
+            None,
+            ["is a router", "g.route"],
+        ),
+        (
+            lambda: changed(routes={**valid_json()["routes"], "double": ["describe"]}),
+            "double",
+            None,
+            ["not a router"],
+        ),
+        (
+            lambda: changed(routes={"pick": ["describe", "shout", "shout"]}),
+            "pick",
+            None,
+            ["more than once"],
+        ),
+        (lambda: changed(routes={}), "pick", None, ["router 'pick' has no targets"]),
+        (
+            lambda: changed(edges={**valid_json()["edges"], "add_up": ["pick", "double"]}),
+            "double",
+            None,
+            ["cycle (double -> add_up -> double)"],
+        ),
+        (lambda: with_node("orphan"), "orphan", None, ["['orphan'] cannot be reached"]),
+        (
+            lambda: with_node("pick", reducer=True, accumulator="Total", parameters=["a", "b"]),
+            "pick",
+            "accumulate",
+            ["router 'pick' cannot accumulate"],
+        ),
+        (lambda: with_node("add_up", accumulator=None), "add_up", "accumulate", ["accumulator"]),
+        (lambda: with_node("double", accumulator="Total"), "double", "accumulate", ["reducer"]),
+        (
+            lambda: with_node("add_up", parameters=["total"], required_parameters=["total"]),
+            "add_up",
+            "accumulate",
+            ["accumulator and one value"],
+        ),
+        (
+            lambda: with_node("double", required_parameters=["x", "y"]),
+            "double",
+            "y",
+            ["required_parameters ['y']"],
+        ),
+        (
+            lambda: with_node("numbers", parameter_schemas={"m": {"type": "integer"}}),
+            "numbers",
+            "m",
+            ["parameter_schemas describe ['m']"],
+        ),
+        (lambda: with_node("double", encoder="yaml"), "double", "encoder", ["'yaml'"]),
+        (
+            lambda: with_node("double", placement_key="gpu-a100"),
+            "double",
+            "placement_constraints",
+            ["placement_key 'gpu-a100'"],
+        ),
+        (
+            lambda: with_node("double", placement_constraints={"gpu": "a100"}),
+            "double",
+            "placement_constraints",
+            ["required_labels"],
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_each_rule_names_the_function_and_the_fix(
+    definition: Any, function: str | None, parameter: str | None, words: list[str]
+) -> None:
+    problems = definition().problems()
+    matching = [p for p in problems if (p.function, p.parameter) == (function, parameter)]
+    assert matching, problems
+    for word in words:
+        assert any(word in p.message for p in matching), (word, problems)
+
+
+def test_options_the_schema_refuses_are_refused_when_parsed() -> None:
+    raw = valid_json()
+    raw["nodes"]["double"]["timeout_sec"] = -5
+    raw["nodes"]["numbers"]["retries"] = {"max_retries": -1}
+    with pytest.raises(ValueError) as info:
+        GraphDefinition.model_validate(raw)
+    assert "timeout_sec" in str(info.value) and "max_retries" in str(info.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    raw = valid_json()
+    raw["name"] = "bad name"
+    raw["edges"] = {**raw["edges"], "add_up": ["pick", "ghost"], "double": ["add_up", "numbers"]}
+    raw["nodes"]["double"]["encoder"] = "yaml"
+    raw["nodes"]["orphan"] = {"name": "orphan"}
+    problems = GraphDefinition.model_validate(raw).problems()
+    assert located(problems) == [
+        (None, "name"),
+        ("double", "encoder"),
+        ("ghost", None),
+        ("numbers", None),  # the cycle numbers -> double -> numbers
+        ("orphan", None),
+    ]
+    assert "cycle (numbers -> double -> numbers)" in problems[3].message
+
+
+def test_cycles_and_reachability_are_linear_and_need_no_recursion() -> None:
+    size = 20_000
+    names = [f"n{i}" for i in range(size)]
+    edges = {a: [b] for a, b in itertools.pairwise(names)} | {names[-1]: ["n1"]}
+    definition = GraphDefinition.model_validate(
+        {
+            "name": "long",
+            "start_node": "n0",
+            "nodes": {n: {"name": n} for n in names},
+            "edges": edges,
+        }
+    )
+    began = time.perf_counter()
+    problems = definition.problems()
+    assert time.perf_counter() - began < 5
+    assert located(problems) == [("n1", None)]
+    assert problems[0].message.count(" -> ") == size - 1
+
+
+def test_building_a_graph_reports_every_problem_in_one_error() -> None:
+    @indexify_function()
+    def ping(x: int) -> int:
+        return x
+
+    @indexify_function()
+    def pong(x: int) -> int:
+        return x
+
+    @indexify_function()
+    def orphan(x: int) -> int:
+        return x
+
+    g = Graph("g", start_node=ping).add_edge(ping, pong).add_edge(pong, ping)
+    g.add_edge(orphan, pong)
+    assert located(g.problems()) == [("ping", None), ("orphan", None)]
+    err = raises(g.definition, function="ping", parameter=None)
+    assert "has 2 problems" in str(err)
+    assert "cycle (ping -> pong -> ping)" in str(err)
+    assert "['orphan'] cannot be reached" in str(err)
+
+
+def test_one_function_with_several_missing_annotations_lists_them_all() -> None:
+    @indexify_function()
+    def untyped(x, y):  # type: ignore[no-untyped-def]
+        return y
+
+    err = raises(lambda: Graph("g", start_node=untyped), function="untyped", parameter="x")
+    assert "has 3 problems" in str(err)
+    assert "'y'" in str(err) and "return annotation" in str(err)
+
+
+def test_graph_problems_combine_code_and_definition_rules() -> None:
+    @indexify_function()
+    def orphan(total: Total) -> str:
+        return ""
+
+    g = summing_graph()
+    g.routes["pick"] = ["describe"]  # as if routed before shout was annotated
+    g.add_edge(orphan, shout)
+    problems = g.problems()
+    assert located(problems) == [("pick", "return"), ("shout", None)]
+    assert "may return 'shout'" in problems[0].message
+    assert "['shout', 'orphan'] cannot be reached" in problems[1].message
+
+
+# -- a router's targets against its annotation, at g.route() ---------------------------------
+
+
+def test_route_refuses_a_target_the_annotation_does_not_name() -> None:
+    g = Graph("g", start_node=numbers).add_edge(numbers, double)
+    g.add_edge(double, add_up).add_edge(add_up, pick)
+    err = raises(lambda: g.route(pick, [describe, double]), function="pick", parameter="return")
+    assert "'double'" in str(err) and "annotation" in str(err)
+    assert "pick" not in g.routes and "describe" not in g.nodes  # the graph did not change
+    g.route(pick, [describe]).route(pick, [shout])  # targets may be added in several calls
+    assert g.definition().routes == {"pick": ("describe", "shout")}
+
+
+def test_route_checks_optional_and_class_based_annotations() -> None:
+    from indexify import IndexifyRouter
+
+    @indexify_router()
+    def maybe(total: Total) -> Optional[describe]:  # noqa: UP045
+        return None
+
+    class Chooser(IndexifyRouter):
+        def run(self, total: Total) -> list[Union[describe, shout]]:
+            return [describe]
+
+    base = Graph("g", start_node=add_up)
+    raises(
+        lambda: base.add_edge(add_up, maybe).route(maybe, [shout]),
+        function="maybe",
+        parameter="return",
+    )
+    base.route(maybe, [describe])
+    other = Graph("h", start_node=add_up).add_edge(add_up, Chooser)
+    raises(lambda: other.route(Chooser, [double]), function="Chooser", parameter="return")
+    assert other.route(Chooser, [describe, shout]).definition().routes["Chooser"]
+
+
+def test_route_allows_any_target_when_the_annotation_names_no_function() -> None:
+    @indexify_router()
+    def by_name(total: Total) -> list[str]:
+        return ["describe"]
+
+    g = Graph("g", start_node=add_up).add_edge(add_up, by_name).route(by_name, [describe])
+    assert g.definition().routes == {"by_name": ("describe",)}
+
+
+# -- the API applies the same rules -----------------------------------------------------------
+
+
+def test_the_api_reports_the_same_problems_in_one_bad_request() -> None:
+    raw = valid_json()
+    raw["edges"] = {**raw["edges"], "numbers": ["double", "ghost"], "double": ["add_up", "numbers"]}
+    definition = GraphDefinition.model_validate(raw)
+    with pytest.raises(BadRequest) as info:
+        parse_definition(raw, Names("t"), "default")
+    detail = str(info.value)
+    assert "has 2 problems" in detail
+    for problem in definition.problems():
+        assert problem.message in detail
+
+
+def test_the_api_adds_its_own_rules_to_the_graph_rules() -> None:
+    raw = {**valid_json(), "version": ""}
+    raw["routes"] = {}
+    with pytest.raises(BadRequest) as info:
+        parse_definition(raw, Names("t" * 230), "default")
+    detail = str(info.value)
+    assert "router 'pick' has no targets" in detail  # a graph rule
+    assert "version ''" in detail  # the API's: the version Graph.definition() sets
+    assert "over Kafka's 249" in detail  # the API's: topic names under its prefix
+    assert parse_definition(valid_json(), Names("t"), "default") == changed()
+
+
+def test_sdk_and_api_share_the_name_rule() -> None:
+    with pytest.raises(GraphValidationError) as sdk:
+        Graph("bad name", start_node=double)
+    with pytest.raises(BadRequest) as api:
+        api_check_name("bad name", "graph")
+    assert str(sdk.value) == str(api.value)
+    assert api_check_name("good-name_1", "namespace") == "good-name_1"
 
 
 # -- serialization --------------------------------------------------------------------------
