@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexify.engine import ErrorInfo
+from indexify.timeouts import timeout_message
 from services.common.blobs import BlobStore
 from services.common.errors import ServiceError
 from services.common.events import TaskFinishedEvent, TaskMessage
@@ -391,8 +392,7 @@ class WorkerPool:
                 error = ErrorInfo(
                     kind="user",
                     type="TimeoutError",
-                    message=f"function {function!r} exceeded its timeout of "
-                    f"{message.timeout_sec:g} s",
+                    message=timeout_message(function, message.timeout_sec or 0.0),
                 )
             else:
                 error = ErrorInfo(

@@ -4,6 +4,9 @@ No ``from __future__ import annotations`` here: functions defined inside tests m
 annotation objects so their hints resolve.
 """
 
+import signal
+import threading
+import time
 from typing import Any, Optional, Union
 
 import pytest
@@ -592,3 +595,212 @@ def test_image_and_placement_are_recorded_in_the_definition() -> None:
     keys = {n.placement_key for n in nodes.values()}
     assert len(keys) == 3
     assert all(key.replace("-", "").replace("_", "").isalnum() for key in keys)
+
+
+# -- timeouts (as on the server: a user error of type TimeoutError, retried per retries=) ----
+
+LONG_SLEEP = 30.0  # far beyond every timeout below: a test that waited for it would hang
+
+
+def test_timeout_interrupts_the_function_and_fails_the_invocation(
+    client: IndexifyClient,
+) -> None:
+    reached: list[int] = []
+    handler_before = signal.getsignal(signal.SIGALRM)
+
+    @indexify_function(timeout=0.5)
+    def stuck(x: int) -> int:
+        print("started")
+        time.sleep(LONG_SLEEP)
+        reached.append(x)
+        return x
+
+    started = time.monotonic()
+    inv = run(client, Graph("stuck", start_node=stuck), x=1)
+    assert time.monotonic() - started < LONG_SLEEP / 2  # sanity bound, not a benchmark
+
+    assert reached == []  # interrupted inside the sleep: the line after it never ran
+    status = client.invocation_status("stuck", inv)
+    assert status.status == "failed"
+    assert status.error_function == "stuck"
+    error = status.error
+    assert error is not None
+    # the executor's words (tests/integration/test_executor.py checks the same on the server)
+    assert (error.kind, error.type) == ("user", "TimeoutError")
+    assert error.message == "function 'stuck' exceeded its timeout of 0.5 s"
+    assert "time.sleep(LONG_SLEEP)" in error.traceback  # where it was at the deadline
+    with pytest.raises(InvocationError) as failed:
+        client.graph_outputs("stuck", inv, "stuck")
+    assert failed.value.invocation_id == inv
+    (task,) = status.tasks
+    assert [a.outcome for a in task.attempts] == ["failure"]
+    # the previous SIGALRM handler is back, and pytest-timeout's own timer still runs
+    assert signal.getsignal(signal.SIGALRM) is handler_before
+    if handler_before not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0
+
+
+def test_timeout_counts_against_retries(client: IndexifyClient) -> None:
+    calls: list[int] = []
+
+    @indexify_function(timeout=0.2, retries=RetryPolicy(max_retries=1, initial_delay_sec=0.01))
+    def slow(x: int) -> int:
+        calls.append(x)
+        time.sleep(LONG_SLEEP)
+        return x
+
+    inv = run(client, Graph("slow", start_node=slow), x=7)
+    status = client.invocation_status("slow", inv)
+    assert status.status == "failed"
+    assert calls == [7, 7]  # the first attempt and one retry, both interrupted
+    (task,) = status.tasks
+    assert task.attempt == 2
+    assert [a.outcome for a in task.attempts] == ["failure", "failure"]
+    assert status.error is not None and status.error.type == "TimeoutError"
+
+
+def test_a_retry_after_a_timeout_may_succeed(client: IndexifyClient) -> None:
+    calls: list[int] = []
+
+    @indexify_function(timeout=0.2, retries=RetryPolicy(max_retries=2, initial_delay_sec=0.01))
+    def warms_up(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            time.sleep(LONG_SLEEP)
+        return x + 1
+
+    @indexify_function()
+    def after(x: int) -> int:
+        return 10 * x
+
+    inv = run(client, Graph("warms", start_node=warms_up).add_edge(warms_up, after), x=1)
+    assert client.invocation_status("warms", inv).status == "succeeded"
+    assert client.graph_outputs("warms", inv, "after") == [20]
+    assert len(calls) == 2
+
+
+def test_a_timeout_that_is_not_reached_changes_nothing(client: IndexifyClient) -> None:
+    seen: dict[str, Any] = {}
+    handler_before = signal.getsignal(signal.SIGALRM)
+
+    @indexify_function()
+    def untimed(x: int) -> int:
+        seen["untimed"] = (signal.getsignal(signal.SIGALRM), threading.current_thread())
+        print("no timeout here")
+        return x + 1
+
+    @indexify_function(timeout=30)
+    def timed(x: int) -> int:
+        seen["timed"] = threading.current_thread()
+        return x * 2
+
+    g = Graph("calm", start_node=untimed).add_edge(untimed, timed)
+    inv = run(client, g, x=1)
+    assert client.graph_outputs("calm", inv, "timed") == [4]
+    # no timer and no thread for a function without a timeout; its logs are kept
+    assert seen["untimed"] == (handler_before, threading.main_thread())
+    assert seen["timed"] is threading.main_thread()  # interrupted by a signal, not a thread
+    (log,) = client.logs("calm", inv, "untimed")
+    assert log.stdout == "no timeout here\n"
+    assert signal.getsignal(signal.SIGALRM) is handler_before
+
+
+def test_off_the_main_thread_a_timed_out_function_is_abandoned() -> None:
+    client = create_client(in_process=True)
+    release = threading.Event()
+    ran_on: list[threading.Thread] = []
+
+    @indexify_function(timeout=0.2)
+    def blocked(x: int) -> int:
+        ran_on.append(threading.current_thread())
+        release.wait(LONG_SLEEP)
+        return x
+
+    client.register_compute_graph(Graph("blocked", start_node=blocked))
+    invocations: list[str] = []
+    caller = threading.Thread(
+        target=lambda: invocations.append(client.invoke_graph_with_object("blocked", x=1))
+    )
+    caller.start()
+    caller.join(LONG_SLEEP / 2)
+    release.set()  # let the abandoned thread end
+    assert not caller.is_alive()
+    (inv,) = invocations
+    error = client.invocation_status("blocked", inv).error
+    assert error is not None and (error.kind, error.type) == ("user", "TimeoutError")
+    assert error.message == "function 'blocked' exceeded its timeout of 0.2 s"
+    assert "release.wait(LONG_SLEEP)" in error.traceback
+    assert "abandoned thread" in error.traceback
+    (thread,) = ran_on
+    assert thread is not caller
+    thread.join(5)
+
+
+# -- versions: an invocation is read through the version it ran on --------------------------
+
+
+def test_old_invocations_are_read_through_their_own_version(client: IndexifyClient) -> None:
+    @indexify_function()
+    def first_step(x: int) -> Total:
+        print("old code")
+        return Total(value=x)
+
+    @indexify_function()
+    def shared(total: Total) -> Total:
+        return Total(value=total.value + 1)
+
+    old = Graph("renamed", start_node=first_step).add_edge(first_step, shared)
+    old_inv = run(client, old, x=1)
+    old_version = client.graph("renamed").version
+
+    @indexify_function()
+    def renamed_step(x: int) -> int:
+        return x * 100
+
+    @indexify_function(name="shared")
+    def shared_now(x: int) -> int:  # same name, other type: read with each version's hints
+        return x + 2
+
+    new = Graph("renamed", start_node=renamed_step).add_edge(renamed_step, shared_now)
+    new_inv = run(client, new, x=1)
+    assert client.graph("renamed").version != old_version
+
+    assert client.graph_outputs("renamed", old_inv, "first_step") == [Total(value=1)]
+    assert client.graph_outputs("renamed", old_inv, "shared") == [Total(value=2)]
+    assert client.graph_outputs("renamed", new_inv, "renamed_step") == [100]
+    assert client.graph_outputs("renamed", new_inv, "shared") == [102]
+    (log,) = client.logs("renamed", old_inv, "first_step")
+    assert log.stdout == "old code\n"
+    status = client.invocation_status("renamed", old_inv)
+    assert (status.status, status.graph_version) == ("succeeded", old_version)
+    client.cancel_invocation("renamed", old_inv)  # finished: nothing changes
+    assert client.invocation_status("renamed", old_inv).status == "succeeded"
+    # a rerun runs on the current version, as on the server
+    rerun = client.rerun_invocation("renamed", old_inv)
+    assert client.graph_outputs("renamed", rerun, "shared") == [102]
+
+
+def test_a_function_missing_from_the_invocations_version_is_not_found(
+    client: IndexifyClient,
+) -> None:
+    @indexify_function()
+    def before(x: int) -> int:
+        return x
+
+    old_inv = run(client, Graph("moved", start_node=before), x=1)
+    old_version = client.graph("moved").version
+
+    @indexify_function()
+    def later(x: int) -> int:
+        return x
+
+    run(client, Graph("moved", start_node=later), x=1)
+    # the current version's function, and one in neither version: the server's 404 message
+    for name in ("later", "nowhere"):
+        with pytest.raises(NotFoundError) as missing:
+            client.graph_outputs("moved", old_inv, name)
+        assert str(missing.value) == (
+            f"graph 'moved' (version {old_version}) has no function {name!r}; it has ['before']"
+        )
+        with pytest.raises(NotFoundError):
+            client.logs("moved", old_inv, name)
