@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .client import IndexifyClient, create_client
+from .data_objects import File
 from .definition import GraphDefinition, NodeDefinition
 from .errors import (
     ApiError,
@@ -30,6 +31,7 @@ from .retry import RetryPolicy
 __all__ = [
     "ApiError",
     "EncodingError",
+    "File",
     "FunctionSpec",
     "Graph",
     "GraphDefinition",

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from typing import Any, Self
 
+from .data_objects import File
 from .graph import Graph
 from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs
 
@@ -45,6 +46,22 @@ class IndexifyClient(abc.ABC):
         self, graph: str, block_until_done: bool = False, **kwargs: Any
     ) -> str:
         """Start an invocation with ``kwargs`` as the start node's arguments; returns its id."""
+
+    def invoke_graph_with_file(
+        self,
+        graph: str,
+        path: str | os.PathLike[str],
+        metadata: dict[str, Any] | None = None,
+        *,
+        block_until_done: bool = False,
+    ) -> str:
+        """Start an invocation with the file at ``path`` as a :class:`~indexify.File` (mime
+        type guessed from its name, ``metadata`` attached), passed to the start function as
+        its single argument; returns the invocation's id."""
+        return self._invoke_with_file(graph, File.from_path(path, metadata), block_until_done)
+
+    def _invoke_with_file(self, graph: str, file: File, block_until_done: bool) -> str:
+        raise NotImplementedError(f"{type(self).__name__} cannot invoke graphs with a file")
 
     @abc.abstractmethod
     def invocation_status(self, graph: str, invocation_id: str) -> InvocationInfo: ...

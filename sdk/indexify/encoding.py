@@ -3,7 +3,9 @@
 Every value is stored as a :class:`Payload` (bytes plus a content type). JSON payloads are
 decoded with a *type hint* (the producing function's return annotation), so a pydantic model,
 a tuple or a list of models comes back as the type the function returned. A value whose JSON
-form would not decode back to an equal value of the same type is pickled instead.
+form would not decode back to an equal value of the same type is pickled instead. A
+:class:`~indexify.data_objects.File` is stored as its raw bytes, whatever the encoder, with
+its mime type and metadata in the content type (:mod:`indexify.data_objects`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import cloudpickle
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from .data_objects import JSON_CONTEXT, File, file_attributes, file_content_type
 from .errors import EncodingError
 
 JSON = "application/json"
@@ -62,6 +65,8 @@ def _is_plain_hint(hint: Any) -> bool:
 
 def encode(value: Any, hint: Any = None, *, encoder: str = "auto") -> Payload:
     """Encode ``value``; ``hint`` is the declared type it will be decoded with."""
+    if isinstance(value, File):
+        return Payload(content_type=file_content_type(value), data=value.data)
     if encoder == "cloudpickle":
         return _pickle(value)
     if type(value) in _PRIMITIVES and not (isinstance(value, float) and not math.isfinite(value)):
@@ -171,6 +176,9 @@ def decode(payload: Payload, hint: Any = None) -> Any:
             return cloudpickle.loads(payload.data)
         except Exception as exc:
             raise EncodingError(f"cannot unpickle a stored value: {exc}") from exc
+    attributes = file_attributes(payload.content_type)
+    if attributes is not None:
+        return File(data=payload.data, **attributes._asdict())
     if payload.content_type != JSON:
         raise EncodingError(
             f"unknown content type {payload.content_type!r}; expected one of {CONTENT_TYPES}"
@@ -190,7 +198,7 @@ def coerce(raw: Any, hint: Any) -> Any:
     if adapter is None:
         return raw
     try:
-        return adapter.validate_python(raw)
+        return adapter.validate_python(raw, context=JSON_CONTEXT)
     except Exception:
         return raw
 

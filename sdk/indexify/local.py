@@ -1,4 +1,18 @@
-"""The in-process client: runs graphs in this process with the shared engine and runtime."""
+"""The in-process client: runs graphs in this process with the shared engine and runtime.
+
+It behaves as the server does where a program can tell:
+
+* **Versions.** Registering a graph whose version changed makes that version current; every
+  invocation keeps the version it ran on, so its status, outputs and logs are read through
+  that version's definition and code (an old invocation's functions may no longer exist in
+  the current version), as the API does.
+* **Timeouts.** A task of a function with ``timeout=`` that runs past it fails with a user
+  error of type ``TimeoutError`` worded as the executor's, and is retried per ``retries=``
+  like any failure. On the main thread of a Unix process a ``SIGALRM`` timer interrupts the
+  function at the deadline; elsewhere the function runs in a thread that is abandoned at the
+  deadline (see :mod:`indexify.timeouts`). Its stdout and stderr are lost, as when the
+  executor kills the worker.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +25,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .client import DEFAULT_NAMESPACE, IndexifyClient
-from .definition import GraphDefinition
+from .data_objects import File, file_input_problem
+from .definition import GraphDefinition, NodeDefinition
 from .encoding import Payload, encode
 from .engine import (
     DEFAULT_MAX_REDUCE_BATCH,
     INPUT_TASK_ID,
     Command,
     Engine,
+    ErrorInfo,
     InvocationCancelled,
     InvocationCreated,
     InvocationState,
     RunTask,
+    Task,
     ValueRange,
 )
 from .errors import InvalidInputError, InvocationError, NotFoundError
 from .functions import check_name
 from .graph import Graph
 from .models import GraphInfo, InvocationInfo, TaskLogs
-from .runtime import FunctionRunner
+from .runtime import FunctionRunner, Loader, TaskResult
+from .timeouts import Expired, run_with_timeout, timeout_message
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +65,8 @@ class _Invocation:
     state: InvocationState
     graph_name: str
     input: Payload
+    registered: _Registered
+    """The graph version the invocation ran on (not necessarily the current one)."""
     payloads: dict[str, list[Payload]] = field(default_factory=dict)
     logs: dict[str, TaskLogs] = field(default_factory=dict)
 
@@ -124,12 +144,21 @@ class LocalClient(IndexifyClient):
             raise InvalidInputError(problem)
         return self._start(registered, graph, encode(kwargs))
 
+    def _invoke_with_file(self, graph: str, file: File, block_until_done: bool) -> str:
+        registered = self._registered(graph)
+        problem = file_input_problem(registered.definition)
+        if problem is not None:
+            raise InvalidInputError(problem)
+        return self._start(registered, graph, encode(file))
+
     def _start(self, registered: _Registered, graph: str, payload: Payload) -> str:
         invocation_id = uuid.uuid4().hex
         state = registered.engine.new_state(
             invocation_id, namespace=self.namespace, created_at=time.time()
         )
-        invocation = _Invocation(state=state, graph_name=graph, input=payload)
+        invocation = _Invocation(
+            state=state, graph_name=graph, input=payload, registered=registered
+        )
         self._invocations[invocation_id] = invocation
         self._run(registered, invocation)
         return invocation_id
@@ -150,7 +179,7 @@ class LocalClient(IndexifyClient):
             if command.delay_sec:
                 time.sleep(command.delay_sec)
             task = command.task
-            result = runner.run(task, load)
+            result = _run_task(runner, task, load, registered.definition.nodes[task.function])
             if result.succeeded:
                 invocation.payloads[task.id] = result.outputs
             invocation.logs[task.id] = TaskLogs(
@@ -196,14 +225,20 @@ class LocalClient(IndexifyClient):
     ) -> InvocationInfo:
         return self.invocation_status(graph, invocation_id)  # in-process runs finish at once
 
-    def graph_outputs(self, graph: str, invocation_id: str, fn_name: str) -> list[Any]:
+    def _function_of(self, graph: str, invocation_id: str, fn_name: str) -> _Invocation:
+        """The invocation, if ``fn_name`` is a function of the version it ran on."""
         invocation = self._invocation(graph, invocation_id)
-        registered = self._registered(graph)
-        if fn_name not in registered.definition.nodes:
+        definition = invocation.registered.definition
+        if fn_name not in definition.nodes:
             raise NotFoundError(
-                f"graph {graph!r} has no function {fn_name!r}; "
-                f"it has {sorted(registered.definition.nodes)}"
+                f"graph {graph!r} (version {definition.version}) has no function {fn_name!r}; "
+                f"it has {sorted(definition.nodes)}"
             )
+        return invocation
+
+    def graph_outputs(self, graph: str, invocation_id: str, fn_name: str) -> list[Any]:
+        invocation = self._function_of(graph, invocation_id, fn_name)
+        runner = invocation.registered.runner
         state = invocation.state
         if fn_name in state.failed_functions:
             failed = [r for r in state.tasks.values() if r.task.function == fn_name and r.error]
@@ -217,16 +252,16 @@ class LocalClient(IndexifyClient):
         values = []
         for produced in state.outputs.get(fn_name, []):
             for payload in invocation.payloads[produced.task_id][produced.start : produced.stop]:
-                values.append(registered.runner.decoded_output(fn_name, payload))
+                values.append(runner.decoded_output(fn_name, payload))
         return values
 
     def logs(self, graph: str, invocation_id: str, fn_name: str) -> list[TaskLogs]:
-        invocation = self._invocation(graph, invocation_id)
+        invocation = self._function_of(graph, invocation_id, fn_name)
         return [log for log in invocation.logs.values() if log.function == fn_name]
 
     def cancel_invocation(self, graph: str, invocation_id: str) -> None:
         invocation = self._invocation(graph, invocation_id)
-        self._registered(graph).engine.handle(invocation.state, InvocationCancelled())
+        invocation.registered.engine.handle(invocation.state, InvocationCancelled())
 
     def delete_invocation(self, graph: str, invocation_id: str) -> None:
         self._invocation(graph, invocation_id)
@@ -237,3 +272,19 @@ class LocalClient(IndexifyClient):
         server); the original stays for comparison."""
         invocation = self._invocation(graph, invocation_id)
         return self._start(self._registered(graph), graph, invocation.input)
+
+
+def _run_task(runner: FunctionRunner, task: Task, load: Loader, node: NodeDefinition) -> TaskResult:
+    """Run ``task``, within its function's timeout if it has one (as the executor does)."""
+    seconds = node.timeout_sec
+    if seconds is None:
+        return runner.run(task, load)
+    started_at = time.time()
+    try:
+        return run_with_timeout(lambda: runner.run(task, load), seconds)
+    except Expired as expired:
+        message = timeout_message(task.function, seconds)
+        note = "(the function runs on in an abandoned thread)\n" if expired.abandoned else ""
+        trace = f"Traceback (most recent call last):\n{expired.where}TimeoutError: {message}\n"
+        error = ErrorInfo(kind="user", type="TimeoutError", message=message, traceback=trace + note)
+        return TaskResult(error=error, started_at=started_at, finished_at=time.time())

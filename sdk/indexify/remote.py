@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 from .client import DEFAULT_NAMESPACE, DEFAULT_SERVICE_URL, IndexifyClient
 from .credentials import resolve_api_key
-from .encoding import JSON, Payload, coerce, decode, element_hint, encode_arguments
+from .data_objects import FILE_METADATA_HEADER, File
+from .encoding import JSON, Payload, coerce, decode, element_hint, encode, encode_arguments
 from .engine import TERMINAL_STATUSES
 from .errors import (
     ApiError,
@@ -243,10 +244,26 @@ class RemoteClient(IndexifyClient):
         self, graph: str, block_until_done: bool = False, **kwargs: Any
     ) -> str:
         payload = encode_arguments(kwargs, self._start_hints(graph))
-        path = self._graph_path(graph, "invoke_object")
         headers = {"Content-Type": payload.content_type, ENCODED_HEADER: "1"}
-        if not block_until_done:
-            return str(self._json("POST", path, content=payload.data, headers=headers)["id"])
+        return self._invoke(graph, "invoke_object", payload.data, headers, block_until_done)
+
+    def _invoke_with_file(self, graph: str, file: File, block_until_done: bool) -> str:
+        """The file's bytes are the body of ``invoke_file``, its mime type the Content-Type
+        (none when it has none) and its metadata a JSON header: no base64, no pickle."""
+        encode(file)  # refuses a mime type or metadata the server could not store
+        headers: dict[str, str] = {}
+        if file.mime_type is not None:
+            headers["Content-Type"] = file.mime_type
+        if file.metadata is not None:
+            headers[FILE_METADATA_HEADER] = json.dumps(file.metadata, separators=(",", ":"))
+        return self._invoke(graph, "invoke_file", file.data, headers, block_until_done)
+
+    def _invoke(
+        self, graph: str, route: str, body: bytes, headers: dict[str, str], block: bool
+    ) -> str:
+        path = self._graph_path(graph, route)
+        if not block:
+            return str(self._json("POST", path, content=body, headers=headers)["id"])
         # Invoke and wait in one request (the server answers once the invocation ended),
         # then long polls of the status if that wait ran out: not the progress stream, which
         # carries three events per task (for a fan-out of thousands, far more than its end).
@@ -254,7 +271,7 @@ class RemoteClient(IndexifyClient):
         accepted = self._json(
             "POST",
             path,
-            content=payload.data,
+            content=body,
             headers=headers,
             params={"wait_sec": f"{wait:.3f}"},
             timeout=self.timeout + wait,
@@ -396,7 +413,7 @@ class RemoteClient(IndexifyClient):
         hint: Any = None
         for payload in payloads:
             if payload.content_type != JSON:
-                values.append(decode(payload))  # pickles carry their own type
+                values.append(decode(payload))  # pickles and Files carry their own type
                 continue
             try:
                 raw = json.loads(payload.data)

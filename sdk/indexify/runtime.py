@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .data_objects import File
+from .definition import NodeDefinition, argument_problem
 from .encoding import Payload, coerce, decode, element_hint, encode
 from .engine.model import ErrorInfo, Task, TaskFinished, ValueRange
 from .errors import EncodingError, NonRetryable
@@ -68,6 +70,7 @@ class FunctionRunner:
         self._callables: dict[str, Callable[..., Any]] = {}
         self._hints: dict[str, Any] = {}
         self._params: dict[str, tuple[list[str], set[str]]] = {}
+        self._start: NodeDefinition | None = None
 
     # -- hints and signatures -----------------------------------------------------------
 
@@ -101,8 +104,11 @@ class FunctionRunner:
             return self._decode_kwargs(payload)
         return decode(payload, self.output_hint(value.function))
 
-    def _decode_kwargs(self, payload: Payload) -> dict[str, Any]:
+    def _decode_kwargs(self, payload: Payload) -> dict[str, Any] | File:
+        """The start function's keyword arguments, or the File it was invoked with."""
         kwargs = decode(payload)
+        if isinstance(kwargs, File):
+            return kwargs
         if not isinstance(kwargs, dict):
             raise _PermanentError(
                 f"the invocation input must be an object of keyword arguments, got "
@@ -110,20 +116,30 @@ class FunctionRunner:
             )
         start = self.graph.start_node
         hints = self.graph.parameter_hints(start)
-        unknown = [k for k in kwargs if k not in hints]
-        names, required = self._signature(start)
-        missing = sorted(required - set(kwargs))
-        if unknown or missing:
-            raise _PermanentError(
-                f"{start!r} takes {names}; the invocation gave {sorted(kwargs)} "
-                f"(missing {missing}, unexpected {unknown})"
-            )
+        problem = argument_problem(self.graph.name, self._start_definition(), kwargs)
+        if problem is not None:
+            raise _PermanentError(problem)
         if payload.content_type != "application/json":
             return kwargs
         decoded = {}
         for key, raw in kwargs.items():
             decoded[key] = coerce(raw, hints.get(key))
         return decoded
+
+    def _start_definition(self) -> NodeDefinition:
+        """What :func:`argument_problem` needs of the start function (the rule the SDK and
+        the API apply), from its signature here: no code closure is computed."""
+        if self._start is None:
+            start = self.graph.start_node
+            names, required = self._signature(start)
+            params = inspect.signature(self._callable(start)).parameters.values()
+            self._start = NodeDefinition(
+                name=start,
+                parameters=tuple(names),
+                required_parameters=tuple(name for name in names if name in required),
+                accepts_any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
+            )
+        return self._start
 
     def decoded_output(self, function: str, payload: Payload) -> Any:
         return decode(payload, self.output_hint(function))
@@ -179,10 +195,17 @@ class FunctionRunner:
             return fn(*leading, *value)
         return fn(*leading, value)
 
+    def _call_start(self, function: str, value: dict[str, Any] | File) -> Any:
+        """The start function gets the invocation's keyword arguments, or its single
+        positional argument: the File of ``invoke_graph_with_file``."""
+        if isinstance(value, File):
+            return self._callable(function)(value)
+        return self._callable(function)(**value)
+
     def _call_function(self, task: Task, load: Loader, result: TaskResult) -> None:
         (value,) = self._load_values(task.inputs, load)
         if task.inputs[0].function == "":
-            output = self._callable(task.function)(**value)
+            output = self._call_start(task.function, value)
         else:
             output = self._invoke(task.function, value)
         result.outputs = self._encode_outputs(task.function, output)
@@ -198,7 +221,7 @@ class FunctionRunner:
     def _route(self, task: Task, load: Loader, result: TaskResult) -> None:
         (value,) = self._load_values(task.inputs, load)
         if task.inputs[0].function == "":
-            choice = self._callable(task.function)(**value)
+            choice = self._call_start(task.function, value)
         else:
             choice = self._invoke(task.function, value)
         result.route = tuple(self._route_names(task.function, choice))

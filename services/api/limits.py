@@ -7,9 +7,10 @@ without one (chunked) is counted as it streams, and reading past the limit raise
 from inside the route (FastAPI re-raises ``HTTPException`` from body reading as is).
 Either way the route never sees more than the limit and nothing is stored or published.
 
-:class:`RequestGuardMiddleware`: the ``Origin`` check (CSRF), JSON Content-Type on bodies,
-the body read timeout and the JSON nesting limit. :func:`header_timeout_protocol`: the
-request head read timeout (the connection limit is uvicorn's ``limit_concurrency``).
+:class:`RequestGuardMiddleware`: the ``Origin`` check (CSRF), JSON Content-Type on bodies
+(any type on ``invoke_file``), the body read timeout and the JSON nesting limit.
+:func:`header_timeout_protocol`: the request head read timeout (the connection limit is
+uvicorn's ``limit_concurrency``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ async def _refuse(send: Send, detail: str) -> None:
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: What a request body may be: JSON, or an SDK-encoded payload (``X-Indexify-Encoded: 1``).
 BODY_TYPES = frozenset({JSON, *CONTENT_TYPES})
+#: Routes whose body is a file of any media type (or none): it is stored as bytes, never
+#: parsed, and the ``Origin`` check still keeps other sites' pages out.
+ANY_BODY_PATH = re.compile(r"/namespaces/[^/]+/compute_graphs/[^/]+/invoke_file/?")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 
@@ -135,7 +139,7 @@ class RequestGuardMiddleware:
       make a visitor's browser invoke, cancel or delete anything (CSRF);
     * a body on an unsafe request without a JSON Content-Type (or an SDK payload type,
       :data:`BODY_TYPES`): 415 (browsers send forms and ``text/plain`` cross-origin
-      without asking first);
+      without asking first); a file upload (:data:`ANY_BODY_PATH`) may have any type;
     * a body that stalls: each chunk must arrive within ``body_timeout_sec`` (408);
     * JSON nested deeper than ``max_json_depth``: 400 naming the limit, before anything
       parses it.
@@ -162,14 +166,17 @@ class RequestGuardMiddleware:
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
         method = scope["method"]
-        problem = self._problem(method, headers)
+        any_body = bool(ANY_BODY_PATH.fullmatch(scope.get("path", "")))
+        problem = self._problem(method, headers, any_body=any_body)
         if problem is not None:
             await _answer(send, *problem)
             return
-        json_body = media_type(headers.get("content-type", "")) == JSON
+        json_body = not any_body and media_type(headers.get("content-type", "")) == JSON
         await self.app(scope, self._guarded(receive, json_body), send)
 
-    def _problem(self, method: str, headers: dict[str, str]) -> tuple[int, str] | None:
+    def _problem(
+        self, method: str, headers: dict[str, str], *, any_body: bool = False
+    ) -> tuple[int, str] | None:
         if method not in _UNSAFE:
             return None
         origin = headers.get("origin")
@@ -187,7 +194,7 @@ class RequestGuardMiddleware:
             "transfer-encoding" in headers
         )
         kind = media_type(headers.get("content-type", ""))
-        if has_body and kind not in BODY_TYPES:
+        if has_body and kind not in BODY_TYPES and not any_body:
             return 415, (
                 f"Content-Type {kind or 'missing'!r} is not accepted: send JSON with "
                 f"Content-Type: {JSON} (or an SDK-encoded payload of "

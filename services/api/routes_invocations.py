@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
+from indexify.data_objects import FILE_METADATA_HEADER, OCTET_STREAM, file_attributes
 from indexify.models import InvocationInfo
 from services.common.api_keys import Role
 from services.common.settings import ApiSettings
@@ -25,7 +27,7 @@ from .schemas import (
     TaskLogsPage,
 )
 from .service import MAX_TASKS_PAGE, TASKS_PAGE
-from .sse import invoke_streaming, wait_until_terminal
+from .sse import invoke_streaming, stream_accepted, wait_until_terminal
 
 router = APIRouter(responses={**ERROR_RESPONSES, **AUTH_RESPONSES}, tags=["invocations"])
 
@@ -122,6 +124,70 @@ async def invoke(
     await wait_until_terminal(service, invocation_id, wait_sec)
     status = await service.store.invocations.invocation_status(invocation_id)
     return InvocationAccepted(id=invocation_id, status=status)
+
+
+_FILE_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The file's bytes, as they are; its Content-Type is the file's mime "
+        "type (leave it out for none).",
+    }
+}
+
+
+@router.post(
+    _GRAPH + "/invoke_file",
+    openapi_extra=_FILE_BODY,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": '`{"id": ...}`, or with block_until_finish=true an SSE stream '
+            "ending with `event: invocation.finished`",
+        }
+    },
+    response_model=InvocationAccepted,
+    dependencies=_INVOKE,
+)
+async def invoke_file(
+    namespace: str,
+    graph: str,
+    request: Request,
+    service: Service,
+    block_until_finish: bool = False,
+    wait_sec: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=60,
+            description="answer once the invocation is terminal (or after this many seconds) "
+            "with its status: invoke and wait in one request",
+        ),
+    ] = 0,
+    metadata: Annotated[
+        str | None,
+        Header(
+            alias=FILE_METADATA_HEADER,
+            description="the file's metadata: a JSON object (ASCII, as `json.dumps` writes it)",
+        ),
+    ] = None,
+) -> Response | InvocationAccepted:
+    """Start an invocation with the body as an `indexify.File` (data, mime type from the
+    Content-Type, metadata from the header): the start function gets it as its single
+    argument. The file is stored as bytes, so the `invoke` role is enough."""
+    body = await _read_body(request)
+    accepted = await service.accept_file(
+        namespace, graph, body, request.headers.get("content-type"), metadata
+    )
+    if block_until_finish:
+        settings: ApiSettings = request.app.state.api_settings
+        return await stream_accepted(service, accepted, settings.sse_keepalive_sec)
+    await service.publish_accepted([accepted])
+    if wait_sec <= 0:
+        return InvocationAccepted(id=accepted.id)
+    await wait_until_terminal(service, accepted.id, wait_sec)
+    status = await service.store.invocations.invocation_status(accepted.id)
+    return InvocationAccepted(id=accepted.id, status=status)
 
 
 @router.get(_GRAPH + "/invocations", dependencies=_READ)
@@ -236,7 +302,13 @@ async def function_outputs(
 @router.get(
     _INVOCATION + "/fn/{function}/output/{task_id}/{index}",
     response_class=Response,
-    responses={200: {"content": {"application/json": {}, "application/x-cloudpickle": {}}}},
+    responses={
+        200: {
+            "content": {"application/json": {}, "application/x-cloudpickle": {}, "*/*": {}},
+            "description": "the encoded value; a File's raw bytes with its mime type, and its "
+            f"metadata in the `{FILE_METADATA_HEADER}` header",
+        }
+    },
     dependencies=_READ,
 )
 async def raw_output(
@@ -248,11 +320,17 @@ async def raw_output(
     index: int,
     service: Service,
 ) -> Response:
-    """One encoded value, with its content type."""
+    """One encoded value, with its content type; a File as its bytes with its mime type."""
     payload = await outputs.raw_output(
         service, namespace, graph, invocation_id, function, task_id, index
     )
-    return Response(content=payload.data, media_type=payload.content_type)
+    attributes = file_attributes(payload.content_type)
+    if attributes is None:
+        return Response(content=payload.data, media_type=payload.content_type)
+    headers = {"Content-Type": attributes.mime_type or OCTET_STREAM}
+    if attributes.metadata is not None:
+        headers[FILE_METADATA_HEADER] = json.dumps(attributes.metadata, separators=(",", ":"))
+    return Response(content=payload.data, headers=headers)
 
 
 @router.get(_INVOCATION + "/fn/{function}/logs", dependencies=_READ)

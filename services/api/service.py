@@ -335,6 +335,19 @@ class ApiService:
         await self.publish_accepted([accepted])
         return accepted.id
 
+    async def accept_file(
+        self,
+        namespace: str,
+        graph: str,
+        body: bytes,
+        content_type: str | None,
+        metadata: str | None,
+    ) -> AcceptedInvocation:
+        """Store an invocation whose input is the body as a File (not published)."""
+        record = await self.require_graph(namespace, graph)
+        payload = validation.file_payload(record.definition, body, content_type, metadata)
+        return await self._accept(record, payload)
+
     async def _rerun_prepare(
         self, state: InvocationState, record: GraphRecord
     ) -> AcceptedInvocation:

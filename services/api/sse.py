@@ -154,6 +154,13 @@ async def invoke_streaming(
     accepted = await service.accept_invocation(
         namespace, graph, body, content_type, encoded, may_pickle=may_pickle
     )
+    return await stream_accepted(service, accepted, keepalive_sec)
+
+
+async def stream_accepted(
+    service: ApiService, accepted: AcceptedInvocation, keepalive_sec: float
+) -> StreamingResponse:
+    """Subscribe to an accepted invocation's progress, publish it, then stream."""
     try:
         listener = await service.hub.listen(accepted.id)
     except ServiceError:

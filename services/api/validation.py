@@ -1,7 +1,10 @@
 """Checks at the API boundary: graph definitions, graph code and invocation bodies.
 
 Everything here is pure (no I/O) and raises :class:`BadRequest` with a message that names
-the field and the fix, so nothing invalid is stored or published.
+the field and the fix, so nothing invalid is stored or published. The graph rules are the
+SDK's (:meth:`GraphDefinition.problems`, :func:`name_problem`), so a graph the SDK builds is
+one the API accepts; only what depends on this server (the version it is sent, topic-name
+lengths under :class:`Names`) is checked here, and reported with the graph's own problems.
 """
 
 from __future__ import annotations
@@ -15,35 +18,35 @@ from typing import Any
 from fastapi import Request
 from pydantic import ValidationError
 
-from indexify.definition import GraphDefinition, NodeDefinition
+from indexify.data_objects import MAX_METADATA_BYTES, File, file_input_problem
+from indexify.definition import GraphDefinition
 from indexify.encoding import CONTENT_TYPES, JSON, Payload, encode
+from indexify.errors import EncodingError
+from indexify.graph_rules import NAME_PATTERN, NAME_RULE, Problem, describe_problems, name_problem
 from services.common.errors import BadRequest, Forbidden
 from services.common.names import Names
 
 from .arguments import ArgumentChecker
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
-_TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _MAX_TOPIC_LENGTH = 249  # Kafka's limit on topic names
 
 
 def check_name(name: str, what: str) -> str:
-    if not NAME_PATTERN.fullmatch(name):
-        raise BadRequest(
-            f"{what} name {name!r} is invalid: use 1-100 letters, digits, '_' or '-' "
-            "(names become part of Kafka topic names)"
-        )
+    """``name`` if it follows the SDK's name rule, else :class:`BadRequest` saying why."""
+    problem = name_problem(name, what)
+    if problem is not None:
+        raise BadRequest(problem.message)
     return name
 
 
 #: What each path parameter may hold: every one becomes part of Redis keys, object keys or
 #: topic names, so nothing else (``:``, ``/``, ``*``, spaces, ...) reaches the stores.
 PATH_IDS: dict[str, tuple[re.Pattern[str], str]] = {
-    "namespace": (NAME_PATTERN, "1-100 letters, digits, '_' or '-'"),
-    "graph": (NAME_PATTERN, "1-100 letters, digits, '_' or '-'"),
-    "function": (NAME_PATTERN, "1-100 letters, digits, '_' or '-'"),
-    "invocation_id": (NAME_PATTERN, "1-100 letters, digits, '_' or '-' (the id invoke returned)"),
-    "key_id": (NAME_PATTERN, "1-100 letters, digits, '_' or '-' (a key's id)"),
+    "namespace": (NAME_PATTERN, NAME_RULE),
+    "graph": (NAME_PATTERN, NAME_RULE),
+    "function": (NAME_PATTERN, NAME_RULE),
+    "invocation_id": (NAME_PATTERN, f"{NAME_RULE} (the id invoke returned)"),
+    "key_id": (NAME_PATTERN, f"{NAME_RULE} (a key's id)"),
     "task_id": (
         re.compile(r"^[A-Za-z0-9_-]{1,200}$"),
         "1-200 letters, digits, '_' or '-' (a task id from the invocation's tasks)",
@@ -65,7 +68,7 @@ async def valid_path_ids(request: Request) -> None:
     check_path_ids(request.path_params)
 
 
-def _validation_summary(exc: ValidationError, limit: int = 3) -> str:
+def _validation_summary(exc: ValidationError, limit: int = 20) -> str:
     parts = []
     for error in exc.errors()[:limit]:
         where = ".".join(str(p) for p in error.get("loc", ())) or "top level"
@@ -75,7 +78,9 @@ def _validation_summary(exc: ValidationError, limit: int = 3) -> str:
 
 
 def parse_definition(raw: dict[str, Any], names: Names, namespace: str) -> GraphDefinition:
-    """A complete, consistent graph definition, or :class:`BadRequest` saying what is wrong."""
+    """A complete, consistent graph definition, or one :class:`BadRequest` listing every
+    problem: the graph rules (:meth:`GraphDefinition.problems`) and this server's own
+    (:func:`server_problems`)."""
     try:
         definition = GraphDefinition.model_validate(raw)
     except ValidationError as exc:
@@ -83,80 +88,40 @@ def parse_definition(raw: dict[str, Any], names: Names, namespace: str) -> Graph
             f"definition is not a valid graph definition ({_validation_summary(exc)}); send "
             "`Graph.definition().model_dump(mode='json')`"
         ) from None
-    check_name(definition.name, "graph")
-    if not definition.version or not _TOPIC_SAFE.fullmatch(definition.version):
-        raise BadRequest(
-            f"graph {definition.name!r}: version {definition.version!r} must be 1-100 letters, "
-            "digits, '_' or '-'; send the definition from `Graph.definition()`, which sets it"
-        )
-    if not definition.nodes:
-        raise BadRequest(f"graph {definition.name!r} has no functions; add at least one")
-    for key, node in definition.nodes.items():
-        _check_node(definition.name, key, node, names, namespace)
-    nodes = definition.nodes
-    if definition.start_node not in nodes:
-        raise BadRequest(
-            f"graph {definition.name!r}: start node {definition.start_node!r} is not one of "
-            f"its functions {sorted(nodes)}"
-        )
-    for kind, links in (("edge", definition.edges), ("route", definition.routes)):
-        for source, targets in links.items():
-            for endpoint in (source, *targets):
-                if endpoint not in nodes:
-                    raise BadRequest(
-                        f"graph {definition.name!r}: {kind} {source!r} -> {list(targets)} names "
-                        f"{endpoint!r}, which is not one of its functions {sorted(nodes)}"
-                    )
-    _check_acyclic(definition)
+    problems = [*definition.problems(), *server_problems(definition, names, namespace)]
+    if problems:
+        raise BadRequest(describe_problems(definition.name, problems))
     return definition
 
 
-def _check_node(graph: str, key: str, node: NodeDefinition, names: Names, namespace: str) -> None:
-    check_name(key, "function")
-    if node.name != key:
-        raise BadRequest(
-            f"graph {graph!r}: nodes[{key!r}] is named {node.name!r}; the key must be its name"
-        )
-    if not _TOPIC_SAFE.fullmatch(node.placement_key):
-        raise BadRequest(
-            f"function {key!r}: placement key {node.placement_key!r} must be 1-100 letters, "
-            "digits, '_' or '-'"
-        )
-    unknown = set(node.required_parameters) - set(node.parameters)
-    if unknown:
-        raise BadRequest(
-            f"function {key!r}: required_parameters {sorted(unknown)} are not in parameters "
-            f"{list(node.parameters)}"
-        )
-    topic = names.task_topic(node.placement_key, namespace, graph, key)
-    if len(topic) > _MAX_TOPIC_LENGTH:
-        raise BadRequest(
-            f"function {key!r}: its task topic {topic!r} is {len(topic)} characters, over "
-            f"Kafka's {_MAX_TOPIC_LENGTH}; use shorter namespace, graph or function names"
-        )
+# -- rules of this server, not of graphs ----------------------------------------------------
 
 
-def _check_acyclic(definition: GraphDefinition) -> None:
-    visiting: set[str] = set()
-    done: set[str] = set()
-
-    def visit(node: str, path: list[str]) -> None:
-        if node in done:
-            return
-        if node in visiting:
-            cycle = [*path[path.index(node) :], node]
-            raise BadRequest(
-                f"graph {definition.name!r} has a cycle {' -> '.join(cycle)}; graphs must be "
-                "acyclic"
+def server_problems(definition: GraphDefinition, names: Names, namespace: str) -> list[Problem]:
+    """What this API needs beyond the graph rules: a version as ``Graph.definition()`` sets
+    it, and task topic names within Kafka's length limit under these :class:`Names`."""
+    problems = []
+    if not NAME_PATTERN.fullmatch(definition.version):
+        problems.append(
+            Problem(
+                f"graph {definition.name!r}: version {definition.version!r} must be {NAME_RULE}; "
+                "send the definition from `Graph.definition()`, which sets it"
             )
-        visiting.add(node)
-        for child in definition.children(node):
-            visit(child, [*path, node])
-        visiting.discard(node)
-        done.add(node)
-
-    for node in definition.nodes:
-        visit(node, [])
+        )
+    for key, node in definition.nodes.items():
+        if not NAME_PATTERN.fullmatch(key) or not NAME_PATTERN.fullmatch(node.placement_key):
+            continue  # a graph rule reports it; the topic name is not built from it
+        topic = names.task_topic(node.placement_key, namespace, definition.name, key)
+        if len(topic) > _MAX_TOPIC_LENGTH:
+            problems.append(
+                Problem(
+                    f"function {key!r}: its task topic {topic!r} is {len(topic)} characters, "
+                    f"over Kafka's {_MAX_TOPIC_LENGTH}; use shorter namespace, graph or "
+                    "function names",
+                    function=key,
+                )
+            )
+    return problems
 
 
 def decode_code(code: str) -> bytes:
@@ -248,6 +213,39 @@ def invocation_payload(
     kwargs = parse_json_object(body, "the request body")
     check_arguments(definition, kwargs, checker)
     return encode(kwargs)
+
+
+def file_payload(
+    definition: GraphDefinition, body: bytes, content_type: str | None, metadata: str | None
+) -> Payload:
+    """The input of a file invocation: the body's bytes as a :class:`File` of the request's
+    Content-Type (none: no mime type) with the JSON object of the metadata header, which the
+    start function takes as its single argument. A File is stored as bytes, never loaded as
+    code, so any key that may invoke may send one."""
+    problem = file_input_problem(definition)
+    if problem is not None:
+        raise BadRequest(problem)
+    attached: dict[str, Any] | None = None
+    if metadata is not None:
+        if len(metadata) > MAX_METADATA_BYTES:
+            raise BadRequest(
+                f"X-Indexify-File-Metadata is {len(metadata)} bytes, over the "
+                f"{MAX_METADATA_BYTES} byte limit; keep a file's metadata small"
+            )
+        try:
+            attached = json.loads(metadata, parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise BadRequest(f"X-Indexify-File-Metadata is not valid JSON ({exc})") from None
+        if not isinstance(attached, dict):
+            raise BadRequest(
+                'X-Indexify-File-Metadata must be a JSON object (e.g. {"source": "scan"}), got '
+                f"{type(attached).__name__}"
+            )
+    mime_type = content_type.strip() if content_type and content_type.strip() else None
+    try:
+        return encode(File(data=body, mime_type=mime_type, metadata=attached))
+    except EncodingError as exc:
+        raise BadRequest(f"{exc} (Content-Type or X-Indexify-File-Metadata)") from None
 
 
 # -- page cursors ---------------------------------------------------------------------------

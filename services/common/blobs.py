@@ -31,7 +31,9 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
+from indexify.data_objects import file_attributes
 from indexify.encoding import Payload
+from indexify.errors import EncodingError
 
 from .errors import NotFound, PlatformUnavailable, ServiceError
 from .events import StoredValues
@@ -42,6 +44,7 @@ __all__ = [
     "BlobStore",
     "load_values",
     "load_values_sync",
+    "object_content_type",
     "pack",
     "plan_values",
     "store_values",
@@ -206,6 +209,19 @@ def pack(payloads: Sequence[Payload]) -> tuple[bytes, tuple[int, ...]]:
     return b"".join(p.data for p in payloads), tuple(offsets)
 
 
+def object_content_type(payloads: Sequence[Payload]) -> str:
+    """The object's content type: a File's mime type when it is the object's only value (a
+    File is stored as its raw bytes, so the object is the file), else octet-stream."""
+    if len(payloads) == 1:
+        try:
+            attributes = file_attributes(payloads[0].content_type)
+        except EncodingError:
+            return OCTET_STREAM
+        if attributes is not None and attributes.mime_type:
+            return attributes.mime_type
+    return OCTET_STREAM
+
+
 def plan_values(
     payloads: Sequence[Payload], object_key: str, inline_limit: int
 ) -> tuple[StoredValues, bytes | None]:
@@ -256,7 +272,7 @@ def store_values_sync(
     ``keep(object_key, data)`` is given the object once it is stored (a local copy)."""
     values, data = plan_values(payloads, object_key, store.settings.inline_limit_bytes)
     if data is not None:
-        store.put_sync(object_key, data)
+        store.put_sync(object_key, data, object_content_type(payloads))
         if keep is not None:
             keep(object_key, data)
     return values
@@ -275,7 +291,7 @@ async def store_values(
 ) -> StoredValues:
     values, data = plan_values(payloads, object_key, store.settings.inline_limit_bytes)
     if data is not None:
-        await store.put(object_key, data)
+        await store.put(object_key, data, object_content_type(payloads))
     return values
 
 

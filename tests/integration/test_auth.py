@@ -61,6 +61,8 @@ NOT_FOUND = {
     "{function}/output/{task_id}/{index}",
     "DELETE /keys/{key_id}",
 }
+#: routes that answer 400 even with the right key: graph g's start takes an int, not a File
+BAD_INPUT = {"POST /namespaces/{namespace}/compute_graphs/{graph}/invoke_file"}
 
 
 @indexify_function()
@@ -254,6 +256,8 @@ async def test_every_route_across_keys_and_roles(api: Api) -> None:
         key = api.keys.admin if case.requires.scope == "global" else api.keys.alpha[needed]
         response = await api.call(case, key)
         ok = response.status_code == 404 if str(case) in NOT_FOUND else response.is_success
+        if str(case) in BAD_INPUT:
+            ok = response.status_code == 400 and "not a File" in _detail(response)
         expect(case, f"with role {needed.value}", response, ok)
     assert not problems, "\n".join(problems)
 

@@ -6,6 +6,7 @@ import indexify.engine
 PUBLIC_API = [
     "ApiError",
     "EncodingError",
+    "File",
     "FunctionSpec",
     "Graph",
     "GraphDefinition",

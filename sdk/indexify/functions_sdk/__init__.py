@@ -1,0 +1,1 @@
+"""Module paths of the original Indexify SDK, kept for code written against it."""
