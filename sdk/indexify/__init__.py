@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .client import IndexifyClient, create_client
+from .client import IndexifyClient
 from .data_objects import File
 from .definition import GraphDefinition, NodeDefinition
 from .errors import (
@@ -16,6 +16,7 @@ from .errors import (
     NonRetryable,
     NotFoundError,
 )
+from .factory import create_client
 from .functions import (
     FunctionSpec,
     IndexifyFunction,

@@ -113,28 +113,3 @@ class IndexifyClient(abc.ABC):
     def rerun_graph(self, graph: str) -> list[str]:
         """Replay every invocation of ``graph`` on its current version (a backfill)."""
         return [self.rerun_invocation(graph, inv.id) for inv in self.invocations(graph)]
-
-
-def create_client(
-    in_process: bool = False,
-    service_url: str | None = None,
-    namespace: str = DEFAULT_NAMESPACE,
-    *,
-    api_key: str | None = None,
-    **options: Any,
-) -> IndexifyClient:
-    """``create_client(in_process=True)`` runs graphs here; otherwise talk to the server.
-
-    The server is ``service_url``, else ``$INDEXIFY_URL``, else ``http://localhost:8900``.
-    Its API key is ``api_key``, else ``$INDEXIFY_API_KEY``, else the one stored for that URL
-    in the credentials file (``indexify-cli server-dev-mode`` writes it; see
-    :mod:`indexify.credentials`). The in-process client needs no key.
-    """
-    if in_process:
-        from .local import LocalClient
-
-        return LocalClient(namespace=namespace, **options)
-    from .remote import RemoteClient
-
-    url = service_url or os.environ.get("INDEXIFY_URL") or DEFAULT_SERVICE_URL
-    return RemoteClient(url, namespace=namespace, api_key=api_key, **options)

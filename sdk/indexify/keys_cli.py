@@ -3,7 +3,7 @@
     indexify-cli keys create --namespace NS --role ROLE [--name NOTE]   prints the new key once
     indexify-cli keys list [--namespace NS]
     indexify-cli keys revoke KEY_ID
-    indexify-cli keys generate [--save]   a first admin key and the hash the API is given
+    indexify-cli keys generate [--save]   (with the server installed) a first admin key
     indexify-cli keys save KEY            store a key for --url in the credentials file
 
 ``create``, ``list`` and ``revoke`` call the server at ``--url`` (default ``$INDEXIFY_URL``,
@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from .client import DEFAULT_SERVICE_URL
+from .client_cli import add_server_options
 from .credentials import resolve_api_key, save_api_key
 from .errors import ApiError
 from .http import ConnectionPool, HttpRequest, ServerUnreachable, request_path
 
-__all__ = ["add_key_commands"]
+__all__ = ["add_key_commands", "cmd_save"]
 
 _ROLES = ("read", "invoke", "deploy", "admin")
 
@@ -103,55 +102,27 @@ def cmd_revoke(args: argparse.Namespace) -> None:
     _console().print(f"revoked key {args.key_id}")
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    from services.common.api_keys import hash_token, new_token
-
-    token = new_token()
-    console = _console()
-    console.print("A new admin key for all namespaces (shown only now):")
-    console.print(token, markup=False)
-    console.print(
-        "Start the API with this setting (its SHA-256), then create keys with it:\n"
-        f"INDEXIFY_API_ADMIN_KEY_SHA256={hash_token(token)}",
-        markup=False,
-    )
-    if args.save:
-        console.print(f"saved for {args.url} in {save_api_key(args.url, token)}")
-
-
 def cmd_save(args: argparse.Namespace) -> None:
     path = save_api_key(args.url, args.key)
     _console().print(f"saved the key for {args.url} in {path}")
 
 
-def add_key_commands(sub: Any) -> None:
-    """Add ``keys ...`` to the CLI's subcommands."""
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
-        dest="keys_command", required=True, metavar="ACTION"
-    )
-    default_url = os.environ.get("INDEXIFY_URL") or DEFAULT_SERVICE_URL
+def add_key_commands(commands: Any) -> None:
+    """Add ``keys create|list|revoke|save`` to the CLI (a :class:`indexify.cli.Commands`);
+    the server adds ``keys generate``."""
 
-    def command(name: str, help_text: str, handler: Any, needs_server: bool = False) -> Any:
-        parser = keys.add_parser(name, help=help_text)
-        parser.add_argument("--url", default=default_url, help="the server (default %(default)s)")
-        parser.add_argument("--api-key", default=None, help="an admin key (default: as the SDK)")
-        parser.set_defaults(handler=_run(handler), needs_server=needs_server)
+    def command(name: str, help_text: str, handler: Any) -> Any:
+        parser = commands.add(name, help_text, _run(handler), group="keys")
+        add_server_options(parser, api_key_help="an admin's key")
         return parser
 
     create = command("create", "create a key (prints its secret once)", cmd_create)
     create.add_argument("--namespace", required=True, help="its namespace, or '*' for all")
-    create.add_argument("--role", required=True, choices=_ROLES)
+    create.add_argument("--role", required=True, choices=_ROLES, help="what the key may do")
     create.add_argument("--name", default="", help="a note: who or what uses it")
     listing = command("list", "list keys (never their secrets)", cmd_list)
-    listing.add_argument("--namespace", default=None)
+    listing.add_argument("--namespace", default=None, help="only the keys of this namespace")
     revoke = command("revoke", "revoke a key at once", cmd_revoke)
-    revoke.add_argument("key_id")
-    generate = command(
-        "generate",
-        "print a new admin key and the INDEXIFY_API_ADMIN_KEY_SHA256 setting that admits it",
-        cmd_generate,
-        needs_server=True,
-    )
-    generate.add_argument("--save", action="store_true", help="store it for --url")
+    revoke.add_argument("key_id", help="the key's id (the part after ifx_)")
     save = command("save", "store a key for --url in the credentials file", cmd_save)
-    save.add_argument("key")
+    save.add_argument("key", help="the key's secret (ifx_...)")

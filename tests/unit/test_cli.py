@@ -1,6 +1,7 @@
 """``indexify-cli`` commands that need no server: build-image, argument checks, hints."""
 
 import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from indexify.cli import main
-from indexify.dev_server import infra_endpoints, unreachable
+from services.dev_checks import infra_endpoints, unreachable
 
 WORKFLOW = textwrap.dedent(
     """
@@ -74,12 +75,20 @@ def test_build_image_names_a_missing_function(
     assert "no indexify function named 'nope'" in capsys.readouterr().err
 
 
-def test_commands_needing_the_server_say_how_to_install_it(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "services", None)
-    assert main(["topics", "list"]) == 1
-    assert "pip install -e . from the repository" in capsys.readouterr().err
+def test_commands_needing_the_server_say_how_to_install_it() -> None:
+    """Without the server package, its commands are not there; asking for one says how to
+    get it (a fresh interpreter where ``services`` cannot be imported)."""
+    program = (
+        "import sys; sys.modules['services'] = None\n"
+        "from indexify.cli import main\n"
+        "sys.exit(main(['topics', 'list']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1, result.stderr
+    assert "pip install -e . from the repository" in result.stderr
+    assert "services.cli_commands:register" in result.stderr  # why the plugin did not load
 
 
 def test_executor_rejects_a_malformed_label(capsys: pytest.CaptureFixture[str]) -> None:
