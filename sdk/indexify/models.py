@@ -40,6 +40,10 @@ class GraphInfo(BaseModel):
 
 
 class TaskInfo(BaseModel):
+    """One task. On the server, a task an executor runs now is ``running`` (``executor``,
+    ``started_at`` and ``attempt`` say where, since when, which attempt); a queued task that
+    no live executor can take says why in ``waiting``."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: str
@@ -51,6 +55,9 @@ class TaskInfo(BaseModel):
     route: tuple[str, ...] | None = None
     error: ErrorInfo | None = None
     attempts: list[Attempt] = Field(default_factory=list)
+    executor: str | None = None
+    started_at: float | None = None
+    waiting: str | None = None
 
     @classmethod
     def of(cls, record: TaskRecord, *, terminal: bool = False) -> TaskInfo:
@@ -86,7 +93,8 @@ class InvocationInfo(BaseModel):
 
     ``task_counts`` counts its tasks by status (all of them); ``tasks`` lists them, or one
     page of them from the server: ``next_tasks_cursor`` is then where the next page starts
-    (None: no more; ``RemoteClient.invocation_tasks`` follows the pages)."""
+    (None: no more; ``RemoteClient.invocation_tasks`` follows the pages). ``waiting`` says
+    why a live invocation cannot go on, e.g. ``no live executor offers gpu=h100``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -103,6 +111,7 @@ class InvocationInfo(BaseModel):
     task_counts: dict[str, int] = Field(default_factory=dict)
     tasks: list[TaskInfo] = Field(default_factory=list)
     next_tasks_cursor: str | None = None
+    waiting: str | None = None
 
     @classmethod
     def from_state(cls, state: InvocationState, *, with_tasks: bool = True) -> InvocationInfo:

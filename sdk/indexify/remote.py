@@ -46,6 +46,7 @@ from .http import (
     request_path,
 )
 from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs
+from .sse import ServerSentEvent, iter_events
 
 __all__ = ["RemoteClient", "RemoteInvalidInputError", "RemoteNotFoundError"]
 
@@ -222,6 +223,8 @@ class RemoteClient(IndexifyClient):
             del body["code"]
             reply = self._json("POST", self._path("compute_graphs"), json=body)
         info = _model(GraphInfo, reply)
+        for warning in reply.get("warnings", []) if isinstance(reply, dict) else []:
+            logger.warning("graph %r registered, but: %s", graph.name, warning)
         with self._lock:
             self._registered[graph.name] = _Registered(version=info.version, graph=graph)
         return info
@@ -264,21 +267,25 @@ class RemoteClient(IndexifyClient):
         path = self._graph_path(graph, route)
         if not block:
             return str(self._json("POST", path, content=body, headers=headers)["id"])
-        # Invoke and wait in one request (the server answers once the invocation ended),
-        # then long polls of the status if that wait ran out: not the progress stream, which
-        # carries three events per task (for a fan-out of thousands, far more than its end).
+        # Invoke and wait in one request (the server answers once the invocation ended, or
+        # once it waits for an executor nobody offers), then long polls of the status if
+        # that wait ran out: not the progress stream, which carries three events per task
+        # (for a fan-out of thousands, far more than its end).
         wait = min(self.wait_timeout, _LONG_POLL_SEC)
         accepted = self._json(
             "POST",
             path,
             content=body,
             headers=headers,
-            params={"wait_sec": f"{wait:.3f}"},
+            params={"wait_sec": f"{wait:.3f}", "until_waiting": "true"},
             timeout=self.timeout + wait,
         )
         invocation_id = str(accepted["id"])
         if accepted.get("status") not in TERMINAL_STATUSES:
-            self._wait(graph, invocation_id, self.wait_timeout, limit=0)
+            waiting = accepted.get("waiting")
+            if waiting:
+                _log_waiting(graph, invocation_id, str(waiting))
+            self._wait(graph, invocation_id, self.wait_timeout, limit=0, logged=bool(waiting))
         return invocation_id
 
     def _start_hints(self, graph: str) -> dict[str, Any] | None:
@@ -318,9 +325,11 @@ class RemoteClient(IndexifyClient):
         *,
         tasks_cursor: str | None = None,
         limit: int | None = None,
+        until_waiting: bool = False,
     ) -> InvocationInfo:
         """The status with one page of tasks (``limit=0``: none); with ``wait_sec`` the
-        server answers once the invocation is terminal (or after ``wait_sec``): a long poll
+        server answers once the invocation is terminal (or after ``wait_sec``; with
+        ``until_waiting`` also once it waits for an executor nobody offers): a long poll
         instead of repeated requests."""
         path = self._graph_path(graph, "invocations", invocation_id)
         params: dict[str, str] = {}
@@ -332,6 +341,8 @@ class RemoteClient(IndexifyClient):
         if wait_sec > 0:
             params["wait_sec"] = f"{wait_sec:.3f}"
             timeout = self.timeout + wait_sec
+            if until_waiting:
+                params["until_waiting"] = "true"
         body = self._json("GET", path, params=params or None, timeout=timeout)
         return _model(InvocationInfo, body)
 
@@ -347,18 +358,31 @@ class RemoteClient(IndexifyClient):
         return self._wait(graph, invocation_id, timeout)
 
     def _wait(
-        self, graph: str, invocation_id: str, timeout: float, *, limit: int | None = None
+        self,
+        graph: str,
+        invocation_id: str,
+        timeout: float,
+        *,
+        limit: int | None = None,
+        logged: bool = False,
     ) -> InvocationInfo:
         """Long polls until the invocation is terminal; the answers carry a page of ``limit``
-        tasks (None: the server's default, 0: none)."""
+        tasks (None: the server's default, 0: none). When it waits for an executor nobody
+        offers, that is logged once (a warning of ``indexify.remote``; ``logged``: it was)."""
         deadline = time.monotonic() + timeout
         delay = _POLL_START_SEC
         while True:
             asked = time.monotonic()
             wait = max(0.0, min(deadline - asked, _LONG_POLL_SEC))
-            info = self._invocation_info(graph, invocation_id, wait_sec=wait, limit=limit)
+            info = self._invocation_info(
+                graph, invocation_id, wait_sec=wait, limit=limit, until_waiting=not logged
+            )
             if info.status in TERMINAL_STATUSES:
                 return info
+            if info.waiting and not logged:
+                _log_waiting(graph, invocation_id, info.waiting)
+                logged = True
+                continue  # the long poll answered early to say so: wait on
             now = time.monotonic()
             remaining = deadline - now
             if remaining > 0 and now - asked >= wait / 2:
@@ -371,6 +395,21 @@ class RemoteClient(IndexifyClient):
                 )
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, _POLL_MAX_SEC)
+
+    def progress_events(
+        self, graph: str, invocation_id: str, *, read_timeout: float = 60.0
+    ) -> Iterator[ServerSentEvent]:
+        """The invocation's progress from now on, as the server sends it (``task.created``,
+        ``task.started``, ``task.finished``), ending with ``invocation.finished`` (data: its
+        summary) or ``error``. ``read_timeout`` bounds the wait for each line (the server
+        sends a keep-alive every few seconds)."""
+        path = self._graph_path(graph, "invocations", invocation_id, "events")
+        headers = {"Accept": "text/event-stream"}
+        with self._request("GET", path, headers=headers, timeout=read_timeout, stream=True) as r:
+            try:
+                yield from iter_events(r.iter_lines())
+            except ServerUnreachable as exc:
+                raise self._unreachable(exc) from exc
 
     # -- outputs and logs -------------------------------------------------------------------
 
@@ -470,6 +509,16 @@ class RemoteClient(IndexifyClient):
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _log_waiting(graph: str, invocation_id: str, waiting: str) -> None:
+    logger.warning(
+        "invocation %s of graph %r is waiting: %s (it goes on once an executor that offers "
+        "this is live)",
+        invocation_id,
+        graph,
+        waiting,
+    )
 
 
 def _model(cls: Any, data: Any) -> Any:

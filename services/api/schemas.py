@@ -58,6 +58,11 @@ class GraphRegistered(GraphInfo):
     """The registered graph; ``created`` is false when this exact version was already there."""
 
     created: bool
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what may go wrong, e.g. a function whose placement no live executor "
+        "offers (its tasks will wait until one that does runs)",
+    )
 
 
 class GraphList(_Body):
@@ -76,6 +81,11 @@ class InvocationAccepted(_Body):
         default=None,
         description="with `wait_sec`: the invocation's status when answered (terminal unless "
         "the wait ran out); without: not set",
+    )
+    waiting: str | None = Field(
+        default=None,
+        description="with `wait_sec`, if it still runs: why it cannot go on, e.g. `no live "
+        "executor offers gpu=h100 (function 'embed': 1 task)`",
     )
 
 

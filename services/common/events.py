@@ -230,12 +230,17 @@ ProgressType = Literal[
     "task.created",
     "task.started",
     "task.finished",
+    "invocation.waiting",
     "invocation.finished",
 ]
 
 
 class ProgressEvent(_Frozen):
-    """Published on Redis for live progress (the API streams these as Server-Sent Events)."""
+    """Published on Redis for live progress (the API streams these as Server-Sent Events).
+
+    ``invocation.waiting`` is the API's own (not published): ``waiting`` says why the
+    invocation cannot go on (no live executor offers a function's placement), or is None
+    once it can again."""
 
     type: ProgressType
     invocation_id: str
@@ -246,6 +251,7 @@ class ProgressEvent(_Frozen):
     outcome: Literal["success", "failure"] | None = None
     status: InvocationStatus | None = None
     error: ErrorInfo | None = None
+    waiting: str | None = None
     at: float = Field(default_factory=time.time)
 
 

@@ -312,6 +312,7 @@ class InvocationRepository(RedisRepository):
             names.done_key(invocation_id),
             names.results_key(invocation_id),
             names.logs_key(invocation_id),
+            names.running_key(invocation_id),
         ]
         if state is not None:
             keys += [names.output_index_key(invocation_id, fn) for fn in state.output_counts]
@@ -336,6 +337,17 @@ class InvocationRepository(RedisRepository):
     async def load_invocation(self, invocation_id: str) -> tuple[InvocationState, int] | None:
         """The summary of an invocation (no task records, no outputs) and its revision."""
         return (await self.load_invocations([invocation_id])).get(invocation_id)
+
+    async def statuses(self, invocation_ids: Iterable[str]) -> dict[str, str | None]:
+        """The status of each invocation (None: deleted), in one round trip."""
+        ids = list(dict.fromkeys(invocation_ids))
+        if not ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for inv in ids:
+                pipe.hget(self.names.invocation_key(inv), "status")
+            rows = await self._call(pipe.execute())
+        return {inv: raw.decode() if raw else None for inv, raw in zip(ids, rows, strict=True)}
 
     async def invocation_status(self, invocation_id: str) -> str | None:
         raw = await self._call(self._redis.hget(self.names.invocation_key(invocation_id), "status"))

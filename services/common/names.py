@@ -91,6 +91,12 @@ class Names:
         scheduler removes the entry when it records the task done."""
         return f"{self.prefix}:inv:{invocation_id}:results"
 
+    def running_key(self, invocation_id: str) -> str:
+        """Hash: task id -> JSON ``task.started`` ProgressEvent (executor, attempt, time) of
+        the tasks executors started and have not recorded yet; an entry counts only while
+        the task's lease lives (the status reads it, ``lua/task_activity.lua``)."""
+        return f"{self.prefix}:inv:{invocation_id}:running"
+
     def lease_key(self, invocation_id: str, task_id: str) -> str:
         """String with a TTL: the token of the executor process running the task."""
         return self.lease_prefix(invocation_id) + task_id
@@ -118,6 +124,12 @@ class Names:
     def delayed_key(self) -> str:
         """Sorted set of delayed task messages (retries with backoff), scored by due time."""
         return f"{self.prefix}:delayed"
+
+    @property
+    def handled_deadletters_key(self) -> str:
+        """Hash: ``<partition>:<offset>`` of a dead letter -> JSON ``{at, note}``: those an
+        operator marked handled (``indexify-cli deadletters --mark-handled``)."""
+        return f"{self.prefix}:deadletters:handled"
 
     @property
     def executors_key(self) -> str:

@@ -10,6 +10,7 @@ re-publishes it instead of running again. The scripts are ``lua/claim_task.lua``
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,7 +20,22 @@ from .names import Names
 from .redis_calls import RedisRepository, ms, text
 from .scripts import register
 
-__all__ = ["TaskClaims"]
+__all__ = ["TaskActivity", "TaskClaims"]
+
+
+@dataclass(frozen=True)
+class TaskActivity:
+    """What executors do with an invocation's tasks now (:meth:`TaskClaims.activity`).
+
+    ``running``: task id -> its ``task.started`` event (executor, attempt, time), for the
+    tasks an executor holds and has started; ``unrecorded``: those of them the scheduler has
+    no record of yet (the next steps of a chain an executor continues itself);
+    ``recorded``: tasks the scheduler records as queued whose success an executor recorded,
+    not applied yet (e.g. the steps before the one a chain runs now)."""
+
+    running: dict[str, ProgressEvent] = field(default_factory=dict)
+    unrecorded: frozenset[str] = frozenset()
+    recorded: frozenset[str] = frozenset()
 
 
 def _by_invocation(tasks: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -38,6 +54,32 @@ class TaskClaims(RedisRepository):
         self._claim_many = register(redis, "claim_tasks")
         self._renew = register(redis, "renew_leases")
         self._record = register(redis, "record_results")
+        self._activity = register(redis, "task_activity")
+
+    async def activity(self, invocation_id: str) -> TaskActivity:
+        """The invocation's :class:`TaskActivity`: one read-only Lua call
+        (``lua/task_activity.lua``) over its running hash, leases and recorded results."""
+        names = self.names
+        keys = [
+            names.running_key(invocation_id),
+            names.tasks_key(invocation_id),
+            names.results_key(invocation_id),
+        ]
+        [(flat, recorded)] = await self._call(
+            self._scripts(self._activity, [(keys, [names.lease_prefix(invocation_id)])])
+        )
+        running: dict[str, ProgressEvent] = {}
+        unrecorded: set[str] = set()
+        for i in range(0, len(flat), 3):
+            task_id = text(flat[i])
+            running[task_id] = ProgressEvent.model_validate_json(flat[i + 1])
+            if int(flat[i + 2]) == 0:
+                unrecorded.add(task_id)
+        return TaskActivity(
+            running=running,
+            unrecorded=frozenset(unrecorded),
+            recorded=frozenset(text(t) for t in recorded),
+        )
 
     async def claim_tasks(
         self,
@@ -52,7 +94,8 @@ class TaskClaims(RedisRepository):
         * ``("result", event json)``: a previous run recorded its success (outputs stored)
           but its event may not have reached Kafka: publish that, do not run again;
         * ``("run", "")``: the caller now holds the task's lease (renew it while running),
-          and ``started`` (a progress event, if given) was published;
+          and ``started`` (a progress event, if given: the task starts now) was published
+          and kept as the task's entry of the running hash (:meth:`activity`);
         * ``("wait", holder)``: another live executor process runs it: ask again later.
         """
         tasks = list(tasks)
@@ -75,6 +118,7 @@ class TaskClaims(RedisRepository):
             self.names.done_key(invocation_id),
             self.names.results_key(invocation_id),
             self.names.lease_key(invocation_id, task_id),
+            self.names.running_key(invocation_id),
         ]
         args = [
             task_id,
@@ -118,6 +162,7 @@ class TaskClaims(RedisRepository):
             names.invocation_key(invocation_id),
             names.done_key(invocation_id),
             names.results_key(invocation_id),
+            names.running_key(invocation_id),
         ]
         args: list[Any] = [
             token,
@@ -164,7 +209,7 @@ class TaskClaims(RedisRepository):
         return [
             (
                 self._record,
-                [self.names.results_key(inv)],
+                [self.names.results_key(inv), self.names.running_key(inv)],
                 [token, self.names.lease_prefix(inv), *pairs],
             )
             for inv, pairs in grouped.items()

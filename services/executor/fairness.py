@@ -94,6 +94,10 @@ class FairHandout(Generic[_T]):
         """No free item right now (a ``get`` would wait)."""
         return not self._items or bool(self._waiters)
 
+    def available(self) -> int:
+        """How many items a ``get`` would take at once right now."""
+        return 0 if self._waiters else len(self._items)
+
     def held(self, owner: str) -> int:
         return self._held[owner]
 

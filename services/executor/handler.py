@@ -6,7 +6,9 @@
 
 * ``run``: run it on the :class:`WorkerPool` (asking again, if it waited for a worker,
   whether it is still wanted), continue its chain here (:class:`.chains.ChainRunner`), then
-  record and publish the results (:class:`.reporter.Reporter`);
+  record and publish the results (:class:`.reporter.Reporter`). The task *starts* (its
+  ``task.started`` is published and kept for the status) with the claim when a worker is
+  free for it, else with the claim asked again once one is;
 * ``result``: an earlier run recorded it: re-publish that result, nothing runs;
 * ``skip``: done already, or the invocation is over;
 * ``wait``: another live process (or this one) holds its lease: wait for its result or for
@@ -30,6 +32,7 @@ from typing import Any
 
 from services.common.events import (
     MessageDecodeError,
+    ProgressEvent,
     TaskChunkMessage,
     TaskMessage,
     decode_task_topic_message,
@@ -39,7 +42,7 @@ from services.common.logging import get_logger
 
 from .chains import ChainRunner
 from .chunks import ChunkRunner
-from .leases import Leases, Verdict
+from .leases import Key, Leases, Verdict
 from .reporter import Reporter
 from .tasklog import log_finished, task_log
 from .worker_pool import WorkerPool
@@ -68,6 +71,7 @@ class TaskHandler:
         self._stop = stop
         self._chunks = ChunkRunner(leases, reporter, pool, single=self.process_task)
         self._tasks_run = 0
+        self._starting = 0  # claims in flight that say their task starts (a worker is free)
 
     @property
     def tasks_run(self) -> int:
@@ -119,11 +123,12 @@ class TaskHandler:
         log = task_log(record, message)
         key = (message.invocation_id, message.task.id)
         started = leases.started(message)
+        marked = False  # whether the claim said the task started (a worker was free)
         if verdict is None:
             if key in leases:  # the same task twice in this process: a duplicate
                 verdict = ("wait", "this executor")
             else:
-                verdict = await leases.claim(key, started)
+                verdict, marked = await self._claim(key, started)
         kind, detail = verdict
         if kind == "wait":
             # Another live executor process (or this one) runs this task: a rebalance moved
@@ -137,7 +142,7 @@ class TaskHandler:
                     return False
                 if key in leases:
                     continue
-                kind, detail = await leases.claim(key, started)
+                (kind, detail), marked = await self._claim(key, started)
         if kind == "skip":
             log.info("task skipped", reason=detail)
             return True
@@ -145,21 +150,42 @@ class TaskHandler:
             await self._reporter.publish_recorded(message, detail, log)
             return True
         with leases.holding(key):
-            await self._run(record, message, log, ran)
+            await self._run(record, message, log, ran, started=None if marked else started)
         return True
 
+    async def _claim(self, key: Key, started: ProgressEvent) -> tuple[Verdict, bool]:
+        """Claim a task; the claim says it starts (``started``, the second value True) only
+        when a worker is free for it, not promised to another claim asked meanwhile: a
+        task taken now runs at once (nothing awaits between the answer and taking a worker)."""
+        marked = self._pool.idle_workers > self._starting
+        if not marked:
+            return await self._leases.claim(key), False
+        self._starting += 1
+        try:
+            return await self._leases.claim(key, started), True
+        finally:
+            self._starting -= 1
+
     async def _run(
-        self, record: Record, message: TaskMessage, log: Any, ran: Callable[[], None]
+        self,
+        record: Record,
+        message: TaskMessage,
+        log: Any,
+        ran: Callable[[], None],
+        *,
+        started: ProgressEvent | None,
     ) -> None:
+        """Run the claimed task. ``started``: the claim did not say the task started (no
+        worker was free then): it is said when a worker is, by the claim asked again."""
         log.debug("task started")
         verdict: list[Verdict] = []
 
         async def still_wanted() -> bool:  # asked when the task waited for a free worker
-            answer = await self._leases.recheck(message)
+            answer = await self._leases.recheck(message, started)
             verdict.append(answer)
             return answer[0] not in ("skip", "result")
 
-        event = await self._pool.run(message, still_wanted)
+        event = await self._pool.run(message, still_wanted, always_ask=started is not None)
         ran()
         if event is None:  # cancelled, finished or recorded while it waited for a worker
             kind, detail = verdict[-1]

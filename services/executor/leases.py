@@ -81,7 +81,8 @@ class Leases:
     # -- claims ---------------------------------------------------------------------------
 
     def started(self, message: TaskMessage) -> ProgressEvent:
-        """The ``task.started`` progress event a claim publishes when it takes the lease."""
+        """The ``task.started`` progress event a claim publishes (and keeps with the lease, so
+        the invocation's status shows the task running) when the task starts."""
         task = message.task
         return ProgressEvent(
             type="task.started",
@@ -100,12 +101,15 @@ class Leases:
         with self.holding(key):
             return await retrying("checking the task", lambda: self._batch.call((*key, started)))
 
-    async def recheck(self, message: TaskMessage) -> Verdict:
+    async def recheck(self, message: TaskMessage, started: ProgressEvent | None = None) -> Verdict:
         """The claim's answer for a task that waited for a worker, leases held or not: the
         invocation may have been cancelled or finished meanwhile ("skip"), or the task
-        recorded by another process ("result"); "wait" means our lease lapsed (run it)."""
+        recorded by another process ("result"); "wait" means our lease lapsed (run it).
+        ``started`` (if given) is published and kept with the lease: the task starts now."""
         inv, task_id = message.invocation_id, message.task.id
-        return await retrying("checking the task", lambda: self._batch.call((inv, task_id, None)))
+        return await retrying(
+            "checking the task", lambda: self._batch.call((inv, task_id, started))
+        )
 
     async def claim_chunk(
         self, invocation_id: str, function: str, tasks: Sequence[tuple[str, int]]

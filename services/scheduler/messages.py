@@ -32,6 +32,7 @@ from indexify.engine import (
     RunTask,
     Task,
     TaskFinished,
+    stopped_by_cancel,
 )
 from services.common.events import (
     ChunkItem,
@@ -142,9 +143,10 @@ def to_engine_event(event: SchedulerEvent) -> EngineEvent:
 
 
 def accepts(state: InvocationState, event: EngineEvent) -> bool:
-    """Whether the engine would change ``state`` for ``event`` (False: a duplicate or stale)."""
+    """Whether the engine would change ``state`` for ``event`` (False: a duplicate or stale).
+    A terminal invocation takes only the report of an attempt its cancel stopped."""
     if state.terminal:
-        return False
+        return stopped_by_cancel(state, event)
     if isinstance(event, InvocationCreated):
         return state.status == "pending"
     if isinstance(event, TaskFinished):

@@ -1,7 +1,8 @@
 """The pure execution engine shared by the in-process runner and the scheduler service."""
 
-from .engine import DEFAULT_MAX_REDUCE_BATCH, Engine, task_id_for
+from .engine import DEFAULT_MAX_REDUCE_BATCH, Engine, stopped_by_cancel, task_id_for
 from .model import (
+    CANCELLED_ERROR_TYPE,
     INPUT_TASK_ID,
     TERMINAL_STATUSES,
     Attempt,
@@ -24,6 +25,7 @@ from .model import (
 )
 
 __all__ = [
+    "CANCELLED_ERROR_TYPE",
     "DEFAULT_MAX_REDUCE_BATCH",
     "INPUT_TASK_ID",
     "TERMINAL_STATUSES",
@@ -45,5 +47,6 @@ __all__ = [
     "TaskFinished",
     "TaskRecord",
     "ValueRange",
+    "stopped_by_cancel",
     "task_id_for",
 ]

@@ -12,6 +12,9 @@ Rules:
 * a reducer folds values into its accumulator in steps, one step in flight at a time, and
   finalizes (one output: the accumulator) once no ancestor can produce more values;
 * a finished event for a task that is not waiting for that attempt is a duplicate: ignored;
+* a cancelled invocation takes no more events, but the attempt a cancel stopped (its worker
+  process killed: an error of type ``Cancelled``) is kept in its task's record, which is
+  then ``cancelled`` (:func:`stopped_by_cancel`);
 * a failed task is retried per the function's policy (platform errors do not use the budget:
   the first is retried at once, the next ones back off up to PLATFORM_MAX_DELAY_SEC, so an
   outage of MinIO or Redis of a minute is waited out);
@@ -21,10 +24,12 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 from ..definition import GraphDefinition
 from ..retry import compute_backoff
 from .model import (
+    CANCELLED_ERROR_TYPE,
     INPUT_TASK_ID,
     Attempt,
     Command,
@@ -59,6 +64,27 @@ def platform_backoff(failures: int, rand: float) -> float:
     return base * (0.8 + 0.4 * rand)
 
 
+def stopped_by_cancel(state: InvocationState, event: EngineEvent) -> bool:
+    """Whether ``event`` reports the attempt a cancel of ``state`` stopped (the executor
+    killed its worker process): the current attempt of a task that was queued when the
+    cancel came (its record says ``queued``, or ``cancelled`` where the cancel saw the
+    record), failed with an error of type ``Cancelled``, and not recorded yet. The engine
+    records it; nothing else changes."""
+    if state.status != "cancelled" or not isinstance(event, TaskFinished):
+        return False
+    if event.outcome != "failure" or event.error is None:
+        return False
+    if event.error.type != CANCELLED_ERROR_TYPE:
+        return False
+    record = state.tasks.get(event.task_id)
+    return (
+        record is not None
+        and record.status in ("queued", "cancelled")
+        and record.task.attempt == event.attempt
+        and all(a.attempt != event.attempt for a in record.attempts)
+    )
+
+
 def task_id_for(function: str, origin: str) -> str:
     """Deterministic id: re-deciding the same step yields the same task (and storage keys)."""
     digest = hashlib.blake2b(f"{origin}|{function}".encode(), digest_size=8).hexdigest()
@@ -78,6 +104,19 @@ def _take(values: list[ValueRange], room: int) -> list[ValueRange]:
         else:
             values[0] = rest
     return taken
+
+
+def _attempt(
+    event: TaskFinished, *, outcome: Literal["success", "failure", "cancelled"] | None = None
+) -> Attempt:
+    return Attempt(
+        attempt=event.attempt,
+        executor=event.executor,
+        started_at=event.started_at,
+        finished_at=event.finished_at,
+        outcome=outcome or event.outcome,
+        error=event.error,
+    )
 
 
 def _jitter_fraction(task_id: str, attempt: int) -> float:
@@ -122,6 +161,12 @@ class Engine:
     def handle(self, state: InvocationState, event: EngineEvent) -> list[Command]:
         """Apply ``event`` to ``state`` (in place) and return the commands to carry out."""
         if state.terminal:
+            if stopped_by_cancel(state, event):
+                assert isinstance(event, TaskFinished)
+                record = state.tasks[event.task_id]
+                record.attempts.append(_attempt(event, outcome="cancelled"))
+                record.status = "cancelled"
+                record.error = event.error
             return []
         commands: list[Command] = []
         if isinstance(event, InvocationCreated):
@@ -161,16 +206,7 @@ class Engine:
         record = state.tasks.get(event.task_id)
         if record is None or record.status != "queued" or record.task.attempt != event.attempt:
             return False  # unknown, already settled, or a stale attempt: a duplicate
-        record.attempts.append(
-            Attempt(
-                attempt=event.attempt,
-                executor=event.executor,
-                started_at=event.started_at,
-                finished_at=event.finished_at,
-                outcome=event.outcome,
-                error=event.error,
-            )
-        )
+        record.attempts.append(_attempt(event))
         task = record.task
         if event.outcome == "failure":
             error = event.error or ErrorInfo(kind="user", message="task failed without an error")

@@ -16,9 +16,14 @@ INPUT_TASK_ID = "input"
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 InvocationStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
-TaskStatus = Literal["queued", "succeeded", "failed", "cancelled"]
+TaskStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+"""``running`` is never recorded by the engine: the server reports a queued task as running
+while an executor holds it (its claim), see ``services.common.task_claims``."""
 TaskKind = Literal["call", "route", "reduce"]
 ErrorKind = Literal["user", "platform", "permanent"]
+CANCELLED_ERROR_TYPE = "Cancelled"
+"""``ErrorInfo.type`` of a cancelled invocation, and of the attempt a cancel stopped (its
+worker process killed)."""
 
 
 class ValueRange(BaseModel):
@@ -85,7 +90,7 @@ class Attempt(BaseModel):
     executor: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
-    outcome: Literal["success", "failure"]
+    outcome: Literal["success", "failure", "cancelled"]
     error: ErrorInfo | None = None
 
 

@@ -1,9 +1,10 @@
 -- Claim several tasks of one invocation for an executor process (a chunk), in one call.
--- The same verdicts as claim_task.lua, per task. The task.started progress events are
--- published only while someone listens on the invocation's progress channel (a fan-out of
--- thousands would otherwise encode and publish thousands of messages nobody reads).
+-- The same verdicts as claim_task.lua, per task. A chunk is claimed when a worker is free
+-- for it: each lease taken starts its task, whose task.started event is kept in the running
+-- hash, and published only while someone listens on the invocation's progress channel (a
+-- fan-out of thousands would otherwise publish thousands of messages nobody reads).
 -- Lease keys are the lease key prefix followed by the task id (Names.lease_key).
--- KEYS: [1] invocation hash, [2] done set, [3] recorded results hash
+-- KEYS: [1] invocation hash, [2] done set, [3] recorded results hash, [4] running hash
 -- ARGV: [1] lease token, [2] lease ttl ms, [3] lease key prefix, [4] progress channel,
 --       [5] invocation id, [6] executor id, [7] function, then (task id, attempt)*
 -- Returns the verdicts and details, flattened: verdict1, detail1, verdict2, detail2, ...
@@ -21,11 +22,8 @@ if over then
   return out
 end
 local listening = redis.call('PUBSUB', 'NUMSUB', ARGV[4])[2] > 0
-local now = 0
-if listening then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 for i = 0, n - 1 do
   local task, attempt = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
   local verdict, detail = 'run', ''
@@ -42,12 +40,12 @@ for i = 0, n - 1 do
         verdict, detail = 'wait', holder
       else
         redis.call('SET', lease, ARGV[1], 'PX', ARGV[2])
-        if listening then
-          redis.call('PUBLISH', ARGV[4], cjson.encode({
-            type = 'task.started', invocation_id = ARGV[5], task_id = task,
-            ['function'] = ARGV[7], attempt = tonumber(attempt), executor = ARGV[6], at = now
-          }))
-        end
+        local started = cjson.encode({
+          type = 'task.started', invocation_id = ARGV[5], task_id = task,
+          ['function'] = ARGV[7], attempt = tonumber(attempt), executor = ARGV[6], at = now
+        })
+        redis.call('HSET', KEYS[4], task, started)
+        if listening then redis.call('PUBLISH', ARGV[4], started) end
       end
     end
   end
