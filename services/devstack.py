@@ -49,6 +49,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: The setting that gives a service's process its own /metrics port.
+METRICS_PORT_SETTINGS = {
+    "services.scheduler": "INDEXIFY_SCHEDULER_METRICS_PORT",
+    "services.executor": "INDEXIFY_EXECUTOR_METRICS_PORT",
+}
+
+
 @dataclass
 class ProcessSpec:
     name: str
@@ -79,6 +86,9 @@ class DevStack:
         self.env.setdefault("INDEXIFY_API_HOST", "127.0.0.1")
         self.log_dir = log_dir
         self.processes: dict[str, _Running] = {}
+        #: process name -> the port of its /metrics (schedulers and executors; a free port
+        #: each, kept across restarts; the API serves /metrics at :attr:`url`)
+        self.metrics_ports: dict[str, int] = {}
         #: the stack's admin key (None with INDEXIFY_API_INSECURE_NO_AUTH): saved in the
         #: credentials file for :attr:`url`, so clients of this stack need no configuration
         self.api_key = provision_dev_key(self.env, self.url)
@@ -86,6 +96,13 @@ class DevStack:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    def metrics_url(self, name: str) -> str:
+        """Where process ``name`` serves its Prometheus metrics (the API: ``<url>/metrics``,
+        which needs :attr:`auth_headers`)."""
+        if name == "api":
+            return f"{self.url}/metrics"
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -104,9 +121,15 @@ class DevStack:
             log = (self.log_dir / f"{spec.name}.log").open("ab")
         else:
             log = open(os.devnull, "wb")  # noqa: SIM115 - closed in stop()
+        env = {**self.env, **spec.env}
+        setting = METRICS_PORT_SETTINGS.get(spec.module)
+        if setting is not None and setting not in spec.env:
+            port = self.metrics_ports.get(spec.name) or free_port()
+            self.metrics_ports[spec.name] = port
+            env[setting] = str(port)
         process = subprocess.Popen(
             [sys.executable, "-m", spec.module, *spec.args],
-            env={**self.env, **spec.env},
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

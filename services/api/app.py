@@ -27,8 +27,10 @@ from services.common.state_store import StateStore
 
 from . import routes_graphs, routes_invocations, routes_keys, ui
 from .auth import AUTH_RESPONSES, Authenticator, Requires
+from .docs import install_docs
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware, RequestGuardMiddleware
+from .metrics import HttpMetricsMiddleware, metrics_router
 from .progress_hub import ProgressHub
 from .routes_graphs import Service
 from .schemas import ExecutorList, Health
@@ -104,6 +106,8 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         dependencies=[Depends(valid_path_ids)],  # ids checked before any key is built (400)
+        docs_url=None,  # served with local assets instead of a CDN's (install_docs)
+        redoc_url=None,
     )
     app.state.api_settings = api_settings
     if not api_settings.insecure_no_auth and not api_settings.admin_key_sha256:
@@ -124,7 +128,10 @@ def create_app(
         allowed_origins=api_settings.allowed_origins,
     )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=api_settings.max_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: refusals of the others count too
     install_error_handlers(app)
+    install_docs(app)
+    app.include_router(metrics_router(api_settings))
     app.include_router(routes_graphs.router)
     app.include_router(routes_invocations.router)
     app.include_router(routes_keys.router)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from indexify.data_objects import FILE_METADATA_HEADER, OCTET_STREAM, file_attributes
+from indexify.engine import TERMINAL_STATUSES
 from indexify.models import InvocationInfo
 from services.common.api_keys import Role
 from services.common.settings import ApiSettings
@@ -26,8 +27,8 @@ from .schemas import (
     RerunAll,
     TaskLogsPage,
 )
-from .service import MAX_TASKS_PAGE, TASKS_PAGE
-from .sse import invoke_streaming, stream_accepted, wait_until_terminal
+from .service import MAX_TASKS_PAGE, TASKS_PAGE, ApiService
+from .sse import follow_stream, invoke_streaming, stream_accepted, wait_until_terminal
 
 router = APIRouter(responses={**ERROR_RESPONSES, **AUTH_RESPONSES}, tags=["invocations"])
 
@@ -37,6 +38,10 @@ _INVOKE = [Depends(Requires(Role.invoke))]
 _GRAPH = "/namespaces/{namespace}/compute_graphs/{graph}"
 _INVOCATION = _GRAPH + "/invocations/{invocation_id}"
 _TRUE = frozenset({"1", "true", "yes"})
+_UNTIL_WAITING = Query(
+    description="with `wait_sec`: answer as well as soon as the invocation waits for an "
+    "executor nobody offers (`waiting` then says why)",
+)
 
 _INVOKE_BODY = {
     "requestBody": {
@@ -68,16 +73,29 @@ _PageCursor = Annotated[
 ]
 
 
+#: What both invoke routes answer.
+_INVOKE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {}},
+        "description": '`{"id": ...}`, or with block_until_finish=true an SSE stream '
+        "ending with `event: invocation.finished`",
+    }
+}
+_WaitSec = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=60,
+        description="answer once the invocation is terminal (or after this many seconds) "
+        "with its status: invoke and wait in one request",
+    ),
+]
+
+
 @router.post(
     _GRAPH + "/invoke_object",
     openapi_extra=_INVOKE_BODY,
-    responses={
-        200: {
-            "content": {"text/event-stream": {}},
-            "description": '`{"id": ...}`, or with block_until_finish=true an SSE stream '
-            "ending with `event: invocation.finished`",
-        }
-    },
+    responses=_INVOKE_RESPONSES,
     response_model=InvocationAccepted,
     dependencies=_INVOKE,
 )
@@ -87,16 +105,9 @@ async def invoke(
     request: Request,
     service: Service,
     block_until_finish: bool = False,
-    wait_sec: Annotated[
-        float,
-        Query(
-            ge=0,
-            le=60,
-            description="answer once the invocation is terminal (or after this many seconds) "
-            "with its status: invoke and wait in one request",
-        ),
-    ] = 0,
+    wait_sec: _WaitSec = 0,
     encoded: Annotated[str | None, Header(alias="X-Indexify-Encoded")] = None,
+    until_waiting: Annotated[bool, _UNTIL_WAITING] = False,
 ) -> Response | InvocationAccepted:
     """Start an invocation; returns its id once the event is durable in Kafka (with
     ``wait_sec``: once it finished, or the wait ran out, with its status)."""
@@ -121,9 +132,20 @@ async def invoke(
     )
     if wait_sec <= 0:
         return InvocationAccepted(id=invocation_id)
-    await wait_until_terminal(service, invocation_id, wait_sec)
+    return await _waited(service, invocation_id, wait_sec, until_waiting)
+
+
+async def _waited(
+    service: ApiService, invocation_id: str, wait_sec: float, until_waiting: bool
+) -> InvocationAccepted:
+    """Wait (a long poll), then answer with the status and, if it still runs, why it
+    waits (if it does)."""
+    await wait_until_terminal(service, invocation_id, wait_sec, until_waiting=until_waiting)
     status = await service.store.invocations.invocation_status(invocation_id)
-    return InvocationAccepted(id=invocation_id, status=status)
+    waiting = None
+    if status is not None and status not in TERMINAL_STATUSES:
+        waiting = await service.waiting_note(invocation_id)
+    return InvocationAccepted(id=invocation_id, status=status, waiting=waiting)
 
 
 _FILE_BODY = {
@@ -139,13 +161,7 @@ _FILE_BODY = {
 @router.post(
     _GRAPH + "/invoke_file",
     openapi_extra=_FILE_BODY,
-    responses={
-        200: {
-            "content": {"text/event-stream": {}},
-            "description": '`{"id": ...}`, or with block_until_finish=true an SSE stream '
-            "ending with `event: invocation.finished`",
-        }
-    },
+    responses=_INVOKE_RESPONSES,
     response_model=InvocationAccepted,
     dependencies=_INVOKE,
 )
@@ -155,15 +171,7 @@ async def invoke_file(
     request: Request,
     service: Service,
     block_until_finish: bool = False,
-    wait_sec: Annotated[
-        float,
-        Query(
-            ge=0,
-            le=60,
-            description="answer once the invocation is terminal (or after this many seconds) "
-            "with its status: invoke and wait in one request",
-        ),
-    ] = 0,
+    wait_sec: _WaitSec = 0,
     metadata: Annotated[
         str | None,
         Header(
@@ -171,6 +179,7 @@ async def invoke_file(
             description="the file's metadata: a JSON object (ASCII, as `json.dumps` writes it)",
         ),
     ] = None,
+    until_waiting: Annotated[bool, _UNTIL_WAITING] = False,
 ) -> Response | InvocationAccepted:
     """Start an invocation with the body as an `indexify.File` (data, mime type from the
     Content-Type, metadata from the header): the start function gets it as its single
@@ -185,9 +194,7 @@ async def invoke_file(
     await service.publish_accepted([accepted])
     if wait_sec <= 0:
         return InvocationAccepted(id=accepted.id)
-    await wait_until_terminal(service, accepted.id, wait_sec)
-    status = await service.store.invocations.invocation_status(accepted.id)
-    return InvocationAccepted(id=accepted.id, status=status)
+    return await _waited(service, accepted.id, wait_sec, until_waiting)
 
 
 @router.get(_GRAPH + "/invocations", dependencies=_READ)
@@ -221,6 +228,7 @@ async def get_invocation(
             "only the summary",
         ),
     ] = TASKS_PAGE,
+    until_waiting: Annotated[bool, _UNTIL_WAITING] = False,
 ) -> Response:
     """Status (pending, running, succeeded, failed, cancelled), error, counts of tasks by
     status and of outputs by function, and one page of the tasks: ask for the next page with
@@ -228,9 +236,13 @@ async def get_invocation(
     queued when the invocation ended are listed as cancelled.
 
     With ``wait_sec`` (a long poll), an invocation still running is answered once it
-    finishes, or after ``wait_sec`` seconds with its status then."""
+    finishes, or after ``wait_sec`` seconds with its status then.
+
+    While it runs, a task an executor runs now is ``running`` (with its executor, attempt
+    and start time), and a task no live executor may take says why in ``waiting`` (so does
+    the invocation, e.g. `no live executor offers gpu=h100`)."""
     if wait_sec > 0:  # cheap status checks while it runs; the state is read once
-        await wait_until_terminal(service, invocation_id, wait_sec)
+        await wait_until_terminal(service, invocation_id, wait_sec, until_waiting=until_waiting)
     info = await service.invocation(
         namespace, graph, invocation_id, tasks_cursor=tasks_cursor, limit=limit
     )
@@ -331,6 +343,27 @@ async def raw_output(
     if attributes.metadata is not None:
         headers[FILE_METADATA_HEADER] = json.dumps(attributes.metadata, separators=(",", ":"))
     return Response(content=payload.data, headers=headers)
+
+
+@router.get(
+    _INVOCATION + "/events",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "the invocation's progress from now on (`task.created`, "
+            "`task.started`, `task.finished`), ending with `event: invocation.finished`",
+        }
+    },
+    dependencies=_READ,
+)
+async def invocation_events(
+    namespace: str, graph: str, invocation_id: str, request: Request, service: Service
+) -> Response:
+    """Follow an invocation that runs already: its progress as Server-Sent Events."""
+    await service.invocation(namespace, graph, invocation_id, limit=0)  # 404 if unknown
+    settings: ApiSettings = request.app.state.api_settings
+    return await follow_stream(service, invocation_id, settings.sse_keepalive_sec)
 
 
 @router.get(_INVOCATION + "/fn/{function}/logs", dependencies=_READ)

@@ -45,8 +45,10 @@ from services.common.state_store import StateStore
 
 from . import validation
 from .arguments import ArgumentChecker
+from .live_status import live_info
 from .progress_hub import ProgressHub
 from .schemas import GraphRegistered, GraphUpload, Health
+from .waiting import InvocationWaiting, PlacementWatch, describe
 
 _log = get_logger(__name__)
 _RERUN_BATCH = 500
@@ -88,6 +90,7 @@ class ApiService:
         self.blobs = blobs
         self.hub = hub
         self.arguments = ArgumentChecker()
+        self.placement = PlacementWatch(store)
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -172,14 +175,18 @@ class ApiService:
         if code is not None and not await self.blobs.exists(stored.code_key):
             await self.blobs.put(stored.code_key, code)  # its first upload stopped half-way
         await self.store.graphs.make_current(stored)
+        warnings = await self.placement.warnings(stored.definition)
         _log.info(
             "graph registered",
             namespace=namespace,
             graph=stored.name,
             version=version,
             created=created,
+            unserved_functions=len(warnings),
         )
-        return GraphRegistered(**graph_info(stored).model_dump(), created=created)
+        return GraphRegistered(
+            **graph_info(stored).model_dump(), created=created, warnings=warnings
+        )
 
     async def _add_version(
         self, namespace: str, definition: GraphDefinition, code: bytes, digest: str
@@ -398,9 +405,39 @@ class ApiService:
         limit: int = TASKS_PAGE,
     ) -> InvocationInfo:
         """The summary and one page of about ``limit`` task records from ``tasks_cursor``
-        (0: none, only the summary; ``next_tasks_cursor`` is then where the tasks start)."""
+        (0: none, only the summary; ``next_tasks_cursor`` is then where the tasks start).
+        While it runs, what executors do is overlaid (:mod:`.live_status`): tasks running
+        now, and why tasks wait when no live executor may take them."""
         cursor = validation.parse_scan_cursor(tasks_cursor, "tasks_cursor", "next_tasks_cursor")
         state = await self.require_state(namespace, graph, invocation_id)
+        page = self._recorded_page(state, cursor, limit)
+        if state.terminal or not state.task_counts.get("queued"):
+            return await page
+        info, activity, waiting = await asyncio.gather(
+            page,
+            self.store.claims.activity(invocation_id),
+            self.placement.waiting(state),
+        )
+        definition = await self.placement.definition(namespace, graph, state.graph_version)
+        return live_info(
+            info,
+            activity,
+            waiting=waiting,
+            note=describe(waiting, state.outstanding),
+            definition=definition,
+            first_page=cursor == 0 and limit > 0,
+        )
+
+    async def waiting_note(self, invocation_id: str) -> str | None:
+        """Why a live invocation waits now (no live executor may run a function it has
+        queued tasks of), or None; see :class:`.waiting.InvocationWaiting`."""
+        return await InvocationWaiting(self.placement, self.store, invocation_id).note()
+
+    async def _recorded_page(
+        self, state: InvocationState, cursor: int, limit: int
+    ) -> InvocationInfo:
+        """The summary and one page of the task records, as the scheduler recorded them."""
+        invocation_id = state.invocation_id
         if limit <= 0:
             has_tasks = cursor != 0 or any(n > 0 for n in state.task_counts.values())
             return InvocationInfo.from_summary(state, [], str(cursor) if has_tasks else None)

@@ -5,8 +5,11 @@ The stream is::
 
     event: invocation.accepted    data: {"id": "<invocation id>"}
     event: task.created           data: <ProgressEvent JSON>      (task.started, task.finished)
-    ...
+    event: invocation.waiting     data: <ProgressEvent JSON>      (``waiting``: why it cannot
+    ...                                                            go on; null: it can again)
     event: invocation.finished    data: <InvocationInfo JSON, without tasks>
+
+``GET .../invocations/{id}/events`` streams the same for an invocation that runs already.
 
 Both listen through the process's :class:`.progress_hub.ProgressHub` (one shared pub/sub
 connection). A stream follows the invocation's progress channel, subscribed *before* its event
@@ -29,10 +32,12 @@ from starlette.responses import StreamingResponse
 from indexify.engine import TERMINAL_STATUSES
 from indexify.models import InvocationInfo
 from services.common.errors import ServiceError
+from services.common.events import ProgressEvent
 from services.common.logging import get_logger
 
 from .progress_hub import Listener
 from .service import AcceptedInvocation, ApiService
+from .waiting import InvocationWaiting
 
 _log = get_logger(__name__)
 _FORWARDED = frozenset({"task.created", "task.started", "task.finished"})
@@ -60,23 +65,26 @@ async def _next(listener: Listener, timeout: float) -> tuple[str, bytes] | None:
 
 
 async def _final(
-    service: ApiService, accepted: AcceptedInvocation, *, finished: bool = False
+    service: ApiService, invocation_id: str, *, finished: bool = False
 ) -> InvocationInfo | None:
     """The invocation's summary once it is terminal (None while it runs); ``finished``: the
     scheduler said so, skip the cheap status check."""
     if not finished:
-        status = await service.store.invocations.invocation_status(accepted.id)
+        status = await service.store.invocations.invocation_status(invocation_id)
         if status is not None and status not in TERMINAL_STATUSES:
             return None  # the cheap check: the full state can be large
-    loaded = await service.store.invocations.load_invocation(accepted.id)
+    loaded = await service.store.invocations.load_invocation(invocation_id)
     if loaded is None:
-        raise ServiceError(f"invocation {accepted.id} was deleted while it ran")
+        raise ServiceError(f"invocation {invocation_id} was deleted while it ran")
     state = loaded[0]
     return InvocationInfo.from_state(state, with_tasks=False) if state.terminal else None
 
 
-async def wait_until_terminal(service: ApiService, invocation_id: str, wait_sec: float) -> None:
-    """A long poll: return once the invocation is terminal or gone, or after ``wait_sec``.
+async def wait_until_terminal(
+    service: ApiService, invocation_id: str, wait_sec: float, *, until_waiting: bool = False
+) -> None:
+    """A long poll: return once the invocation is terminal or gone, or after ``wait_sec``;
+    with ``until_waiting`` also once it waits for an executor nobody offers.
 
     Watches the finished channel first, then checks the stored status, so a finish between
     the two is not missed; the status is re-checked at least every second as well.
@@ -85,8 +93,11 @@ async def wait_until_terminal(service: ApiService, invocation_id: str, wait_sec:
         return
     deadline = time.monotonic() + wait_sec
     watch = service.hub.watch(invocation_id)
+    waiting = InvocationWaiting(service.placement, service.store, invocation_id)
     try:
         while not await _terminal_or_gone(service, invocation_id):
+            if until_waiting and await waiting.note() is not None:
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -101,6 +112,11 @@ async def wait_until_terminal(service: ApiService, invocation_id: str, wait_sec:
         service.hub.unwatch(watch)
 
 
+def _waiting_event(invocation_id: str, note: str | None) -> bytes:
+    event = ProgressEvent(type="invocation.waiting", invocation_id=invocation_id, waiting=note)
+    return format_event(event.type, event.model_dump_json())
+
+
 async def _terminal_or_gone(service: ApiService, invocation_id: str) -> bool:
     status = await service.store.invocations.invocation_status(invocation_id)
     return status is None or status in TERMINAL_STATUSES
@@ -108,12 +124,14 @@ async def _terminal_or_gone(service: ApiService, invocation_id: str) -> bool:
 
 async def _events(
     service: ApiService,
-    accepted: AcceptedInvocation,
+    invocation_id: str,
     listener: Listener,
     keepalive_sec: float,
 ) -> AsyncIterator[bytes]:
+    waiting = InvocationWaiting(service.placement, service.store, invocation_id)
+    note: str | None = None  # the last waiting note sent
     try:
-        yield format_event("invocation.accepted", json.dumps({"id": accepted.id}))
+        yield format_event("invocation.accepted", json.dumps({"id": invocation_id}))
         last_sent = last_check = time.monotonic()
         while True:
             event = await _next(listener, timeout=_CHECK_EVERY_SEC)
@@ -125,15 +143,20 @@ async def _events(
             finished = kind == "invocation.finished"
             if finished or event is None or now - last_check >= _CHECK_EVERY_SEC:
                 last_check = now
-                info = await _final(service, accepted, finished=finished)
+                info = await _final(service, invocation_id, finished=finished)
                 if info is not None:
                     yield format_event("invocation.finished", info.model_dump_json())
                     return
+                now_waiting = await waiting.note()
+                if now_waiting != note:  # it started waiting, or waits no more
+                    note = now_waiting
+                    yield _waiting_event(invocation_id, note)
+                    last_sent = now
             if now - last_sent >= keepalive_sec:
                 yield b": keepalive\n\n"
                 last_sent = now
     except ServiceError as exc:
-        _log.warning("progress stream ended early", invocation=accepted.id, error=str(exc))
+        _log.warning("progress stream ended early", invocation=invocation_id, error=str(exc))
         yield format_event("error", json.dumps({"detail": str(exc)}))
     finally:
         await service.hub.unlisten(listener)
@@ -171,8 +194,23 @@ async def stream_accepted(
     except BaseException:
         await service.hub.unlisten(listener)
         raise
+    return _stream(service, accepted.id, listener, keepalive_sec)
+
+
+async def follow_stream(
+    service: ApiService, invocation_id: str, keepalive_sec: float
+) -> StreamingResponse:
+    """The progress of an invocation that runs already (``indexify-cli follow``): the same
+    stream, from now on; it ends at once with ``invocation.finished`` if it ended."""
+    listener = await service.hub.listen(invocation_id)
+    return _stream(service, invocation_id, listener, keepalive_sec)
+
+
+def _stream(
+    service: ApiService, invocation_id: str, listener: Listener, keepalive_sec: float
+) -> StreamingResponse:
     return StreamingResponse(
-        _events(service, accepted, listener, keepalive_sec),
+        _events(service, invocation_id, listener, keepalive_sec),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -35,6 +35,7 @@ from indexify.data_objects import file_attributes
 from indexify.encoding import Payload
 from indexify.errors import EncodingError
 
+from . import metrics
 from .errors import NotFound, PlatformUnavailable, ServiceError
 from .events import StoredValues
 from .settings import InfraSettings
@@ -62,6 +63,8 @@ def _minio_errors(what: str) -> Iterator[None]:
     try:
         yield
     except S3Error as exc:
+        if exc.code not in _MISSING:  # a missing object is an answer, not a failure
+            metrics.backend_error("minio")
         if exc.code in _MISSING:
             hint = (
                 " (run `python -m services.common.bootstrap`)" if exc.code == "NoSuchBucket" else ""
@@ -71,11 +74,13 @@ def _minio_errors(what: str) -> Iterator[None]:
             raise PlatformUnavailable(f"{what}: MinIO is busy ({exc.code}); retry later") from exc
         raise ServiceError(f"{what}: MinIO refused ({exc.code}: {exc.message})") from exc
     except (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError) as exc:
+        metrics.backend_error("minio")
         raise PlatformUnavailable(
             f"{what}: MinIO is unavailable ({exc}); it is retried later. Is it up "
             "(`make infra-up`)?"
         ) from exc
     except MinioException as exc:
+        metrics.backend_error("minio")
         raise ServiceError(f"{what}: {exc}") from exc
 
 

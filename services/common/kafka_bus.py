@@ -54,6 +54,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import TopicPartition
 
+from . import metrics
 from .blobs import BlobStore
 from .dead_letters import ParkedRecord, plan_dead_letter
 from .errors import CommitRejected, PayloadTooLarge, PlatformUnavailable, ServiceError
@@ -111,6 +112,8 @@ _PRODUCER_STATE = (
 
 def _translate(exc: BaseException, what: str) -> ServiceError:
     """The service error for an aiokafka (or socket) failure while doing ``what``."""
+    if not isinstance(exc, CommitFailedError):  # a rebalance is no failure of Kafka
+        metrics.backend_error("kafka")
     if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
         return PayloadTooLarge(f"{what}: message over the {MAX_MESSAGE_BYTES} byte limit ({exc})")
     if isinstance(exc, CommitFailedError):
@@ -280,6 +283,8 @@ class KafkaBus:
             await self.blobs.put(key, data)
         topic = self.names.deadletter_topic
         await self._send_all([(topic, plan.kafka_key, plan.encoded, None)])
+        service = "scheduler" if record.topic == self.names.events_topic else "executor"
+        metrics.DEAD_LETTERS.labels(service, metrics.dead_letter_kind(reason)).inc()
         _log.warning(
             "message dead-lettered",
             reason=plan.letter.reason,

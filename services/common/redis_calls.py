@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import metrics
 from .errors import PlatformUnavailable
 from .names import Names
 
@@ -27,6 +28,7 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def unavailable(exc: BaseException) -> PlatformUnavailable:
+    metrics.backend_error("redis")
     return PlatformUnavailable(f"Redis is unavailable ({exc}); retry when it is back")
 
 

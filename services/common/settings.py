@@ -37,6 +37,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: MinIO's well-known default access and secret key.
 MINIO_DEFAULT_KEY = "minioadmin"
 CREDENTIALS_FILE_NAME = "credentials.env"
+#: The executors' consumer group (without the prefix), by default.
+EXECUTORS_GROUP_ID = "indexify-executors"
 
 
 class InsecureSettings(ValueError):
@@ -199,6 +201,11 @@ class ApiSettings(BaseSettings):
         description="web origins (e.g. https://app.example.com) whose pages may send changes; "
         "the API's own origin always may",
     )
+    public_metrics: bool = Field(
+        default=False,
+        description="serve GET /metrics without a key; by default it needs an admin key of "
+        "all namespaces (the metrics name namespaces, graphs and functions)",
+    )
 
 
 class SchedulerSettings(BaseSettings):
@@ -220,6 +227,20 @@ class SchedulerSettings(BaseSettings):
         description="offsets of handled events are committed at most this often while events "
         "flow (and whenever a poll is empty); a crash replays up to this much, as duplicates",
     )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="serve Prometheus /metrics on this port (0: off)"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="the address /metrics binds to")
+    lag_interval_sec: float = Field(
+        default=15.0,
+        gt=0,
+        description="while /metrics is served: how often the consumer lag of the task topics "
+        "and the events topic is measured (one metadata call and offsets in batches)",
+    )
+    executors_group_id: str = Field(
+        default=EXECUTORS_GROUP_ID,
+        description="the executors' INDEXIFY_EXECUTOR_GROUP_ID, whose lag is measured",
+    )
 
 
 def _default_executor_id() -> str:
@@ -233,7 +254,7 @@ class ExecutorSettings(BaseSettings):
     image: str = "indexify-executor-default"
     labels: dict[str, str] = Field(default_factory=dict)
     concurrency: int = Field(default=2, ge=1, le=256)
-    group_id: str = "indexify-executors"
+    group_id: str = EXECUTORS_GROUP_ID
     refresh_interval_sec: float = Field(default=1.0, gt=0)
     heartbeat_interval_sec: float = Field(default=2.0, gt=0)
     session_timeout_ms: int = 10_000
@@ -267,6 +288,10 @@ class ExecutorSettings(BaseSettings):
     worker_group: str = Field(
         default="", description="the workers' group (a name or gid; default: the user's own)"
     )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="serve Prometheus /metrics on this port (0: off)"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="the address /metrics binds to")
     failpoint: str = Field(
         default="",
         description="TEST HOOK, never set in production: 'exit_before_finish:<function>' makes "

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.common import event_loop
+from services.common import event_loop, metrics
 from services.common.errors import PlatformUnavailable, ServiceError
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import (
@@ -108,10 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(infra.log_level, infra.log_format, service="executor")
     try:
+        metrics_server = metrics.serve(settings.metrics_port, settings.metrics_host)
+    except metrics.MetricsPortUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
         event_loop.run(serve(infra, settings))
     except (ServiceError, LabelError) as exc:
         _log.error("executor failed", error=str(exc))
         return 1
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     return 0
 
 

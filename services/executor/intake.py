@@ -65,6 +65,13 @@ class Intake:
     def __len__(self) -> int:
         return len(self._backlog)
 
+    def waiting(self) -> dict[str, int]:
+        """Fetched messages not started yet, per topic (the executor's local queue)."""
+        counts: Counter[str] = Counter()
+        for tp, count in self._buffered.items():
+            counts[tp.topic] += count
+        return dict(counts)
+
     async def run(
         self,
         inflight: InFlight,

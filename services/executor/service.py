@@ -32,6 +32,9 @@ store and the Kafka bus may be passed in) and owns the lifecycle. Who does what:
   instead of running again. Completions that happen together are sent as one batch (one
   Redis pipeline, one ``publish_many``, one ``tasks.finished`` message per invocation:
   :mod:`.results`); the offset is complete once Kafka acknowledged them.
+* **Cancels** (:class:`.cancels.CancelWatch`): every second while tasks run, one call reads
+  their invocations' status; the workers running tasks of a cancelled one are killed and
+  replaced, and those tasks report an error of type ``Cancelled``.
 * **Heartbeats** (:class:`.heartbeat.Heartbeat`) every ``heartbeat_interval_sec`` from the
   event loop, which never runs user code; the record is removed on shutdown.
 * **Shutdown** (:meth:`Executor.request_stop`, e.g. on SIGTERM): stop fetching, let running
@@ -55,6 +58,7 @@ from services.common.names import Names
 from services.common.settings import ExecutorSettings, InfraSettings
 from services.common.state_store import StateStore
 
+from .cancels import CancelWatch
 from .chains import ChainPlanner, ChainRunner
 from .graph_versions import GraphVersions
 from .handler import TaskHandler
@@ -62,6 +66,7 @@ from .heartbeat import Heartbeat
 from .inflight import InFlight
 from .intake import Intake
 from .leases import Leases
+from .metrics import queue_depth_loop, watch_slots
 from .reporter import Reporter, exit_before_finish
 from .subscription import Subscription, executor_labels
 from .worker_pool import WorkerPool
@@ -84,6 +89,7 @@ class _Parts:
     inflight: InFlight
     subscription: Subscription
     heartbeat: Heartbeat
+    cancels: CancelWatch
 
 
 class Executor:
@@ -137,8 +143,11 @@ class Executor:
         self._background = [
             asyncio.create_task(parts.heartbeat.loop()),
             asyncio.create_task(parts.leases.renew_loop()),
+            asyncio.create_task(parts.cancels.loop()),
             asyncio.create_task(parts.intake.offsets.commit_loop()),
+            asyncio.create_task(self._queue_depth_loop(parts)),
         ]
+        watch_slots(self.settings.concurrency, lambda: parts.pool.busy)
         _log.info(
             "executor started",
             executor=self.id,
@@ -226,6 +235,7 @@ class Executor:
                 busy=lambda: pool.busy,
                 interval_sec=settings.heartbeat_interval_sec,
             ),
+            cancels=CancelWatch(store.invocations, pool),
         )
 
     async def __aexit__(self, *exc: object) -> None:
@@ -246,6 +256,15 @@ class Executor:
                 await parts.heartbeat.remove()
             await _bounded(self._stack.aclose(), _SHUTDOWN_STEP_SEC, "closing clients")
             _log.info("executor stopped", executor=self.id, tasks_run=self.tasks_run)
+
+    async def _queue_depth_loop(self, parts: _Parts) -> None:
+        """The local queue per function, for ``indexify_task_queue_depth`` (every topic
+        subscribed to is shown, at 0 when nothing waits)."""
+
+        def waiting() -> dict[str, int]:
+            return {**dict.fromkeys(parts.subscription.topics, 0), **parts.intake.waiting()}
+
+        await queue_depth_loop(self.infra.prefix, waiting)
 
     def request_stop(self) -> None:
         """Stop fetching; :meth:`run` returns and leaving the context drains (SIGTERM)."""

@@ -34,7 +34,10 @@ replaced and reports a user error of type ``TimeoutError``; a worker that dies u
 (segfault, OOM kill, ``os._exit``) or sends something that is not a reply is replaced too and
 the task reports a ``platform`` error, retried without spending the user's budget. The
 executor survives both. A worker that dies in the middle of a chunk keeps the results it
-already sent; the tasks it had not finished report ``WorkerDied`` too.
+already sent; the tasks it had not finished report ``WorkerDied`` too. A cancel stops the
+workers running the invocation's tasks (:meth:`WorkerPool.cancel`, asked by
+:class:`.cancels.CancelWatch`): each is killed and replaced, and its task reports an error
+of type ``Cancelled``.
 
 The pool also owns the directory of the executor's :class:`.value_cache.ValueCache` (created
 on start, private to the executor, removed on close): outputs stored here, read back by the
@@ -52,7 +55,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexify.engine import ErrorInfo
+from indexify.engine import CANCELLED_ERROR_TYPE, ErrorInfo
 from indexify.timeouts import timeout_message
 from services.common.blobs import BlobStore
 from services.common.errors import ServiceError
@@ -62,6 +65,7 @@ from services.common.names import Names
 from services.common.settings import InfraSettings
 
 from .fairness import FairHandout
+from .metrics import observe_task
 from .task_data import TaskData, TaskFailure, failure_event
 from .task_runner import CHUNK_TURN_SEC
 from .value_cache import ValueCache, cache_directory
@@ -86,6 +90,15 @@ def _owner(message: TaskMessage) -> str:
 
 def _ignore(event: TaskFinishedEvent) -> None:
     pass
+
+
+def _cancelled(function: str) -> ErrorInfo:
+    return ErrorInfo(
+        kind="permanent",
+        type=CANCELLED_ERROR_TYPE,
+        message=f"the invocation was cancelled while {function!r} ran: its worker process "
+        "was stopped",
+    )
 
 
 def _died(function: str, exitcode: int | None) -> str:
@@ -134,6 +147,8 @@ class WorkerPool:
         self._idle: FairHandout[WorkerProcess] = FairHandout()
         self._spawners: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._serving: dict[WorkerProcess, str] = {}  # busy worker -> its task's invocation
+        self._stopped: set[WorkerProcess] = set()  # killed by a cancel, not replaced yet
         self.busy = 0
         #: Round trips to workers (one per :meth:`run`, one per :meth:`run_many` chunk).
         self.dispatches = 0
@@ -169,26 +184,59 @@ class WorkerPool:
 
     # -- running tasks ------------------------------------------------------------------
 
+    @property
+    def idle_workers(self) -> int:
+        """How many workers are free now (tasks asked to run would start at once)."""
+        return self._idle.available()
+
+    def serving(self) -> set[str]:
+        """The invocations whose tasks run on workers now."""
+        return set(self._serving.values())
+
+    def cancel(self, invocation_id: str) -> int:
+        """Stop the workers running tasks of ``invocation_id`` (it was cancelled): each is
+        killed (then replaced) and its task reports an error of type ``Cancelled``.
+        Returns how many were stopped."""
+        stopped = 0
+        for worker, serving in list(self._serving.items()):
+            if serving == invocation_id and worker not in self._stopped:
+                self._stopped.add(worker)
+                worker.kill()
+                stopped += 1
+                _log.info(
+                    "worker process stopped: its invocation was cancelled",
+                    invocation=invocation_id,
+                    pid=worker.pid,
+                )
+        return stopped
+
     async def run(
         self,
         message: TaskMessage,
         still_wanted: Callable[[], Awaitable[bool]] | None = None,
+        *,
+        always_ask: bool = False,
     ) -> TaskFinishedEvent | None:
         """Run ``message`` on the next free worker; failures come back as the event.
 
-        When the task had to wait for a worker, ``still_wanted`` is asked once one is free
-        (e.g. the invocation was cancelled meanwhile): ``False`` returns None without running.
-        Workers are shared fairly between invocations (:class:`.fairness.FairHandout`).
+        When the task had to wait for a worker (or ``always_ask``), ``still_wanted`` is asked
+        once one is free (e.g. the invocation was cancelled meanwhile): ``False`` returns
+        None without running. Workers are shared fairly between invocations
+        (:class:`.fairness.FairHandout`).
         """
         owner = _owner(message)
-        check = still_wanted if self._idle.empty() else None
+        check = still_wanted if always_ask or self._idle.empty() else None
         worker = await self._acquire(owner, check)
         if worker is None:
             return None
         self.busy += 1
+        self._serving[worker] = message.invocation_id
         try:
-            return await self._run_on(worker, message)
+            event = await self._run_on(worker, message)
+            observe_task(message, event)
+            return event
         finally:
+            self._serving.pop(worker, None)
             self.busy -= 1
             self._idle.release(owner)
 
@@ -256,9 +304,11 @@ class WorkerPool:
             if worker is None:
                 break
             self.busy += 1
+            self._serving[worker] = todo[0].invocation_id
             try:
                 todo = await self._run_chunk_on(worker, todo, on_result or _ignore, results)
             finally:
+                self._serving.pop(worker, None)
                 self.busy -= 1
                 self._idle.release(owner)
             # The chunk's turn ended, or the worker died under one task: the tasks after it
@@ -317,6 +367,7 @@ class WorkerPool:
         pending: deque[_Prepared] = deque()
 
         def emit(event: TaskFinishedEvent) -> None:
+            observe_task(messages[0], event)  # a chunk's tasks are of one function
             results.append(event)
             on_result(event)
 
@@ -340,6 +391,7 @@ class WorkerPool:
                 if reply.kind != "chunk-end":
                     raise WireError(f"unexpected reply from a worker process: {describe(reply)}")
         except (WorkerDied, WireError, OSError) as exc:
+            stopped = worker in self._stopped
             exitcode = await self._reap(worker)
             if not pending:  # every task reported: only the end marker went wrong
                 return []
@@ -348,6 +400,8 @@ class WorkerPool:
             if isinstance(exc, WireError):
                 message = f"{exc}; the worker process was replaced"
             error = ErrorInfo(kind="platform", type="WorkerDied", message=message)
+            if stopped:
+                error = _cancelled(culprit.task.function)
             emit(failure_event(culprit, error, self.executor_id, started_at))
             return [p.message for p in pending]
         except BaseException:  # cancelled (shutdown) or confused: the worker is mid-chunk
@@ -356,7 +410,7 @@ class WorkerPool:
         for item in pending:  # the turn ended before these ran: code they carried never
             if item.request is not None and item.request.code is not None:  # reached it
                 worker.codes.update(item.request.code_key, cached=False)
-        self._idle.put_nowait(worker)
+        self._release(worker)
         return [p.message for p in pending]
 
     async def _reap(self, worker: WorkerProcess) -> int | None:
@@ -365,6 +419,14 @@ class WorkerPool:
         exitcode = await worker.join(1.0)
         self._replace(worker)
         return exitcode
+
+    def _release(self, worker: WorkerProcess) -> None:
+        """``worker`` is done with its task: idle again, unless a cancel stopped it meanwhile
+        (it answered before it was killed): then it is replaced."""
+        if worker in self._stopped:
+            self._replace(worker)
+        else:
+            self._idle.put_nowait(worker)
 
     async def _run_on(self, worker: WorkerProcess, message: TaskMessage) -> TaskFinishedEvent:
         started_at = time.time()
@@ -375,7 +437,7 @@ class WorkerPool:
             (prepared,) = await asyncio.to_thread(self._prepare, worker, [message])
             if prepared.request is None:
                 assert prepared.failure is not None
-                self._idle.put_nowait(worker)
+                self._release(worker)
                 return prepared.failure
             await worker.send(prepared.request)
             if message.timeout_sec is None:
@@ -402,7 +464,10 @@ class WorkerPool:
                 )
             return failure_event(message, error, self.executor_id, started_at)
         except (WorkerDied, WireError, OSError) as exc:
+            stopped = worker in self._stopped
             exitcode = await self._reap(worker)
+            if stopped:
+                return failure_event(message, _cancelled(function), self.executor_id, started_at)
             text = _died(function, exitcode)
             if isinstance(exc, WireError):
                 text = f"{exc}; the worker process was replaced"
@@ -411,7 +476,7 @@ class WorkerPool:
         except BaseException:  # cancelled (shutdown): the worker is mid-task, retire it
             self._replace(worker)
             raise
-        self._idle.put_nowait(worker)
+        self._release(worker)
         return event
 
     # -- starting and replacing workers --------------------------------------------------
@@ -440,6 +505,7 @@ class WorkerPool:
 
     def _replace(self, worker: WorkerProcess) -> None:
         """Kill ``worker`` (it is mid-task or broken) and start another in the background."""
+        self._stopped.discard(worker)
         worker.kill()
         task = asyncio.create_task(self._respawn(worker))
         self._spawners.add(task)

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import cast
 
-from services.common import event_loop
+from services.common import event_loop, metrics
 from services.common.errors import ServiceError
 from services.common.logging import LogFormat, configure_logging, get_logger
 from services.common.settings import (
@@ -46,10 +46,18 @@ def main() -> int:
         return 2
     configure_logging(infra.log_level, cast(LogFormat, infra.log_format), service="scheduler")
     try:
+        metrics_server = metrics.serve(settings.metrics_port, settings.metrics_host)
+    except metrics.MetricsPortUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
         event_loop.run(serve(infra, settings))
     except ServiceError as exc:
         _log.error("scheduler failed", error=str(exc))
         return 1
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     return 0
 
 

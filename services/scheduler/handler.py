@@ -46,6 +46,7 @@ from .messages import (
     fail_permanently,
     needed_values,
 )
+from .metrics import observe_invocation
 from .states import StateCache
 from .topics import TaskTopics
 
@@ -177,6 +178,7 @@ class EventHandler:
                     graph=work.view.state.graph,
                     status=work.decision.finished.status,
                 )
+                observe_invocation(work.view.state, work.decision.finished.status)
         for work in lost:
             _log.warning("state changed under us; reapplying", invocation=work.invocation_id)
             work.decision, work.ready, work.delayed = None, (), ()

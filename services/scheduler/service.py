@@ -43,6 +43,7 @@ from services.common.state_store import StateStore
 
 from .delayed import DelayedTasks
 from .handler import EventHandler
+from .lag import LagProbe
 from .states import StateCache
 from .topics import TaskTopics
 
@@ -184,12 +185,20 @@ class Scheduler:
         """Consume until :meth:`stop` (SIGTERM), or, with ``idle_sec``, until partitions are
         assigned, no event arrived for ``idle_sec`` and no retry is parked (burst mode)."""
         assert self.delayed is not None
-        delayed = asyncio.create_task(self.delayed.run(self._stop), name="delayed-tasks")
+        background = [asyncio.create_task(self.delayed.run(self._stop), name="delayed-tasks")]
+        if self.settings.metrics_port:  # someone scrapes: measure the consumer lag too
+            probe = LagProbe(
+                self.infra,
+                executors_group=f"{self.infra.prefix}.{self.settings.executors_group_id}",
+                scheduler_group=self.group_id,
+                interval_sec=self.settings.lag_interval_sec,
+            )
+            background.append(asyncio.create_task(probe.run(self._stop), name="lag-probe"))
         try:
             await self._consume(idle_sec)
         finally:
             self._stop.set()
-            await delayed
+            await asyncio.gather(*background)
 
     async def run_until_idle(self, idle_sec: float = 1.0) -> None:
         """Burst mode for tests and one-off jobs: drain what is there, then return."""

@@ -67,7 +67,7 @@ def wait_until(
 
 
 def _infra_problems(settings: InfraSettings) -> list[str]:
-    from indexify.dev_server import infra_endpoints, unreachable
+    from services.dev_checks import infra_endpoints, unreachable
 
     return unreachable(infra_endpoints(settings))
 
