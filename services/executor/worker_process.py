@@ -165,15 +165,26 @@ class WorkerProcess:
                 start_new_session=True,
             )
 
+        # Popen runs on in its thread when this start is cancelled (the pool closing): the
+        # process it starts is then stopped and reaped here, never left to the garbage
+        # collector.
+        starting = asyncio.ensure_future(asyncio.to_thread(popen))
         try:
-            process = await asyncio.to_thread(popen)
+            process = await asyncio.shield(starting)
         except BaseException:
             parent_sock.close()
+            with contextlib.suppress(Exception):
+                await _reap(await starting)
             raise
         finally:
             child_sock.close()  # the child has its copy: the end of stream now means it died
-        # A large buffer: values of megabytes arrive without pausing the socket every 128 KB.
-        reader, writer = await asyncio.open_unix_connection(sock=parent_sock, limit=_BUFFER)
+        try:
+            # A large buffer: values of megabytes arrive without pausing the socket every 128 KB.
+            reader, writer = await asyncio.open_unix_connection(sock=parent_sock, limit=_BUFFER)
+        except BaseException:
+            parent_sock.close()
+            await asyncio.shield(_reap(process))
+            raise
         return cls(process=process, reader=reader, writer=writer)
 
     @property
@@ -227,3 +238,10 @@ class WorkerProcess:
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await self.writer.wait_closed()
+
+
+async def _reap(process: subprocess.Popen[bytes]) -> None:
+    """Kill a worker process that will never be used, and wait for it (no zombie)."""
+    with contextlib.suppress(OSError):
+        process.kill()
+    await asyncio.to_thread(process.wait)
