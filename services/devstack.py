@@ -25,6 +25,7 @@ import redis
 
 from indexify.credentials import forget_api_key
 from services.common.api_keys import provision_dev_key
+from services.common.backoff import doubling_delay
 from services.common.blobs import BlobStore
 from services.common.kafka_bus import KafkaBus
 from services.common.logging import get_logger
@@ -40,7 +41,7 @@ _log = get_logger(__name__)
 def restart_delay(crashes: int) -> float:
     """How long to wait before restarting a process that exited ``crashes`` times in a
     row: 1 s doubling, at most 30 s."""
-    return float(min(_FIRST_RESTART_SEC * 2 ** max(crashes - 1, 0), _MAX_RESTART_SEC))
+    return doubling_delay(crashes, _FIRST_RESTART_SEC, _MAX_RESTART_SEC)
 
 
 def free_port() -> int:

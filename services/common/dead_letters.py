@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from services.common.backoff import doubling_delay
+
 from .events import DeadLetter, encode_message
 from .logging import get_logger
 from .names import Names
@@ -173,7 +175,7 @@ async def restore(
 
 def retry_delay(failures: int) -> float:
     """The wait after ``failures`` failures in a row: 0.1 s doubling, at most 10 s."""
-    return float(min(_FIRST_DELAY_SEC * 2 ** max(failures - 1, 0), _MAX_DELAY_SEC))
+    return doubling_delay(failures, _FIRST_DELAY_SEC, _MAX_DELAY_SEC)
 
 
 async def park(

@@ -111,6 +111,12 @@ def fresh_prefix(cleanup: Callable[[str], None]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def live_executors() -> Callable[[DevStack], set[str]]:
+    """``live_executors(stack)``: the ids of the executors that sent a heartbeat recently."""
+    return _executors
+
+
+@pytest.fixture(scope="session")
 def await_condition() -> Callable[..., object]:
     """``await_condition(probe, timeout, what)``: poll until truthy, fail at the deadline."""
     return wait_until

@@ -30,6 +30,7 @@ def stack(
     _infra_up: None,
     cleanup: Callable[[str], None],
     await_condition: Callable[..., object],
+    live_executors: Callable[[DevStack], set[str]],
 ) -> Iterator[DevStack]:
     prefix = f"e2efan{os.urandom(4).hex()}"
     dev = DevStack({"INDEXIFY_PREFIX": prefix}, log_dir=tmp_path_factory.mktemp("fan-out"))
@@ -40,13 +41,9 @@ def stack(
             dev.start(ProcessSpec(name, "services.executor", ["--id", name, "--concurrency", "2"]))
         dev.wait_healthy(timeout=60)
 
-        def both_registered() -> bool:
-            body = httpx.get(
-                f"{dev.url}/internal/executors", headers=dev.auth_headers, timeout=2
-            ).json()
-            return {e["id"] for e in body.get("executors", [])} >= set(EXECUTORS)
-
-        await_condition(both_registered, 60, "both executors to send heartbeats")
+        await_condition(
+            lambda: live_executors(dev) >= set(EXECUTORS), 60, "both executors to send heartbeats"
+        )
         yield dev
     finally:
         dev.stop()

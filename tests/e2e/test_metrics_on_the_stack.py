@@ -55,6 +55,7 @@ def stack(
     _infra_up: None,
     cleanup: Callable[[str], None],
     await_condition: Callable[..., object],
+    live_executors: Callable[[DevStack], set[str]],
 ) -> Iterator[DevStack]:
     prefix = f"e2emet{os.urandom(4).hex()}"
     env = {"INDEXIFY_PREFIX": prefix, "INDEXIFY_SCHEDULER_LAG_INTERVAL_SEC": "0.5"}
@@ -71,13 +72,9 @@ def stack(
         )
         dev.wait_healthy(timeout=60)
 
-        def registered() -> bool:
-            body = httpx.get(
-                f"{dev.url}/internal/executors", headers=dev.auth_headers, timeout=2
-            ).json()
-            return EXECUTOR in {e["id"] for e in body.get("executors", [])}
-
-        await_condition(registered, 60, "the executor to send heartbeats")
+        await_condition(
+            lambda: EXECUTOR in live_executors(dev), 60, "the executor to send heartbeats"
+        )
         yield dev
     finally:
         dev.stop()
