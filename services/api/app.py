@@ -25,7 +25,7 @@ from services.common.logging import get_logger
 from services.common.settings import ApiSettings, InfraSettings
 from services.common.state_store import StateStore
 
-from . import routes_graphs, routes_invocations, routes_keys, ui
+from . import routes_graphs, routes_invocations, routes_keys
 from .auth import AUTH_RESPONSES, Authenticator, Requires
 from .docs import install_docs
 from .errors import install_error_handlers
@@ -35,6 +35,7 @@ from .progress_hub import ProgressHub
 from .routes_graphs import Service
 from .schemas import ExecutorList, Health
 from .service import ApiService
+from .ui import install_ui
 from .validation import valid_path_ids
 
 __all__ = ["create_app"]
@@ -135,7 +136,7 @@ def create_app(
     app.include_router(routes_graphs.router)
     app.include_router(routes_invocations.router)
     app.include_router(routes_keys.router)
-    app.include_router(ui.router)
+    install_ui(app)
 
     @app.get("/health", tags=["platform"], responses={503: {"model": Health}})
     async def health(service: Service) -> Response:

@@ -108,7 +108,10 @@ def finished_event(
     stdout_key: str | None,
     stderr_key: str | None,
 ) -> TaskFinishedEvent:
-    """The ``task.finished`` envelope around the engine's event for ``message``'s task."""
+    """The ``task.finished`` envelope around the engine's event for ``message``'s task
+    (which records when the task's message was sent: its queue wait starts there)."""
+    if not finished.queued_at:
+        finished = finished.model_copy(update={"queued_at": message.at})
     return TaskFinishedEvent(
         namespace=message.namespace,
         graph=message.graph,
@@ -293,10 +296,14 @@ class TaskData:
 
     # -- outputs and logs -----------------------------------------------------------------
 
-    def finish(self, message: TaskMessage, result: TaskResult) -> TaskFinishedEvent:
+    def finish(
+        self, message: TaskMessage, result: TaskResult, *, input_read_sec: float | None = None
+    ) -> TaskFinishedEvent:
         """Store what the worker made of ``message`` and return the event reporting it;
-        never raises for failures of the task (they become the event)."""
+        never raises for failures of the task (they become the event). The event records
+        ``input_read_sec`` (measured by the caller) and how long storing took."""
         task = message.task
+        storing = time.monotonic()
         if self.max_outputs is not None and len(result.outputs) > self.max_outputs:
             error = ErrorInfo(
                 kind="permanent",
@@ -320,7 +327,12 @@ class TaskData:
         except ServiceError as exc:
             failure = _platform(f"cannot store the results of {task.function!r}", exc)
             return failure_event(message, failure.error, self.executor_id, result.started_at)
-        finished = result.finished(task, self.executor_id)
+        finished = result.finished(task, self.executor_id).model_copy(
+            update={
+                "input_read_sec": input_read_sec,
+                "output_write_sec": time.monotonic() - storing,
+            }
+        )
         return finished_event(message, finished, outputs, stdout_key, stderr_key)
 
     def _put_log(self, message: TaskMessage, stream: str, text: str) -> str | None:

@@ -115,6 +115,7 @@ class _Prepared:
     message: TaskMessage
     request: WorkRequest | None = None
     failure: TaskFinishedEvent | None = None
+    read_sec: float | None = None  # how long reading its inputs (and code) took
 
 
 class WorkerPool:
@@ -331,13 +332,15 @@ class WorkerPool:
         prefetched = data.prefetch(messages) if len(messages) > 1 else None
         prepared = []
         for message in messages:
+            reading = time.monotonic()
             try:
                 request = data.request(message, worker.codes, prefetched)
             except TaskFailure as failure:
                 event = failure_event(message, failure.error, self.executor_id, time.time())
                 prepared.append(_Prepared(message, failure=event))
             else:
-                prepared.append(_Prepared(message, request=request))
+                read_sec = time.monotonic() - reading
+                prepared.append(_Prepared(message, request=request, read_sec=read_sec))
         return prepared
 
     async def _finish(
@@ -350,7 +353,9 @@ class WorkerPool:
             raise WireError(f"unexpected reply from a worker process: {describe(reply)}")
         worker.codes.update(request.code_key, reply.code_cached)
         result = reply.result(data)
-        return await asyncio.to_thread(self._data().finish, message, result)
+        return await asyncio.to_thread(
+            self._data().finish, message, result, input_read_sec=item.read_sec
+        )
 
     async def _run_chunk_on(
         self,

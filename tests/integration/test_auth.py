@@ -55,15 +55,18 @@ _PARAMS = {
     "index": "0",
     "key_id": "0123456789ab",
 }
-#: a stream that ends only when the invocation does (no scheduler runs here): asked about an
-#: invocation that does not exist, it answers 404 once the key passed
-ENDLESS = "GET /namespaces/{namespace}/compute_graphs/{graph}/invocations/{invocation_id}/events"
+#: streams that end only when the invocation does (no scheduler runs here), the API's and the
+#: UI's: asked about an invocation that does not exist, they answer 404 once the key passed
+ENDLESS = {
+    "GET /namespaces/{namespace}/compute_graphs/{graph}/invocations/{invocation_id}/events",
+    "GET /ui/namespaces/{namespace}/compute_graphs/{graph}/invocations/{invocation_id}/events",
+}
 #: routes that answer 404 even with the right key: their made-up ids name nothing
 NOT_FOUND = {
     "GET /namespaces/{namespace}/compute_graphs/{graph}/invocations/{invocation_id}/fn/"
     "{function}/output/{task_id}/{index}",
     "DELETE /keys/{key_id}",
-    ENDLESS,
+    *ENDLESS,
 }
 #: routes that answer 400 even with the right key: graph g's start takes an int, not a File
 BAD_INPUT = {"POST /namespaces/{namespace}/compute_graphs/{graph}/invoke_file"}
@@ -160,7 +163,7 @@ class Api:
         if case.method in ("POST", "PUT", "PATCH"):
             body["json"] = _body(case.template)
         params = self.params
-        if str(case) == ENDLESS:
+        if str(case) in ENDLESS:
             params = {**params, "invocation_id": "no-such-invocation"}
         return await self.client.request(case.method, case.path(params), headers=headers, **body)
 

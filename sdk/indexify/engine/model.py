@@ -92,6 +92,12 @@ class Attempt(BaseModel):
     finished_at: float = 0.0
     outcome: Literal["success", "failure", "cancelled"]
     error: ErrorInfo | None = None
+    queued_at: float = 0.0
+    """When the task's message was sent to the executors (0: not recorded)."""
+    input_read_sec: float | None = None
+    """How long the executor took to read the inputs (and code) before the worker ran it."""
+    output_write_sec: float | None = None
+    """How long the executor took to store the outputs and logs after the worker ran it."""
 
 
 class TaskRecord(BaseModel):
@@ -215,6 +221,9 @@ class TaskFinished(BaseModel):
     executor: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
+    queued_at: float = 0.0
+    input_read_sec: float | None = None
+    output_write_sec: float | None = None
 
 
 class InvocationCancelled(BaseModel):
