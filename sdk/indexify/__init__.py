@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .batch import Batch
 from .client import IndexifyClient
 from .data_objects import File
 from .definition import GraphDefinition, NodeDefinition
@@ -31,6 +32,7 @@ from .retry import RetryPolicy
 
 __all__ = [
     "ApiError",
+    "Batch",
     "EncodingError",
     "File",
     "FunctionSpec",

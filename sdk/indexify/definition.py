@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from .batch import MAX_BATCH_SIZE, MAX_BATCH_WAIT_SEC
 from .graph_rules import (
     Problem,
+    batch_problem,
     cycles,
     encoder_problem,
     link_problem,
@@ -28,6 +30,16 @@ from .graph_rules import (
 from .image import ImageDefinition
 from .placement import placement_key, required_labels
 from .retry import RetryPolicy
+
+
+class BatchDefinition(BaseModel):
+    """A function's batching (:class:`indexify.Batch`): up to ``max_size`` tasks per call,
+    a batch waits at most ``max_wait_sec`` to fill."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
+    max_wait_sec: float = Field(default=0.05, ge=0, le=MAX_BATCH_WAIT_SEC)
 
 
 class NodeDefinition(BaseModel):
@@ -53,6 +65,10 @@ class NodeDefinition(BaseModel):
     parameter_schemas: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """The start node's parameters that JSON can carry: parameter -> JSON schema of its
     annotation (the API checks invocation arguments against them)."""
+    batch: BatchDefinition | None = None
+    """Set for a batched function: it receives a list of inputs (see :mod:`indexify.batch`).
+    Left out of the version's content when unset, so graphs without batching keep the
+    versions they had before the option existed."""
     code_hash: str = ""
     """A fingerprint of the function's code (and its accumulator's), so the graph's version
     changes with the code: the SDK computes it, and it is part of what is versioned."""
@@ -70,6 +86,7 @@ class NodeDefinition(BaseModel):
                 )
             )
         found.extend(self._reducer_problems())
+        found.extend(self._batch_problems())
         found.extend(self._parameter_problems())
         found.extend(self._placement_problems())
         return [problem for problem in found if problem is not None]
@@ -98,6 +115,36 @@ class NodeDefinition(BaseModel):
                 f"`def {name}(acc: {self.accumulator or 'Acc'}, value: int)`",
                 function=name,
                 parameter="accumulate",
+            )
+
+    def _batch_problems(self) -> Iterator[Problem]:
+        batch, name = self.batch, self.name
+        if batch is None:
+            return
+        size = batch_problem(name, batch.max_size, batch.max_wait_sec)
+        if size is not None:
+            yield size
+        if self.kind == "router":
+            yield Problem(
+                f"router {name!r} cannot be batched: a router chooses the next functions per "
+                "input; put batch= on an @indexify_function instead",
+                function=name,
+                parameter="batch",
+            )
+        elif self.reducer:
+            yield Problem(
+                f"reducer {name!r} cannot be batched: a reducer already takes its inputs one "
+                "after another in one task; drop batch= or accumulate=",
+                function=name,
+                parameter="batch",
+            )
+        elif len(self.parameters) != 1 or self.accepts_any_keyword:
+            yield Problem(
+                f"batched function {name!r} must take exactly one parameter, the list of "
+                f"inputs (it takes {list(self.parameters)}), e.g. "
+                f"`def {name}(items: list[str]) -> list[int]`",
+                function=name,
+                parameter="batch",
             )
 
     def _parameter_problems(self) -> Iterator[Problem]:
@@ -182,6 +229,9 @@ class GraphDefinition(BaseModel):
         (nodes with their code fingerprints, edges, routes, Python and SDK versions). The SDK
         and the server compute it the same way, so a version names exactly one content."""
         content = self.model_dump(mode="json", exclude={"version"})
+        for node in content["nodes"].values():
+            if node["batch"] is None:  # added later: unset, it leaves earlier versions alone
+                del node["batch"]
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -211,6 +261,17 @@ class GraphDefinition(BaseModel):
                     f"graph {self.name!r}: start node {self.start_node!r} is not one of its "
                     f"functions {sorted(self.nodes)}; name one of them as the start node",
                     function=self.start_node,
+                )
+            )
+        start = self.nodes.get(self.start_node)
+        if start is not None and start.batch is not None:
+            found.append(
+                Problem(
+                    f"graph {self.name!r}: the start function {start.name!r} cannot be batched "
+                    "(it receives an invocation's keyword arguments); batch a function after "
+                    "it, or start the graph with a function that passes its input on",
+                    function=start.name,
+                    parameter="batch",
                 )
             )
         found.extend(self._link_problems("edge", self.edges))

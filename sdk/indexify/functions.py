@@ -9,15 +9,18 @@ and implement ``run``; the class is instantiated once per worker process.
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
+from .batch import Batch
 from .errors import GraphValidationError
 from .graph_rules import (
     Problem,
+    batch_problem,
     encoder_problem,
     name_problem,
     router_accumulates_problem,
@@ -60,6 +63,7 @@ class FunctionSpec:
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float | None = None
     encoder: str = "auto"
+    batch: Batch | None = None
 
     @property
     def is_reducer(self) -> bool:
@@ -78,6 +82,7 @@ def _build_spec(
     retries: int | RetryPolicy | None,
     timeout: float | None,
     encoder: str,
+    batch: Batch | None = None,
 ) -> FunctionSpec:
     fn_name = check_name(name or target.__name__, "function")
     if image is not None and not isinstance(image, Image):
@@ -88,6 +93,8 @@ def _build_spec(
         )
     _refuse(encoder_problem(fn_name, encoder))
     _refuse(timeout_problem(fn_name, timeout))
+    if batch is not None:
+        _check_batch(fn_name, target, kind, batch, accumulate)
     if accumulate is not None:
         if kind == "router":
             _refuse(router_accumulates_problem(fn_name))
@@ -111,7 +118,73 @@ def _build_spec(
         retries=policy,
         timeout=timeout,
         encoder=encoder,
+        batch=batch,
     )
+
+
+def _check_batch(
+    fn_name: str, target: Any, kind: FunctionKind, batch: Any, accumulate: type[Any] | None
+) -> None:
+    """What can be said of ``batch=`` at decoration time: the option itself, the kind of
+    function, and its annotations when they resolve here (else when the graph is built)."""
+    if not isinstance(batch, Batch):
+        raise GraphValidationError(
+            f"function {fn_name!r}: batch= takes an indexify.Batch, e.g. "
+            f"batch=Batch(max_size=32, max_wait=0.05), got {batch!r}",
+            function=fn_name,
+            parameter="batch",
+        )
+    _refuse(batch_problem(fn_name, batch.max_size, batch.max_wait))
+    if kind == "router" or accumulate is not None:
+        what = "a router" if kind == "router" else "a reducer (accumulate=)"
+        _refuse(
+            Problem(
+                f"function {fn_name!r} cannot be batched: it is {what}; only plain "
+                "@indexify_function functions take batch=",
+                function=fn_name,
+                parameter="batch",
+            )
+        )
+    fn = signature_target(target)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # a forward reference: checked when the graph is built
+        return
+    problems = batch_signature_problems(fn_name, fn, hints, method=isinstance(target, type))
+    _refuse(problems[0] if problems else None)
+
+
+def _is_list(hint: Any) -> bool:
+    return hint is list or typing.get_origin(hint) is list
+
+
+def batch_signature_problems(
+    fn_name: str, fn: Callable[..., Any], hints: Mapping[str, Any], *, method: bool
+) -> list[Problem]:
+    """A batched function receives ``list[T]`` and returns ``list[R]``: its one parameter
+    and its return must be annotated as lists (``method``: ``fn`` is ``run``, with ``self``)."""
+    params = list(inspect.signature(fn).parameters.values())[1 if method else 0 :]
+    problems = []
+    if len(params) == 1 and not _is_list(hints.get(params[0].name)):
+        name = params[0].name
+        problems.append(
+            Problem(
+                f"batched function {fn_name!r}: parameter {name!r} must be annotated as a "
+                f"list (it receives one input per task of the batch), e.g. `{name}: list[str]`",
+                function=fn_name,
+                parameter=name,
+            )
+        )
+    if "return" in hints and not _is_list(hints["return"]):
+        problems.append(
+            Problem(
+                f"batched function {fn_name!r} must be annotated to return a list (one "
+                "result per input, in order), e.g. `-> list[int]`",
+                function=fn_name,
+                parameter="return",
+            )
+        )
+    return problems
 
 
 def _check_accumulator(fn_name: str, accumulate: Any) -> None:
@@ -164,6 +237,7 @@ def indexify_function(
     retries: int | RetryPolicy | None = None,
     timeout: float | None = None,
     encoder: str = "auto",
+    batch: Batch | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -179,8 +253,10 @@ def indexify_function(
     retries: int | RetryPolicy | None = None,
     timeout: float | None = None,
     encoder: str = "auto",
+    batch: Batch | None = None,
 ) -> Any:
-    """Make a function a graph node. ``accumulate=Model`` makes it a durable reducer."""
+    """Make a function a graph node. ``accumulate=Model`` makes it a durable reducer;
+    ``batch=Batch(max_size=...)`` makes it receive lists of inputs (:mod:`indexify.batch`)."""
     decorator = _decorator(
         "function",
         name=name,
@@ -191,6 +267,7 @@ def indexify_function(
         retries=retries,
         timeout=timeout,
         encoder=encoder,
+        batch=batch,
     )
     return decorator(fn) if fn is not None else decorator
 
@@ -253,6 +330,7 @@ class _ClassFunction:
     retries: ClassVar[int | RetryPolicy | None] = None
     timeout: ClassVar[float | None] = None
     encoder: ClassVar[str] = "auto"
+    batch: ClassVar[Batch | None] = None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement run()")
@@ -272,6 +350,7 @@ class _ClassFunction:
             retries=cls.retries,
             timeout=cls.timeout,
             encoder=cls.encoder,
+            batch=cls.batch,
         )
         setattr(cls, SPEC_ATTRIBUTE, spec)
 

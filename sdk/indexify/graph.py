@@ -15,9 +15,16 @@ from pydantic import TypeAdapter
 
 from . import __version__
 from .code_closure import CodeClosure
-from .definition import GraphDefinition, NodeDefinition
+from .definition import BatchDefinition, GraphDefinition, NodeDefinition
+from .encoding import element_hint
 from .errors import GraphValidationError
-from .functions import check_name, node_class, signature_target, spec_of
+from .functions import (
+    batch_signature_problems,
+    check_name,
+    node_class,
+    signature_target,
+    spec_of,
+)
 from .graph_rules import Problem, describe_problems, link_problem
 from .placement import placement_key, required_labels
 
@@ -144,6 +151,15 @@ class Graph:
                 continue
             if spec_of(node).kind == "router":
                 problems.extend(self._router_annotation_problems(name))
+            if spec_of(node).batch is not None:
+                problems.extend(
+                    batch_signature_problems(
+                        name,
+                        signature_target(node),
+                        self.type_hints(name),
+                        method=isinstance(node_class(node), type),
+                    )
+                )
         draft = self._graph_definition(
             {name: _node_definition(node) for name, node in self.nodes.items()}
         )
@@ -290,6 +306,16 @@ class Graph:
     def return_hint(self, name: str) -> Any:
         return self.type_hints(name).get("return")
 
+    def output_hint(self, name: str) -> Any:
+        """The declared type of one output of ``name``. A returned list fans out: each
+        output of ``-> list[int]`` is an ``int``. A batched function returns one result per
+        input, each treated as an unbatched function's return: each output of a batched
+        ``-> list[int]`` is an ``int``, and of ``-> list[list[int]]`` too (each fans out)."""
+        hint = self.return_hint(name)
+        if spec_of(self.function(name)).batch is not None:
+            hint = element_hint(hint)
+        return element_hint(hint)
+
     def parameter_hints(self, name: str) -> dict[str, Any]:
         hints = self.type_hints(name)
         return {p: hints.get(p) for p in _parameters(self.function(name))}
@@ -398,4 +424,7 @@ def _node_definition(node: Any) -> NodeDefinition:
         retries=spec.retries,
         timeout_sec=spec.timeout,
         encoder=spec.encoder,
+        batch=BatchDefinition(max_size=spec.batch.max_size, max_wait_sec=spec.batch.max_wait)
+        if spec.batch is not None
+        else None,
     )

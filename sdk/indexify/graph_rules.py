@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .batch import MAX_BATCH_SIZE, MAX_BATCH_WAIT_SEC
+
 __all__ = [
     "ENCODERS",
     "NAME_PATTERN",
     "NAME_RULE",
     "Problem",
+    "batch_problem",
     "cycles",
     "describe_problems",
     "encoder_problem",
@@ -86,6 +89,35 @@ def timeout_problem(function: str, timeout: float | None) -> Problem | None:
         function=function,
         parameter="timeout",
     )
+
+
+def batch_problem(function: str, max_size: object, max_wait: object) -> Problem | None:
+    """A batch holds 1 to ``MAX_BATCH_SIZE`` tasks and waits 0 to ``MAX_BATCH_WAIT_SEC`` s
+    for them (the same rule as ``BatchDefinition``'s bounds, for the decorators)."""
+    if (
+        not isinstance(max_size, int)
+        or isinstance(max_size, bool)
+        or not 1 <= max_size <= MAX_BATCH_SIZE
+    ):
+        return Problem(
+            f"function {function!r}: Batch(max_size={max_size!r}) must be a whole number from "
+            f"1 to {MAX_BATCH_SIZE} (the most tasks one call receives), e.g. Batch(max_size=32)",
+            function=function,
+            parameter="batch",
+        )
+    if (
+        not isinstance(max_wait, int | float)
+        or isinstance(max_wait, bool)
+        or not 0 <= max_wait <= MAX_BATCH_WAIT_SEC
+    ):
+        return Problem(
+            f"function {function!r}: Batch(max_wait={max_wait!r}) must be a number of seconds "
+            f"from 0 to {MAX_BATCH_WAIT_SEC:g} (how long a batch waits to fill), e.g. "
+            "Batch(max_size=32, max_wait=0.05)",
+            function=function,
+            parameter="batch",
+        )
+    return None
 
 
 def router_accumulates_problem(function: str) -> Problem:

@@ -12,6 +12,9 @@ It behaves as the server does where a program can tell:
   function at the deadline; elsewhere the function runs in a thread that is abandoned at the
   deadline (see :mod:`indexify.timeouts`). Its stdout and stderr are lost, as when the
   executor kills the worker.
+* **Batches.** A batched function (:mod:`indexify.batch`) receives the calls of it ready at
+  that step of the run (those queued when its first one is due), up to ``max_size`` per
+  call; a batch that fails is retried together (its tasks' retries are due together).
 """
 
 from __future__ import annotations
@@ -176,23 +179,27 @@ class LocalClient(IndexifyClient):
             command = pending.popleft()
             if not isinstance(command, RunTask):
                 continue
-            if command.delay_sec:
-                time.sleep(command.delay_sec)
-            task = command.task
-            result = _run_task(runner, task, load, registered.definition.nodes[task.function])
-            if result.succeeded:
-                invocation.payloads[task.id] = result.outputs
-            invocation.logs[task.id] = TaskLogs(
-                task_id=task.id,
-                function=task.function,
-                stdout=result.stdout,
-                stderr=result.stderr,
-                traceback=result.error.traceback if result.error else "",
-            )
-            if self._echo_output:
-                sys.stdout.write(result.stdout)
-                sys.stderr.write(result.stderr)
-            pending.extend(engine.handle(state, result.finished(task, "in-process")))
+            node = registered.definition.nodes[command.task.function]
+            batch = _take_batch(command, node, pending)
+            delay = max(run.delay_sec for run in batch)  # a failed batch retries together
+            if delay:
+                time.sleep(delay)
+            tasks = [run.task for run in batch]
+            results = _run_tasks(runner, tasks, load, node)
+            if self._echo_output:  # a batch is one call: its output once
+                sys.stdout.write(results[0].stdout)
+                sys.stderr.write(results[0].stderr)
+            for task, result in zip(tasks, results, strict=True):
+                if result.succeeded:
+                    invocation.payloads[task.id] = result.outputs
+                invocation.logs[task.id] = TaskLogs(
+                    task_id=task.id,
+                    function=task.function,
+                    stdout=result.stdout,
+                    stderr=result.stderr,
+                    traceback=result.error.traceback if result.error else "",
+                )
+                pending.extend(engine.handle(state, result.finished(task, "in-process")))
         if state.status == "failed" and state.error is not None:
             logger.warning(
                 "invocation %s of %s failed in %s: %s",
@@ -274,17 +281,51 @@ class LocalClient(IndexifyClient):
         return self._start(self._registered(graph), graph, invocation.input)
 
 
-def _run_task(runner: FunctionRunner, task: Task, load: Loader, node: NodeDefinition) -> TaskResult:
-    """Run ``task``, within its function's timeout if it has one (as the executor does)."""
+def _take_batch(first: RunTask, node: NodeDefinition, pending: deque[Command]) -> list[RunTask]:
+    """``first`` and, for a batched function, the other calls of it waiting in ``pending``
+    (the inputs available at this step of the run), up to the batch's ``max_size``: taken
+    out of ``pending`` in order, the rest left in theirs."""
+    if node.batch is None or first.task.kind != "call":
+        return [first]
+    batch, rest = [first], deque[Command]()
+    while pending:
+        command = pending.popleft()
+        if (
+            len(batch) < node.batch.max_size
+            and isinstance(command, RunTask)
+            and command.task.function == first.task.function
+            and command.task.kind == "call"
+        ):
+            batch.append(command)
+        else:
+            rest.append(command)
+    pending.extend(rest)
+    return batch
+
+
+def _run_tasks(
+    runner: FunctionRunner, tasks: list[Task], load: Loader, node: NodeDefinition
+) -> list[TaskResult]:
+    """Run ``tasks`` (one, or a batch of a batched function in one call), within the
+    function's timeout if it has one (as the executor does): a batch that runs past it fails
+    every task of it."""
     seconds = node.timeout_sec
+
+    def run() -> list[TaskResult]:
+        if len(tasks) == 1:
+            return [runner.run(tasks[0], load)]
+        return runner.run_batch([(task, load) for task in tasks])
+
     if seconds is None:
-        return runner.run(task, load)
+        return run()
     started_at = time.time()
     try:
-        return run_with_timeout(lambda: runner.run(task, load), seconds)
+        return run_with_timeout(run, seconds)
     except Expired as expired:
-        message = timeout_message(task.function, seconds)
+        message = timeout_message(tasks[0].function, seconds)
         note = "(the function runs on in an abandoned thread)\n" if expired.abandoned else ""
         trace = f"Traceback (most recent call last):\n{expired.where}TimeoutError: {message}\n"
         error = ErrorInfo(kind="user", type="TimeoutError", message=message, traceback=trace + note)
-        return TaskResult(error=error, started_at=started_at, finished_at=time.time())
+        return [
+            TaskResult(error=error, started_at=started_at, finished_at=time.time()) for _ in tasks
+        ]

@@ -25,7 +25,7 @@ from urllib.parse import quote
 from .client import DEFAULT_NAMESPACE, DEFAULT_SERVICE_URL, IndexifyClient
 from .credentials import resolve_api_key
 from .data_objects import FILE_METADATA_HEADER, File
-from .encoding import JSON, Payload, coerce, decode, element_hint, encode, encode_arguments
+from .encoding import JSON, Payload, coerce, decode, encode, encode_arguments
 from .engine import TERMINAL_STATUSES
 from .errors import (
     ApiError,
@@ -472,7 +472,7 @@ class RemoteClient(IndexifyClient):
         local = registered.graph if registered is not None else Graph.built_here(graph)
         if local is None or fn_name not in local.nodes:
             return Any
-        return element_hint(local.return_hint(fn_name))
+        return local.output_hint(fn_name)
 
     def logs(self, graph: str, invocation_id: str, fn_name: str) -> list[TaskLogs]:
         path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "logs")

@@ -12,13 +12,13 @@ import inspect
 import io
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .data_objects import File
 from .definition import NodeDefinition, argument_problem
-from .encoding import Payload, coerce, decode, element_hint, encode
+from .encoding import Payload, coerce, decode, encode
 from .engine.model import ErrorInfo, Task, TaskFinished, ValueRange
 from .errors import EncodingError, NonRetryable
 from .functions import make_callable, node_class, spec_of
@@ -62,6 +62,10 @@ class _PermanentError(Exception):
     """Input that can never succeed (undecodable, unknown route): no retry helps."""
 
 
+class BatchResultError(_PermanentError):
+    """A batched function returned something other than one result per input."""
+
+
 class FunctionRunner:
     """Runs the tasks of one graph; caches class-based function instances."""
 
@@ -77,7 +81,7 @@ class FunctionRunner:
     def output_hint(self, function: str) -> Any:
         """The declared type of one output of ``function``."""
         if function not in self._hints:
-            self._hints[function] = element_hint(self.graph.return_hint(function))
+            self._hints[function] = self.graph.output_hint(function)
         return self._hints[function]
 
     def _callable(self, function: str) -> Callable[..., Any]:
@@ -146,8 +150,16 @@ class FunctionRunner:
 
     # -- running ------------------------------------------------------------------------
 
+    def batched(self, function: str) -> bool:
+        """Whether ``function`` takes a batch of inputs (:mod:`indexify.batch`)."""
+        return spec_of(self.graph.function(function)).batch is not None
+
     def run(self, task: Task, load: Loader) -> TaskResult:
-        """Run ``task``; never raises for errors in user code or inputs."""
+        """Run ``task``; never raises for errors in user code or inputs. A task of a batched
+        function is a batch of one."""
+        if task.kind == "call" and self.batched(task.function):
+            (result,) = self.run_batch([(task, load)])
+            return result
         result = TaskResult(started_at=time.time())
         out, err = io.StringIO(), io.StringIO()
         try:
@@ -171,6 +183,71 @@ class FunctionRunner:
         if result.error is not None:
             result.outputs = []
         return result
+
+    def run_batch(self, batch: Sequence[tuple[Task, Loader]]) -> list[TaskResult]:
+        """Run the tasks of one batched function in ONE call of it, each with the loader of
+        its own inputs (tasks of different invocations may have the same ids: ids are
+        deterministic per invocation); never raises for errors in user code or inputs.
+        The function gets the tasks' inputs as one list and returns
+        one result per input, in order; each result becomes its own task's outputs. A task
+        whose input cannot be decoded fails alone (permanently); the call failing (it raised,
+        or returned a list of the wrong length) fails every task of the batch. Every task
+        gets the call's stdout and stderr."""
+        started_at = time.time()
+        results = [TaskResult(started_at=started_at) for _ in batch]
+        function = batch[0][0].function if batch else ""
+        if any(task.function != function or task.kind != "call" for task, _ in batch):
+            raise ValueError(f"a batch holds calls of one function; got {list(batch)}")
+        values: list[Any] = []
+        members: list[TaskResult] = []  # the results of the tasks whose inputs decoded
+        for (task, load), result in zip(batch, results, strict=True):
+            try:
+                (value,) = self._load_values(task.inputs, load)
+            except (_PermanentError, EncodingError) as exc:
+                result.error = _permanent(exc)
+            else:
+                values.append(value)
+                members.append(result)
+        out, err = io.StringIO(), io.StringIO()
+        if members:
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    returned = self._callable(function)(values)
+                    self._check_batch_result(function, returned, len(values))
+                    for result, item in zip(members, returned, strict=True):
+                        try:
+                            result.outputs = self._encode_outputs(function, item)
+                        except EncodingError as exc:
+                            result.error = _permanent(exc)
+            except (_PermanentError, EncodingError) as exc:
+                for result in members:
+                    result.error = _permanent(exc)
+            except NonRetryable as exc:
+                for result in members:
+                    result.error = _user_error(exc, kind="permanent")
+            except Exception as exc:
+                for result in members:
+                    result.error = _user_error(exc, kind="user")
+        finished_at = time.time()
+        for result in results:
+            result.stdout, result.stderr = out.getvalue(), err.getvalue()
+            result.finished_at = finished_at
+            if result.error is not None:
+                result.outputs = []
+        return results
+
+    @staticmethod
+    def _check_batch_result(function: str, returned: Any, expected: int) -> None:
+        if not isinstance(returned, list):
+            raise BatchResultError(
+                f"batched function {function!r} returned {type(returned).__name__}; it must "
+                f"return a list with one result per input ({expected} inputs)"
+            )
+        if len(returned) != expected:
+            raise BatchResultError(
+                f"batched function {function!r} returned {len(returned)} results for "
+                f"{expected} inputs; it must return exactly one result per input, in order"
+            )
 
     def _load_values(self, values: tuple[ValueRange, ...], load: Loader) -> list[Any]:
         decoded: list[Any] = []
@@ -254,6 +331,10 @@ class FunctionRunner:
         for value in self._load_values(task.inputs, load):
             acc = self._invoke(task.function, value, leading=(acc,))
         result.outputs = [encode(acc, self.output_hint(task.function), encoder=spec.encoder)]
+
+
+def _permanent(exc: Exception) -> ErrorInfo:
+    return ErrorInfo(kind="permanent", type=type(exc).__name__, message=str(exc), traceback="")
 
 
 def _user_error(exc: BaseException, *, kind: str) -> ErrorInfo:

@@ -14,6 +14,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from indexify.definition import BatchDefinition
 from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, Task, TaskFinished
 from indexify.engine.model import InvocationStatus
@@ -151,6 +152,9 @@ class TaskMessage(_Envelope):
     inputs: tuple[StoredValues, ...]
     accumulator: StoredValues | None = None
     timeout_sec: float | None = None
+    batch: BatchDefinition | None = None
+    """Set when the function is batched: executors assemble batches of such messages
+    (:mod:`services.executor.assembly`); the scheduler never chunks them."""
 
 
 class ChunkItem(_Frozen):

@@ -46,6 +46,8 @@ from .logging import get_logger
 
 __all__ = [
     "BACKEND_ERRORS",
+    "BATCH_SIZE",
+    "BATCH_WAIT",
     "CONTENT_TYPE",
     "DEAD_LETTERS",
     "EVENTS_CONSUMER_LAG",
@@ -99,6 +101,19 @@ TASK_QUEUE_DEPTH = Gauge(
     "indexify_task_queue_depth",
     "Task messages this executor fetched that wait for a worker (its local queue)",
     list(_FUNCTION),
+)
+BATCH_SIZE = Histogram(
+    "indexify_batch_size",
+    "Tasks per call of a batched function on this executor (batches it assembled)",
+    list(_FUNCTION),
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+BATCH_WAIT = Histogram(
+    "indexify_batch_wait_seconds",
+    "How long a batch of a batched function stayed open for tasks to join (at most its "
+    "max_wait; less when it filled first)",
+    list(_FUNCTION),
+    buckets=_TASK_BUCKETS,
 )
 EXECUTOR_SLOTS = Gauge("indexify_executor_slots", "Worker processes of this executor")
 EXECUTOR_SLOTS_BUSY = Gauge(

@@ -5,8 +5,10 @@
 (:class:`.leases.Leases`):
 
 * ``run``: run it on the :class:`WorkerPool` (asking again, if it waited for a worker,
-  whether it is still wanted), continue its chain here (:class:`.chains.ChainRunner`), then
-  record and publish the results (:class:`.reporter.Reporter`). The task *starts* (its
+  whether it is still wanted; a batched function's task in a batch with others of its
+  function, :class:`.assembly.BatchAssembler`), continue its chain here
+  (:class:`.chains.ChainRunner`), then record and publish the results
+  (:class:`.reporter.Reporter`). The task *starts* (its
   ``task.started`` is published and kept for the status) with the claim when a worker is
   free for it, else with the claim asked again once one is;
 * ``result``: an earlier run recorded it: re-publish that result, nothing runs;
@@ -40,6 +42,7 @@ from services.common.events import (
 from services.common.kafka_consumer import Record
 from services.common.logging import get_logger
 
+from .assembly import BatchAssembler
 from .chains import ChainRunner
 from .chunks import ChunkRunner
 from .leases import Key, Leases, Verdict
@@ -70,8 +73,13 @@ class TaskHandler:
         self._chains = chains
         self._stop = stop
         self._chunks = ChunkRunner(leases, reporter, pool, single=self.process_task)
+        self._batches = BatchAssembler(pool)
         self._tasks_run = 0
         self._starting = 0  # claims in flight that say their task starts (a worker is free)
+
+    def batch_waiting(self) -> dict[str, int]:
+        """Claimed tasks waiting in batches, per topic (:meth:`BatchAssembler.waiting`)."""
+        return self._batches.waiting()
 
     @property
     def tasks_run(self) -> int:
@@ -185,7 +193,12 @@ class TaskHandler:
             verdict.append(answer)
             return answer[0] not in ("skip", "result")
 
-        event = await self._pool.run(message, still_wanted, always_ask=started is not None)
+        if message.batch is not None:  # in a batch with other tasks of its function
+            event = await self._batches.run(
+                message, still_wanted, ran, always_ask=started is not None, topic=record.topic
+            )
+        else:
+            event = await self._pool.run(message, still_wanted, always_ask=started is not None)
         ran()
         if event is None:  # cancelled, finished or recorded while it waited for a worker
             kind, detail = verdict[-1]

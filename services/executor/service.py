@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -259,10 +260,14 @@ class Executor:
 
     async def _queue_depth_loop(self, parts: _Parts) -> None:
         """The local queue per function, for ``indexify_task_queue_depth`` (every topic
-        subscribed to is shown, at 0 when nothing waits)."""
+        subscribed to is shown, at 0 when nothing waits): fetched messages not started, and
+        claimed tasks waiting in batches of a batched function."""
 
         def waiting() -> dict[str, int]:
-            return {**dict.fromkeys(parts.subscription.topics, 0), **parts.intake.waiting()}
+            counts = Counter(dict.fromkeys(parts.subscription.topics, 0))
+            counts.update(parts.intake.waiting())
+            counts.update(parts.handler.batch_waiting())
+            return dict(counts)
 
         await queue_depth_loop(self.infra.prefix, waiting)
 

@@ -14,7 +14,8 @@ A :class:`TaskRunner` lives as long as its worker process. For each request it
    (namespace, graph, version) and keeps its ``FunctionRunner`` (the executor mirrors this
    cache, so it sends each graph's bytes once per worker);
 2. runs the function with the SDK's ``FunctionRunner`` (the code the in-process client runs)
-   on the inputs the request carries;
+   on the inputs the request carries (a list of requests of one batched function, which
+   the executor assembled, is ONE call of it: :meth:`TaskRunner.run_batch`);
 3. returns the :class:`TaskResult`.
 
 Code that cannot be unpickled (another Python version, a missing module) is a ``permanent``
@@ -77,6 +78,42 @@ class TaskRunner:
         on_start()
         return _run_user_code(runner, request.task, request.inputs)
 
+    def batch(self, requests: Sequence[WorkRequest]) -> bool:
+        """Whether ``requests`` (a list the executor sent) are one batch: calls of one batched
+        function of one graph version, run in ONE call (:meth:`run_batch`). The scheduler never
+        chunks a batched function's tasks, so such a list is a batch the executor assembled."""
+        first = requests[0]
+        if any(
+            r.code_key != first.code_key
+            or r.task.function != first.task.function
+            or r.task.kind != "call"
+            for r in requests
+        ):
+            return False
+        self._forget(requests)
+        runner = self._runner(next((r for r in requests if r.code is not None), first))
+        return isinstance(runner, FunctionRunner) and runner.batched(first.task.function)
+
+    def run_batch(self, requests: Sequence[WorkRequest]) -> list[TaskResult]:
+        """Run a batch (:meth:`batch`) in one call of its function: one result per request,
+        in order; never raises for failures of the tasks (they become the results)."""
+        started_at = time.time()
+        self._forget(requests)
+        runner = self._runner(next((r for r in requests if r.code is not None), requests[0]))
+        if isinstance(runner, ErrorInfo):
+            return [_failed(runner, started_at) for _ in requests]
+        function = requests[0].task.function
+        try:  # each task reads its own inputs: ids repeat across invocations
+            return runner.run_batch([(r.task, _loader(r.inputs)) for r in requests])
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt from user code
+            return [_failed(_exit_error(function, exc), started_at) for _ in requests]
+
+    def _forget(self, requests: Sequence[WorkRequest]) -> None:
+        for request in requests:
+            for key in request.forget:
+                self._runners.pop(key, None)
+                self._broken.pop(key, None)
+
     def holds(self, key: CodeKey) -> bool:
         """Whether this worker keeps ``key``'s code (loaded, or known not to load)."""
         return key in self._runners or key in self._broken
@@ -118,23 +155,31 @@ def _run_user_code(
     """``FunctionRunner.run``, which reports exceptions; a ``sys.exit()`` in user code (which
     it lets through) is a user error too, not the end of the worker."""
     started_at = time.time()
+    try:
+        return runner.run(task, _loader(inputs))
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt from user code
+        error = _exit_error(task.function, exc)
+        return TaskResult(error=error, started_at=started_at, finished_at=time.time())
 
+
+def _loader(inputs: dict[ValueRange, list[Payload]]) -> Callable[[ValueRange], list[Payload]]:
     def load(value_range: ValueRange) -> list[Payload]:
         return inputs.get(value_range, [])
 
-    try:
-        return runner.run(task, load)
-    except BaseException as exc:  # SystemExit, KeyboardInterrupt from user code
-        return TaskResult(
-            error=ErrorInfo(
-                kind="user",
-                type=type(exc).__name__,
-                message=f"function {task.function!r} raised {type(exc).__name__}: {exc}",
-                traceback="".join(traceback.format_exception(exc)),
-            ),
-            started_at=started_at,
-            finished_at=time.time(),
-        )
+    return load
+
+
+def _failed(error: ErrorInfo, started_at: float) -> TaskResult:
+    return TaskResult(error=error, started_at=started_at, finished_at=time.time())
+
+
+def _exit_error(function: str, exc: BaseException) -> ErrorInfo:
+    return ErrorInfo(
+        kind="user",
+        type=type(exc).__name__,
+        message=f"function {function!r} raised {type(exc).__name__}: {exc}",
+        traceback="".join(traceback.format_exception(exc)),
+    )
 
 
 # -- the worker process -------------------------------------------------------------------
@@ -187,6 +232,22 @@ def _reply(connection: _Connection, runner: TaskRunner, request: WorkRequest) ->
     connection.send(reply, data)
 
 
+def _reply_batch(connection: _Connection, runner: TaskRunner, batch: list[WorkRequest]) -> None:
+    """Run ``batch`` in one call and send each task's result, in order."""
+    started_at = time.time()
+    try:
+        results = runner.run_batch(batch)
+    except Exception as exc:  # a bug of ours, not of the user's code: keep the worker
+        error = ErrorInfo(
+            kind="platform", type=type(exc).__name__, message=f"executor worker error: {exc}"
+        )
+        results = [_failed(error, started_at) for _ in batch]
+    for request, result in zip(batch, results, strict=True):
+        cached = runner.holds(request.code_key)
+        reply, data = result_reply(request.task.id, result, code_cached=cached)
+        connection.send(reply, data)
+
+
 def serve(connection: _Connection) -> None:
     """Run requests from the executor until ``None`` or the end of the stream."""
     runner = TaskRunner()
@@ -198,6 +259,10 @@ def serve(connection: _Connection) -> None:
             return  # the executor is gone
         if message is None:
             return
+        if isinstance(message, list) and runner.batch(message):  # one call, then each result
+            _reply_batch(connection, runner, message)
+            connection.send(WorkReply(kind="chunk-end"))
+            continue
         if isinstance(message, list):  # a chunk: no timeouts, results streamed one by one
             # A chunk's turn on the worker lasts about CHUNK_TURN_SEC: the executor then
             # claims the rest again (a cancel stops them) and the worker is shared fairly.

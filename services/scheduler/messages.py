@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from indexify.definition import GraphDefinition
+from indexify.definition import GraphDefinition, NodeDefinition
 from indexify.engine import (
     INPUT_TASK_ID,
     ContinueDelivery,
@@ -318,9 +318,10 @@ def build_messages(
 
     ``values`` maps task ids to their stored outputs (the decision's own outputs are used
     first). Ready tasks of one function that may share a worker (calls and routes without a
-    timeout) travel as :class:`TaskChunkMessage` s sized by :func:`.chunking.chunk_size` for
-    ``slots`` live worker slots. Adds a ``task.created`` progress event per task to
-    ``decision.progress``. Raises :class:`MissingValues` when an input's outputs are unknown.
+    timeout, not batched: :func:`_alone`) travel as :class:`TaskChunkMessage` s sized by
+    :func:`.chunking.chunk_size` for ``slots`` live worker slots. Adds a ``task.created``
+    progress event per task to ``decision.progress``. Raises :class:`MissingValues` when an
+    input's outputs are unknown.
     """
     now = time.time() if now is None else now
     lookup = {**values, **decision.known, **decision.outputs}
@@ -335,7 +336,7 @@ def build_messages(
             retry = task_message(task, state, definition, lookup)
             item = DelayedItem(topic=topic, key=key, value=encode_message(retry).decode())
             delayed.append((now + command.delay_sec, item))
-        elif task.kind == "reduce" or definition.nodes[task.function].timeout_sec is not None:
+        elif task.kind == "reduce" or _alone(definition.nodes[task.function]):
             ready.append(
                 Outgoing(topic, key, encode_message(task_message(task, state, definition, lookup)))
             )
@@ -425,4 +426,12 @@ def task_message(
         inputs=inputs,
         accumulator=accumulator,
         timeout_sec=definition.nodes[task.function].timeout_sec,
+        batch=definition.nodes[task.function].batch,
     )
+
+
+def _alone(node: NodeDefinition) -> bool:
+    """Tasks of ``node`` travel one per message: with a timeout (a chunk runs on one worker,
+    and a timeout kills it), or batched (executors assemble batches across invocations from
+    single messages)."""
+    return node.timeout_sec is not None or node.batch is not None

@@ -5,6 +5,7 @@ import indexify.engine
 
 PUBLIC_API = [
     "ApiError",
+    "Batch",
     "EncodingError",
     "File",
     "FunctionSpec",

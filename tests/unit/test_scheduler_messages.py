@@ -2,7 +2,7 @@
 
 import pytest
 
-from indexify.definition import GraphDefinition, NodeDefinition
+from indexify.definition import BatchDefinition, GraphDefinition, NodeDefinition
 from indexify.encoding import encode
 from indexify.engine import INPUT_TASK_ID, Engine, ErrorInfo, TaskFinished
 from indexify.retry import RetryPolicy
@@ -12,6 +12,7 @@ from services.common.events import (
     InvocationCreatedEvent,
     StoredValues,
     TaskFinishedEvent,
+    TaskMessage,
     TasksFinishedEvent,
     decode_scheduler_event,
     decode_task_message,
@@ -281,6 +282,19 @@ def test_functions_with_a_timeout_are_never_chunked() -> None:
     state, decision = _fanned_out(engine, 10)
     ready, _ = build_messages(decision, state, graph, NAMES, {}, slots=1)
     assert [decode_task_topic_message(v).type for _, _, v, _ in ready] == ["task.ready"] * 10
+
+
+def test_a_batched_functions_tasks_travel_alone_with_their_batch_settings() -> None:
+    """Executors assemble batches across invocations from single messages: a fan-out into a
+    batched function is never chunked, and each message says how to batch it."""
+    batch = BatchDefinition(max_size=32, max_wait_sec=0.05)
+    graph = definition(parameters=("xs",), batch=batch)
+    engine = Engine(graph)
+    state, decision = _fanned_out(engine, 10)
+    ready, _ = build_messages(decision, state, graph, NAMES, {}, slots=1)
+    messages = [decode_task_topic_message(v) for _, _, v, _ in ready]
+    assert [m.type for m in messages] == ["task.ready"] * 10
+    assert {m.batch for m in messages if isinstance(m, TaskMessage)} == {batch}
 
 
 def test_a_batch_of_results_is_handled_result_by_result(engine) -> None:

@@ -116,6 +116,9 @@ def _attempt(
         finished_at=event.finished_at,
         outcome=outcome or event.outcome,
         error=event.error,
+        queued_at=event.queued_at,
+        input_read_sec=event.input_read_sec,
+        output_write_sec=event.output_write_sec,
     )
 
 
@@ -219,10 +222,10 @@ class Engine:
                         record.platform_failures, _jitter_fraction(task.id, retry.attempt)
                     )
                 elif error.kind == "user":
-                    policy = self.definition.nodes[task.function].retries
-                    delay = compute_backoff(
-                        policy, record.user_failures, _jitter_fraction(task.id, retry.attempt)
-                    )
+                    node = self.definition.nodes[task.function]
+                    # the tasks of a failed batch wait alike, so they are retried together
+                    rand = 0.5 if node.batch else _jitter_fraction(task.id, retry.attempt)
+                    delay = compute_backoff(node.retries, record.user_failures, rand)
                 out.append(RunTask(task=retry, delay_sec=delay))
                 return True
             record.status = "failed"
@@ -379,7 +382,8 @@ class Engine:
 
         A chain step: a call with exactly one output and exactly one successor, or a route
         choosing exactly one target, when that next function is not a reducer (a reducer's
-        steps depend on the whole invocation's state). The task is the one :meth:`handle`
+        steps depend on the whole invocation's state) nor batched (executors assemble its
+        batches from its task topic). The task is the one :meth:`handle`
         creates for the same result (same id, inputs and attempt), so an executor may run it
         at once and report both results together; the scheduler accepts the second as the
         result of the task the first one created."""
@@ -401,8 +405,8 @@ class Engine:
             target, value, origin_key = chosen[0], task.inputs[0], f"{task.id}>"
         else:
             return None
-        if self.definition.nodes[target].reducer:
-            return None
+        if self.definition.nodes[target].reducer or self.definition.nodes[target].batch:
+            return None  # a reducer's steps need the state; a batch is assembled by executors
         return self._new_task(task.invocation_id, target, value, origin_key)
 
     def _queue(self, state: InvocationState, task: Task, out: list[Command]) -> None:
