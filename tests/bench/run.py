@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pdf_example import EXECUTOR_LABELS, function_split, measure_pdf
 from workloads import chain_graph, fan_out_graph, map_reduce_graph, payload_graph
 
 from indexify import IndexifyClient, create_client
@@ -136,30 +137,58 @@ def main() -> None:
     parser.add_argument(
         "--fan-out-max", type=int, default=100_000, help="largest W1 fan-out (1000/10000/100000)"
     )
+    parser.add_argument(
+        "--pdf-documents", type=int, default=50, help="PDF example documents (0: skip it)"
+    )
+    parser.add_argument(
+        "--pdf-only", action="store_true", help="only the PDF example, not the other workloads"
+    )
     args = parser.parse_args()
 
     local = create_client(in_process=True, echo_output=False)
-    rows = [measure("in-process", lambda: local, args.runs, args.fan_out_max)]
+    rows = (
+        [] if args.pdf_only else [measure("in-process", lambda: local, args.runs, args.fan_out_max)]
+    )
+    pdf_rows = [measure_pdf("in-process", local, args.pdf_documents)] if args.pdf_documents else []
+    split: list[dict[str, str]] = []
     if not args.skip_stack:
         from services.devstack import DevStack, purge_prefix
 
         logs = Path(tempfile.mkdtemp(prefix="indexify-bench-"))
-        env = {"INDEXIFY_PREFIX": f"bench{uuid.uuid4().hex[:8]}", "INDEXIFY_LOG_LEVEL": "WARNING"}
+        env = {
+            "INDEXIFY_PREFIX": f"bench{uuid.uuid4().hex[:8]}",
+            "INDEXIFY_LOG_LEVEL": "WARNING",
+            # the executors may run the PDF example's embedding function (its placement)
+            "INDEXIFY_EXECUTOR_LABELS": EXECUTOR_LABELS,
+        }
         try:
             with DevStack(env, log_dir=logs) as stack:
                 stack.start_default(executors=args.executors, concurrency=args.concurrency)
-                rows.append(
-                    measure(
-                        "stack",
-                        lambda: create_client(service_url=stack.url),
-                        args.runs,
-                        args.fan_out_max,
+                if not args.pdf_only:
+                    rows.append(
+                        measure(
+                            "stack",
+                            lambda: create_client(service_url=stack.url),
+                            args.runs,
+                            args.fan_out_max,
+                        )
                     )
-                )
+                if args.pdf_documents:
+                    with create_client(service_url=stack.url) as client:
+                        pdf_rows.append(measure_pdf("stack", client, args.pdf_documents))
+                        split = function_split(client)
         finally:
             purge_prefix(env["INDEXIFY_PREFIX"])
         print(f"service logs: {logs}")
-    print_table(rows)
+    if rows:
+        print_table(rows)
+    if pdf_rows:
+        print(f"\nPDF example (examples/pdf_index), {args.pdf_documents} generated documents:")
+        print_table(pdf_rows)
+    if split:
+        print("\nper function on the stack (execution: each attempt's start to finish on its")
+        print("executor; queueing and blob I/O are not reported by the status API):")
+        print_table(split)
 
 
 if __name__ == "__main__":

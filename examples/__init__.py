@@ -1,0 +1,1 @@
+"""Runnable examples of data-intensive graphs (see the README's "Examples" section)."""

@@ -1,0 +1,1 @@
+"""PDF extraction and indexing (see :mod:`examples.pdf_index.graph` and the README)."""

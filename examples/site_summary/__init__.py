@@ -1,0 +1,1 @@
+"""Website summaries (see :mod:`examples.site_summary.graph` and the README)."""
