@@ -327,7 +327,8 @@ class WorkerPool:
         return self.data
 
     def _prepare(self, worker: WorkerProcess, messages: Sequence[TaskMessage]) -> list[_Prepared]:
-        """Requests for ``messages`` on ``worker`` (blocking I/O: run in a thread)."""
+        """Requests for ``messages`` on ``worker`` (blocking I/O unless every one
+        :meth:`TaskData.request_is_local`: then called on the event loop)."""
         data = self._data()
         prefetched = data.prefetch(messages) if len(messages) > 1 else None
         prepared = []
@@ -353,8 +354,11 @@ class WorkerPool:
             raise WireError(f"unexpected reply from a worker process: {describe(reply)}")
         worker.codes.update(request.code_key, reply.code_cached)
         result = reply.result(data)
+        store = self._data()
+        if store.finish_is_local(result):
+            return store.finish(message, result, input_read_sec=item.read_sec)
         return await asyncio.to_thread(
-            self._data().finish, message, result, input_read_sec=item.read_sec
+            store.finish, message, result, input_read_sec=item.read_sec
         )
 
     async def _run_chunk_on(
@@ -383,7 +387,11 @@ class WorkerPool:
                 emit(failed)
 
         try:
-            pending.extend(await asyncio.to_thread(self._prepare, worker, messages))
+            store = self._data()
+            if all(store.request_is_local(m, worker.codes) for m in messages):
+                pending.extend(self._prepare(worker, messages))
+            else:
+                pending.extend(await asyncio.to_thread(self._prepare, worker, messages))
             requests = [p.request for p in pending if p.request is not None]
             flush_failures()
             if requests:
@@ -439,7 +447,10 @@ class WorkerPool:
         running = False
         self.dispatches += 1
         try:
-            (prepared,) = await asyncio.to_thread(self._prepare, worker, [message])
+            if self._data().request_is_local(message, worker.codes):
+                (prepared,) = self._prepare(worker, [message])
+            else:
+                (prepared,) = await asyncio.to_thread(self._prepare, worker, [message])
             if prepared.request is None:
                 assert prepared.failure is not None
                 self._release(worker)

@@ -8,6 +8,7 @@ thousands of outputs: the messages crossing the pool's pipe are then far over a 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 import uuid
@@ -19,7 +20,8 @@ from pydantic import BaseModel
 
 from indexify import Graph, indexify_function
 from indexify.encoding import decode, encode
-from indexify.engine import Task, ValueRange
+from indexify.engine import ErrorInfo, Task, ValueRange
+from indexify.runtime import TaskResult
 from services.common.blobs import BlobStore, load_values_sync, store_values_sync
 from services.common.events import StoredValues, TaskFinishedEvent, TaskMessage
 from services.common.names import Names
@@ -267,3 +269,32 @@ def test_a_chunk_reads_its_inputs_from_one_object_with_one_get(
     requests = [data.request(message, slots) for message in chunk[:2]]
     assert [r.inputs[r.task.inputs[0]] for r in requests] == [[encode(w)] for w in words[:2]]
     assert len(gets) == 2
+
+
+def test_only_requests_and_results_held_in_memory_skip_the_io_thread(
+    infra_settings: InfraSettings, blob_store: BlobStore
+) -> None:
+    """The pool calls ``request``/``finish`` on its event loop only when they touch nothing
+    but memory; anything that reads or writes MinIO goes through a thread."""
+    tasks = _Tasks(infra_settings, blob_store)
+    data = TaskData(blob_store, Names(infra_settings.prefix), "exec-local")
+    slots = CodeSlots()
+    inline = tasks.message("size_of", ["small"])
+    assert not data.request_is_local(inline, slots)  # the code is read from MinIO first
+    data.request(inline, slots)
+    assert data.request_is_local(inline, slots)  # the worker holds it now
+    assert data.request_is_local(inline, CodeSlots())  # ... and this executor keeps its bytes
+    key = f"{infra_settings.prefix}/local-check"
+    big = store_values_sync(blob_store, [encode("x" * 100_000)], key)
+    assert big.object_key == key
+    stored = inline.model_copy(update={"inputs": (big,)})
+    assert not data.request_is_local(stored, slots)  # a ranged GET
+
+    limit = blob_store.settings.inline_limit_bytes
+    small = TaskResult(outputs=[encode(1)])
+    assert data.finish_is_local(small)
+    assert not data.finish_is_local(dataclasses.replace(small, stdout="printed\n"))
+    large = TaskResult(outputs=[encode("y" * (limit + 1))])
+    assert not data.finish_is_local(large)
+    failed = TaskResult(error=ErrorInfo(kind="user", type="ValueError", message="no"))
+    assert data.finish_is_local(failed)
