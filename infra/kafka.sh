@@ -5,25 +5,12 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-KAFKA_VERSION=4.3.1
-KAFKA_HOME="$INDEXIFY_CACHE_DIR/kafka-$KAFKA_VERSION"
-KAFKA_LIB="$KAFKA_HOME/lib"
+KAFKA_VERSION=4.3.1 # also read by kafka-cluster.sh
+# shellcheck source-path=SCRIPTDIR source=kafka-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/kafka-env.sh"
 KAFKA_DATA="$INDEXIFY_DATA_DIR/kafka"
 KAFKA_LOG="$LOG_DIR/kafka.log"
 KAFKA_PATTERN=kafka.Kafka
-KAFKA_JVM_OPTS=(-Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
-  "-Dlog4j2.configurationFile=$INFRA_DIR/kafka/log4j2.properties")
-# This broker is the one-machine dev/test broker: short-lived, sharing a few cores with the
-# services. The JVM's optimizing compiler (C2) spends more CPU compiling than the broker
-# spends serving for its first many minutes (measured: compiler threads 1.97 s vs request
-# handling 1.31 s of CPU in 10 s of a 3-step chain benchmark, 15 minutes after the start);
-# the quick compiler alone (C1) cut the broker's CPU over the same runs 2.7x. A long-lived
-# broker under steady load is better off with C2: INDEXIFY_KAFKA_JIT=c2.
-case "${INDEXIFY_KAFKA_JIT:-c1}" in
-  c1) KAFKA_JVM_OPTS+=(-XX:TieredStopAtLevel=1) ;;
-  c2) ;;
-  *) die "INDEXIFY_KAFKA_JIT must be c1 (the default: quick compiler only) or c2, not '$INDEXIFY_KAFKA_JIT'" ;;
-esac
 
 kafka_installed() {
   [[ -f $KAFKA_LIB/kafka_2.13-$KAFKA_VERSION.jar && -f $KAFKA_LIB/kafka-server-$KAFKA_VERSION.jar ]] &&
@@ -52,7 +39,6 @@ kafka_install() {
   log "kafka $KAFKA_VERSION installed ($(find "$KAFKA_LIB" -name '*.jar' | wc -l) jars, $(elapsed "$t0") s)"
 }
 
-kafka_java() { java "${KAFKA_JVM_OPTS[@]}" -cp "$KAFKA_LIB/*" "$@"; }
 
 kafka_configure() {
   ensure_dirs "$KAFKA_DATA/data"
@@ -61,10 +47,7 @@ kafka_configure() {
     -e "s|@LOG_DIRS@|$KAFKA_DATA/data|g" \
     "$INFRA_DIR/kafka/server.properties.template" >"$KAFKA_DATA/server.properties"
   if [[ ! -s $KAFKA_DATA/cluster.id ]]; then
-    # 22 chars of url-safe base64 of a UUID; one that starts with "-" would read as an option
-    python3 -c 'import base64, uuid
-while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
-print(cid)' >"$KAFKA_DATA/cluster.id"
+    new_cluster_id >"$KAFKA_DATA/cluster.id"
   fi
   if [[ ! -f $KAFKA_DATA/data/meta.properties ]]; then
     local cid
@@ -75,30 +58,6 @@ print(cid)' >"$KAFKA_DATA/cluster.id"
   fi
 }
 
-# A real round trip: an admin client connects and lists topics. Retries until the deadline.
-KAFKA_PROBE='
-import asyncio, sys, time
-from aiokafka.admin import AIOKafkaAdminClient
-
-async def once(bootstrap):
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    try:
-        await admin.start()
-        await admin.list_topics()
-    finally:
-        await admin.close()
-
-deadline = time.monotonic() + float(sys.argv[2])
-while True:
-    try:
-        asyncio.run(once(sys.argv[1]))
-        sys.exit(0)
-    except Exception as exc:  # noqa: BLE001
-        if time.monotonic() > deadline:
-            print(f"kafka admin probe failed: {exc!r}", file=sys.stderr)
-            sys.exit(1)
-        time.sleep(0.3)
-'
 
 kafka_wait_ready() {
   local deadline=$1 t0=$2
