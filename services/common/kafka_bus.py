@@ -77,6 +77,9 @@ __all__ = [
 #: The broker's ``message.max.bytes`` (infra/kafka/server.properties.template); bigger values
 #: go to MinIO, never through Kafka.
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+#: Topics get one replica per broker up to this many (``InfraSettings.kafka_replication_factor``
+#: overrides): three tolerate one broker lost with ``min.insync.replicas=2``.
+MAX_REPLICAS = 3
 #: How big a dead letter's JSON may be: the limit less its Kafka key and the record overhead.
 _DEAD_LETTER_BUDGET = MAX_MESSAGE_BYTES - 64 * 1024
 _log = get_logger(__name__)
@@ -198,6 +201,7 @@ class KafkaBus:
         self._producer: AIOKafkaProducer | None = None
         self._replacing = asyncio.Lock()
         self._admin: AIOKafkaAdminClient | None = None
+        self._replicas: int | None = None
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -352,6 +356,19 @@ class KafkaBus:
         async with kafka_errors("listing topics"):
             return set(await self.admin.list_topics())
 
+    async def replication_factor(self) -> int:
+        """How many replicas a topic created here gets: ``kafka_replication_factor``, or the
+        number of brokers of the cluster, at most :data:`MAX_REPLICAS` (asked once)."""
+        if self._replicas is None:
+            configured = self.settings.kafka_replication_factor
+            if configured is not None:
+                self._replicas = configured
+            else:
+                async with kafka_errors("describing the Kafka cluster"):
+                    brokers = (await self.admin.describe_cluster())["brokers"]
+                self._replicas = max(1, min(MAX_REPLICAS, len(brokers)))
+        return self._replicas
+
     async def ensure_topics(self, topics: Mapping[str, int]) -> set[str]:
         """Create the topics of ``{name: partitions}`` that do not exist; return those created.
 
@@ -362,8 +379,10 @@ class KafkaBus:
         missing = {name: n for name, n in topics.items() if name not in existing}
         if not missing:
             return set()
+        replicas = await self.replication_factor()
         new = [
-            NewTopic(name, num_partitions=n, replication_factor=1) for name, n in missing.items()
+            NewTopic(name, num_partitions=n, replication_factor=replicas)
+            for name, n in missing.items()
         ]
         async with kafka_errors(f"creating topics {sorted(missing)}"):
             response = await self.admin.create_topics(new)

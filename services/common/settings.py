@@ -95,6 +95,12 @@ class InfraSettings(BaseSettings):
     inline_limit_bytes: int = Field(
         default=64 * 1024, ge=0, description="outputs up to this size travel inline"
     )
+    kafka_replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="replicas of each topic this stack creates; unset: the number of brokers "
+        "of the cluster, at most 3 (1 on the dev broker, 3 on the cluster profile)",
+    )
     kafka_fetch_max_wait_ms: int = Field(
         default=20,
         ge=1,
