@@ -197,3 +197,13 @@ def test_executors_run_as_root_so_their_workers_drop_to_an_unprivileged_user(
     worker_user = executor["environment"]["INDEXIFY_EXECUTOR_WORKER_USER"]
     assert worker_user not in ("", "root", "0")
     assert ExecutorSettings().worker_user == "nobody"
+
+
+def test_kafka_keeps_its_logs_on_the_volume(compose: dict[str, Any]) -> None:
+    """The broker's data survives a container's re-creation: ``KAFKA_LOG_DIRS`` is where the
+    named volume is mounted (unset, the image writes to a directory of the container)."""
+    kafka = _services(compose)["kafka"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts = {entry.split(":")[1]: entry.split(":")[0] for entry in kafka["volumes"]}
+    assert log_dirs in mounts, f"KAFKA_LOG_DIRS={log_dirs} is not a mounted volume: {mounts}"
+    assert mounts[log_dirs] in compose["volumes"], "the mount must be a named volume"
