@@ -207,3 +207,37 @@ def test_kafka_keeps_its_logs_on_the_volume(compose: dict[str, Any]) -> None:
     mounts = {entry.split(":")[1]: entry.split(":")[0] for entry in kafka["volumes"]}
     assert log_dirs in mounts, f"KAFKA_LOG_DIRS={log_dirs} is not a mounted volume: {mounts}"
     assert mounts[log_dirs] in compose["volumes"], "the mount must be a named volume"
+
+
+def test_the_cluster_override_has_three_brokers_and_two_schedulers(
+    compose: dict[str, Any],
+) -> None:
+    """compose.cluster.yaml (over compose.yaml): three KRaft nodes with one quorum, one cluster
+    id, distinct node ids, listeners and volumes; every service of ours bootstraps from all
+    three; two schedulers."""
+    cluster = yaml.safe_load((ROOT / "compose.cluster.yaml").read_text())
+    services = cluster["services"]
+    base_kafka = _services(compose)["kafka"]["environment"]
+    nodes = {
+        "kafka": {**base_kafka, **services["kafka"]["environment"]},
+        "kafka-2": {**base_kafka, **services["kafka-2"]["environment"]},
+        "kafka-3": {**base_kafka, **services["kafka-3"]["environment"]},
+    }
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in nodes.values()}
+    assert voters == {"1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert len({env["CLUSTER_ID"] for env in nodes.values()}) == 1
+    assert sorted(int(env["KAFKA_NODE_ID"]) for env in nodes.values()) == [1, 2, 3]
+    for name, env in nodes.items():
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == 3
+        assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2
+    for name in ("kafka-2", "kafka-3"):
+        assert services[name]["extends"] == {"file": "compose.yaml", "service": "kafka"}
+        (mount,) = services[name]["volumes"]
+        assert mount == f"{name}-data:{base_kafka['KAFKA_LOG_DIRS']}"
+        assert f"{name}-data" in cluster["volumes"]
+    for name in APP_SERVICES.keys() | {"init"}:
+        bootstrap = services[name]["environment"]["INDEXIFY_KAFKA_BOOTSTRAP"]
+        assert bootstrap == "kafka:9092,kafka-2:9092,kafka-3:9092"
+    assert services["scheduler"]["deploy"]["replicas"] == 2
+    assert set(services["init"]["depends_on"]) == {"kafka", "kafka-2", "kafka-3"}
