@@ -239,3 +239,24 @@ def test_one_of_two_schedulers_killed_under_load(cluster: Cluster, cluster_stack
     assert not refused, f"a scheduler's death must not refuse invocations: {refused}"
     assert cluster_stack.processes["scheduler-2"].process.poll() is None
     print(f"scheduler killed; all {len(submitted)} done {drained:.1f} s after; {summary}")
+
+
+def test_rolling_restart_of_all_three_brokers(cluster: Cluster, cluster_stack: DevStack) -> None:
+    """Each broker in turn stopped (SIGTERM: a controlled shutdown hands its leaderships over)
+    and started again, waiting for all three to be back, while invocations are submitted."""
+    cluster_stack.start_default(executors=2)
+    took: dict[str, float] = {}
+
+    def roll() -> None:
+        started = time.monotonic()
+        for node in ("1", "2", "3"):
+            cluster.run("stop-node", node)
+            cluster.run("start-node", node)  # returns once the cluster shows 3 brokers again
+        took["roll"] = time.monotonic() - started
+
+    submitted, refused = _submit_while(cluster_stack, 10, roll)
+    summary = _check(cluster_stack, submitted)
+    print(
+        f"rolling restart took {took['roll']:.1f} s; accepted={len(submitted)} "
+        f"refused={len(refused)}; {summary}"
+    )
