@@ -103,8 +103,8 @@ _TRANSIENT = (
 
 #: The idempotent producer's sequence state no longer matches the broker's (typically after
 #: the broker restarted and lost it): every later send fails the same way until the producer
-#: is replaced by a new one (a new producer id). :class:`KafkaBus` does that, then the send
-#: is retried like any "Kafka unavailable" failure.
+#: is replaced by a new one (a new producer id). :class:`KafkaBus` does that and sends the
+#: batch once more; a second failure is reported like any "Kafka unavailable" one.
 _PRODUCER_STATE = (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
@@ -314,7 +314,26 @@ class KafkaBus:
                     f"{MAX_MESSAGE_BYTES} byte limit; store the value in MinIO and send its key"
                 )
         what = f"publishing {len(items)} message(s) to {sorted({t for t, _, _, _ in items})}"
-        producer = self.producer
+        # A producer whose sequence the broker rejects (after a leader moved or a broker lost
+        # its state) is replaced and the batch sent again at once, once: every send after it
+        # would fail the same way, and a duplicate of what did get written is harmless.
+        for attempt in (1, 2):
+            producer = self.producer
+            results = await self._send_with(producer, items, what)
+            stale = next((r for r in results if isinstance(r, _PRODUCER_STATE)), None)
+            if stale is not None:
+                await self._replace_producer(producer, stale)
+                if attempt == 1:
+                    continue
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise _translate(result, what) from result
+            return
+
+    async def _send_with(
+        self, producer: AIOKafkaProducer, items: Sequence[_Wire], what: str
+    ) -> list[Any]:
+        """Send every item with ``producer``; their acks, or the exception each failed with."""
         futures: list[asyncio.Future[Any]] = []
         try:
             async with kafka_errors(what):
@@ -328,11 +347,7 @@ class KafkaBus:
         finally:
             # Always collect every future, so none is left with an unretrieved exception.
             results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
-            if isinstance(result, _PRODUCER_STATE):
-                await self._replace_producer(producer, result)
-            if isinstance(result, BaseException):
-                raise _translate(result, what) from result
+        return list(results)
 
     async def _replace_producer(self, broken: AIOKafkaProducer, exc: BaseException) -> None:
         """Swap a producer whose idempotence state the broker rejects for a new one (once,
