@@ -53,4 +53,4 @@ clean: infra-down
 
 MINUTES ?= 2
 chaos: setup infra-up
-	$(BIN)/python tests/fault/chaos.py --minutes $(MINUTES)
+	$(BIN)/python tests/fault/chaos.py --minutes $(MINUTES) $(if $(CLUSTER),--cluster)

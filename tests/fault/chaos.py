@@ -1,6 +1,10 @@
 """``make chaos MINUTES=N``: a bounded mixed workload while executors and the scheduler are
 SIGKILLed and restarted at random; then every accepted invocation must be terminal and every
 succeeded one must have the outputs of an in-process run of the same graph.
+
+``make chaos CLUSTER=1`` (``--cluster``) runs the same on the cluster profile: three Kafka
+brokers (``infra/kafka-cluster.sh``) and two schedulers, and the victims include the brokers,
+SIGKILLed and started again one at a time.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import Submitted, chain_mix_graph, check_invariants, map_reduce_graph
+from kafka_cluster import NODES, Cluster
+from workload import InvariantReport, Submitted, chain_mix_graph, check_invariants, map_reduce_graph
 
-from indexify import create_client
-from services.devstack import DevStack
+from indexify import IndexifyClient, create_client
+from services.devstack import DevStack, ProcessSpec
 
 
 def main() -> int:
@@ -29,6 +34,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5.0, help="invocations per second")
     parser.add_argument("--kill-every", type=float, default=6.0, help="mean seconds between kills")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--cluster", action="store_true", help="three Kafka brokers and two schedulers"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -44,18 +52,52 @@ def main() -> int:
     reference.register_compute_graph(chain_mix_graph())
     submitted: list[Submitted] = []
     kills: list[str] = []
+    cluster = Cluster(logs / "kafka-cluster") if args.cluster else None
+    if cluster is not None:
+        cluster.run("start")
+        cluster.bootstrap_topics(env)
+        env["INDEXIFY_KAFKA_BOOTSTRAP"] = cluster.bootstrap
+    try:
+        report, drain = _run(args, rng, env, logs, cluster, reference, submitted, kills)
+    finally:
+        if cluster is not None:
+            cluster.run("stop")
+    print(f"kills ({len(kills)}): {', '.join(kills)}")
+    print(f"invariants: {report.summary()}; drained in {drain:.1f} s; logs in {logs}")
+    return 0 if report.ok else 1
+
+
+def _run(
+    args: argparse.Namespace,
+    rng: random.Random,
+    env: dict[str, str],
+    logs: Path,
+    cluster: Cluster | None,
+    reference: IndexifyClient,
+    submitted: list[Submitted],
+    kills: list[str],
+) -> tuple[InvariantReport, float]:
     with DevStack(env, log_dir=logs) as stack:
         stack.start_default(executors=args.executors)
+        victims = ["scheduler"] + [f"executor-{i}" for i in range(args.executors)]
+        if cluster is not None:
+            stack.start(ProcessSpec("scheduler-2", "services.scheduler"))
+            victims += ["scheduler-2"] + [f"kafka-node-{n}" for n in NODES]
         client = create_client(service_url=stack.url)
         client.register_compute_graph(map_reduce_graph())
         client.register_compute_graph(chain_mix_graph())
         stop = threading.Event()
 
         def chaos() -> None:
-            victims = ["scheduler"] + [f"executor-{i}" for i in range(args.executors)]
             while not stop.wait(rng.expovariate(1 / args.kill_every)):
                 victim = rng.choice(victims)
-                stack.restart(victim)
+                if victim.startswith("kafka-node-"):
+                    assert cluster is not None
+                    node = victim.rsplit("-", 1)[1]
+                    cluster.run("kill-node", node)
+                    cluster.run("start-node", node)  # back before the next victim is chosen
+                else:
+                    stack.restart(victim)
                 kills.append(f"{time.strftime('%H:%M:%S')} {victim}")
 
         killer = threading.Thread(target=chaos, daemon=True)
@@ -76,10 +118,7 @@ def main() -> int:
         killer.join()
         started = time.monotonic()
         report = check_invariants(client, reference, submitted, timeout=300)
-        drain = time.monotonic() - started
-    print(f"kills ({len(kills)}): {', '.join(kills)}")
-    print(f"invariants: {report.summary()}; drained in {drain:.1f} s; logs in {logs}")
-    return 0 if report.ok else 1
+        return report, time.monotonic() - started
 
 
 if __name__ == "__main__":

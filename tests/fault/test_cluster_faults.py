@@ -9,12 +9,6 @@ Redis and MinIO are the ones ``make infra-up`` started.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import random
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kafka_cluster import Cluster
 from workload import Submitted, check_invariants, map_reduce_graph
 
 from indexify import create_client
@@ -30,84 +25,7 @@ from services.devstack import DevStack, ProcessSpec
 
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(420)]
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "infra" / "kafka-cluster.sh"
 INVOCATIONS = 60
-
-
-def _free_block(size: int) -> int:
-    """A base port with ``size`` free ports after it."""
-    for _ in range(200):
-        base = random.randrange(20_000, 40_000, 2)
-        try:
-            for port in range(base, base + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no block of free ports for the Kafka cluster")
-
-
-class Cluster:
-    """Three brokers started by ``infra/kafka-cluster.sh`` in a data directory of the test's."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.env = {
-            **os.environ,
-            "INDEXIFY_DATA_DIR": str(data_dir),
-            "INDEXIFY_KAFKA_CLUSTER_PORT": str(_free_block(6)),
-            "INDEXIFY_PYTHON": sys.executable,
-            "INDEXIFY_STOP_TIMEOUT": "10",
-        }
-
-    def run(self, *args: str) -> str:
-        done = subprocess.run(
-            ["bash", str(SCRIPT), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"kafka-cluster.sh {' '.join(args)}: {done.stderr[-2000:]}")
-        return done.stdout.strip()
-
-    @property
-    def bootstrap(self) -> str:
-        return self.run("bootstrap")
-
-    def partitions(self, topic: str) -> dict[int, tuple[int, list[int]]]:
-        """partition -> (the node id leading it, its replicas)."""
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        async def ask() -> dict[int, tuple[int, list[int]]]:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-            await admin.start()
-            try:
-                (described,) = await admin.describe_topics([topic])
-            finally:
-                await admin.close()
-            return {p["partition"]: (p["leader"], p["replicas"]) for p in described["partitions"]}
-
-        return asyncio.run(ask())
-
-    def leaders(self, topic: str) -> dict[int, int]:
-        return {partition: leader for partition, (leader, _) in self.partitions(topic).items()}
-
-    def topics(self, prefix: str) -> list[str]:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        async def ask() -> list[str]:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-            await admin.start()
-            try:
-                return [t for t in await admin.list_topics() if t.startswith(prefix)]
-            finally:
-                await admin.close()
-
-        return asyncio.run(ask())
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +49,7 @@ def cluster_stack(
         "INDEXIFY_EXECUTOR_SESSION_TIMEOUT_MS": "3000",
         "INDEXIFY_SCHEDULER_SESSION_TIMEOUT_MS": "3000",
     }
-    subprocess.run(
-        [sys.executable, "-m", "services.common.bootstrap"],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    cluster.bootstrap_topics(env)
     with DevStack(env, log_dir=tmp_path / "logs") as running:
         yield running
     cleanup(prefix)

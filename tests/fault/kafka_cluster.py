@@ -1,0 +1,102 @@
+"""Three Kafka brokers of ``infra/kafka-cluster.sh`` for the cluster fault tests and
+``make chaos CLUSTER=1``: started in a data directory of the caller's, on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "infra" / "kafka-cluster.sh"
+NODES = ("1", "2", "3")
+
+
+def _free_block(size: int) -> int:
+    """A base port with ``size`` free ports after it."""
+    for _ in range(200):
+        base = random.randrange(20_000, 40_000, 2)
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no block of free ports for the Kafka cluster")
+
+
+class Cluster:
+    """Three brokers started by ``infra/kafka-cluster.sh`` in a data directory of the test's."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "INDEXIFY_DATA_DIR": str(data_dir),
+            "INDEXIFY_KAFKA_CLUSTER_PORT": str(_free_block(6)),
+            "INDEXIFY_PYTHON": sys.executable,
+            "INDEXIFY_STOP_TIMEOUT": "10",
+        }
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run(
+            ["bash", str(SCRIPT), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"kafka-cluster.sh {' '.join(args)}: {done.stderr[-2000:]}")
+        return done.stdout.strip()
+
+    @property
+    def bootstrap(self) -> str:
+        return self.run("bootstrap")
+
+    def partitions(self, topic: str) -> dict[int, tuple[int, list[int]]]:
+        """partition -> (the node id leading it, its replicas)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        async def ask() -> dict[int, tuple[int, list[int]]]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            try:
+                (described,) = await admin.describe_topics([topic])
+            finally:
+                await admin.close()
+            return {p["partition"]: (p["leader"], p["replicas"]) for p in described["partitions"]}
+
+        return asyncio.run(ask())
+
+    def leaders(self, topic: str) -> dict[int, int]:
+        return {partition: leader for partition, (leader, _) in self.partitions(topic).items()}
+
+    def topics(self, prefix: str) -> list[str]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        async def ask() -> list[str]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            try:
+                return [t for t in await admin.list_topics() if t.startswith(prefix)]
+            finally:
+                await admin.close()
+
+        return asyncio.run(ask())
+
+    def bootstrap_topics(self, env: dict[str, str]) -> None:
+        """The events and dead-letter topics of the stack ``env`` describes, on this cluster."""
+        subprocess.run(
+            [sys.executable, "-m", "services.common.bootstrap"],
+            env={**os.environ, **env, "INDEXIFY_KAFKA_BOOTSTRAP": self.bootstrap},
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
