@@ -26,8 +26,13 @@ redis_ping() { [[ $(redis_cli ping 2>/dev/null) == PONG ]]; }
 
 # The server's settings, in a file only its owner reads (the password must not appear on a
 # command line); rewritten at every start, so a changed setting applies on restart.
+# INDEXIFY_REDIS_APPENDFSYNC: everysec (the default: at most the last second of writes is lost
+# when the machine, not only Redis, goes down) or always (nothing acknowledged is lost; every
+# write waits for the disk).
 write_redis_conf() {
-  local tmp="$REDIS_CONF.tmp"
+  local tmp="$REDIS_CONF.tmp" fsync=${INDEXIFY_REDIS_APPENDFSYNC:-everysec}
+  [[ $fsync == everysec || $fsync == always ]] ||
+    die "INDEXIFY_REDIS_APPENDFSYNC must be everysec or always, not '$fsync'"
   (
     umask 077
     cat >"$tmp" <<EOF
@@ -35,7 +40,7 @@ bind $HOST
 port $INDEXIFY_REDIS_PORT
 dir $REDIS_DATA
 appendonly yes
-appendfsync everysec
+appendfsync $fsync
 save ""
 daemonize no
 protected-mode yes
