@@ -357,9 +357,7 @@ class WorkerPool:
         store = self._data()
         if store.finish_is_local(result):
             return store.finish(message, result, input_read_sec=item.read_sec)
-        return await asyncio.to_thread(
-            store.finish, message, result, input_read_sec=item.read_sec
-        )
+        return await asyncio.to_thread(store.finish, message, result, input_read_sec=item.read_sec)
 
     async def _run_chunk_on(
         self,
