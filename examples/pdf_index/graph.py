@@ -9,8 +9,10 @@
 * ``split_pages`` cuts the document into one-page PDFs: the pages fan out, one task each.
 * ``extract_page`` extracts the page's text with pypdf (tables come out as rows of text) and
   chunks it by sentences.
-* ``embed_page`` embeds the page's chunks in one batch with all-MiniLM-L6-v2 on the CPU
-  (:mod:`examples.minilm`); it carries ``placement_constraints``: only executors labelled
+* ``embed_page`` embeds the chunks of up to 16 pages in one model call with all-MiniLM-L6-v2
+  on the CPU (:mod:`examples.minilm`): it is a batched function (``batch=Batch(...)``), so the
+  engine hands it the pages ready at once, from one document or several, and maps each result
+  back to its own task. It carries ``placement_constraints``: only executors labelled
   ``model=minilm`` (the machines with the model installed) run it.
 * ``index_page`` upserts the chunks into the LanceDB table at the document's ``index`` (a
   directory, from the File's metadata), keyed by document, page and chunk, so a retried task
@@ -30,7 +32,7 @@ from pydantic import BaseModel
 
 from examples import minilm
 from examples.pdf_index import store
-from indexify import File, Graph, IndexifyFunction, indexify_function
+from indexify import Batch, File, Graph, IndexifyFunction, indexify_function
 
 __all__ = [
     "EMBED_PLACEMENT",
@@ -179,18 +181,25 @@ def extract_page(page: File) -> PageChunks:
 
 
 class EmbedPage(IndexifyFunction):
-    """All the page's chunks embedded in one batch on the CPU; the model is loaded once per
-    worker (the worker keeps this instance)."""
+    """The chunks of a batch of pages embedded in one model call on the CPU, then split back
+    per page; the model is loaded once per worker (the worker keeps this instance)."""
 
     name = "embed_page"
     placement_constraints = EMBED_PLACEMENT
+    batch = Batch(max_size=16, max_wait=0.05)
 
     def __init__(self) -> None:
         self.model = minilm.load()
 
-    def run(self, page: PageChunks) -> EmbeddedPage:
-        vectors = self.model.embed([c.text for c in page.chunks])
-        return EmbeddedPage(page=page, vectors=vectors.tolist())
+    def run(self, pages: list[PageChunks]) -> list[EmbeddedPage]:
+        texts = [c.text for page in pages for c in page.chunks]
+        vectors = self.model.embed(texts).tolist() if texts else []
+        embedded, start = [], 0
+        for page in pages:
+            end = start + len(page.chunks)
+            embedded.append(EmbeddedPage(page=page, vectors=vectors[start:end]))
+            start = end
+        return embedded
 
 
 @indexify_function(retries=2)

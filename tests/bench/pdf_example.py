@@ -1,9 +1,10 @@
 """``make bench``'s PDF workload: the PDF example (examples/pdf_index) on generated documents.
 
 Documents per second from the first invocation to the last document indexed, in-process and
-on the stack; on the stack also each function's tasks and their execution time as the status
-API reports it (each attempt's start and finish on its executor). The status API records no
-enqueue time and no blob transfer time, so queueing and blob I/O are not split out.
+on the stack; on the stack also, per function, where its attempts' time went as the status API
+reports it: queue (from the task message to the executor reading its inputs), blob I/O (the
+executor reading the inputs and code, then storing outputs and logs) and execution (the
+function on its worker).
 """
 
 from __future__ import annotations
@@ -52,26 +53,34 @@ def measure_pdf(label: str, client: IndexifyClient, documents: int) -> dict[str,
 
 
 def function_split(client: IndexifyClient) -> list[dict[str, str]]:
-    """Per function of ``pdf_index``: tasks, executors, and the execution time of its attempts
-    (sum, mean, p95), from the status API."""
-    runs: dict[str, list[float]] = {}
+    """Per function of ``pdf_index``: tasks, executors, and the mean queue, blob I/O and
+    execution time of its attempts (plus the execution p95), from the status API."""
+    runs: dict[str, list[tuple[float, float, float]]] = {}
     executors: dict[str, set[str]] = {}
     for invocation in client.invocations(INDEX_GRAPH):
         for task in client.invocation_tasks(INDEX_GRAPH, invocation.id):
             for attempt in task.attempts:
-                runs.setdefault(task.function, []).append(attempt.finished_at - attempt.started_at)
+                read = attempt.input_read_sec or 0.0
+                write = attempt.output_write_sec or 0.0
+                queued = attempt.started_at - read - attempt.queued_at if attempt.queued_at else 0.0
+                execution = attempt.finished_at - attempt.started_at
+                runs.setdefault(task.function, []).append(
+                    (max(queued, 0.0), read + write, execution)
+                )
                 executors.setdefault(task.function, set()).add(attempt.executor)
     rows = []
-    for function, seconds in runs.items():
-        p95 = statistics.quantiles(seconds, n=20)[18] if len(seconds) > 1 else seconds[0]
+    for function, spans in runs.items():
+        execution = [e for _, _, e in spans]
+        p95 = statistics.quantiles(execution, n=20)[18] if len(execution) > 1 else execution[0]
         rows.append(
             {
                 "function": function,
-                "tasks": str(len(seconds)),
+                "tasks": str(len(spans)),
                 "executors": ",".join(sorted(executors[function])),
-                "execution sum (s)": f"{sum(seconds):.1f}",
-                "mean (ms)": f"{statistics.fmean(seconds) * 1e3:.0f}",
-                "p95 (ms)": f"{p95 * 1e3:.0f}",
+                "queue mean (ms)": f"{statistics.fmean(q for q, _, _ in spans) * 1e3:.0f}",
+                "blob I/O mean (ms)": f"{statistics.fmean(b for _, b, _ in spans) * 1e3:.0f}",
+                "execution mean (ms)": f"{statistics.fmean(execution) * 1e3:.0f}",
+                "execution p95 (ms)": f"{p95 * 1e3:.0f}",
             }
         )
     return rows
