@@ -186,8 +186,9 @@ def main() -> None:
         print(f"\nPDF example (examples/pdf_index), {args.pdf_documents} generated documents:")
         print_table(pdf_rows)
     if split:
-        print("\nper function on the stack (execution: each attempt's start to finish on its")
-        print("executor; queueing and blob I/O are not reported by the status API):")
+        print("\nper function on the stack, from each attempt's recorded timings: queue (task")
+        print("message sent -> executor reads its inputs), blob I/O (inputs and code read, outputs")
+        print("and logs stored), execution (the function on its worker; a batch's tasks share it):")
         print_table(split)
 
 
