@@ -1,4 +1,5 @@
-"""Shared fixtures: the real-server check used by integration, end-to-end and fault tests.
+"""Shared fixtures: the real-server check used by integration, end-to-end and fault tests, and
+the one way tests await a condition (``await_condition``).
 
 If Kafka, Redis or MinIO do not answer, tests that need them are skipped locally and FAIL in CI
 (env ``CI`` set): CI must never go green by skipping its integration suite.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 import redis
@@ -19,6 +22,27 @@ from services.common.settings import InfraSettings
 from services.devstack import purge_prefix
 
 _HINT = "run `make infra-up` (or infra/up.sh) to start Kafka, Redis and MinIO"
+_T = TypeVar("_T")
+
+
+def wait_until(
+    probe: Callable[[], _T | None], timeout: float, what: str, interval: float = 0.05
+) -> _T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def await_condition() -> Callable[..., object]:
+    """``await_condition(probe, timeout, what)``: poll until truthy, fail at the deadline."""
+    return wait_until
 
 
 def infra_problems(settings: InfraSettings) -> list[str]:

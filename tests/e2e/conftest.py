@@ -12,10 +12,8 @@ and FAIL in CI (env ``CI`` set).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TypeVar
 from uuid import uuid4
 
 import httpx
@@ -26,7 +24,6 @@ from services.common.settings import InfraSettings
 from services.devstack import DevStack, ProcessSpec
 
 _HERE = Path(__file__).parent
-_T = TypeVar("_T")
 CPU_EXECUTOR = "e2e-cpu"
 GPU_EXECUTOR = "e2e-gpu"
 _LOG_DIRS: list[Path] = []
@@ -50,20 +47,6 @@ def pytest_runtest_makereport(
             lines = log.read_text(errors="replace").splitlines()[-_TAIL_LINES:]
             report.sections.append((f"{log.stem} log (last {_TAIL_LINES} lines)", "\n".join(lines)))
     return report
-
-
-def wait_until(
-    probe: Callable[[], _T | None], timeout: float, what: str, interval: float = 0.05
-) -> _T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _infra_problems(settings: InfraSettings) -> list[str]:
@@ -116,15 +99,12 @@ def live_executors() -> Callable[[DevStack], set[str]]:
     return _executors
 
 
-@pytest.fixture(scope="session")
-def await_condition() -> Callable[..., object]:
-    """``await_condition(probe, timeout, what)``: poll until truthy, fail at the deadline."""
-    return wait_until
-
-
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, _infra_up: None, cleanup: Callable[[str], None]
+    tmp_path_factory: pytest.TempPathFactory,
+    _infra_up: None,
+    cleanup: Callable[[str], None],
+    await_condition: Callable[..., object],
 ) -> Iterator[DevStack]:
     """API + one scheduler + a plain and a ``gpu=a100`` executor, with a fresh prefix."""
     prefix = _new_prefix()
@@ -143,7 +123,7 @@ def stack(
             )
         )
         dev.wait_healthy(timeout=60)
-        wait_until(
+        await_condition(
             lambda: _executors(dev) >= {CPU_EXECUTOR, GPU_EXECUTOR},
             60,
             "both executors to send heartbeats",

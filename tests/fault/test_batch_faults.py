@@ -7,6 +7,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,18 +36,11 @@ def kb_slow_batch(items: list[dict[str, object]]) -> list[int]:
     return [10 * int(str(item["x"])) for item in items]
 
 
-def _wait_for(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_executor_killed_mid_batch_loses_and_duplicates_nothing(
-    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
+    stack: DevStack,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    await_condition: Callable[..., list[Path]],
 ) -> None:
     """Pass: every invocation succeeds with exactly its own output; the killed batch's
     tasks ran again (on the surviving executor)."""
@@ -66,7 +60,7 @@ def test_executor_killed_mid_batch_loses_and_duplicates_nothing(
                 range(INVOCATIONS),
             )
         )
-    first = _wait_for(lambda: sorted(markers.iterdir()), 60, "a batch to start")[0]
+    first = await_condition(lambda: sorted(markers.iterdir()), 60, "a batch to start")[0]
     killed = json.loads(first.read_text())
     victim = next(n for n, r in stack.processes.items() if r.process.pid == killed["executor"])
     stack.kill(victim)

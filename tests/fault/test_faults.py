@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,18 +15,11 @@ from services.devstack import DevStack
 pytestmark = pytest.mark.infra
 
 
-def _wait_for(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_executor_killed_mid_task_reruns_elsewhere(
-    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
+    stack: DevStack,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    await_condition: Callable[..., list[Path]],
 ) -> None:
     """Pass: the task re-runs on the surviving executor, the invocation succeeds, and exactly
     one set of outputs is recorded."""
@@ -36,7 +30,7 @@ def test_executor_killed_mid_task_reruns_elsewhere(
     markers = tmp_path / "markers"
     markers.mkdir()
     inv = client.invoke_graph_with_object("chaos_slow", seconds=3.0, marker_dir=str(markers))
-    first = _wait_for(lambda: sorted(markers.iterdir()), 30, "the slow task to start")[0]
+    first = await_condition(lambda: sorted(markers.iterdir()), 30, "the slow task to start")[0]
     executor_pid = int(first.read_text())
     victim = next(n for n, r in stack.processes.items() if r.process.pid == executor_pid)
     killed_at = time.monotonic()
