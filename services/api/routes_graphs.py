@@ -12,6 +12,7 @@ from services.common.api_keys import Role
 from .auth import AUTH_RESPONSES, Requires, forbid_unless, principal_of
 from .errors import ERROR_RESPONSES
 from .schemas import (
+    FunctionQueues,
     GraphDeleted,
     GraphList,
     GraphRegistered,
@@ -89,6 +90,16 @@ async def list_graphs(namespace: str, service: Service) -> GraphList:
 @router.get("/namespaces/{namespace}/compute_graphs/{graph}", tags=["graphs"], dependencies=_READ)
 async def get_graph(namespace: str, graph: str, service: Service) -> GraphInfo:
     return await service.graph(namespace, graph)
+
+
+@router.get(
+    "/namespaces/{namespace}/compute_graphs/{graph}/queues", tags=["graphs"], dependencies=_READ
+)
+async def get_graph_queues(namespace: str, graph: str, service: Service) -> FunctionQueues:
+    """How many tasks of each function wait on the live executors for a worker (fetched or
+    claimed, not started; for a batched function, those in its open batches), as of their
+    last heartbeats (every few seconds); each task's own wait is in its attempts."""
+    return await service.function_queues(namespace, graph)
 
 
 @router.delete(

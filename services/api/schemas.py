@@ -148,6 +148,16 @@ class ExecutorList(_Body):
     executors: list[ExecutorInfo]
 
 
+class FunctionQueues(_Body):
+    """Tasks of each function of a graph waiting on the live executors for a worker."""
+
+    queued: dict[str, int] = Field(
+        description="function -> tasks fetched or claimed by live executors and not started "
+        "(all versions of the graph), as of the executors' last heartbeats"
+    )
+    executors: int = Field(description="live executors heard from")
+
+
 class Health(_Body):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str]

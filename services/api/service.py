@@ -35,6 +35,7 @@ from services.common.events import (
     StoredValues,
     encode_message,
 )
+from services.common.executor_registry import queued_by_function
 from services.common.graphs import GraphRecord
 from services.common.invocations import INPUT_FIELD
 from services.common.kafka_bus import KafkaBus
@@ -47,7 +48,7 @@ from . import validation
 from .arguments import ArgumentChecker
 from .live_status import live_info
 from .progress_hub import ProgressHub
-from .schemas import GraphRegistered, GraphUpload, Health
+from .schemas import FunctionQueues, GraphRegistered, GraphUpload, Health
 from .waiting import InvocationWaiting, PlacementWatch, describe
 
 _log = get_logger(__name__)
@@ -222,6 +223,16 @@ class ApiService:
 
     async def graph(self, namespace: str, graph: str) -> GraphInfo:
         return graph_info(await self.require_graph(namespace, graph))
+
+    async def function_queues(self, namespace: str, graph: str) -> FunctionQueues:
+        """Tasks of each of the graph's functions waiting on the live executors."""
+        record = await self.require_graph(namespace, graph)
+        executors = await self.store.registry.executors()
+        depth = queued_by_function(executors, namespace, graph)
+        return FunctionQueues(
+            queued={name: depth.get(name, 0) for name in sorted(record.definition.nodes)},
+            executors=len(executors),
+        )
 
     async def graph_code(self, namespace: str, graph: str, version: str | None) -> bytes:
         record = await self.require_graph(namespace, graph)

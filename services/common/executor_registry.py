@@ -1,4 +1,5 @@
-"""Live executors: each one's labels, worker slots and last heartbeat, in one Redis hash."""
+"""Live executors: each one's labels, worker slots, local queues and last heartbeat, in one
+Redis hash."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ from pydantic import BaseModel, ConfigDict
 
 from .redis_calls import RedisRepository
 
-__all__ = ["ExecutorInfo", "ExecutorRegistry"]
+__all__ = ["ExecutorInfo", "ExecutorRegistry", "QueuedTasks", "queued_by_function"]
+
+
+class QueuedTasks(BaseModel):
+    """Tasks of one function waiting on one executor for a worker (fetched or claimed, not
+    started; for a batched function, those waiting in its open batch too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str
+    graph: str
+    function: str
+    depth: int
 
 
 class ExecutorInfo(BaseModel):
@@ -19,6 +32,18 @@ class ExecutorInfo(BaseModel):
     concurrency: int
     running: int = 0
     heartbeat_at: float
+    #: the functions with tasks waiting here, as of the heartbeat (none listed: nothing waits)
+    queues: list[QueuedTasks] = []
+
+
+def queued_by_function(executors: list[ExecutorInfo], namespace: str, graph: str) -> dict[str, int]:
+    """How many tasks of each function of ``graph`` wait on the live ``executors``."""
+    depth: dict[str, int] = {}
+    for executor in executors:
+        for queue in executor.queues:
+            if queue.namespace == namespace and queue.graph == graph:
+                depth[queue.function] = depth.get(queue.function, 0) + queue.depth
+    return depth
 
 
 class ExecutorRegistry(RedisRepository):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from services.common.errors import ServiceError
-from services.common.executor_registry import ExecutorInfo, ExecutorRegistry
+from services.common.executor_registry import ExecutorInfo, ExecutorRegistry, QueuedTasks
 from services.common.logging import get_logger
 
 __all__ = ["Heartbeat"]
@@ -33,12 +33,14 @@ class Heartbeat:
         concurrency: int,
         busy: Callable[[], int],
         interval_sec: float,
+        queues: Callable[[], list[QueuedTasks]] = list,
     ) -> None:
         self._registry = registry
         self.executor_id = executor_id
         self._labels = dict(labels)
         self._concurrency = concurrency
         self._busy = busy
+        self._queues = queues
         self.interval_sec = interval_sec
 
     async def beat(self) -> None:
@@ -50,6 +52,7 @@ class Heartbeat:
                 concurrency=self._concurrency,
                 running=self._busy(),
                 heartbeat_at=time.time(),
+                queues=self._queues(),
             )
         )
 

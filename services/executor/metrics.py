@@ -16,8 +16,15 @@ from collections.abc import Callable, Mapping
 from indexify.engine import CANCELLED_ERROR_TYPE
 from services.common import metrics
 from services.common.events import TaskFinishedEvent, TaskMessage
+from services.common.executor_registry import QueuedTasks
 
-__all__ = ["observe_task", "queue_depth_loop", "update_queue_depth", "watch_slots"]
+__all__ = [
+    "observe_task",
+    "queue_depth_loop",
+    "queued_tasks",
+    "update_queue_depth",
+    "watch_slots",
+]
 
 
 def observe_task(message: TaskMessage, event: TaskFinishedEvent) -> None:
@@ -55,6 +62,22 @@ def update_queue_depth(prefix: str, waiting: Mapping[str, int], shown: set[str])
     for key, count in depth.items():
         metrics.TASK_QUEUE_DEPTH.labels(key.namespace, key.graph, key.function).set(count)
     return topics
+
+
+def queued_tasks(prefix: str, waiting: Mapping[str, int]) -> list[QueuedTasks]:
+    """The functions of the task topics in ``waiting`` (topic -> tasks) with tasks waiting,
+    summed per function (a function's versions may place it on several topics)."""
+    depth: dict[metrics.FunctionKey, int] = {}
+    for topic, count in waiting.items():
+        key = metrics.function_of_topic(topic, prefix)
+        if key is not None and count > 0:
+            depth[key] = depth.get(key, 0) + count
+    return [
+        QueuedTasks(namespace=k.namespace, graph=k.graph, function=k.function, depth=n)
+        for k, n in sorted(
+            depth.items(), key=lambda item: (item[0].namespace, item[0].graph, item[0].function)
+        )
+    ]
 
 
 async def queue_depth_loop(

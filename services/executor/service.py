@@ -52,6 +52,7 @@ from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from services.common.executor_registry import QueuedTasks
 from services.common.kafka_bus import KafkaBus
 from services.common.kafka_consumer import Consumer
 from services.common.logging import get_logger
@@ -67,7 +68,7 @@ from .heartbeat import Heartbeat
 from .inflight import InFlight
 from .intake import Intake
 from .leases import Leases
-from .metrics import queue_depth_loop, watch_slots
+from .metrics import queue_depth_loop, queued_tasks, watch_slots
 from .reporter import Reporter, exit_before_finish
 from .subscription import Subscription, executor_labels
 from .worker_pool import WorkerPool
@@ -235,6 +236,7 @@ class Executor:
                 concurrency=settings.concurrency,
                 busy=lambda: pool.busy,
                 interval_sec=settings.heartbeat_interval_sec,
+                queues=self._queues,
             ),
             cancels=CancelWatch(store.invocations, pool),
         )
@@ -260,16 +262,15 @@ class Executor:
 
     async def _queue_depth_loop(self, parts: _Parts) -> None:
         """The local queue per function, for ``indexify_task_queue_depth`` (every topic
-        subscribed to is shown, at 0 when nothing waits): fetched messages not started, and
-        claimed tasks waiting in batches of a batched function."""
+        subscribed to is shown, at 0 when nothing waits)."""
+        await queue_depth_loop(self.infra.prefix, lambda: _waiting(parts))
 
-        def waiting() -> dict[str, int]:
-            counts = Counter(dict.fromkeys(parts.subscription.topics, 0))
-            counts.update(parts.intake.waiting())
-            counts.update(parts.handler.batch_waiting())
-            return dict(counts)
-
-        await queue_depth_loop(self.infra.prefix, waiting)
+    def _queues(self) -> list[QueuedTasks]:
+        """The functions with tasks waiting here, for the heartbeat (the status API's and the
+        UI's queue depths)."""
+        if self._parts is None:
+            return []
+        return queued_tasks(self.infra.prefix, _waiting(self._parts))
 
     def request_stop(self) -> None:
         """Stop fetching; :meth:`run` returns and leaving the context drains (SIGTERM)."""
@@ -326,3 +327,12 @@ async def _bounded(step: Awaitable[object], seconds: float, what: str) -> None:
         await asyncio.wait_for(step, seconds)
     except TimeoutError:
         _log.warning("shutdown step took too long; going on", step=what, seconds=seconds)
+
+
+def _waiting(parts: _Parts) -> dict[str, int]:
+    """Tasks waiting here per task topic: fetched messages not started, and claimed tasks in
+    the open batches of batched functions; every topic subscribed to, at 0 when none wait."""
+    counts = Counter(dict.fromkeys(parts.subscription.topics, 0))
+    counts.update(parts.intake.waiting())
+    counts.update(parts.handler.batch_waiting())
+    return dict(counts)

@@ -95,13 +95,25 @@ def bto_timed(xs: list[int]) -> list[int]:
     return [x - 1 for x in xs]
 
 
+@indexify_function()
+def bq_start(x: int) -> int:
+    return x
+
+
+@indexify_function(batch=Batch(max_size=64, max_wait=4.0))
+def bq_hold(xs: list[int]) -> list[int]:
+    """Fills for up to 4 s: its tasks wait in the open batch meanwhile."""
+    return [x * 3 for x in xs]
+
+
 def _graphs() -> list[Graph]:
     doubled = Graph(name="batched_double", start_node=bt_start).add_edge(bt_start, bt_double)
     boom = Graph(name="batched_boom", start_node=bf_start).add_edge(bf_start, bf_boom)
     short = Graph(name="batched_short", start_node=bw_start).add_edge(bw_start, bw_short)
     placed = Graph(name="batched_placed", start_node=bp_start).add_edge(bp_start, bp_on_gpu)
     timed = Graph(name="batched_timed", start_node=bto_start).add_edge(bto_start, bto_timed)
-    return [doubled, boom, short, placed, timed]
+    queue = Graph(name="batched_queue", start_node=bq_start).add_edge(bq_start, bq_hold)
+    return [doubled, boom, short, placed, timed, queue]
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +264,42 @@ def test_a_batched_function_with_a_timeout_runs_one_task_per_call(
         (log,) = client.logs("batched_timed", invocation, "bto_timed")
         assert log.stdout == "batch of 1\n"
     assert _batches(stack, "bto_timed") == (0.0, 0.0)  # never assembled
+
+
+def test_tasks_waiting_in_a_batch_show_in_the_graphs_queues(
+    stack: DevStack, client: IndexifyClient, await_condition: Callable[..., object]
+) -> None:
+    """``GET .../compute_graphs/{graph}/queues``: how many tasks of each function wait on the
+    live executors (from their heartbeats); it falls back to 0 once they ran."""
+    url = f"{stack.url}/namespaces/default/compute_graphs/batched_queue/queues"
+
+    def queues() -> dict[str, object]:
+        answer = httpx.get(url, headers=stack.auth_headers, timeout=5)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert isinstance(body, dict)
+        return body
+
+    assert queues()["queued"] == {"bq_hold": 0, "bq_start": 0}
+    ids = [client.invoke_graph_with_object("batched_queue", x=x) for x in range(5)]
+
+    def waiting() -> dict[str, object] | None:
+        body = queues()
+        queued = body["queued"]
+        assert isinstance(queued, dict)
+        return body if queued["bq_hold"] > 0 else None
+
+    seen = await_condition(waiting, 10, "the tasks waiting in bq_hold's open batch to show")
+    assert isinstance(seen, dict) and seen["executors"] == 2
+    queued = seen["queued"]
+    assert isinstance(queued, dict) and 0 < queued["bq_hold"] <= 5
+
+    for x, invocation in enumerate(ids):
+        info = client.wait_for_invocation("batched_queue", invocation, timeout=60)
+        assert info.status == "succeeded", info.error
+        assert client.graph_outputs("batched_queue", invocation, "bq_hold") == [3 * x]
+    await_condition(
+        lambda: queues()["queued"] == {"bq_hold": 0, "bq_start": 0}, 10, "the queue to empty"
+    )
+    unknown = httpx.get(url.replace("batched_queue", "no_such_graph"), headers=stack.auth_headers)
+    assert unknown.status_code == 404 and "not registered" in unknown.json()["detail"]

@@ -80,6 +80,7 @@ class GraphPage:
     dag: DagLayout
     versions: list[GraphRecord]  # newest first
     invocations: list[InvocationInfo]
+    queued: dict[str, int]  # function -> tasks waiting on the live executors
 
 
 async def graph_page(
@@ -93,11 +94,13 @@ async def graph_page(
     ]
     versions.sort(key=lambda r: r.created_at, reverse=True)
     invocations = await service.invocations(namespace, graph, LIST_INVOCATIONS)
+    queues = await service.function_queues(namespace, graph)
     return GraphPage(
         info=info,
         dag=layout(info.definition),
         versions=versions,
         invocations=filter_invocations(invocations, status, since, time.time()),
+        queued=queues.queued,
     )
 
 
