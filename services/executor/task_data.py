@@ -354,6 +354,7 @@ class TaskData:
             return failure_event(message, failure.error, self.executor_id, result.started_at)
         finished = result.finished(task, self.executor_id).model_copy(
             update={
+                "queued_at": message.at,
                 "input_read_sec": input_read_sec,
                 "output_write_sec": time.monotonic() - storing,
             }

@@ -326,9 +326,18 @@ class WorkerPool:
             raise ServiceError("the worker pool is not started (use `async with WorkerPool`)")
         return self.data
 
+    async def _prepared(
+        self, worker: WorkerProcess, messages: Sequence[TaskMessage]
+    ) -> list[_Prepared]:
+        """:meth:`_prepare`, on the event loop when it touches only memory (a thread hop
+        costs more than such a call), else in a thread."""
+        store = self._data()
+        if all(store.request_is_local(m, worker.codes) for m in messages):
+            return self._prepare(worker, messages)
+        return await asyncio.to_thread(self._prepare, worker, messages)
+
     def _prepare(self, worker: WorkerProcess, messages: Sequence[TaskMessage]) -> list[_Prepared]:
-        """Requests for ``messages`` on ``worker`` (blocking I/O unless every one
-        :meth:`TaskData.request_is_local`: then called on the event loop)."""
+        """Requests for ``messages`` on ``worker`` (may do blocking I/O: see :meth:`_prepared`)."""
         data = self._data()
         prefetched = data.prefetch(messages) if len(messages) > 1 else None
         prepared = []
@@ -385,11 +394,7 @@ class WorkerPool:
                 emit(failed)
 
         try:
-            store = self._data()
-            if all(store.request_is_local(m, worker.codes) for m in messages):
-                pending.extend(self._prepare(worker, messages))
-            else:
-                pending.extend(await asyncio.to_thread(self._prepare, worker, messages))
+            pending.extend(await self._prepared(worker, messages))
             requests = [p.request for p in pending if p.request is not None]
             flush_failures()
             if requests:
@@ -445,10 +450,7 @@ class WorkerPool:
         running = False
         self.dispatches += 1
         try:
-            if self._data().request_is_local(message, worker.codes):
-                (prepared,) = self._prepare(worker, [message])
-            else:
-                (prepared,) = await asyncio.to_thread(self._prepare, worker, [message])
+            (prepared,) = await self._prepared(worker, [message])
             if prepared.request is None:
                 assert prepared.failure is not None
                 self._release(worker)

@@ -37,8 +37,10 @@ def dynamic_router(val: Sum) -> List[Union[squared, tripled]]:  # type: ignore[v
     return [squared] if val.val % 2 else [tripled]
 
 
-def map_reduce_graph() -> Graph:
-    g = Graph(name="bench_sequence_summer", start_node=generate_sequence)
+def map_reduce_graph(name: str = "bench_sequence_summer", description: str = "") -> Graph:
+    """The README's graph: generate_sequence -> sum_all_numbers (a reducer) -> dynamic_router
+    -> squared | tripled (also drawn by the UI's tests)."""
+    g = Graph(name=name, start_node=generate_sequence, description=description)
     g.add_edge(generate_sequence, sum_all_numbers)
     g.add_edge(sum_all_numbers, dynamic_router)
     g.route(dynamic_router, [squared, tripled])

@@ -14,14 +14,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, List, Union
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from pydantic import BaseModel
 
-from indexify import Graph, IndexifyClient, RetryPolicy, indexify_function, indexify_router
+from indexify import Graph, IndexifyClient, RetryPolicy, indexify_function
 from services.devstack import DevStack
+from tests.bench.workloads import map_reduce_graph
 
 CHROMIUM = Path(os.environ.get("INDEXIFY_CHROMIUM", "/usr/bin/chromium"))
 WAIT_MS = 30_000
@@ -29,37 +29,6 @@ WAIT_MS = 30_000
 Await = Callable[..., Any]
 
 # -- the README's graph -----------------------------------------------------------------------
-
-
-@indexify_function()
-def generate_sequence(a: int) -> List[int]:
-    return [i for i in range(a)]
-
-
-class Sum(BaseModel):
-    val: int = 0
-
-
-@indexify_function(accumulate=Sum)
-def sum_all_numbers(sum: Sum, val: int) -> Sum:
-    return Sum(val=sum.val + val)
-
-
-@indexify_function()
-def squared(sum: Sum) -> int:
-    return sum.val * sum.val
-
-
-@indexify_function()
-def tripled(sum: Sum) -> int:
-    return sum.val * sum.val * sum.val
-
-
-@indexify_router()
-def dynamic_router(val: Sum) -> List[Union[squared, tripled]]:
-    if val.val % 2:
-        return [squared]
-    return [tripled]
 
 
 README_FUNCTIONS = {"generate_sequence", "sum_all_numbers", "dynamic_router", "squared", "tripled"}
@@ -156,11 +125,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_the_readme_graph_dag_renders(
     client: IndexifyClient, stack: DevStack, ui: Page, tmp_path: Path
 ) -> None:
-    graph = Graph(name="ui_readme", start_node=generate_sequence, description="Sequence Summer")
-    graph.add_edge(generate_sequence, sum_all_numbers)
-    graph.add_edge(sum_all_numbers, dynamic_router)
-    graph.route(dynamic_router, [squared, tripled])
-    client.register_compute_graph(graph)
+    client.register_compute_graph(map_reduce_graph("ui_readme", "Sequence Summer"))
     client.invoke_graph_with_object("ui_readme", block_until_done=True, a=4)
 
     ui.goto("/ui")

@@ -1,13 +1,10 @@
 """The UI's drawing decisions as pure functions: the DAG's layered layout and its SVG, the
 function states that colour it, the attempts' timeline, and the small formatters."""
 
-from typing import List, Union
 from xml.etree import ElementTree
 
 import pytest
-from pydantic import BaseModel
 
-from indexify import Graph, indexify_function, indexify_router
 from indexify.definition import GraphDefinition
 from indexify.engine import Attempt, ErrorInfo
 from indexify.models import InvocationInfo, TaskInfo
@@ -15,6 +12,7 @@ from services.api.ui.dag_layout import NODE_HEIGHT, NODE_WIDTH, layers, layout
 from services.api.ui.templating import duration, environment
 from services.api.ui.timeline import TRACK_PX, function_states, task_rows
 from services.api.ui.views import filter_invocations, preview
+from tests.bench.workloads import map_reduce_graph
 
 SVG = "{http://www.w3.org/2000/svg}"
 DAG_ALONE = '{% from "_dag.html" import dag %}{{ dag(layout, states) }}'
@@ -22,41 +20,8 @@ DAG_ALONE = '{% from "_dag.html" import dag %}{{ dag(layout, states) }}'
 # -- the README's graph -----------------------------------------------------------------------
 
 
-@indexify_function()
-def generate_sequence(a: int) -> List[int]:
-    return list(range(a))
-
-
-class Sum(BaseModel):
-    val: int = 0
-
-
-@indexify_function(accumulate=Sum)
-def sum_all_numbers(sum: Sum, val: int) -> Sum:
-    return Sum(val=sum.val + val)
-
-
-@indexify_function()
-def squared(sum: Sum) -> int:
-    return sum.val * sum.val
-
-
-@indexify_function()
-def tripled(sum: Sum) -> int:
-    return sum.val**3
-
-
-@indexify_router()
-def dynamic_router(val: Sum) -> List[Union[squared, tripled]]:
-    return [squared] if val.val % 2 else [tripled]
-
-
 def readme() -> GraphDefinition:
-    g = Graph(name="sequence_summer", start_node=generate_sequence)
-    g.add_edge(generate_sequence, sum_all_numbers)
-    g.add_edge(sum_all_numbers, dynamic_router)
-    g.route(dynamic_router, [squared, tripled])
-    return g.definition()
+    return map_reduce_graph("sequence_summer").definition()
 
 
 def _definition(edges: dict[str, tuple[str, ...]], start: str = "a") -> GraphDefinition:
