@@ -27,7 +27,7 @@ from .functions import (
 )
 from .graph import Graph
 from .image import Image
-from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs
+from .models import GraphInfo, InvocationInfo, Replay, TaskInfo, TaskLogs
 from .retry import RetryPolicy
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "NodeDefinition",
     "NonRetryable",
     "NotFoundError",
+    "Replay",
     "RetryPolicy",
     "TaskInfo",
     "TaskLogs",

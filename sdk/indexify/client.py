@@ -9,7 +9,7 @@ from typing import Any, Self
 
 from .data_objects import File
 from .graph import Graph
-from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs
+from .models import GraphInfo, InvocationInfo, Replay, TaskInfo, TaskLogs
 
 DEFAULT_SERVICE_URL = "http://localhost:8900"
 DEFAULT_NAMESPACE = "default"
@@ -81,10 +81,14 @@ class IndexifyClient(abc.ABC):
         """Block until the invocation is succeeded, failed or cancelled."""
 
     @abc.abstractmethod
-    def graph_outputs(self, graph: str, invocation_id: str, fn_name: str) -> list[Any]:
+    def graph_outputs(
+        self, graph: str, invocation_id: str, fn_name: str, *, generation: int | None = None
+    ) -> list[Any]:
         """Every output ``fn_name`` produced in the invocation (an empty list if none).
 
-        Raises :class:`~indexify.errors.InvocationError` when ``fn_name`` itself failed.
+        ``generation`` reads a computation a replay replaced (see
+        ``InvocationInfo.history``); None: the current one. Raises
+        :class:`~indexify.errors.InvocationError` when ``fn_name`` itself failed.
         """
 
     @abc.abstractmethod
@@ -98,8 +102,13 @@ class IndexifyClient(abc.ABC):
     def delete_invocation(self, graph: str, invocation_id: str) -> None: ...
 
     @abc.abstractmethod
-    def rerun_invocation(self, graph: str, invocation_id: str) -> str:
-        """Run an invocation again on the graph's current version; returns its id."""
+    def rerun_invocation(
+        self, graph: str, invocation_id: str, *, from_function: str | None = None
+    ) -> str:
+        """Compute an invocation again, in place, on the graph's current version; returns
+        its id (the same). Steps whose function code and inputs did not change reuse their
+        outputs; ``from_function`` and its descendants run again in any case. A replay of an
+        invocation still running supersedes it: its tasks in flight are ignored."""
 
     def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections; the in-process client has none."""
@@ -110,6 +119,23 @@ class IndexifyClient(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def rerun_graph(self, graph: str) -> list[str]:
-        """Replay every invocation of ``graph`` on its current version (a backfill)."""
-        return [self.rerun_invocation(graph, inv.id) for inv in self.invocations(graph)]
+    @abc.abstractmethod
+    def rerun_graph(
+        self,
+        graph: str,
+        *,
+        from_function: str | None = None,
+        block_until_done: bool = True,
+    ) -> Replay:
+        """Replay every invocation of ``graph`` (those that exist now) in place on its
+        current version: a backfill, see :meth:`rerun_invocation`. Returns the replay with
+        its progress; with ``block_until_done`` once it ended (drawing a progress bar on
+        stderr when that is a terminal)."""
+
+    @abc.abstractmethod
+    def replay(self, graph: str, replay_id: str) -> Replay:
+        """The progress of a replay started by :meth:`rerun_graph`."""
+
+    @abc.abstractmethod
+    def cancel_replay(self, graph: str, replay_id: str) -> Replay:
+        """Stop a replay: invocations it has not started keep their computation."""

@@ -6,7 +6,8 @@
     indexify-cli status GRAPH ID [--tasks] [--json]      status, counts, outputs, errors
     indexify-cli follow GRAPH ID                         a live progress bar of its tasks
     indexify-cli logs GRAPH ID [--function FN]           what its tasks printed, tracebacks
-    indexify-cli cancel GRAPH ID | rerun GRAPH ID
+    indexify-cli cancel GRAPH ID | rerun GRAPH ID [--from-function FN]
+    indexify-cli backfill GRAPH [--from-function FN] [--no-wait]   replay all its invocations
 
 Every command takes ``--url`` (``$INDEXIFY_URL``, else ``http://localhost:8900``),
 ``--api-key`` (``$INDEXIFY_API_KEY``, else the key stored for that URL: see
@@ -122,7 +123,8 @@ def cmd_invocations(client: RemoteClient, args: argparse.Namespace) -> int:
         infos = [i for i in infos if i.status == args.status]
     table = Table("invocation", "status", "created", "duration", "tasks", title=args.graph)
     for info in infos[: args.limit]:
-        took = f"{info.finished_at - info.created_at:.1f} s" if info.finished_at else ""
+        started = info.started_at or info.created_at
+        took = f"{info.finished_at - started:.1f} s" if info.finished_at else ""
         table.add_row(info.id, info.status, _when(info.created_at), took, _counts(info.task_counts))
     _console().print(table)
     return 0
@@ -311,8 +313,19 @@ def cmd_cancel(client: RemoteClient, args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(client: RemoteClient, args: argparse.Namespace) -> int:
-    print(client.rerun_invocation(args.graph, args.invocation_id))
+    print(client.rerun_invocation(args.graph, args.invocation_id, from_function=args.from_function))
     return 0
+
+
+def cmd_backfill(client: RemoteClient, args: argparse.Namespace) -> int:
+    replay = client.rerun_graph(
+        args.graph, from_function=args.from_function, block_until_done=not args.no_wait
+    )
+    _console().print(
+        f"replay {replay.id}: {replay.status}, {replay.done}/{replay.total} done, "
+        f"{replay.failed} failed"
+    )
+    return 1 if replay.status in ("failed", "cancelled") else 0
 
 
 # -- the commands ---------------------------------------------------------------------------
@@ -360,4 +373,16 @@ def add_client_commands(commands: Any) -> None:
         "--function", action="append", default=None, help="only this function (repeatable)"
     )
     command("cancel", "cancel an invocation", cmd_cancel)
-    command("rerun", "run an invocation again on the graph's current version", cmd_rerun)
+    from_function_help = "recompute this function and its descendants even if unchanged"
+    rerun = command(
+        "rerun", "compute an invocation again, in place, on the current version", cmd_rerun
+    )
+    rerun.add_argument("--from-function", default=None, help=from_function_help)
+    backfill = command(
+        "backfill",
+        "replay every invocation of a graph on its current version",
+        cmd_backfill,
+        invocation=False,
+    )
+    backfill.add_argument("--from-function", default=None, help=from_function_help)
+    backfill.add_argument("--no-wait", action="store_true", help="print the replay id and return")

@@ -12,6 +12,11 @@ It behaves as the server does where a program can tell:
   function at the deadline; elsewhere the function runs in a thread that is abandoned at the
   deadline (see :mod:`indexify.timeouts`). Its stdout and stderr are lost, as when the
   executor kills the worker.
+* **Replays.** ``rerun_invocation`` and ``rerun_graph`` compute invocations again in place,
+  as the server does: a step whose function code and inputs are those of a success of the
+  computation replaced reuses its outputs (no call), and the replaced computations' outputs
+  stay readable with ``graph_outputs(..., generation=N)``. A replay runs to completion
+  before the call returns.
 * **Batches.** A batched function (:mod:`indexify.batch`) receives the calls of it ready at
   that step of the run (those queued when its first one is due), up to ``max_size`` per
   call; a batch that fails is retried together (its tasks' retries are due together).
@@ -36,18 +41,25 @@ from .engine import (
     INPUT_TASK_ID,
     Command,
     Engine,
+    EngineEvent,
     ErrorInfo,
     InvocationCancelled,
     InvocationCreated,
+    InvocationReplayed,
     InvocationState,
     RunTask,
     Task,
+    TaskRecord,
+    TaskReused,
     ValueRange,
+    earlier_tasks,
+    generation_of,
 )
 from .errors import InvalidInputError, InvocationError, NotFoundError
 from .functions import check_name
 from .graph import Graph
-from .models import GraphInfo, InvocationInfo, TaskLogs
+from .models import GraphInfo, InvocationInfo, Replay, TaskLogs
+from .progress import ProgressBar
 from .runtime import FunctionRunner, Loader, TaskResult
 from .timeouts import Expired, run_with_timeout, timeout_message
 
@@ -63,6 +75,15 @@ class _Registered:
     created_at: float
 
 
+@dataclass(frozen=True)
+class _Past:
+    """A computation a replay replaced: what its outputs are and how to decode them."""
+
+    registered: _Registered
+    outputs: dict[str, list[ValueRange]]
+    records: dict[str, TaskRecord]
+
+
 @dataclass
 class _Invocation:
     state: InvocationState
@@ -72,6 +93,8 @@ class _Invocation:
     """The graph version the invocation ran on (not necessarily the current one)."""
     payloads: dict[str, list[Payload]] = field(default_factory=dict)
     logs: dict[str, TaskLogs] = field(default_factory=dict)
+    past: dict[int, _Past] = field(default_factory=dict)
+    """The computations replays replaced, by generation."""
 
 
 class LocalClient(IndexifyClient):
@@ -88,6 +111,7 @@ class LocalClient(IndexifyClient):
         self._namespaces: set[str] = {DEFAULT_NAMESPACE, namespace}
         self._graphs: dict[str, _Registered] = {}
         self._invocations: dict[str, _Invocation] = {}
+        self._replays: dict[str, Replay] = {}
         self._max_reduce_batch = max_reduce_batch or DEFAULT_MAX_REDUCE_BATCH
         self._echo_output = echo_output
 
@@ -163,10 +187,10 @@ class LocalClient(IndexifyClient):
             state=state, graph_name=graph, input=payload, registered=registered
         )
         self._invocations[invocation_id] = invocation
-        self._run(registered, invocation)
+        self._run(registered, invocation, InvocationCreated(at=time.time()))
         return invocation_id
 
-    def _run(self, registered: _Registered, invocation: _Invocation) -> None:
+    def _run(self, registered: _Registered, invocation: _Invocation, first: EngineEvent) -> None:
         engine, runner, state = registered.engine, registered.runner, invocation.state
 
         def load(value: ValueRange) -> list[Payload]:
@@ -174,10 +198,14 @@ class LocalClient(IndexifyClient):
                 return [invocation.input]
             return invocation.payloads.get(value.task_id, [])[value.start : value.stop]
 
-        pending: deque[Command] = deque(engine.handle(state, InvocationCreated(at=time.time())))
+        pending: deque[Command] = deque(engine.handle(state, first))
         while pending:
             command = pending.popleft()
             if not isinstance(command, RunTask):
+                continue
+            reused = self._reused(invocation, command.task)
+            if reused is not None:
+                pending.extend(engine.handle(state, reused))
                 continue
             node = registered.definition.nodes[command.task.function]
             batch = _take_batch(command, node, pending)
@@ -209,6 +237,29 @@ class LocalClient(IndexifyClient):
                 state.error.message,
             )
 
+    @staticmethod
+    def _reused(invocation: _Invocation, task: Task) -> TaskReused | None:
+        """``task``'s result in the computation its replay replaced, if that ran the same
+        code on the same inputs and succeeded (its outputs now also stored as ``task``'s)."""
+        state = invocation.state
+        if state.generation == 0 or task.kind == "reduce" or task.attempt != 1:
+            return None
+        for source in earlier_tasks(task.id, state.generation):
+            past = invocation.past.get(generation_of(source))
+            record = past.records.get(source) if past is not None else None
+            if (
+                record is not None
+                and record.status == "succeeded"
+                and source in invocation.payloads
+            ):
+                break
+        else:
+            return None
+        invocation.payloads[task.id] = invocation.payloads[source]
+        return TaskReused(
+            task_id=task.id, source=source, output_count=record.output_count, route=record.route
+        )
+
     def _invocation(self, graph: str, invocation_id: str) -> _Invocation:
         self._registered(graph)
         invocation = self._invocations.get(invocation_id)
@@ -232,21 +283,41 @@ class LocalClient(IndexifyClient):
     ) -> InvocationInfo:
         return self.invocation_status(graph, invocation_id)  # in-process runs finish at once
 
-    def _function_of(self, graph: str, invocation_id: str, fn_name: str) -> _Invocation:
-        """The invocation, if ``fn_name`` is a function of the version it ran on."""
+    def _function_of(
+        self, graph: str, invocation_id: str, fn_name: str, generation: int | None = None
+    ) -> tuple[_Invocation, _Registered]:
+        """The invocation and the version its computation ``generation`` (None: the current
+        one) ran on, if ``fn_name`` is a function of that version."""
         invocation = self._invocation(graph, invocation_id)
-        definition = invocation.registered.definition
+        registered = invocation.registered
+        if generation is not None and generation != invocation.state.generation:
+            past = invocation.past.get(generation)
+            if past is None:
+                raise NotFoundError(
+                    f"invocation {invocation_id} has no computation {generation}; it has "
+                    f"{sorted([*invocation.past, invocation.state.generation])}"
+                )
+            registered = past.registered
+        definition = registered.definition
         if fn_name not in definition.nodes:
             raise NotFoundError(
                 f"graph {graph!r} (version {definition.version}) has no function {fn_name!r}; "
                 f"it has {sorted(definition.nodes)}"
             )
-        return invocation
+        return invocation, registered
 
-    def graph_outputs(self, graph: str, invocation_id: str, fn_name: str) -> list[Any]:
-        invocation = self._function_of(graph, invocation_id, fn_name)
-        runner = invocation.registered.runner
+    def graph_outputs(
+        self, graph: str, invocation_id: str, fn_name: str, *, generation: int | None = None
+    ) -> list[Any]:
+        invocation, registered = self._function_of(graph, invocation_id, fn_name, generation)
+        runner = registered.runner
         state = invocation.state
+        if generation is not None and generation != state.generation:
+            return [
+                runner.decoded_output(fn_name, payload)
+                for produced in invocation.past[generation].outputs.get(fn_name, [])
+                for payload in invocation.payloads[produced.task_id][produced.start : produced.stop]
+            ]
         if fn_name in state.failed_functions:
             failed = [r for r in state.tasks.values() if r.task.function == fn_name and r.error]
             error = failed[0].error if failed else state.error
@@ -263,7 +334,7 @@ class LocalClient(IndexifyClient):
         return values
 
     def logs(self, graph: str, invocation_id: str, fn_name: str) -> list[TaskLogs]:
-        invocation = self._function_of(graph, invocation_id, fn_name)
+        invocation, _ = self._function_of(graph, invocation_id, fn_name)
         return [log for log in invocation.logs.values() if log.function == fn_name]
 
     def cancel_invocation(self, graph: str, invocation_id: str) -> None:
@@ -274,11 +345,79 @@ class LocalClient(IndexifyClient):
         self._invocation(graph, invocation_id)
         del self._invocations[invocation_id]
 
-    def rerun_invocation(self, graph: str, invocation_id: str) -> str:
-        """A new invocation with the same input on the graph's current version (as on the
-        server); the original stays for comparison."""
+    def rerun_invocation(
+        self, graph: str, invocation_id: str, *, from_function: str | None = None
+    ) -> str:
         invocation = self._invocation(graph, invocation_id)
-        return self._start(self._registered(graph), graph, invocation.input)
+        registered = self._registered(graph)
+        _check_from_function(registered.definition, from_function)
+        self._replay(registered, invocation, from_function)
+        return invocation_id
+
+    def _replay(
+        self, registered: _Registered, invocation: _Invocation, from_function: str | None
+    ) -> None:
+        state = invocation.state
+        invocation.past[state.generation] = _Past(
+            registered=invocation.registered,
+            outputs={fn: list(ranges) for fn, ranges in state.outputs.items()},
+            records=dict(state.tasks),
+        )
+        invocation.registered = registered
+        event = InvocationReplayed(
+            generation=state.generation + 1, from_function=from_function, at=time.time()
+        )
+        self._run(registered, invocation, event)
+
+    def rerun_graph(
+        self,
+        graph: str,
+        *,
+        from_function: str | None = None,
+        block_until_done: bool = True,
+    ) -> Replay:
+        registered = self._registered(graph)
+        _check_from_function(registered.definition, from_function)
+        chosen = [inv for inv in self._invocations.values() if inv.graph_name == graph]
+        replay = Replay(
+            id=uuid.uuid4().hex,
+            namespace=self.namespace,
+            graph=graph,
+            graph_version=registered.definition.version,
+            from_function=from_function,
+            total=len(chosen),
+        )
+        bar = ProgressBar(f"replaying {graph}", replay.total)
+        try:
+            for invocation in chosen:
+                self._replay(registered, invocation, from_function)
+                replay.done += 1
+                replay.failed += invocation.state.status == "failed"
+                bar.update(replay.done, replay.failed)
+        finally:
+            bar.close()
+        replay.status = "failed" if replay.failed else "succeeded"
+        replay.finished_at = time.time()
+        self._replays[replay.id] = replay
+        return replay
+
+    def replay(self, graph: str, replay_id: str) -> Replay:
+        self._registered(graph)
+        found = self._replays.get(replay_id)
+        if found is None or found.graph != graph:
+            raise NotFoundError(f"graph {graph!r} has no replay {replay_id!r}")
+        return found
+
+    def cancel_replay(self, graph: str, replay_id: str) -> Replay:
+        return self.replay(graph, replay_id)  # in-process replays end before rerun_graph returns
+
+
+def _check_from_function(definition: GraphDefinition, from_function: str | None) -> None:
+    if from_function is not None and from_function not in definition.nodes:
+        raise InvalidInputError(
+            f"from_function={from_function!r} is not a function of graph {definition.name!r} "
+            f"(version {definition.version}); it has {sorted(definition.nodes)}"
+        )
 
 
 def _take_batch(first: RunTask, node: NodeDefinition, pending: deque[Command]) -> list[RunTask]:

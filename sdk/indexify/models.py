@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .definition import GraphDefinition
 from .engine.model import (
     Attempt,
+    Computation,
     ErrorInfo,
     InvocationState,
     InvocationStatus,
@@ -58,6 +61,8 @@ class TaskInfo(BaseModel):
     executor: str | None = None
     started_at: float | None = None
     waiting: str | None = None
+    reused_from: str | None = None
+    """Set when a replay reused the result of this earlier task instead of running it."""
 
     @classmethod
     def of(cls, record: TaskRecord, *, terminal: bool = False) -> TaskInfo:
@@ -76,6 +81,7 @@ class TaskInfo(BaseModel):
             route=record.route,
             error=record.error,
             attempts=record.attempts,
+            reused_from=record.reused_from,
         )
 
 
@@ -112,6 +118,14 @@ class InvocationInfo(BaseModel):
     tasks: list[TaskInfo] = Field(default_factory=list)
     next_tasks_cursor: str | None = None
     waiting: str | None = None
+    generation: int = 0
+    """Which computation this is: 0 the first, one more per replay (``history`` holds the
+    ones replays replaced; their outputs stay readable with ``generation=``)."""
+    started_at: float = 0.0
+    from_function: str | None = None
+    reused: int = 0
+    """Tasks of this generation that reused an earlier generation's result."""
+    history: list[Computation] = Field(default_factory=list)
 
     @classmethod
     def from_state(cls, state: InvocationState, *, with_tasks: bool = True) -> InvocationInfo:
@@ -143,6 +157,11 @@ class InvocationInfo(BaseModel):
             task_counts=_task_counts(state),
             tasks=[TaskInfo.of(r, terminal=state.terminal) for r in records],
             next_tasks_cursor=next_tasks_cursor,
+            generation=state.generation,
+            started_at=state.started_at or state.created_at,
+            from_function=state.from_function,
+            reused=state.reused,
+            history=state.history,
         )
 
 
@@ -156,3 +175,34 @@ class TaskLogs(BaseModel):
     stdout: str = ""
     stderr: str = ""
     traceback: str = ""
+
+
+ReplayStatus = Literal["running", "succeeded", "failed", "cancelled"]
+
+
+class Replay(BaseModel):
+    """A backfill: the invocations of a graph (those that existed when it was asked for)
+    computed again, in place, on the graph's current version.
+
+    ``done`` counts the invocations whose replay ended (``failed`` of them failed), out of
+    ``total``; ``status`` is ``running`` until every one ended (then ``succeeded``, or
+    ``failed`` if any failed) or the replay was ``cancelled`` (the invocations not started
+    by then keep their previous computation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    namespace: str
+    graph: str
+    graph_version: str
+    from_function: str | None = None
+    status: ReplayStatus = "running"
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    created_at: float = Field(default_factory=time.time)
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"

@@ -45,7 +45,8 @@ from .http import (
     Transport,
     request_path,
 )
-from .models import GraphInfo, InvocationInfo, TaskInfo, TaskLogs
+from .models import GraphInfo, InvocationInfo, Replay, TaskInfo, TaskLogs
+from .progress import ProgressBar
 from .sse import ServerSentEvent, iter_events
 
 __all__ = ["RemoteClient", "RemoteInvalidInputError", "RemoteNotFoundError"]
@@ -56,6 +57,8 @@ ENCODED_HEADER = "X-Indexify-Encoded"
 _PRIMITIVES = (str, int, float, bool, type(None))
 _POLL_START_SEC = 0.02
 _POLL_MAX_SEC = 0.5  # polling backs off to this when the server answers without waiting
+_POLL_MIN_SEC = 0.05
+_REPLAY_POLL_MAX_SEC = 1.0  # how often a blocking rerun_graph asks for progress at most
 _LONG_POLL_SEC = 20.0
 _MAX_LISTED = 100_000
 _TASKS_PAGE = 1000  # task records per status request
@@ -110,6 +113,9 @@ class RemoteClient(IndexifyClient):
         self._transport: Transport = transport or ConnectionPool(self.service_url)
         self._lock = threading.Lock()
         self._registered: dict[str, _Registered] = {}
+        self._earlier: dict[str, list[Graph]] = {}
+        """The versions of each graph this client registered, newest first (the hints for
+        the outputs of a computation a replay replaced)."""
         self._namespace_ready = namespace == DEFAULT_NAMESPACE
 
     def __repr__(self) -> str:
@@ -227,6 +233,7 @@ class RemoteClient(IndexifyClient):
             logger.warning("graph %r registered, but: %s", graph.name, warning)
         with self._lock:
             self._registered[graph.name] = _Registered(version=info.version, graph=graph)
+            self._earlier.setdefault(graph.name, []).insert(0, graph)
         return info
 
     def graphs(self) -> list[str]:
@@ -240,6 +247,7 @@ class RemoteClient(IndexifyClient):
         self._request("DELETE", self._graph_path(name))
         with self._lock:
             self._registered.pop(name, None)
+            self._earlier.pop(name, None)
 
     # -- invocations ------------------------------------------------------------------------
 
@@ -413,9 +421,13 @@ class RemoteClient(IndexifyClient):
 
     # -- outputs and logs -------------------------------------------------------------------
 
-    def graph_outputs(self, graph: str, invocation_id: str, fn_name: str) -> list[Any]:
+    def graph_outputs(
+        self, graph: str, invocation_id: str, fn_name: str, *, generation: int | None = None
+    ) -> list[Any]:
         path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "outputs")
         params = {"limit": str(_OUTPUTS_PAGE)}
+        if generation is not None:
+            params["generation"] = str(generation)
         body = self._json("GET", path, params=params)
         if body.get("status") not in TERMINAL_STATUSES:
             # the in-process client's outputs are always final: wait for the same here
@@ -469,10 +481,12 @@ class RemoteClient(IndexifyClient):
     def _output_hint(self, graph: str, fn_name: str) -> Any:
         with self._lock:
             registered = self._registered.get(graph)
+            earlier = list(self._earlier.get(graph, ()))
         local = registered.graph if registered is not None else Graph.built_here(graph)
-        if local is None or fn_name not in local.nodes:
-            return Any
-        return local.output_hint(fn_name)
+        for candidate in [local, *earlier]:
+            if candidate is not None and fn_name in candidate.nodes:
+                return candidate.output_hint(fn_name)
+        return Any
 
     def logs(self, graph: str, invocation_id: str, fn_name: str) -> list[TaskLogs]:
         path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "logs")
@@ -499,13 +513,43 @@ class RemoteClient(IndexifyClient):
     def delete_invocation(self, graph: str, invocation_id: str) -> None:
         self._request("DELETE", self._graph_path(graph, "invocations", invocation_id))
 
-    def rerun_invocation(self, graph: str, invocation_id: str) -> str:
+    def rerun_invocation(
+        self, graph: str, invocation_id: str, *, from_function: str | None = None
+    ) -> str:
         path = self._graph_path(graph, "invocations", invocation_id, "rerun")
-        return str(self._json("POST", path)["id"])
+        params = {"from_function": from_function} if from_function is not None else None
+        return str(self._json("POST", path, params=params)["id"])
 
-    def rerun_graph(self, graph: str) -> list[str]:
-        body = self._json("POST", self._graph_path(graph, "rerun"))
-        return [item if isinstance(item, str) else item["id"] for item in body["invocations"]]
+    def rerun_graph(
+        self,
+        graph: str,
+        *,
+        from_function: str | None = None,
+        block_until_done: bool = True,
+    ) -> Replay:
+        params = {"from_function": from_function} if from_function is not None else None
+        replay = _model(Replay, self._json("POST", self._graph_path(graph, "rerun"), params=params))
+        if not block_until_done:
+            return replay
+        bar = ProgressBar(f"replaying {graph}", replay.total)
+        delay = _POLL_MIN_SEC
+        try:
+            while not replay.finished:
+                bar.update(replay.done, replay.failed)
+                time.sleep(delay)
+                delay = min(delay * 1.5, _REPLAY_POLL_MAX_SEC)
+                replay = self.replay(graph, replay.id)
+            bar.update(replay.done, replay.failed)
+        finally:
+            bar.close()
+        return replay
+
+    def replay(self, graph: str, replay_id: str) -> Replay:
+        return _model(Replay, self._json("GET", self._graph_path(graph, "replays", replay_id)))
+
+    def cancel_replay(self, graph: str, replay_id: str) -> Replay:
+        path = self._graph_path(graph, "replays", replay_id, "cancel")
+        return _model(Replay, self._json("POST", path))
 
 
 # -- helpers --------------------------------------------------------------------------------

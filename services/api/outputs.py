@@ -15,7 +15,7 @@ import base64
 from collections.abc import Sequence
 
 from indexify.encoding import Payload
-from indexify.engine import ErrorInfo, InvocationState, ValueRange
+from indexify.engine import ErrorInfo, InvocationState, ValueRange, generation_of
 from indexify.models import TaskLogs
 from services.common.blobs import load_values
 from services.common.concurrency import gather_bounded
@@ -38,9 +38,18 @@ _READS_AT_ONCE = 16  # concurrent MinIO reads of one request
 
 
 async def _state_and_function(
-    service: ApiService, namespace: str, graph: str, invocation_id: str, function: str
+    service: ApiService,
+    namespace: str,
+    graph: str,
+    invocation_id: str,
+    function: str,
+    generation: int | None = None,
 ) -> tuple[InvocationState, GraphRecord]:
+    """The invocation as of computation ``generation`` (None: the current one) and the
+    graph version it ran on, if ``function`` is a function of that version."""
     state = await service.require_state(namespace, graph, invocation_id)
+    if generation is not None and generation != state.generation:
+        state = _as_of(state, generation)
     record = await service.graph_version(state)
     if function not in record.definition.nodes:
         raise NotFound(
@@ -48,6 +57,29 @@ async def _state_and_function(
             f"{sorted(record.definition.nodes)}"
         )
     return state, record
+
+
+def _as_of(state: InvocationState, generation: int) -> InvocationState:
+    """A summary of ``state``'s computation ``generation`` from its history: status,
+    version, output counts (enough to read its outputs)."""
+    for past in state.history:
+        if past.generation == generation:
+            status = "cancelled" if past.status == "superseded" else past.status
+            return state.model_copy(
+                update={
+                    "generation": generation,
+                    "graph_version": past.graph_version,
+                    "status": status,
+                    "output_counts": dict(past.outputs),
+                    "error": past.error,
+                    "function_errors": {},
+                    "failed_functions": [],
+                }
+            )
+    known = sorted([p.generation for p in state.history] + [state.generation])
+    raise NotFound(
+        f"invocation {state.invocation_id} has no computation {generation}; it has {known}"
+    )
 
 
 def _function_error(state: InvocationState, function: str) -> ErrorInfo | None:
@@ -99,14 +131,17 @@ async def function_outputs(
     *,
     cursor: str | None = None,
     limit: int = OUTPUTS_PAGE,
+    generation: int | None = None,
 ) -> FunctionOutputs:
     """One page of the accepted outputs of ``function``, in order, base64-encoded: up to
     ``limit`` values from ``cursor`` (None: the first), at most ``limit + 1`` entries of the
-    output index read."""
+    output index read; of computation ``generation`` (None: the current one)."""
     entry, offset = validation.parse_outputs_cursor(cursor)
-    state, _ = await _state_and_function(service, namespace, graph, invocation_id, function)
+    state, _ = await _state_and_function(
+        service, namespace, graph, invocation_id, function, generation
+    )
     ranges = await service.store.invocations.output_ranges(
-        invocation_id, function, entry, entry + limit + 1
+        invocation_id, function, entry, entry + limit + 1, generation=state.generation
     )
     if ranges and offset and offset >= ranges[0].size:
         raise BadRequest(
@@ -198,7 +233,9 @@ async def raw_output(
             f"outputs; the values it routed are outputs of the functions before it"
         )
     if record.task.kind == "reduce":
-        final = await service.store.invocations.output_ranges(invocation_id, function, -1)
+        final = await service.store.invocations.output_ranges(
+            invocation_id, function, -1, generation=generation_of(task_id)
+        )
         if not final or final[-1].task_id != task_id:
             raise NotFound(
                 f"task {task_id} is a step of reducer {function!r} (an accumulator so far), "
@@ -237,9 +274,9 @@ async def task_logs(
     """stdout and stderr (of the latest attempt) and the traceback of about ``limit`` tasks
     of ``function``, from ``cursor`` (None: the first page)."""
     start = validation.parse_scan_cursor(cursor, "cursor", "next_cursor")
-    await _state_and_function(service, namespace, graph, invocation_id, function)
+    state, _ = await _state_and_function(service, namespace, graph, invocation_id, function)
     records, after = await service.store.invocations.tasks_page(
-        invocation_id, start, limit, function=function
+        invocation_id, start, limit, function=function, generation=state.generation
     )
     records.sort(key=lambda r: r.task.id)
     pointers = await service.store.invocations.get_logs(invocation_id, [r.task.id for r in records])

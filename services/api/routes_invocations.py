@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from indexify.data_objects import FILE_METADATA_HEADER, OCTET_STREAM, file_attributes
 from indexify.engine import TERMINAL_STATUSES
-from indexify.models import InvocationInfo
+from indexify.models import InvocationInfo, Replay
 from services.common.api_keys import Role
 from services.common.settings import ApiSettings
 
@@ -24,7 +24,8 @@ from .schemas import (
     InvocationDeleted,
     InvocationList,
     OutputCounts,
-    RerunAll,
+    ReplayList,
+    ReplayRequested,
     TaskLogsPage,
 )
 from .service import MAX_TASKS_PAGE, TASKS_PAGE, ApiService
@@ -268,18 +269,68 @@ async def cancel_invocation(
     return CancelRequested(id=invocation_id, status=status, requested=requested)
 
 
-@router.post(_INVOCATION + "/rerun", dependencies=_INVOKE)
+_FromFunction = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        description="recompute this function and its descendants even where nothing changed "
+        "(default: only the steps whose code or inputs changed)",
+    ),
+]
+_Generation = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        description="read a computation a replay replaced (see the status's `history`); "
+        "default: the current one",
+    ),
+]
+
+
+@router.post(_INVOCATION + "/rerun", status_code=202, dependencies=_INVOKE)
 async def rerun_invocation(
-    namespace: str, graph: str, invocation_id: str, service: Service
-) -> InvocationAccepted:
-    """A new invocation with the same input, on the graph's current version."""
-    return InvocationAccepted(id=await service.rerun_invocation(namespace, graph, invocation_id))
+    namespace: str,
+    graph: str,
+    invocation_id: str,
+    service: Service,
+    from_function: _FromFunction = None,
+) -> ReplayRequested:
+    """Compute the invocation again, in place (same id), on the graph's current version.
+    Steps whose function code and inputs did not change reuse their outputs; the previous
+    computation goes to the status's `history`, its outputs readable with `generation=`. A
+    replay of a running invocation supersedes it."""
+    generation = await service.rerun_invocation(
+        namespace, graph, invocation_id, from_function=from_function
+    )
+    return ReplayRequested(id=invocation_id, generation=generation)
 
 
-@router.post(_GRAPH + "/rerun", dependencies=_INVOKE)
-async def rerun_graph(namespace: str, graph: str, service: Service) -> RerunAll:
-    """Replay every invocation of the graph on its current version (a backfill)."""
-    return RerunAll(invocations=await service.rerun_graph(namespace, graph))
+@router.post(_GRAPH + "/rerun", status_code=202, dependencies=_INVOKE)
+async def rerun_graph(
+    namespace: str, graph: str, service: Service, from_function: _FromFunction = None
+) -> Replay:
+    """Backfill: replay every invocation the graph has now, in place, on its current
+    version, a window at a time. Follow it with GET .../replays/{id}."""
+    return await service.rerun_graph(namespace, graph, from_function=from_function)
+
+
+@router.get(_GRAPH + "/replays", dependencies=_READ)
+async def list_replays(namespace: str, graph: str, service: Service) -> ReplayList:
+    """The graph's replays, newest first (the last 100)."""
+    return ReplayList(replays=await service.replays(namespace, graph))
+
+
+@router.get(_GRAPH + "/replays/{replay_id}", dependencies=_READ)
+async def get_replay(namespace: str, graph: str, replay_id: str, service: Service) -> Replay:
+    """A replay's progress: invocations `total`, `done` (ended) and `failed`."""
+    return await service.replay(namespace, graph, replay_id)
+
+
+@router.post(_GRAPH + "/replays/{replay_id}/cancel", status_code=202, dependencies=_INVOKE)
+async def cancel_replay(namespace: str, graph: str, replay_id: str, service: Service) -> Replay:
+    """Stop a replay: the invocations it has not started keep their computation; those in
+    flight finish."""
+    return await service.cancel_replay(namespace, graph, replay_id)
 
 
 @router.get(_INVOCATION + "/outputs", dependencies=_READ)
@@ -301,13 +352,21 @@ async def function_outputs(
     limit: Annotated[
         int, Query(ge=1, le=outputs.MAX_OUTPUTS_PAGE, description="values per page at most")
     ] = outputs.OUTPUTS_PAGE,
+    generation: _Generation = None,
 ) -> FunctionOutputs:
     """One page of the values ``function`` produced, in order (base64 of the encoded value,
     with its content type): ask for the next page with ``cursor=<next_cursor>`` until
     ``next_cursor`` is null. A page also ends after about 8 MiB of values. When the function
     failed the answer is still 200, with ``status: failed`` and ``error`` set."""
     return await outputs.function_outputs(
-        service, namespace, graph, invocation_id, function, cursor=cursor, limit=limit
+        service,
+        namespace,
+        graph,
+        invocation_id,
+        function,
+        cursor=cursor,
+        limit=limit,
+        generation=generation,
     )
 
 

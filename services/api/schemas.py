@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from indexify.engine import ErrorInfo
 from indexify.engine.model import InvocationStatus
-from indexify.models import GraphInfo, InvocationInfo, TaskLogs
+from indexify.models import GraphInfo, InvocationInfo, Replay, TaskLogs
 from services.common.executor_registry import ExecutorInfo
 
 
@@ -104,8 +104,16 @@ class CancelRequested(_Body):
     requested: bool = Field(description="false when the invocation had already finished")
 
 
-class RerunAll(_Body):
-    invocations: list[str]
+class ReplayRequested(_Body):
+    id: str
+    generation: int = Field(
+        description="the generation the invocation will be computed as (its status says "
+        "`generation` once the replay started; until it ends it reads `pending`/`running`)"
+    )
+
+
+class ReplayList(_Body):
+    replays: list[Replay]
 
 
 class OutputCounts(_Body):

@@ -19,8 +19,8 @@ from indexify.definition import GraphDefinition
 from indexify.encoding import Payload
 from indexify.engine import InvocationState
 from indexify.engine.model import InvocationStatus
-from indexify.models import GraphInfo, InvocationInfo
-from services.common.blobs import BlobStore, load_values, store_values
+from indexify.models import GraphInfo, InvocationInfo, Replay
+from services.common.blobs import BlobStore, store_values
 from services.common.errors import (
     BadRequest,
     Conflict,
@@ -32,6 +32,7 @@ from services.common.errors import (
 from services.common.events import (
     InvocationCancelEvent,
     InvocationCreatedEvent,
+    InvocationReplayEvent,
     StoredValues,
     encode_message,
 )
@@ -52,7 +53,6 @@ from .schemas import FunctionQueues, GraphRegistered, GraphUpload, Health
 from .waiting import InvocationWaiting, PlacementWatch, describe
 
 _log = get_logger(__name__)
-_RERUN_BATCH = 500
 TASKS_PAGE = 1000
 """Task records per page of an invocation's status, unless the request asks otherwise."""
 MAX_TASKS_PAGE = 10_000
@@ -366,35 +366,91 @@ class ApiService:
         payload = validation.file_payload(record.definition, body, content_type, metadata)
         return await self._accept(record, payload)
 
-    async def _rerun_prepare(
-        self, state: InvocationState, record: GraphRecord
-    ) -> AcceptedInvocation:
-        stored = await self.input_values(state.invocation_id)
-        if stored is None:
-            raise NotFound(f"invocation {state.invocation_id!r} has no stored input to rerun")
-        payloads = await load_values(self.blobs, stored)
-        return await self._accept(record, payloads[0])
+    # -- replays ---------------------------------------------------------------------------
 
-    async def rerun_invocation(self, namespace: str, graph: str, invocation_id: str) -> str:
+    @staticmethod
+    def _check_from_function(record: GraphRecord, from_function: str | None) -> None:
+        if from_function is not None and from_function not in record.definition.nodes:
+            raise BadRequest(
+                f"from_function={from_function!r} is not a function of graph {record.name!r} "
+                f"(version {record.version}); it has {sorted(record.definition.nodes)}"
+            )
+
+    async def rerun_invocation(
+        self, namespace: str, graph: str, invocation_id: str, *, from_function: str | None = None
+    ) -> int:
+        """Compute the invocation again, in place, on the graph's current version; returns
+        the generation it will be. A replay of a running invocation supersedes it."""
         state = await self.require_state(namespace, graph, invocation_id)
         record = await self.require_graph(namespace, graph)
-        accepted = await self._rerun_prepare(state, record)
-        await self.publish_accepted([accepted])
-        return accepted.id
+        self._check_from_function(record, from_function)
+        [generation] = await self.store.replays.next_generations([invocation_id])
+        event = InvocationReplayEvent(
+            namespace=namespace,
+            graph=graph,
+            invocation_id=invocation_id,
+            graph_version=record.version,
+            generation=generation,
+            from_function=from_function,
+        )
+        try:
+            await self.bus.publish(self.names.events_topic, invocation_id, encode_message(event))
+        except ServiceError as exc:
+            await self.store.replays.restore_status(invocation_id, state.status)
+            raise PlatformUnavailable(
+                f"the replay could not be queued ({exc}); nothing changed, retry later"
+            ) from exc
+        _log.info(
+            "invocation replay requested",
+            graph=graph,
+            invocation=invocation_id,
+            generation=generation,
+            version=record.version,
+        )
+        return generation
 
-    async def rerun_graph(self, namespace: str, graph: str) -> list[str]:
-        """Replay every invocation of the graph on its current version (a backfill)."""
+    async def rerun_graph(
+        self, namespace: str, graph: str, *, from_function: str | None = None
+    ) -> Replay:
+        """Start a backfill of every invocation the graph has now (the schedulers drive it,
+        a window at a time: :mod:`services.scheduler.replays`)."""
         record = await self.require_graph(namespace, graph)
+        self._check_from_function(record, from_function)
         ids = await self.store.invocations.list_invocations(namespace, graph, limit=None)
-        new_ids: list[str] = []
-        for start in range(0, len(ids), _RERUN_BATCH):
-            states = await self.store.invocations.load_invocations(
-                ids[start : start + _RERUN_BATCH]
-            )
-            batch = [await self._rerun_prepare(s, record) for s, _ in states.values()]
-            await self.publish_accepted(batch)
-            new_ids.extend(a.id for a in batch)
-        return new_ids
+        ids.reverse()  # oldest first
+        replay = Replay(
+            id=uuid.uuid4().hex,
+            namespace=namespace,
+            graph=graph,
+            graph_version=record.version,
+            from_function=from_function,
+            total=len(ids),
+        )
+        if not ids:
+            replay.status, replay.finished_at = "succeeded", replay.created_at
+        await self.store.replays.create(replay, ids)
+        if not ids:
+            await self.store.replays.finish(replay)
+        _log.info("replay started", graph=graph, replay=replay.id, invocations=len(ids))
+        return replay
+
+    async def replay(self, namespace: str, graph: str, replay_id: str) -> Replay:
+        found = await self.store.replays.get(replay_id)
+        if found is None or found.namespace != namespace or found.graph != graph:
+            await self.require_graph(namespace, graph)
+            raise NotFound(f"graph {graph!r} has no replay {replay_id!r}")
+        return found
+
+    async def replays(self, namespace: str, graph: str) -> list[Replay]:
+        await self.require_graph(namespace, graph)
+        return await self.store.replays.list_for_graph(namespace, graph)
+
+    async def cancel_replay(self, namespace: str, graph: str, replay_id: str) -> Replay:
+        found = await self.replay(namespace, graph, replay_id)
+        if not found.finished:
+            await self.store.replays.cancel(replay_id)
+            found.status = "cancelled"
+        return found
 
     # -- invocations ------------------------------------------------------------------------
 
@@ -452,7 +508,9 @@ class ApiService:
         if limit <= 0:
             has_tasks = cursor != 0 or any(n > 0 for n in state.task_counts.values())
             return InvocationInfo.from_summary(state, [], str(cursor) if has_tasks else None)
-        records, after = await self.store.invocations.tasks_page(invocation_id, cursor, limit)
+        records, after = await self.store.invocations.tasks_page(
+            invocation_id, cursor, limit, generation=state.generation
+        )
         return InvocationInfo.from_summary(state, records, validation.scan_cursor(after))
 
     async def cancel_invocation(

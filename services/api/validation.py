@@ -48,9 +48,11 @@ PATH_IDS: dict[str, tuple[re.Pattern[str], str]] = {
     "invocation_id": (NAME_PATTERN, f"{NAME_RULE} (the id invoke returned)"),
     "key_id": (NAME_PATTERN, f"{NAME_RULE} (a key's id)"),
     "task_id": (
-        re.compile(r"^[A-Za-z0-9_-]{1,200}$"),
-        "1-200 letters, digits, '_' or '-' (a task id from the invocation's tasks)",
+        re.compile(r"^[A-Za-z0-9_-]{1,200}(~[0-9]{1,9})?$"),
+        "1-200 letters, digits, '_' or '-', and '~N' in a replay (a task id from the "
+        "invocation's tasks)",
     ),
+    "replay_id": (NAME_PATTERN, f"{NAME_RULE} (the id rerun_graph returned)"),
 }
 
 

@@ -123,6 +123,18 @@ class InvocationCancelEvent(_Envelope):
     reason: str = "cancelled by request"
 
 
+class InvocationReplayEvent(_Envelope):
+    """Compute the invocation again, in place, as ``generation`` on ``graph_version`` (the
+    API allocates the generation, so a redelivered request is recognised as a duplicate).
+    ``replay_id``: the backfill that asked for it, if any."""
+
+    type: Literal["invocation.replay"] = "invocation.replay"
+    graph_version: str
+    generation: int = Field(ge=1)
+    from_function: str | None = None
+    replay_id: str | None = None
+
+
 class InvocationContinueEvent(_Envelope):
     """The scheduler's note to itself: create the next slice of a big fan-out (sent to the
     back of the events topic, so other invocations' events are handled in between)."""
@@ -136,7 +148,8 @@ SchedulerEvent = Annotated[
     | TaskFinishedEvent
     | TasksFinishedEvent
     | InvocationCancelEvent
-    | InvocationContinueEvent,
+    | InvocationContinueEvent
+    | InvocationReplayEvent,
     Field(discriminator="type"),
 ]
 

@@ -30,11 +30,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter
 
-from indexify.engine import InvocationState, TaskRecord, ValueRange
+from indexify.engine import InvocationState, TaskRecord, ValueRange, generation_of
 
 from .events import ProgressEvent, StoredValues
 from .names import Names
-from .redis_calls import RedisRepository
+from .redis_calls import RedisRepository, text
 from .scripts import register
 
 __all__ = ["INPUT_FIELD", "InvocationRepository", "InvocationView", "summary_json"]
@@ -133,13 +133,15 @@ class InvocationRepository(RedisRepository):
         for function, ranges in state.outputs.items():
             if ranges:
                 items = [r.model_dump_json() for r in ranges]
-                lists.append((names.output_index_key(inv, function), 0, items))
+                key = names.output_index_key(inv, function, state.generation)
+                lists.append((key, 0, items))
         for name in state.reducers:
             changes = view.queue_changes(name)
             if changes is not None:
                 trim, queue = changes
                 items = [r.model_dump_json() for r in queue]
-                lists.append((names.reducer_queue_key(inv, name), trim, items))
+                key = names.reducer_queue_key(inv, name, state.generation)
+                lists.append((key, trim, items))
         args.append(len(lists))
         for key, trim, items in lists:
             keys.append(key)
@@ -230,7 +232,8 @@ class InvocationRepository(RedisRepository):
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for view, name in todo:
-                key = self.names.reducer_queue_key(view.state.invocation_id, name)
+                state = view.state
+                key = self.names.reducer_queue_key(state.invocation_id, name, state.generation)
                 pipe.lrange(key, 0, window - 1)
             rows = await self._call(pipe.execute())
         for (view, name), items in zip(todo, rows, strict=True):
@@ -241,36 +244,53 @@ class InvocationRepository(RedisRepository):
             view.windows[name] = list(loaded)
 
     async def load_invocations(self, ids: Iterable[str]) -> dict[str, tuple[InvocationState, int]]:
-        """``(summary, rev)`` of each existing invocation: no task records, no outputs."""
+        """``(summary, rev)`` of each existing invocation: no task records, no outputs. A
+        finished invocation whose replay was requested and not started yet reads as
+        ``pending`` (its stored ``status``, see :mod:`.replays`)."""
         ids = list(ids)
         if not ids:
             return {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for inv in ids:
-                pipe.hmget(self.names.invocation_key(inv), ["state", "rev"])
+                pipe.hmget(self.names.invocation_key(inv), ["state", "rev", "status"])
             rows = await self._call(pipe.execute())
-        return {
-            inv: (parse_summary(row[0]), int(row[1] or 0))
-            for inv, row in zip(ids, rows, strict=True)
-            if row[0] is not None
-        }
+        loaded: dict[str, tuple[InvocationState, int]] = {}
+        for inv, row in zip(ids, rows, strict=True):
+            if row[0] is None:
+                continue
+            state = parse_summary(row[0])
+            if state.terminal and row[2] == b"pending":
+                state.status = "pending"
+            loaded[inv] = (state, int(row[1] or 0))
+        return loaded
 
     async def tasks_page(
-        self, invocation_id: str, cursor: int = 0, limit: int = 1000, *, function: str | None = None
+        self,
+        invocation_id: str,
+        cursor: int = 0,
+        limit: int = 1000,
+        *,
+        function: str | None = None,
+        generation: int = 0,
     ) -> tuple[list[TaskRecord], int]:
-        """Up to about ``limit`` task records (of ``function`` only, if given) from
-        ``cursor`` (0: the start); the next cursor is 0 when there are no more. A filtered
-        page may be short (even empty) with a cursor to go on from: the scan stops after
-        about ``_SCAN_ROUNDS`` times ``limit`` fields, whatever it found."""
+        """Up to about ``limit`` task records of computation ``generation`` (of ``function``
+        only, if given) from ``cursor`` (0: the start); the next cursor is 0 when there are
+        no more. A filtered page may be short (even empty) with a cursor to go on from: the
+        scan stops after about ``_SCAN_ROUNDS`` times ``limit`` fields, whatever it found.
+        (The records of every computation share one hash: a task id names its generation.)"""
         key = self.names.tasks_key(invocation_id)
         records: list[TaskRecord] = []
         match = f"{function}-*" if function is not None else None
+        if generation:
+            match = f"{match or '*'}~{generation}"
         for _ in range(_SCAN_ROUNDS):
             cursor, found = await self._call(
                 self._redis.hscan(key, cursor, match=match, count=limit)
             )
             assert isinstance(found, dict)
-            for raw in found.values():
+            for task_id, raw in found.items():
+                if generation_of(text(task_id)) != generation:
+                    continue
                 record = TaskRecord.model_validate_json(raw)
                 if function is None or record.task.function == function:
                     records.append(record)
@@ -291,14 +311,20 @@ class InvocationRepository(RedisRepository):
         }
 
     async def output_ranges(
-        self, invocation_id: str, function: str, start: int = 0, stop: int | None = None
+        self,
+        invocation_id: str,
+        function: str,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        generation: int = 0,
     ) -> list[ValueRange]:
         """Entries ``start`` to ``stop - 1`` (None: to the end) of ``function``'s output
-        index: each a range of one task's outputs."""
+        index in computation ``generation``: each a range of one task's outputs."""
         end = -1 if stop is None else stop - 1
         if stop is not None and stop <= start:
             return []
-        key = self.names.output_index_key(invocation_id, function)
+        key = self.names.output_index_key(invocation_id, function, generation)
         return _ranges(list(await self._call(self._redis.lrange(key, start, end))))
 
     def invocation_keys(self, invocation_id: str, state: InvocationState | None) -> list[str]:
@@ -315,8 +341,11 @@ class InvocationRepository(RedisRepository):
             names.running_key(invocation_id),
         ]
         if state is not None:
-            keys += [names.output_index_key(invocation_id, fn) for fn in state.output_counts]
-            keys += [names.reducer_queue_key(invocation_id, fn) for fn in state.reducers]
+            computations = [(state.generation, state.output_counts, state.reducers)]
+            computations += [(past.generation, past.outputs, {}) for past in state.history]
+            for generation, outputs, reducers in computations:
+                keys += [names.output_index_key(invocation_id, fn, generation) for fn in outputs]
+                keys += [names.reducer_queue_key(invocation_id, fn, generation) for fn in reducers]
         return keys
 
     async def create_invocation(self, state: InvocationState, input_values: StoredValues) -> None:

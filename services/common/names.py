@@ -69,13 +69,17 @@ class Names:
         """Hash: task id -> JSON TaskRecord (one field per task, written by the scheduler)."""
         return f"{self.prefix}:inv:{invocation_id}:tasks"
 
-    def output_index_key(self, invocation_id: str, function: str) -> str:
-        """List of JSON ValueRange: the accepted outputs of ``function``, in order."""
-        return f"{self.prefix}:inv:{invocation_id}:index:{function}"
+    def output_index_key(self, invocation_id: str, function: str, generation: int = 0) -> str:
+        """List of JSON ValueRange: the accepted outputs of ``function`` in computation
+        ``generation`` of the invocation, in order."""
+        suffix = f"~{generation}" if generation else ""
+        return f"{self.prefix}:inv:{invocation_id}:index:{function}{suffix}"
 
-    def reducer_queue_key(self, invocation_id: str, function: str) -> str:
-        """List of JSON ValueRange: values waiting for reducer ``function``."""
-        return f"{self.prefix}:inv:{invocation_id}:queue:{function}"
+    def reducer_queue_key(self, invocation_id: str, function: str, generation: int = 0) -> str:
+        """List of JSON ValueRange: values waiting for reducer ``function`` (in computation
+        ``generation``)."""
+        suffix = f"~{generation}" if generation else ""
+        return f"{self.prefix}:inv:{invocation_id}:queue:{function}{suffix}"
 
     def outputs_key(self, invocation_id: str) -> str:
         """Hash: task id (or 'input') -> JSON StoredValues."""
@@ -119,6 +123,32 @@ class Names:
         """Redis pub/sub channel of the ids of invocations that ended or were deleted
         (for long polls: one subscription per API process)."""
         return f"{self.prefix}:finished"
+
+    def replay_key(self, replay_id: str) -> str:
+        """Hash of one replay (backfill): ``record`` (JSON Replay), ``cursor`` (invocations
+        requested so far), ``done``, ``failed``, ``cancelled``."""
+        return f"{self.prefix}:replay:{replay_id}"
+
+    def replay_ids_key(self, replay_id: str) -> str:
+        """List: the invocation ids a replay covers (fixed when it is created)."""
+        return f"{self.prefix}:replay:{replay_id}:ids"
+
+    def replay_inflight_key(self, replay_id: str) -> str:
+        """Hash: invocation id -> the generation a replay requested for it, not ended yet."""
+        return f"{self.prefix}:replay:{replay_id}:inflight"
+
+    def replay_lease_key(self, replay_id: str) -> str:
+        """String with a TTL: the scheduler process driving the replay."""
+        return f"{self.prefix}:replay:{replay_id}:lease"
+
+    @property
+    def active_replays_key(self) -> str:
+        """Set of the ids of replays still running (what schedulers drive)."""
+        return f"{self.prefix}:replays:active"
+
+    def graph_replays_key(self, namespace: str, graph: str) -> str:
+        """Sorted set of a graph's replay ids by creation time."""
+        return f"{self.prefix}:replays:{namespace}:{graph}"
 
     @property
     def delayed_key(self) -> str:

@@ -243,6 +243,12 @@ class SchedulerSettings(BaseSettings):
         description="while /metrics is served: how often the consumer lag of the task topics "
         "and the events topic is measured (one metadata call and offsets in batches)",
     )
+    replay_window: int = Field(
+        default=32,
+        ge=1,
+        description="invocations of one backfill (rerun_graph) computing at once: the rest "
+        "wait their turn, so new invocations are not starved",
+    )
     executors_group_id: str = Field(
         default=EXECUTORS_GROUP_ID,
         description="the executors' INDEXIFY_EXECUTOR_GROUP_ID, whose lag is measured",

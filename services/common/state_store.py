@@ -9,7 +9,8 @@ named by what they keep (each translates Redis errors the same way, :mod:`.redis
 * ``store.claims``: task claims, leases and recorded results (:mod:`.task_claims`);
 * ``store.delayed``: parked retries (:mod:`.delayed_queue`);
 * ``store.registry``: live executors (:mod:`.executor_registry`);
-* ``store.progress``: progress pub/sub (:mod:`.progress`).
+* ``store.progress``: progress pub/sub (:mod:`.progress`);
+* ``store.replays``: invocation generations and backfills (:mod:`.replays`).
 
 The Lua scripts are ``lua/*.lua``, loaded by name (:mod:`.scripts`).
 """
@@ -27,6 +28,7 @@ from .invocations import InvocationRepository
 from .names import Names
 from .progress import ProgressChannels
 from .redis_calls import REDIS_DOWN, unavailable
+from .replays import ReplayRepository
 from .settings import InfraSettings
 from .task_claims import TaskClaims
 
@@ -58,6 +60,7 @@ class StateStore:
         self.graphs = GraphRepository(self._redis, self.names, self.invocations)
         self.claims = TaskClaims(self._redis, self.names)
         self.delayed = DelayedQueue(self._redis, self.names)
+        self.replays = ReplayRepository(self._redis, self.names)
         self.registry = ExecutorRegistry(self._redis, self.names)
         self.progress = ProgressChannels(self._redis, self.names)
 

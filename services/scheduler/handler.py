@@ -21,6 +21,7 @@ from indexify.engine import Engine, ErrorInfo
 from services.common.concurrency import gather_bounded
 from services.common.errors import PlatformUnavailable
 from services.common.events import (
+    InvocationReplayEvent,
     MessageDecodeError,
     SchedulerEvent,
     StoredValues,
@@ -41,10 +42,12 @@ from .messages import (
     MissingValues,
     Outgoing,
     apply_events,
+    apply_reused,
     build_messages,
     expand,
     fail_permanently,
     needed_values,
+    reuse_sources,
 )
 from .metrics import observe_invocation
 from .states import StateCache
@@ -187,8 +190,17 @@ class EventHandler:
     async def _decide(self, work: _Work) -> None:
         assert work.view is not None
         state = work.view.state
-        found = await self._engine(state.namespace, state.graph, state.graph_version)
         events = [event for event, _ in work.events]
+        version = state.graph_version
+        replays = [i for i, e in enumerate(events) if isinstance(e, InvocationReplayEvent)]
+        if replays:
+            last = events[replays[-1]]
+            assert isinstance(last, InvocationReplayEvent)
+            if last.generation > state.generation:
+                # a new computation on the replay's version: what came before it in the
+                # batch is about the computation it replaces, and would be ignored anyway
+                version, events = last.graph_version, events[replays[-1] :]
+        found = await self._engine(state.namespace, state.graph, version)
         if found is None:
             error = ErrorInfo(
                 kind="permanent",
@@ -205,6 +217,27 @@ class EventHandler:
             return
         engine, work.definition = found
         work.decision = apply_events(engine, state, events, task_progress=work.view.listened)
+        if state.generation:
+            await self._reuse(work, engine, work.decision)
+
+    async def _reuse(self, work: _Work, engine: Engine, decision: Decision) -> None:
+        """Settle the new tasks of a replay that the computation it replaces already ran
+        (same code, same inputs) with those results, round after round (a reused step's
+        successors may be reusable too): two reads per round, none for a first run."""
+        assert work.view is not None
+        state, inv = work.view.state, work.invocation_id
+        tried: set[str] = set()
+        while True:
+            sources = reuse_sources(state, decision, tried)
+            if not sources:
+                return
+            tried.update(sources)
+            wanted = list(dict.fromkeys(c for candidates in sources.values() for c in candidates))
+            records = await self.store.invocations.get_tasks(inv, wanted)
+            done = [r.task.id for r in records.values() if r.status == "succeeded"]
+            values = await self.store.invocations.get_outputs(inv, done)
+            if not apply_reused(engine, state, sources, records, values, decision):
+                return
 
     async def _engine(
         self, namespace: str, graph: str, version: str

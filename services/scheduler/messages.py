@@ -28,10 +28,15 @@ from indexify.engine import (
     FinishInvocation,
     InvocationCancelled,
     InvocationCreated,
+    InvocationReplayed,
     InvocationState,
     RunTask,
     Task,
     TaskFinished,
+    TaskRecord,
+    TaskReused,
+    earlier_tasks,
+    generation_of,
     stopped_by_cancel,
 )
 from services.common.events import (
@@ -39,6 +44,7 @@ from services.common.events import (
     InvocationCancelEvent,
     InvocationContinueEvent,
     InvocationCreatedEvent,
+    InvocationReplayEvent,
     ProgressEvent,
     SchedulerEvent,
     StoredValues,
@@ -60,11 +66,13 @@ __all__ = [
     "Outgoing",
     "accepts",
     "apply_events",
+    "apply_reused",
     "build_messages",
     "expand",
     "fail_permanently",
     "message_key",
     "needed_values",
+    "reuse_sources",
     "task_topic",
     "to_engine_event",
 ]
@@ -139,12 +147,18 @@ def to_engine_event(event: SchedulerEvent) -> EngineEvent:
         return InvocationCancelled(reason=event.reason, at=event.at)
     if isinstance(event, InvocationContinueEvent):
         return DeliveryContinued(seq=event.seq)
+    if isinstance(event, InvocationReplayEvent):
+        return InvocationReplayed(
+            generation=event.generation, from_function=event.from_function, at=event.at
+        )
     raise TypeError(f"not a scheduler event: {type(event).__name__}")
 
 
 def accepts(state: InvocationState, event: EngineEvent) -> bool:
     """Whether the engine would change ``state`` for ``event`` (False: a duplicate or stale).
-    A terminal invocation takes only the report of an attempt its cancel stopped."""
+    A terminal invocation takes only the report of an attempt its cancel stopped, and replays."""
+    if isinstance(event, InvocationReplayed):
+        return event.generation > state.generation
     if state.terminal:
         return stopped_by_cancel(state, event)
     if isinstance(event, InvocationCreated):
@@ -155,6 +169,7 @@ def accepts(state: InvocationState, event: EngineEvent) -> bool:
             record is not None
             and record.status == "queued"
             and record.task.attempt == event.attempt
+            and generation_of(event.task_id) == state.generation
         )
     if isinstance(event, DeliveryContinued):
         return event.seq == state.continue_seq and bool(state.pending)
@@ -184,24 +199,85 @@ def apply_events(
             decision.known[INPUT_TASK_ID] = event.input
         if isinstance(event, TaskFinishedEvent):
             _record_finished(state, event, decision)
-        for command in commands:
-            if isinstance(command, RunTask):
-                decision.run.append(command)
-            elif isinstance(command, ContinueDelivery):
-                decision.continue_seq = command.seq
-            elif isinstance(command, FinishInvocation):
-                decision.finished = command
-                decision.progress.append(
-                    ProgressEvent(
-                        type="invocation.finished",
-                        invocation_id=state.invocation_id,
-                        status=command.status,
-                        error=command.error,
-                        function=command.error_function,
-                    )
-                )
+        _collect(state, commands, decision)
     decision.run = _still_wanted(state, decision.run)
     return decision
+
+
+def _collect(state: InvocationState, commands: Iterable[Any], decision: Decision) -> None:
+    for command in commands:
+        if isinstance(command, RunTask):
+            decision.run.append(command)
+        elif isinstance(command, ContinueDelivery):
+            decision.continue_seq = command.seq
+        elif isinstance(command, FinishInvocation):
+            decision.finished = command
+            decision.progress.append(
+                ProgressEvent(
+                    type="invocation.finished",
+                    invocation_id=state.invocation_id,
+                    status=command.status,
+                    error=command.error,
+                    function=command.error_function,
+                )
+            )
+
+
+def reuse_sources(
+    state: InvocationState, decision: Decision, tried: set[str]
+) -> dict[str, list[str]]:
+    """Task id -> the tasks of earlier computations whose result it may reuse (same content,
+    see :mod:`indexify.engine.engine`), newest first, for the new tasks of a replay not
+    ``tried`` yet (first attempts of calls and routes: a reducer step is never reused)."""
+    if state.generation == 0:
+        return {}
+    return {
+        command.task.id: earlier_tasks(command.task.id, state.generation)
+        for command in decision.run
+        if command.task.id not in tried
+        and command.task.kind != "reduce"
+        and command.task.attempt == 1
+        and generation_of(command.task.id) == state.generation
+    }
+
+
+def apply_reused(
+    engine: Engine,
+    state: InvocationState,
+    sources: Mapping[str, Sequence[str]],
+    records: Mapping[str, TaskRecord],
+    values: Mapping[str, StoredValues],
+    decision: Decision,
+) -> int:
+    """Settle the tasks in ``sources`` of which an earlier task succeeded (its ``records``)
+    with its stored ``values`` found, by reusing those instead of running them; the tasks
+    that follow go into ``decision``. Returns how many were reused."""
+    reused = 0
+    for task_id, candidates in sources.items():
+        found = [
+            (source, records[source])
+            for source in candidates
+            if source in records
+            and records[source].status == "succeeded"
+            and (source in values or not records[source].output_count)
+        ]
+        if not found:
+            continue  # never computed, or its values are not recorded: run it
+        source, record = found[0]
+        stored = values.get(source)
+        event = TaskReused(
+            task_id=task_id, source=source, output_count=record.output_count, route=record.route
+        )
+        commands = engine.handle(state, event)
+        if not commands and state.tasks[task_id].reused_from is None:
+            continue  # not taken (settled meanwhile)
+        reused += 1
+        decision.changed = True
+        if stored is not None:
+            decision.outputs[task_id] = stored
+        _collect(state, commands, decision)
+    decision.run = _still_wanted(state, decision.run)
+    return reused
 
 
 def _record_finished(state: InvocationState, event: TaskFinishedEvent, out: Decision) -> None:

@@ -44,6 +44,7 @@ from services.common.state_store import StateStore
 from .delayed import DelayedTasks
 from .handler import EventHandler
 from .lag import LagProbe
+from .replays import ReplayDriver
 from .states import StateCache
 from .topics import TaskTopics
 
@@ -186,6 +187,8 @@ class Scheduler:
         assigned, no event arrived for ``idle_sec`` and no retry is parked (burst mode)."""
         assert self.delayed is not None
         background = [asyncio.create_task(self.delayed.run(self._stop), name="delayed-tasks")]
+        replays = ReplayDriver(self.bus, self.store, window=self.settings.replay_window)
+        background.append(asyncio.create_task(replays.run(self._stop), name="replays"))
         if self.settings.metrics_port:  # someone scrapes: measure the consumer lag too
             probe = LagProbe(
                 self.infra,

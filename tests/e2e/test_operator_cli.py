@@ -99,7 +99,11 @@ def test_invoke_with_follow_reports_a_failure_and_its_traceback(
     assert invocation_id in listed
     assert registered in _ok(_cli(stack, "graphs"))
     rerun_id = _ok(_cli(stack, "rerun", registered, invocation_id)).strip()
-    assert rerun_id and rerun_id != invocation_id
+    assert rerun_id == invocation_id  # replayed in place
+    # the failing one fails again in a backfill of every invocation so far: exit 1
+    backfill = _cli(stack, "backfill", registered, "--from-function", "cli_shout")
+    assert backfill.returncode == 1, backfill.stderr
+    assert ": failed," in backfill.stdout, backfill.stdout
 
 
 def test_errors_say_what_is_wrong(stack: DevStack, registered: str) -> None:

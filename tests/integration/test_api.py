@@ -35,6 +35,7 @@ from services.common.blobs import BlobStore
 from services.common.events import (
     InvocationCancelEvent,
     InvocationCreatedEvent,
+    InvocationReplayEvent,
     ProgressEvent,
     SchedulerEvent,
     StoredValues,
@@ -506,19 +507,42 @@ async def test_rerun_and_delete(api: Api) -> None:
     second = await api.register(graph_v2())
     base = "/namespaces/default/compute_graphs/calc"
     rerun = await api.client.post(f"{base}/invocations/{invocation}/rerun")
-    assert rerun.status_code == 200, rerun.text
-    new_id = rerun.json()["id"]
-    assert new_id != invocation
-    all_again = await api.client.post(f"{base}/rerun")
-    assert len(all_again.json()["invocations"]) == 2
+    assert rerun.status_code == 202, rerun.text
+    assert rerun.json() == {"id": invocation, "generation": 1}  # in place
+    # requested, not started: it reads pending until the scheduler takes it
+    status = await api.client.get(f"{base}/invocations/{invocation}")
+    assert (status.json()["status"], status.json()["generation"]) == ("pending", 0)
+    again = await api.client.post(f"{base}/invocations/{invocation}/rerun?from_function=cube")
+    assert again.json() == {"id": invocation, "generation": 2}
+    assert_error(
+        await api.client.post(f"{base}/invocations/{invocation}/rerun?from_function=nope"),
+        400,
+        "from_function='nope'",
+    )
+    backfill = await api.client.post(f"{base}/rerun")
+    assert backfill.status_code == 202, backfill.text
+    replay = backfill.json()
+    assert (replay["status"], replay["total"], replay["graph_version"]) == (
+        "running",
+        1,
+        second["version"],
+    )
+    listed = await api.client.get(f"{base}/replays")
+    assert [r["id"] for r in listed.json()["replays"]] == [replay["id"]]
+    cancelled = await api.client.post(f"{base}/replays/{replay['id']}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+    assert (await api.client.get(f"{base}/replays/{replay['id']}")).json()["status"] == "cancelled"
+    assert_error(await api.client.get(f"{base}/replays/nope"), 404, "no replay")
 
-    events = await consume_events(api.settings, expected=4)
-    created = [e for e in events if isinstance(e, InvocationCreatedEvent)]
-    assert len(created) == 4
-    by_id = {e.invocation_id: e for e in created}
-    assert by_id[invocation].graph_version == first["version"]
-    assert by_id[new_id].graph_version == second["version"]
-    assert {decode(e.input.inline_payloads()[0])["n"] for e in created} == {7}
+    events = await consume_events(api.settings, expected=3)
+    [created] = [e for e in events if isinstance(e, InvocationCreatedEvent)]
+    replays = [e for e in events if isinstance(e, InvocationReplayEvent)]
+    assert created.graph_version == first["version"]
+    assert [(e.invocation_id, e.generation, e.from_function) for e in replays] == [
+        (invocation, 1, None),
+        (invocation, 2, "cube"),
+    ]
+    assert {e.graph_version for e in replays} == {second["version"]}
 
     deleted = await api.client.delete(f"{base}/invocations/{invocation}")
     assert deleted.status_code == 200 and deleted.json() == {"id": invocation, "deleted": True}
@@ -755,11 +779,11 @@ async def test_function_outputs_are_paged(api: Api, monkeypatch: pytest.MonkeyPa
     original_ranges, original_outputs = store.output_ranges, store.get_outputs
 
     async def output_ranges(
-        inv: str, fn: str, start: int = 0, stop: int | None = None
+        inv: str, fn: str, start: int = 0, stop: int | None = None, *, generation: int = 0
     ) -> list[ValueRange]:
         assert stop is not None and stop - start <= 101, (start, stop)
         reads.append(("index", start, stop))
-        return await original_ranges(inv, fn, start, stop)
+        return await original_ranges(inv, fn, start, stop, generation=generation)
 
     async def get_outputs(inv: str, task_ids: Any) -> dict[str, StoredValues]:
         task_ids = list(task_ids)

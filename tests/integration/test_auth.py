@@ -54,6 +54,7 @@ _PARAMS = {
     "task_id": "t1",
     "index": "0",
     "key_id": "0123456789ab",
+    "replay_id": "r1",
 }
 #: streams that end only when the invocation does (no scheduler runs here), the API's and the
 #: UI's: asked about an invocation that does not exist, they answer 404 once the key passed
@@ -66,6 +67,8 @@ NOT_FOUND = {
     "GET /namespaces/{namespace}/compute_graphs/{graph}/invocations/{invocation_id}/fn/"
     "{function}/output/{task_id}/{index}",
     "DELETE /keys/{key_id}",
+    "GET /namespaces/{namespace}/compute_graphs/{graph}/replays/{replay_id}",
+    "POST /namespaces/{namespace}/compute_graphs/{graph}/replays/{replay_id}/cancel",
     *ENDLESS,
 }
 #: routes that answer 400 even with the right key: graph g's start takes an int, not a File

@@ -47,6 +47,7 @@ def _commands() -> dict[str, argparse.ArgumentParser]:
 def test_the_commands_of_the_sdk_and_the_server_are_all_there() -> None:
     assert set(_commands()) == {
         "graphs", "invocations", "invoke", "status", "follow", "logs", "cancel", "rerun",
+        "backfill",
         "keys create", "keys list", "keys revoke", "keys save", "keys generate",
         "build-image", "server-dev-mode", "api", "scheduler", "executor",
         "topics list", "topics describe", "topics lag", "deadletters",

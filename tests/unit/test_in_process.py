@@ -537,11 +537,20 @@ def test_rerun_graph_gives_identical_outputs(client: IndexifyClient) -> None:
     client.register_compute_graph(g)
     invocations = [client.invoke_graph_with_object("rerun", n=n) for n in (3, 5)]
     before = [client.graph_outputs("rerun", inv, "add_up") for inv in invocations]
-    reruns = client.rerun_graph("rerun")
-    assert len(reruns) == 2 and not set(reruns) & set(invocations)
-    after = [client.graph_outputs("rerun", inv, "add_up") for inv in reruns]
+    replay = client.rerun_graph("rerun")
+    assert (replay.status, replay.total, replay.done, replay.failed) == ("succeeded", 2, 2, 0)
+    assert len(client.invocations("rerun")) == 2  # in place: no new invocations
+    after = [client.graph_outputs("rerun", inv, "add_up") for inv in invocations]
     assert after == before == [[Total(value=6)], [Total(value=20)]]
-    assert all(client.invocation_status("rerun", i).status == "succeeded" for i in reruns)
+    for inv in invocations:
+        status = client.invocation_status("rerun", inv)
+        assert (status.status, status.generation) == ("succeeded", 1)
+        # nothing changed: every call is reused; the reducer's steps always run again
+        ran = {t.function for t in status.tasks if t.reused_from is None}
+        reused = [t for t in status.tasks if t.reused_from is not None]
+        assert ran == {"add_up"}
+        assert {t.function for t in reused} == {"numbers", "double"}
+        assert status.reused == len(reused) > 0
 
 
 def test_cancelling_a_finished_invocation_changes_nothing(client: IndexifyClient) -> None:

@@ -25,6 +25,7 @@ PUBLIC_API = [
     "NodeDefinition",
     "NonRetryable",
     "NotFoundError",
+    "Replay",
     "RetryPolicy",
     "TaskInfo",
     "TaskLogs",

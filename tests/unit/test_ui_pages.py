@@ -93,3 +93,66 @@ def test_the_sign_in_page_has_its_form_and_no_inline_script() -> None:
     assert '<form id="login">' in html and 'type="password"' in html
     assert "<script>" not in html  # the CSP allows only /ui-assets/ui.js
     assert '<script src="/ui-assets/ui.js" defer></script>' in html
+
+
+def test_a_replayed_invocation_shows_its_computations_and_reused_tasks() -> None:
+    import time
+
+    from indexify import Graph, create_client, indexify_function
+    from indexify.models import Replay
+    from services.api.ui.dag_layout import layout
+    from services.api.ui.timeline import function_states, task_rows
+    from services.api.ui.views import GraphPage, InvocationPage
+
+    @indexify_function()
+    def ui_first(x: int) -> int:
+        return x + 1
+
+    @indexify_function()
+    def ui_second(x: int) -> int:
+        return x * 2
+
+    graph = Graph("ui_replayed", start_node=ui_first).add_edge(ui_first, ui_second)
+    client = create_client(in_process=True, echo_output=False)
+    client.register_compute_graph(graph)
+    inv = client.invoke_graph_with_object("ui_replayed", x=1)
+    replay = client.rerun_graph("ui_replayed", from_function="ui_second")
+    info = client.invocation_status("ui_replayed", inv)
+    definition = graph.definition()
+    page = InvocationPage(
+        info=info,
+        definition=definition,
+        dag=layout(definition),
+        states=function_states(definition.nodes, info.tasks),
+        rows=task_rows(info, definition.start_node, time.time()),
+        logs={},
+        outputs={},
+        live=False,
+    )
+    html = render("invocation.html", viewer=ADMIN, inv=page, nav="invocations")
+    assert "computation 1" in html and "from <code>ui_second</code> on" in html
+    assert "1 task reused" in html and html.count('class="reused"') == 1
+    assert 'data-generation="0"' in html and "Earlier computations" in html
+
+    graph_page = GraphPage(
+        info=client.graph("ui_replayed"),
+        dag=layout(definition),
+        versions=[],
+        invocations=[info],
+        queued={},
+        replays=[
+            replay,
+            Replay(
+                id="r" * 32,
+                namespace="default",
+                graph="ui_replayed",
+                graph_version="v",
+                total=4,
+                done=1,
+                failed=1,
+            ),
+        ],
+    )
+    filters = {"status_filter": "", "since_filter": "", "statuses": [], "periods": []}
+    html = render("graph.html", viewer=ADMIN, graph=graph_page, nav="graphs", **filters)
+    assert html.count("data-replay=") == 2 and "1/4" in html and "(1 failed)" in html

@@ -15,6 +15,17 @@ Rules:
 * a cancelled invocation takes no more events, but the attempt a cancel stopped (its worker
   process killed: an error of type ``Cancelled``) is kept in its task's record, which is
   then ``cancelled`` (:func:`stopped_by_cancel`);
+* a replay (``InvocationReplayed``) starts the next generation of the invocation on the
+  engine's graph version, in place: the current computation goes to ``history``, every task
+  is decided again. Task ids are content addresses: the function's name and code
+  fingerprint and where its input came from (with the generation appended after ``~`` from
+  the first replay on, so no generation's claims, results or records touch another's). A
+  queued task whose content matches a success of an earlier generation can be reused
+  (``TaskReused``: its caller looks that up, :func:`earlier_tasks`, and copies the stored
+  values) instead of run;
+  ``from_function`` and its descendants get a salt in their content, so they always run.
+  Reducer steps never match (a step's values arrive in executor order), so a reducer and
+  what follows it are recomputed;
 * a failed task is retried per the function's policy (platform errors do not use the budget:
   the first is retried at once, the next ones back off up to PLATFORM_MAX_DELAY_SEC, so an
   outage of MinIO or Redis of a minute is waited out);
@@ -33,6 +44,7 @@ from .model import (
     INPUT_TASK_ID,
     Attempt,
     Command,
+    Computation,
     ContinueDelivery,
     DeliveryContinued,
     EngineEvent,
@@ -40,6 +52,7 @@ from .model import (
     FinishInvocation,
     InvocationCancelled,
     InvocationCreated,
+    InvocationReplayed,
     InvocationState,
     PendingDelivery,
     ReducerState,
@@ -47,7 +60,11 @@ from .model import (
     Task,
     TaskFinished,
     TaskRecord,
+    TaskReused,
     ValueRange,
+    content_of,
+    generation_of,
+    in_generation,
 )
 
 DEFAULT_MAX_REDUCE_BATCH = 1000
@@ -163,6 +180,15 @@ class Engine:
 
     def handle(self, state: InvocationState, event: EngineEvent) -> list[Command]:
         """Apply ``event`` to ``state`` (in place) and return the commands to carry out."""
+        commands: list[Command] = []
+        if isinstance(event, InvocationReplayed):
+            if event.generation <= state.generation:
+                return []  # a duplicate (or overtaken by a later replay)
+            self._next_generation(state, event)
+            self._start(state, commands)
+            self._pump_reducers(state, commands)
+            self._maybe_finish(state, event, commands)
+            return commands
         if state.terminal:
             if stopped_by_cancel(state, event):
                 assert isinstance(event, TaskFinished)
@@ -171,16 +197,15 @@ class Engine:
                 record.status = "cancelled"
                 record.error = event.error
             return []
-        commands: list[Command] = []
         if isinstance(event, InvocationCreated):
             if state.status != "pending":
                 return []
-            state.status = "running"
-            start = self.definition.start_node
-            origin = ValueRange(task_id=INPUT_TASK_ID, function="", start=0, stop=1)
-            self._deliver(state, start, [origin], origin_key=INPUT_TASK_ID, out=commands)
+            self._start(state, commands)
         elif isinstance(event, TaskFinished):
             if not self._on_task_finished(state, event, commands):
+                return []
+        elif isinstance(event, TaskReused):
+            if not self._on_task_reused(state, event, commands):
                 return []
         elif isinstance(event, DeliveryContinued):
             if event.seq != state.continue_seq or not state.pending:
@@ -201,7 +226,78 @@ class Engine:
         self._maybe_finish(state, event, commands)
         return commands
 
+    def _start(self, state: InvocationState, out: list[Command]) -> None:
+        state.status = "running"
+        origin = ValueRange(task_id=INPUT_TASK_ID, function="", start=0, stop=1)
+        start = self.definition.start_node
+        self._deliver(state, start, [origin], origin_key=INPUT_TASK_ID, out=out)
+
+    def _next_generation(self, state: InvocationState, event: InvocationReplayed) -> None:
+        """Put the current computation in ``history`` and reset ``state`` to a new one on
+        this engine's graph version (the id, input and history stay)."""
+        state.history.append(
+            Computation(
+                generation=state.generation,
+                graph_version=state.graph_version,
+                started_at=state.started_at or state.created_at,
+                finished_at=state.finished_at if state.terminal else (event.at or None),
+                status=state.status if state.terminal else "superseded",
+                from_function=state.from_function,
+                outputs={fn: n for fn, n in state.output_counts.items() if n > 0},
+                error=state.error,
+            )
+        )
+        state.generation = event.generation
+        state.graph_version = self.definition.version
+        state.started_at = event.at
+        state.from_function = event.from_function
+        state.forced = []
+        if event.from_function is not None:
+            state.forced = sorted(
+                {event.from_function}
+                | {
+                    name
+                    for name in self.definition.nodes
+                    if event.from_function in self.definition.ancestors(name)
+                }
+            )
+        state.status = "pending"
+        state.tasks = {}
+        state.outstanding = {}
+        state.outputs = {}
+        state.reducers = {}
+        state.pending = []
+        state.continue_seq += 1  # a continue request of the replaced generation is stale
+        state.failed_functions = []
+        state.function_errors = {}
+        state.task_counts = {}
+        state.output_counts = {}
+        state.error = None
+        state.error_function = None
+        state.finished_at = None
+        state.reused = 0
+
     # -- task completion ---------------------------------------------------------------------
+
+    def _on_task_reused(
+        self, state: InvocationState, event: TaskReused, out: list[Command]
+    ) -> bool:
+        record = state.tasks.get(event.task_id)
+        if record is None or record.status != "queued" or record.task.kind == "reduce":
+            return False
+        finished = TaskFinished(
+            task_id=event.task_id,
+            attempt=record.task.attempt,
+            outcome="success",
+            output_count=event.output_count,
+            route=event.route,
+        )
+        if not self._on_task_finished(state, finished, out):
+            return False
+        record.reused_from = event.source
+        record.attempts = []
+        state.reused += 1
+        return True
 
     def _on_task_finished(
         self, state: InvocationState, event: TaskFinished, out: list[Command]
@@ -209,6 +305,8 @@ class Engine:
         record = state.tasks.get(event.task_id)
         if record is None or record.status != "queued" or record.task.attempt != event.attempt:
             return False  # unknown, already settled, or a stale attempt: a duplicate
+        if generation_of(event.task_id) != state.generation:
+            return False  # a task of a computation a replay replaced
         record.attempts.append(_attempt(event))
         task = record.task
         if event.outcome == "failure":
@@ -262,7 +360,7 @@ class Engine:
             )
             self._add_output(state, produced)
             for child in self.definition.successors(task.function):
-                self._deliver(state, child, [produced], origin_key=task.id, out=out)
+                self._deliver(state, child, [produced], origin_key=content_of(task.id), out=out)
         return True
 
     def _should_retry(self, record: TaskRecord, error: ErrorInfo) -> bool:
@@ -298,7 +396,8 @@ class Engine:
                 state.error, state.error_function = record.error, task.function
             return
         for target in chosen:
-            self._deliver(state, target, list(task.inputs), origin_key=f"{task.id}>", out=out)
+            origin_key = f"{content_of(task.id)}>"
+            self._deliver(state, target, list(task.inputs), origin_key=origin_key, out=out)
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -358,19 +457,35 @@ class Engine:
         for value_range in values:
             for index in range(value_range.start, value_range.stop):
                 task = self._new_task(
-                    state.invocation_id, target, value_range.single(index), origin_key
+                    state.invocation_id,
+                    target,
+                    value_range.single(index),
+                    origin_key,
+                    generation=state.generation,
+                    forced=target in state.forced,
                 )
                 self._queue(state, task, out)
 
     def _new_task(
-        self, invocation_id: str, target: str, value: ValueRange, origin_key: str
+        self,
+        invocation_id: str,
+        target: str,
+        value: ValueRange,
+        origin_key: str,
+        *,
+        generation: int = 0,
+        forced: bool = False,
     ) -> Task:
-        """The task of ``target`` for one value: its id depends only on where the value came
-        from, so every path that decides this step (the scheduler, an executor continuing a
-        chain) names it alike."""
+        """The task of ``target`` for one value: its id depends only on the function's code
+        and where the value came from (and, in a replay, its generation), so every path that
+        decides this step (the scheduler, an executor continuing a chain) names it alike, and
+        a replay can find the same step's result in the generation it replaces."""
         node = self.definition.nodes[target]
+        origin = f"{origin_key}:{content_of(value.task_id)}:{value.start}|{node.code_hash}"
+        if forced:
+            origin += f"!{generation}"  # from_function: never the same as before
         return Task(
-            id=task_id_for(target, f"{origin_key}:{value.task_id}:{value.start}"),
+            id=in_generation(task_id_for(target, origin), generation),
             invocation_id=invocation_id,
             function=target,
             kind="route" if node.kind == "router" else "call",
@@ -386,8 +501,11 @@ class Engine:
         batches from its task topic). The task is the one :meth:`handle`
         creates for the same result (same id, inputs and attempt), so an executor may run it
         at once and report both results together; the scheduler accepts the second as the
-        result of the task the first one created."""
+        result of the task the first one created. Never in a replay: the scheduler decides
+        each step there (whether the step can reuse an earlier result)."""
         if event.outcome != "success" or event.task_id != task.id:
+            return None
+        if generation_of(task.id) != 0:
             return None
         if task.kind == "call":
             successors = self.definition.successors(task.function)
@@ -395,14 +513,14 @@ class Engine:
                 return None
             target = successors[0]
             value = ValueRange(task_id=task.id, function=task.function, start=0, stop=1)
-            origin_key = task.id
+            origin_key = content_of(task.id)
         elif task.kind == "route":
             chosen = list(dict.fromkeys(event.route or ()))
             if len(chosen) != 1 or chosen[0] not in self.definition.route_targets(task.function):
                 return None
             if len(task.inputs) != 1 or task.inputs[0].size != 1:
                 return None
-            target, value, origin_key = chosen[0], task.inputs[0], f"{task.id}>"
+            target, value, origin_key = chosen[0], task.inputs[0], f"{content_of(task.id)}>"
         else:
             return None
         if self.definition.nodes[target].reducer or self.definition.nodes[target].batch:
@@ -451,8 +569,11 @@ class Engine:
     ) -> None:
         batch = _take(reducer.queue, self.max_reduce_batch)
         reducer.step += 1
+        step = f"r{reducer.step}"
+        if state.generation:  # unique content: a step of one generation is never reused
+            step = f"g{state.generation}{step}"
         task = Task(
-            id=f"{name}-r{reducer.step}",
+            id=in_generation(f"{name}-{step}", state.generation),
             invocation_id=state.invocation_id,
             function=name,
             kind="reduce",
@@ -485,7 +606,7 @@ class Engine:
         final = reducer.accumulator
         self._add_output(state, final)
         for child in self.definition.successors(name):
-            self._deliver(state, child, [final], origin_key=final.task_id, out=out)
+            self._deliver(state, child, [final], origin_key=content_of(final.task_id), out=out)
 
     def _maybe_finish(self, state: InvocationState, event: EngineEvent, out: list[Command]) -> None:
         if state.outstanding or state.pending or state.status != "running":

@@ -14,6 +14,38 @@ INPUT_TASK_ID = "input"
 """The pseudo task whose single output is the invocation's keyword arguments."""
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+GENERATION_MARK = "~"
+"""Task ids of a replay's generation ``g > 0`` end in ``~g``."""
+
+
+def generation_of(task_id: str) -> int:
+    """The generation a task id belongs to (0: the invocation's first computation)."""
+    _, mark, generation = task_id.rpartition(GENERATION_MARK)
+    return int(generation) if mark and generation.isdigit() else 0
+
+
+def content_of(task_id: str) -> str:
+    """A task id without its generation: tasks of different generations with the same
+    content (function code, inputs) share it."""
+    return task_id.rpartition(GENERATION_MARK)[0] if generation_of(task_id) else task_id
+
+
+def in_generation(content: str, generation: int) -> str:
+    """The task id of ``content`` in ``generation``."""
+    return content if generation == 0 else f"{content}{GENERATION_MARK}{generation}"
+
+
+REUSE_LOOKBACK = 8
+"""How many earlier generations a replay looks in for a task's result to reuse."""
+
+
+def earlier_tasks(task_id: str, generation: int) -> list[str]:
+    """The ids ``task_id``'s content had in the generations before ``generation`` (up to
+    :data:`REUSE_LOOKBACK` of them), newest first: where a replay looks for its result."""
+    content = content_of(task_id)
+    oldest = max(0, generation - REUSE_LOOKBACK)
+    return [in_generation(content, g) for g in range(generation - 1, oldest - 1, -1)]
+
 
 InvocationStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 TaskStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -105,6 +137,9 @@ class TaskRecord(BaseModel):
 
     task: Task
     status: TaskStatus = "queued"
+    reused_from: str | None = None
+    """Set when a replay reused a previous computation's result instead of running the task:
+    the id of the task whose outputs these are (same function code, same inputs)."""
     user_failures: int = 0
     platform_failures: int = 0
     output_count: int = 0
@@ -147,6 +182,24 @@ class PendingDelivery(BaseModel):
         return sum(v.size for v in self.values)
 
 
+class Computation(BaseModel):
+    """One computation of an invocation that a replay replaced: on which graph version it
+    ran, when, and how it ended (``superseded``: replayed before it finished). Its outputs
+    stay readable under its ``generation``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    generation: int
+    graph_version: str
+    started_at: float = 0.0
+    finished_at: float | None = None
+    status: Literal["pending", "running", "succeeded", "failed", "cancelled", "superseded"]
+    from_function: str | None = None
+    outputs: dict[str, int] = Field(default_factory=dict)
+    """Values per function (what its output index lists for this generation)."""
+    error: ErrorInfo | None = None
+
+
 class InvocationState(BaseModel):
     """Everything the engine knows about one invocation.
 
@@ -181,6 +234,20 @@ class InvocationState(BaseModel):
     error_function: str | None = None
     created_at: float = 0.0
     finished_at: float | None = None
+    generation: int = 0
+    """Which computation of the invocation this is: 0 the first, one more per replay (task
+    ids of generation ``g > 0`` end in ``~g``, see :func:`generation_of`)."""
+    started_at: float = 0.0
+    """When this generation started (0: at ``created_at``)."""
+    from_function: str | None = None
+    """The replay of this generation recomputes this function and its descendants even where
+    nothing changed (None: only what changed)."""
+    forced: list[str] = Field(default_factory=list)
+    """``from_function`` and its descendants: their tasks are never reused."""
+    reused: int = 0
+    """Tasks of this generation that reused an earlier generation's result."""
+    history: list[Computation] = Field(default_factory=list)
+    """The computations replays replaced, oldest first."""
 
     @property
     def terminal(self) -> bool:
@@ -234,6 +301,33 @@ class InvocationCancelled(BaseModel):
     at: float = 0.0
 
 
+class InvocationReplayed(BaseModel):
+    """Compute the invocation again, as generation ``generation`` on the engine's graph
+    version: an earlier or equal generation is a duplicate. ``from_function`` (and its
+    descendants) runs again even where nothing changed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["invocation_replayed"] = "invocation_replayed"
+    generation: int
+    from_function: str | None = None
+    at: float = 0.0
+
+
+class TaskReused(BaseModel):
+    """A queued task of a replay has the same function code and inputs as task ``source``
+    of the generation it replaces, which succeeded: take its outputs instead of running it
+    (the caller copied the stored values to ``task_id``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["task_reused"] = "task_reused"
+    task_id: str
+    source: str
+    output_count: int = 0
+    route: tuple[str, ...] | None = None
+
+
 class DeliveryContinued(BaseModel):
     """Go on with the pending deliveries (the answer to a :class:`ContinueDelivery`)."""
 
@@ -244,7 +338,12 @@ class DeliveryContinued(BaseModel):
 
 
 EngineEvent = Annotated[
-    InvocationCreated | TaskFinished | InvocationCancelled | DeliveryContinued,
+    InvocationCreated
+    | TaskFinished
+    | InvocationCancelled
+    | DeliveryContinued
+    | InvocationReplayed
+    | TaskReused,
     Field(discriminator="type"),
 ]
 

@@ -131,7 +131,7 @@ class _Track:
 
 
 def _end(info: InvocationInfo, now: float) -> float:
-    latest = [info.finished_at or 0.0, info.created_at]
+    latest = [info.finished_at or 0.0, info.started_at or info.created_at]
     for task in info.tasks:
         latest += [a.finished_at + (a.output_write_sec or 0.0) for a in task.attempts]
         if task.started_at:
@@ -188,7 +188,9 @@ def _attempts(
         elif previous_end is not None:
             wait_start, wait_from = min(previous_end, reading), "the previous attempt's end"
         elif task.function == start_function and span.attempt == 1:
-            wait_start, wait_from = min(info.created_at, reading), "the invocation's creation"
+            start = info.started_at or info.created_at
+            origin = "the replay's start" if info.generation else "the invocation's creation"
+            wait_start, wait_from = min(start, reading), origin
         else:
             wait_start, wait_from = reading, ""
         end = span.finished_at if span.finished_at is not None else now
@@ -223,7 +225,7 @@ def _attempts(
 def task_rows(info: InvocationInfo, start_function: str, now: float) -> list[TaskRow]:
     """One row per listed task, in the order they started (tasks not started last), with
     their attempts placed on the invocation's track."""
-    track = _Track(info.created_at, _end(info, now))
+    track = _Track(info.started_at or info.created_at, _end(info, now))
 
     def first_start(task: TaskInfo) -> tuple[float, str]:
         times = [a.started_at for a in task.attempts] + [task.started_at or float("inf")]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from indexify.definition import GraphDefinition
 from indexify.engine import TERMINAL_STATUSES
-from indexify.models import GraphInfo, InvocationInfo, TaskLogs
+from indexify.models import GraphInfo, InvocationInfo, Replay, TaskLogs
 from indexify.placement import satisfies
 from services.common.api_keys import Principal
 from services.common.errors import ServiceError
@@ -81,6 +81,7 @@ class GraphPage:
     versions: list[GraphRecord]  # newest first
     invocations: list[InvocationInfo]
     queued: dict[str, int]  # function -> tasks waiting on the live executors
+    replays: list[Replay] = field(default_factory=list)  # backfills, newest first
 
 
 async def graph_page(
@@ -101,6 +102,7 @@ async def graph_page(
         versions=versions,
         invocations=filter_invocations(invocations, status, since, time.time()),
         queued=queues.queued,
+        replays=await service.replays(namespace, graph),
     )
 
 
