@@ -9,6 +9,11 @@
 # Node N listens on INDEXIFY_KAFKA_CLUSTER_PORT + 2(N-1) (default 9192, 9194, 9196) and its
 # controller on the port after it. `bootstrap` prints the client bootstrap list, e.g. for
 # INDEXIFY_KAFKA_BOOTSTRAP="$(infra/kafka-cluster.sh bootstrap)".
+#
+# On several hosts (infra/netns.sh): INDEXIFY_KAFKA_CLUSTER_HOSTS lists the three nodes'
+# addresses (comma-separated; default 127.0.0.1 for all), which each node listens on and
+# advertises, and INDEXIFY_KAFKA_CLUSTER_NETNS the network namespaces they run in (`ip netns
+# exec`; none by default).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -19,9 +24,17 @@ source "$INFRA_DIR/kafka-env.sh"
 : "${INDEXIFY_KAFKA_CLUSTER_PORT:=9192}"
 NODES=(1 2 3)
 CLUSTER_DATA="$INDEXIFY_DATA_DIR/kafka-cluster"
+IFS=, read -r -a NODE_HOSTS <<<"${INDEXIFY_KAFKA_CLUSTER_HOSTS:-$HOST,$HOST,$HOST}"
+IFS=, read -r -a NODE_NETNS <<<"${INDEXIFY_KAFKA_CLUSTER_NETNS:-}"
+((${#NODE_HOSTS[@]} == ${#NODES[@]})) || die "INDEXIFY_KAFKA_CLUSTER_HOSTS must list ${#NODES[@]} addresses, not '${INDEXIFY_KAFKA_CLUSTER_HOSTS:-}'"
+((${#NODE_NETNS[@]} == 0 || ${#NODE_NETNS[@]} == ${#NODES[@]})) || die "INDEXIFY_KAFKA_CLUSTER_NETNS must list ${#NODES[@]} namespaces, not '${INDEXIFY_KAFKA_CLUSTER_NETNS:-}'"
 
 node_port() { echo $((INDEXIFY_KAFKA_CLUSTER_PORT + 2 * ($1 - 1))); }
 controller_port() { echo $((INDEXIFY_KAFKA_CLUSTER_PORT + 2 * ($1 - 1) + 1)); }
+node_host() { echo "${NODE_HOSTS[$(($1 - 1))]}"; }
+node_netns() { echo "${NODE_NETNS[$(($1 - 1))]:-}"; }
+# node_port_open N: node N accepts connections on its client port
+node_port_open() { (: <>"/dev/tcp/$(node_host "$1")/$(node_port "$1")") 2>/dev/null; }
 node_dir() { echo "$CLUSTER_DATA/node$1"; }
 # what identifies node N's process (its properties file is on its command line)
 node_pattern() { echo "$(node_dir "$1")/server.properties"; }
@@ -29,13 +42,13 @@ node_log() { echo "$LOG_DIR/kafka-node$1.log"; }
 
 bootstrap_list() {
   local n list=()
-  for n in "${NODES[@]}"; do list+=("$HOST:$(node_port "$n")"); done
+  for n in "${NODES[@]}"; do list+=("$(node_host "$n"):$(node_port "$n")"); done
   (IFS=,; echo "${list[*]}")
 }
 
 voters() {
   local n list=()
-  for n in "${NODES[@]}"; do list+=("$n@$HOST:$(controller_port "$n")"); done
+  for n in "${NODES[@]}"; do list+=("$n@$(node_host "$n"):$(controller_port "$n")"); done
   (IFS=,; echo "${list[*]}")
 }
 
@@ -49,7 +62,7 @@ node_configure() {
   ensure_dirs "$dir/data"
   sed -e "s|@NODE@|$n|g" -e "s|@VOTERS@|$(voters)|g" \
     -e "s|@PORT@|$(node_port "$n")|g" -e "s|@CONTROLLER_PORT@|$(controller_port "$n")|g" \
-    -e "s|@LOG_DIRS@|$dir/data|g" \
+    -e "s|@LOG_DIRS@|$dir/data|g" -e "s|@HOST@|$(node_host "$n")|g" \
     "$INFRA_DIR/kafka/cluster.properties.template" >"$dir/server.properties"
   if [[ ! -f $dir/data/meta.properties ]]; then
     log "formatting node $n's storage in $dir/data (cluster id $(<"$CLUSTER_DATA/cluster.id"))"
@@ -60,16 +73,21 @@ node_configure() {
 }
 
 node_start() {
-  local n=$1
+  local n=$1 netns in_netns=()
   if is_running "kafka-node$n" "$(node_pattern "$n")"; then
     return 0
   fi
-  refuse_foreign_port "kafka-node$n" "$(node_port "$n")"
-  refuse_foreign_port "kafka-node$n-controller" "$(controller_port "$n")"
+  netns=$(node_netns "$n")
+  if [[ -n $netns ]]; then
+    in_netns=("$(command -v ip || echo /usr/sbin/ip)" netns exec "$netns")
+  elif [[ $(node_host "$n") == "$HOST" ]]; then
+    refuse_foreign_port "kafka-node$n" "$(node_port "$n")"
+    refuse_foreign_port "kafka-node$n-controller" "$(controller_port "$n")"
+  fi
   node_configure "$n"
-  start_daemon "kafka-node$n" "$(node_log "$n")" java "${KAFKA_JVM_OPTS[@]}" -cp "$KAFKA_LIB/*" \
-    kafka.Kafka "$(node_pattern "$n")"
-  log "kafka node $n starting (pid $(read_pid "kafka-node$n"), $HOST:$(node_port "$n"), log $(node_log "$n"))"
+  start_daemon "kafka-node$n" "$(node_log "$n")" "${in_netns[@]}" java "${KAFKA_JVM_OPTS[@]}" \
+    -cp "$KAFKA_LIB/*" kafka.Kafka "$(node_pattern "$n")"
+  log "kafka node $n starting (pid $(read_pid "kafka-node$n"), $(node_host "$n"):$(node_port "$n")${netns:+ in netns $netns}, log $(node_log "$n"))"
 }
 
 # cluster_wait_ready <brokers>: an admin round trip that sees <brokers> registered brokers.
@@ -86,7 +104,15 @@ kafka_cluster_install() { "$INFRA_DIR/kafka.sh" install; }
 kafka_cluster_start() {
   ensure_dirs "$CLUSTER_DATA"
   [[ -s $CLUSTER_DATA/cluster.id ]] || new_cluster_id >"$CLUSTER_DATA/cluster.id"
-  local n
+  local n pid pids=()
+  # the storage formats (a JVM each) side by side
+  for n in "${NODES[@]}"; do
+    node_configure "$n" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" || die "formatting the nodes' storage failed (logs: $LOG_DIR/kafka-node*.log)"
+  done
   # all three at once: a controller quorum needs a majority before anything is served
   for n in "${NODES[@]}"; do node_start "$n"; done
   cluster_wait_ready "${#NODES[@]}"
@@ -101,8 +127,8 @@ kafka_cluster_stop() {
 kafka_cluster_status() {
   local n down=0
   for n in "${NODES[@]}"; do
-    if is_running "kafka-node$n" "$(node_pattern "$n")" && port_open "$(node_port "$n")"; then
-      log "kafka node $n running (pid $(read_pid "kafka-node$n"), $HOST:$(node_port "$n"))"
+    if is_running "kafka-node$n" "$(node_pattern "$n")" && node_port_open "$n"; then
+      log "kafka node $n running (pid $(read_pid "kafka-node$n"), $(node_host "$n"):$(node_port "$n"))"
     else
       log "kafka node $n not running"
       down=1

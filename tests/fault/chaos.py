@@ -4,7 +4,10 @@ succeeded one must have the outputs of an in-process run of the same graph.
 
 ``make chaos CLUSTER=1`` (``--cluster``) runs the same on the cluster profile: three Kafka
 brokers (``infra/kafka-cluster.sh``) and two schedulers, and the victims include the brokers,
-SIGKILLed and started again one at a time.
+SIGKILLed and started again one at a time. With ``--netns`` (what ``make chaos CLUSTER=1``
+uses when it runs as root) every broker, scheduler and executor sits on a host of its own
+(``infra/netns.sh``), and the faults include hosts cut off the network for a while (a broker's
+or an executor's: its processes keep running, its packets vanish) and restored.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kafka_cluster import NODES, Cluster
+from netns_cluster import BROKER_HOSTS, NetnsCluster
 from workload import InvariantReport, Submitted, chain_mix_graph, check_invariants, map_reduce_graph
 
 from indexify import IndexifyClient, create_client
@@ -37,7 +42,20 @@ def main() -> int:
     parser.add_argument(
         "--cluster", action="store_true", help="three Kafka brokers and two schedulers"
     )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="with --cluster: brokers, schedulers and executors on hosts of their own "
+        "(network namespaces; needs root), and hosts cut off the network as well",
+    )
+    parser.add_argument(
+        "--max-cut", type=float, default=30.0, help="longest time a host stays cut off (s)"
+    )
     args = parser.parse_args()
+    if args.netns and not args.cluster:
+        parser.error("--netns goes with --cluster")
+    if args.netns and args.executors > 3:
+        parser.error("--netns has hosts for 3 executors at most")
     rng = random.Random(args.seed)
 
     logs = Path(tempfile.mkdtemp(prefix="indexify-chaos-"))
@@ -52,16 +70,23 @@ def main() -> int:
     reference.register_compute_graph(chain_mix_graph())
     submitted: list[Submitted] = []
     kills: list[str] = []
-    cluster = Cluster(logs / "kafka-cluster") if args.cluster else None
-    if cluster is not None:
-        cluster.run("start")
-        cluster.bootstrap_topics(env)
-        env["INDEXIFY_KAFKA_BOOTSTRAP"] = cluster.bootstrap
-    try:
-        report, drain = _run(args, rng, env, logs, cluster, reference, submitted, kills)
-    finally:
-        if cluster is not None:
-            cluster.run("stop")
+    with ExitStack() as cleanup:
+        cluster: Cluster | None = None
+        netns: NetnsCluster | None = None
+        if args.netns:
+            netns = cleanup.enter_context(
+                NetnsCluster(logs / "netns", schedulers=2, executors=args.executors)
+            )
+            env.update(netns.env)
+            netns.bootstrap(env)
+            cluster = netns.cluster
+        elif args.cluster:
+            cluster = Cluster(logs / "kafka-cluster")
+            cleanup.callback(cluster.run, "stop")
+            cluster.run("start")
+            cluster.bootstrap_topics(env)
+            env["INDEXIFY_KAFKA_BOOTSTRAP"] = cluster.bootstrap
+        report, drain = _run(args, rng, env, logs, cluster, netns, reference, submitted, kills)
     print(f"kills ({len(kills)}): {', '.join(kills)}")
     print(f"invariants: {report.summary()}; drained in {drain:.1f} s; logs in {logs}")
     return 0 if report.ok else 1
@@ -73,16 +98,23 @@ def _run(
     env: dict[str, str],
     logs: Path,
     cluster: Cluster | None,
+    netns: NetnsCluster | None,
     reference: IndexifyClient,
     submitted: list[Submitted],
     kills: list[str],
 ) -> tuple[InvariantReport, float]:
     with DevStack(env, log_dir=logs) as stack:
-        stack.start_default(executors=args.executors)
+        if netns is not None:
+            netns.start_services(stack)
+        else:
+            stack.start_default(executors=args.executors)
         victims = ["scheduler"] + [f"executor-{i}" for i in range(args.executors)]
         if cluster is not None:
-            stack.start(ProcessSpec("scheduler-2", "services.scheduler"))
+            if netns is None:
+                stack.start(ProcessSpec("scheduler-2", "services.scheduler"))
             victims += ["scheduler-2"] + [f"kafka-node-{n}" for n in NODES]
+        if netns is not None:  # hosts cut off: the brokers' and the executors' (in its stack)
+            victims += [f"cut-{h}" for h in (*BROKER_HOSTS, *netns.executors)]
         client = create_client(service_url=stack.url)
         client.register_compute_graph(map_reduce_graph())
         client.register_compute_graph(chain_mix_graph())
@@ -91,7 +123,13 @@ def _run(
         def chaos() -> None:
             while not stop.wait(rng.expovariate(1 / args.kill_every)):
                 victim = rng.choice(victims)
-                if victim.startswith("kafka-node-"):
+                if victim.startswith("cut-"):
+                    assert netns is not None
+                    seconds = min(args.max_cut, rng.expovariate(1 / (args.max_cut / 2)))
+                    victim = f"{victim} {seconds:.0f}s"
+                    with netns.network.cut_off(victim.split()[0].removeprefix("cut-")):
+                        stop.wait(seconds)  # the cut's length; restored before the next
+                elif victim.startswith("kafka-node-"):
                     assert cluster is not None
                     node = victim.rsplit("-", 1)[1]
                     cluster.run("kill-node", node)
@@ -118,6 +156,10 @@ def _run(
         killer.join()
         started = time.monotonic()
         report = check_invariants(client, reference, submitted, timeout=300)
+        # a process that died of a fault (a cut host's, say) rather than by the chaos' hand
+        exited = [n for n, r in stack.processes.items() if r.process.poll() is not None]
+        if exited:
+            print(f"exited on their own: {', '.join(exited)}")
         return report, time.monotonic() - started
 
 

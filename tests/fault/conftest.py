@@ -32,12 +32,32 @@ def stack(
     cleanup(prefix)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "chaos: a long fault scenario, run by `make chaos CLUSTER=1` (pytest -m chaos), "
+        "not by `make test`",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``chaos`` scenarios run only when selected (``-m chaos``): `make test` skips them."""
+    if "chaos" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="a long chaos scenario: run by `make chaos CLUSTER=1`")
+    for item in items:
+        if item.get_closest_marker("chaos") is not None:
+            item.add_marker(skip)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
-    if report.failed and isinstance(stack, DevStack) and stack.log_dir is not None:
-        for log in sorted(stack.log_dir.glob("*.log")):
-            tail = log.read_text(errors="replace").splitlines()[-30:]
-            report.sections.append((f"log {log.name}", "\n".join(tail)))
+    funcargs = item.funcargs.values() if hasattr(item, "funcargs") else ()
+    stacks = [value for value in funcargs if isinstance(value, DevStack)]
+    for stack in stacks:
+        if report.failed and stack.log_dir is not None:
+            for log in sorted(stack.log_dir.glob("*.log")):
+                tail = log.read_text(errors="replace").splitlines()[-30:]
+                report.sections.append((f"log {log.name}", "\n".join(tail)))
