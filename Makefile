@@ -47,16 +47,17 @@ dev: setup infra-up
 bench: setup infra-up
 	$(BIN)/python tests/bench/run.py
 	$(BIN)/python tests/bench/batching.py
+	$(BIN)/python -m tests.bench.idle  # idle CPU of a private stack with 100 graphs (~3 min)
 
 clean: infra-down
 	rm -rf $(VENV) .data .infra
 
 MINUTES ?= 2
-chaos: setup infra-up
 # CLUSTER=1: on three Kafka brokers and two schedulers; as root, each broker, scheduler and
 # executor on a host of its own (network namespaces, infra/netns.sh; NETNS=0: all on loopback),
 # with hosts cut off the network among the faults. Then the long cluster fault scenarios
 # (pytest marker `chaos`, which `make test` skips).
 NETNS ?= $(if $(filter 0,$(shell id -u)),1,0)
+chaos: setup infra-up
 	$(BIN)/python tests/fault/chaos.py --minutes $(MINUTES) $(if $(CLUSTER),--cluster $(if $(filter 1,$(NETNS)),--netns))
 	$(if $(CLUSTER),$(BIN)/pytest tests/fault -m chaos -p no:cacheprovider)

@@ -79,9 +79,12 @@ minio_start() {
     refuse_foreign_port minio "$INDEXIFY_MINIO_PORT"
     refuse_foreign_port minio-console "$INDEXIFY_MINIO_CONSOLE_PORT"
     ensure_dirs "$MINIO_DATA"
+    # MINIO_SCANNER_SPEED=slowest: the background scanner (data usage, healing checks,
+    # lifecycle rules: we set none) runs a cycle every 30 minutes instead of every minute,
+    # which woke an idle MinIO every minute (tests/bench/idle.py).
     MINIO_ROOT_USER="${INDEXIFY_MINIO_ACCESS_KEY:-minioadmin}" \
       MINIO_ROOT_PASSWORD="${INDEXIFY_MINIO_SECRET_KEY:-minioadmin}" \
-      MINIO_BROWSER=off MINIO_UPDATE=off \
+      MINIO_BROWSER=off MINIO_UPDATE=off MINIO_SCANNER_SPEED=slowest \
       start_daemon minio "$MINIO_LOG" "$MINIO_BIN" server "$MINIO_DATA" \
       --address "$HOST:$INDEXIFY_MINIO_PORT" --console-address "$HOST:$INDEXIFY_MINIO_CONSOLE_PORT"
   fi

@@ -20,6 +20,11 @@
   wait (``InfraSettings.kafka_fetch_max_wait_ms``) while any partition is paused or records
   came back within the last :data:`BUSY_SEC`, and the long one otherwise
   (:func:`fetch_wait_ms`).
+* **Metadata** is refreshed every :data:`METADATA_MAX_AGE_MS`, and sooner while a
+  subscribed topic has none (after :data:`MISSING_METADATA_RETRY_SEC`, doubling): a topic
+  created a moment ago may have no leader yet, and aiokafka leaves such a topic out of its
+  metadata (no partitions, nothing assigned) until its next refresh. Each refresh of an
+  executor's hundreds of task topics costs both ends, so it is not done every few seconds.
 """
 
 from __future__ import annotations
@@ -34,11 +39,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 
 from .errors import PlatformUnavailable, ServiceError
 from .kafka_bus import TopicPartition, kafka_errors, make_consumer
+from .logging import get_logger
 from .settings import InfraSettings
 
 __all__ = [
     "BUSY_SEC",
     "IDLE_FETCH_WAIT_MS",
+    "METADATA_MAX_AGE_MS",
+    "MISSING_METADATA_RETRY_SEC",
     "Consumer",
     "RebalanceListener",
     "Record",
@@ -57,6 +65,18 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 IDLE_FETCH_WAIT_MS = 3_000
 #: A consumer that got records within this many seconds uses the short fetch wait.
 BUSY_SEC = 1.0
+#: How old the consumer's metadata may get: subscriptions are explicit topic lists (a new
+#: topic is asked for when it is subscribed to) and partitions are never added; a leader that
+#: moved fails a fetch or a connection, which refreshes at once. What this still catches: a
+#: leader behind a cut link, whose fetch hangs until the request times out (40 s). An
+#: executor's refresh of hundreds of task topics every 5 s took a fifth of its idle CPU.
+METADATA_MAX_AGE_MS = 20_000
+#: While a subscribed topic has no metadata, ask again after this long, then twice as long
+#: each time up to ``_MISSING_METADATA_MAX_SEC`` (a topic that stays missing, e.g. deleted,
+#: costs little).
+MISSING_METADATA_RETRY_SEC = 0.5
+_MISSING_METADATA_MAX_SEC = 5.0
+_log = get_logger(__name__)
 
 
 def fetch_wait_ms(*, paused: bool, idle_sec: float, short_ms: int, long_ms: int) -> int:
@@ -106,7 +126,7 @@ class Consumer:
         session_timeout_ms: int = 10_000,
         client_id: str | None = None,
         idle_fetch_wait_ms: int = IDLE_FETCH_WAIT_MS,
-        metadata_max_age_ms: int = 5_000,
+        metadata_max_age_ms: int = METADATA_MAX_AGE_MS,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -121,6 +141,9 @@ class Consumer:
         self._long_wait_ms = max(idle_fetch_wait_ms, self._short_wait_ms)
         self._records_at = float("-inf")  # when getmany last returned records
         self._paused: set[TopicPartition] = set()  # paused through this wrapper
+        self._unseen: set[str] = set()  # subscribed topics not in the metadata yet
+        self._metadata_asked_at = float("-inf")
+        self._metadata_retry_sec = MISSING_METADATA_RETRY_SEC
         self._consumer: AIOKafkaConsumer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -176,9 +199,13 @@ class Consumer:
         """Consume exactly ``topics`` (replaces the previous subscription; rebalances)."""
         wrapped = _Listener(listener) if listener is not None else None
         self._started.subscribe(topics=list(topics), listener=wrapped)
+        self._unseen = set(topics)
+        self._metadata_asked_at = time.monotonic()  # subscribe() asked for it
+        self._metadata_retry_sec = MISSING_METADATA_RETRY_SEC
 
     def unsubscribe(self) -> None:
         self._started.unsubscribe()
+        self._unseen = set()
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this member owns now."""
@@ -192,6 +219,8 @@ class Consumer:
         """Records fetched so far (of ``partitions``, or of all assigned ones), at most
         ``max_records``; waits up to ``timeout_ms`` when there are none. Rebalance
         listeners run inside this call."""
+        if self._unseen:
+            self._ask_for_missing_metadata()
         async with kafka_errors("fetching records"):
             batch = await self._started.getmany(
                 *partitions, timeout_ms=timeout_ms, max_records=max_records
@@ -228,6 +257,32 @@ class Consumer:
         the partitions meanwhile, ``PlatformUnavailable`` if Kafka is not answering."""
         async with kafka_errors(f"committing offsets of {len(offsets)} partition(s)"):
             await self._started.commit(dict(offsets))
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def _ask_for_missing_metadata(self) -> None:
+        """While a subscribed topic has no partitions in the metadata, ask for fresh metadata
+        (after :data:`MISSING_METADATA_RETRY_SEC`, doubling); once it has, the group
+        rebalances and its partitions are assigned."""
+        now = time.monotonic()
+        if now - self._metadata_asked_at < self._metadata_retry_sec:
+            return
+        consumer = self._started
+        self._unseen = {t for t in self._unseen if not consumer.partitions_for_topic(t)}
+        if not self._unseen:
+            return
+        if self._metadata_retry_sec == MISSING_METADATA_RETRY_SEC:
+            _log.info("subscribed topics have no metadata yet; asking", topics=len(self._unseen))
+        self._metadata_asked_at = now
+        self._metadata_retry_sec = min(2 * self._metadata_retry_sec, _MISSING_METADATA_MAX_SEC)
+        # aiokafka's consumer has no public call for it; its client's (aiokafka 0.14,
+        # client.py) returns a future that the next metadata response completes: not
+        # awaited, the fetch goes on meanwhile. Without it, the topic waits for the periodic
+        # refresh (metadata_max_age_ms).
+        client = getattr(consumer, "_client", None)
+        force = getattr(client, "force_metadata_update", None)
+        if force is not None:
+            force()
 
     # -- the fetch wait -------------------------------------------------------------------
 

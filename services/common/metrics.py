@@ -36,11 +36,21 @@ metric                                     kind       who
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    generate_latest,
+)
 from prometheus_client import start_http_server as _start_http_server
+from prometheus_client.registry import Collector
 
 from .logging import get_logger
 
@@ -66,6 +76,7 @@ __all__ = [
     "backend_error",
     "dead_letter_kind",
     "function_of_topic",
+    "last_scraped",
     "render",
     "serve",
 ]
@@ -215,6 +226,32 @@ def function_of_topic(topic: str, prefix: str) -> FunctionKey | None:
     if len(parts) != 4 or not all(parts):
         return None
     return FunctionKey(parts[1], parts[2], parts[3])
+
+
+class _ScrapeClock(Collector):
+    """Collects no metric; notes when the process's metrics were last collected (a scrape of
+    :func:`serve`'s port, or :func:`render`)."""
+
+    def __init__(self) -> None:
+        self.at = float("-inf")
+
+    def describe(self) -> list[Metric]:
+        return []  # (else registering it would collect once)
+
+    def collect(self) -> list[Metric]:
+        self.at = time.monotonic()  # one float: atomic, read from the event loop's thread
+        return []
+
+
+_SCRAPES = _ScrapeClock()
+REGISTRY.register(_SCRAPES)
+
+
+def last_scraped() -> float:
+    """When (``time.monotonic()``) this process's metrics were last scraped; ``-inf``
+    before the first scrape. Work done only for the metrics can wait for someone to read
+    them (the scheduler's consumer lag, :mod:`services.scheduler.lag`)."""
+    return _SCRAPES.at
 
 
 def render() -> bytes:

@@ -240,8 +240,9 @@ class SchedulerSettings(BaseSettings):
     lag_interval_sec: float = Field(
         default=15.0,
         gt=0,
-        description="while /metrics is served: how often the consumer lag of the task topics "
-        "and the events topic is measured (one metadata call and offsets in batches)",
+        description="while /metrics is served and was scraped in the last 5 minutes: how often "
+        "the consumer lag of the task topics and the events topic is measured (one metadata "
+        "call and offsets in batches)",
     )
     replay_window: int = Field(
         default=32,

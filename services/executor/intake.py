@@ -39,6 +39,9 @@ __all__ = ["PARTITION_BACKLOG", "Intake", "owner"]
 #: Fetched messages of one partition waiting here before it pauses.
 PARTITION_BACKLOG = 8
 _POLL_MS = 200
+#: The longest a fetch with room to start tasks waits for records (never past the next
+#: subscription refresh): records end the wait at once, so this only paces the idle loop.
+_FETCH_WAIT_MS = 1000
 _FETCH_RETRY_SEC = 1.0
 _log = get_logger(__name__)
 
@@ -96,10 +99,10 @@ class Intake:
             space = self.max_buffered - len(self._backlog)
             self._backpressure()
             if subscription.topics and space > 0:
+                until_refresh = int((next_refresh - loop.time()) * 1000)
+                wait_ms = max(0, min(_FETCH_WAIT_MS, until_refresh)) if room > 0 else 0
                 try:
-                    fetched = await self._fetch(
-                        timeout_ms=_POLL_MS if room > 0 else 0, max_records=space
-                    )
+                    fetched = await self._fetch(timeout_ms=wait_ms, max_records=space)
                 except ServiceError as exc:
                     _log.warning("fetching tasks failed; retrying", error=str(exc))
                     await self._sleep(_FETCH_RETRY_SEC)

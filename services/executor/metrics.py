@@ -83,8 +83,13 @@ def queued_tasks(prefix: str, waiting: Mapping[str, int]) -> list[QueuedTasks]:
 async def queue_depth_loop(
     prefix: str, waiting: Callable[[], Mapping[str, int]], interval_sec: float = 1.0
 ) -> None:
-    """Sample the local queue (``waiting()``: messages per topic) until cancelled."""
+    """Sample the local queue (``waiting()``: messages per topic) until cancelled; the
+    gauges are set only when it changed (one per task topic: hundreds, mostly at 0)."""
     shown: set[str] = set()
+    last: dict[str, int] | None = None
     while True:
-        shown = update_queue_depth(prefix, waiting(), shown)
+        now = dict(waiting())
+        if now != last:
+            shown = update_queue_depth(prefix, now, shown)
+            last = now
         await asyncio.sleep(interval_sec)

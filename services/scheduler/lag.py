@@ -11,12 +11,20 @@ counts; committed and end offsets of the prefix's groups): one metadata call and
 batches each, in the background, never on the event path. A round that fails (Kafka busy)
 keeps the last figures and is logged; the next round tries again (nothing it raises stops
 the scheduler).
+
+Rounds run only while someone reads the metrics (a scrape within the last
+:data:`WATCHED_SEC`, :func:`services.common.metrics.last_scraped`): a round reads the offsets
+of every partition of every task topic (over a thousand with 100 graphs), which was most of
+an idle scheduler's CPU and a good part of Kafka's, for gauges nobody looked at. The first
+scrape after a quiet spell starts them again (within :data:`_CHECK_SEC`) and shows the last
+figures measured, if any.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from services.common import metrics
@@ -25,8 +33,13 @@ from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import InfraSettings
 
-__all__ = ["LagProbe", "Lags", "measure_lags"]
+__all__ = ["WATCHED_SEC", "LagProbe", "Lags", "measure_lags"]
 
+#: Rounds run while the metrics were scraped within this many seconds (longer than any
+#: usual scrape interval), or twice the probe's interval if that is longer.
+WATCHED_SEC = 300.0
+#: How often an unwatched probe looks for a scrape.
+_CHECK_SEC = 1.0
 _log = get_logger(__name__)
 _TIMEOUT_SEC = 10.0
 
@@ -77,13 +90,20 @@ class LagProbe:
         executors_group: str,
         scheduler_group: str,
         interval_sec: float,
+        last_scraped: Callable[[], float] = metrics.last_scraped,
     ) -> None:
         self.infra = infra
         self.names = Names(infra.prefix)
         self.executors_group = executors_group
         self.scheduler_group = scheduler_group
         self.interval_sec = interval_sec
+        self.rounds = 0  # rounds tried
+        self._last_scraped = last_scraped
         self._shown: set[metrics.FunctionKey] = set()
+
+    def watched(self, now: float) -> bool:
+        """Someone scraped the metrics lately (see the module docstring)."""
+        return now - self._last_scraped() < max(WATCHED_SEC, 2 * self.interval_sec)
 
     async def measure(self) -> Lags:
         """One round: ``KafkaToolError`` when Kafka does not answer in time."""
@@ -107,14 +127,22 @@ class LagProbe:
         metrics.EVENTS_CONSUMER_LAG.set(lags.events)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """A round every ``interval_sec`` while :meth:`watched`, until ``stop`` is set."""
+        measured_at = float("-inf")
         while not stop.is_set():
+            now = time.monotonic()
+            if now - measured_at >= self.interval_sec and self.watched(now):
+                measured_at = now
+                self.rounds += 1
+                try:
+                    self.publish(await self.measure())
+                except KafkaToolError as exc:
+                    _log.warning(
+                        "measuring consumer lag failed; trying again later", error=str(exc)
+                    )
+                except Exception:  # a gauge is never worth the scheduler: log, try again later
+                    _log.exception("measuring consumer lag failed; trying again later")
             try:
-                self.publish(await self.measure())
-            except KafkaToolError as exc:
-                _log.warning("measuring consumer lag failed; trying again later", error=str(exc))
-            except Exception:  # a gauge is never worth the scheduler: log it, try again later
-                _log.exception("measuring consumer lag failed; trying again later")
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval_sec)
+                await asyncio.wait_for(stop.wait(), min(self.interval_sec, _CHECK_SEC))
             except TimeoutError:
                 continue

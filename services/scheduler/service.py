@@ -79,7 +79,7 @@ class Scheduler:
         *,
         bus: KafkaBus | None = None,
         store: StateStore | None = None,
-        poll_timeout_ms: int = 200,
+        poll_timeout_ms: int = 1000,
         max_backoff_sec: float = 5.0,
     ) -> None:
         self.infra = infra
@@ -292,6 +292,8 @@ class Scheduler:
                 records.extend(got.get(tp, ()))
         if records:
             return records
+        # An event ends this wait at once: its length only paces the idle loop (and how soon
+        # stop() is noticed), so it is long.
         batch = await consumer.getmany(
             timeout_ms=self._poll_timeout_ms, max_records=self.settings.max_batch
         )

@@ -11,6 +11,7 @@ from services.common.errors import PlatformUnavailable
 from services.common.kafka_bus import KafkaBus
 from services.common.kafka_consumer import (
     IDLE_FETCH_WAIT_MS,
+    METADATA_MAX_AGE_MS,
     Consumer,
     Record,
     TopicPartition,
@@ -104,3 +105,24 @@ async def test_an_unreachable_broker_says_what_to_do(infra_settings: InfraSettin
         await consumer.start()
     with pytest.raises(RuntimeError, match="not started"):
         consumer.assignment()
+
+
+async def test_a_topic_created_after_the_subscription_is_assigned_soon(
+    kafka_bus: KafkaBus, infra_settings: InfraSettings
+) -> None:
+    """A subscribed topic without metadata (not created yet, or with no leader yet: a graph
+    registered a moment ago) is asked for again within seconds, not after the consumer's
+    periodic metadata refresh."""
+    assert METADATA_MAX_AGE_MS >= 20_000  # else this test proves little
+    old, new = f"{infra_settings.prefix}.subscribed", f"{infra_settings.prefix}.created-later"
+    await kafka_bus.ensure_topics({old: 1})
+    listener = _Listener()
+    async with Consumer(infra_settings, group_id=f"{infra_settings.prefix}-late") as consumer:
+        consumer.subscribe([old, new], listener=listener)
+        await _assigned(consumer, listener, 1)
+        await kafka_bus.ensure_topics({new: 2})
+        started = time.monotonic()
+        await _assigned(consumer, listener, 3)
+        took = time.monotonic() - started
+        assert {tp.topic for tp in listener.assigned} == {old, new}
+        assert took < 12, f"the new topic's partitions took {took:.1f} s to be assigned"
