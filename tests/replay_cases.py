@@ -7,7 +7,14 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from indexify import Graph, IndexifyClient, InvalidInputError, indexify_function, indexify_router
+from indexify import (
+    Graph,
+    IndexifyClient,
+    InvalidInputError,
+    NotFoundError,
+    indexify_function,
+    indexify_router,
+)
 from indexify.errors import ApiError
 
 
@@ -121,6 +128,14 @@ def only_changed_step_reruns(client: IndexifyClient, name: str) -> None:
 
     with pytest.raises((InvalidInputError, ApiError), match="no_such"):
         client.rerun_graph(name, from_function="no_such")
+
+    # a selection: only the second invocation
+    replay = client.rerun_graph(name, invocations=[invs[1]])
+    assert (replay.status, replay.total, replay.done) == ("succeeded", 1, 1)
+    assert client.invocation_status(name, invs[1]).generation == 3
+    assert client.invocation_status(name, invs[0]).generation == 3  # from the rerun above
+    with pytest.raises((NotFoundError, ApiError), match="no-such-invocation"):
+        client.rerun_graph(name, invocations=["no-such-invocation"])
 
 
 @indexify_function()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Self
 
 from .data_objects import File
@@ -125,12 +125,14 @@ class IndexifyClient(abc.ABC):
         graph: str,
         *,
         from_function: str | None = None,
+        invocations: Sequence[str] | None = None,
         block_until_done: bool = True,
     ) -> Replay:
-        """Replay every invocation of ``graph`` (those that exist now) in place on its
-        current version: a backfill, see :meth:`rerun_invocation`. Returns the replay with
-        its progress; with ``block_until_done`` once it ended (drawing a progress bar on
-        stderr when that is a terminal)."""
+        """Replay every invocation of ``graph`` (those that exist now), or the given
+        ``invocations``, in place on its current version: a backfill, see
+        :meth:`rerun_invocation`. Returns the replay with its progress; with
+        ``block_until_done`` once it ended (drawing a progress bar on stderr when that is a
+        terminal)."""
 
     @abc.abstractmethod
     def replay(self, graph: str, replay_id: str) -> Replay:

@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -374,11 +375,15 @@ class LocalClient(IndexifyClient):
         graph: str,
         *,
         from_function: str | None = None,
+        invocations: Sequence[str] | None = None,
         block_until_done: bool = True,
     ) -> Replay:
         registered = self._registered(graph)
         _check_from_function(registered.definition, from_function)
-        chosen = [inv for inv in self._invocations.values() if inv.graph_name == graph]
+        if invocations is None:
+            chosen = [inv for inv in self._invocations.values() if inv.graph_name == graph]
+        else:
+            chosen = [self._invocation(graph, inv) for inv in dict.fromkeys(invocations)]
         replay = Replay(
             id=uuid.uuid4().hex,
             namespace=self.namespace,

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -525,10 +525,13 @@ class RemoteClient(IndexifyClient):
         graph: str,
         *,
         from_function: str | None = None,
+        invocations: Sequence[str] | None = None,
         block_until_done: bool = True,
     ) -> Replay:
         params = {"from_function": from_function} if from_function is not None else None
-        replay = _model(Replay, self._json("POST", self._graph_path(graph, "rerun"), params=params))
+        body = {"invocations": list(invocations)} if invocations is not None else None
+        path = self._graph_path(graph, "rerun")
+        replay = _model(Replay, self._json("POST", path, params=params, json=body))
         if not block_until_done:
             return replay
         bar = ProgressBar(f"replaying {graph}", replay.total)

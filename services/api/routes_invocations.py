@@ -26,6 +26,7 @@ from .schemas import (
     OutputCounts,
     ReplayList,
     ReplayRequested,
+    ReplaySelection,
     TaskLogsPage,
 )
 from .service import MAX_TASKS_PAGE, TASKS_PAGE, ApiService
@@ -307,11 +308,21 @@ async def rerun_invocation(
 
 @router.post(_GRAPH + "/rerun", status_code=202, dependencies=_INVOKE)
 async def rerun_graph(
-    namespace: str, graph: str, service: Service, from_function: _FromFunction = None
+    namespace: str,
+    graph: str,
+    service: Service,
+    from_function: _FromFunction = None,
+    selection: ReplaySelection | None = None,
 ) -> Replay:
-    """Backfill: replay every invocation the graph has now, in place, on its current
-    version, a window at a time. Follow it with GET .../replays/{id}."""
-    return await service.rerun_graph(namespace, graph, from_function=from_function)
+    """Backfill: replay every invocation the graph has now (or those of the body's
+    `invocations`), in place, on its current version, a window at a time. Follow it with
+    GET .../replays/{id}."""
+    return await service.rerun_graph(
+        namespace,
+        graph,
+        from_function=from_function,
+        invocations=selection.invocations if selection is not None else None,
+    )
 
 
 @router.get(_GRAPH + "/replays", dependencies=_READ)

@@ -112,6 +112,12 @@ class ReplayRequested(_Body):
     )
 
 
+class ReplaySelection(_Body):
+    invocations: list[str] = Field(
+        max_length=100_000, description="the invocations to replay (ids of this graph)"
+    )
+
+
 class ReplayList(_Body):
     replays: list[Replay]
 

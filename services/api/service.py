@@ -410,14 +410,28 @@ class ApiService:
         return generation
 
     async def rerun_graph(
-        self, namespace: str, graph: str, *, from_function: str | None = None
+        self,
+        namespace: str,
+        graph: str,
+        *,
+        from_function: str | None = None,
+        invocations: Sequence[str] | None = None,
     ) -> Replay:
-        """Start a backfill of every invocation the graph has now (the schedulers drive it,
-        a window at a time: :mod:`services.scheduler.replays`)."""
+        """Start a backfill of ``invocations`` (None: every invocation the graph has now;
+        the schedulers drive it, a window at a time: :mod:`services.scheduler.replays`)."""
         record = await self.require_graph(namespace, graph)
         self._check_from_function(record, from_function)
-        ids = await self.store.invocations.list_invocations(namespace, graph, limit=None)
-        ids.reverse()  # oldest first
+        if invocations is None:
+            ids = await self.store.invocations.list_invocations(namespace, graph, limit=None)
+            ids.reverse()  # oldest first
+        else:
+            ids = list(dict.fromkeys(invocations))
+            unknown = await self.store.invocations.not_in_graph(namespace, graph, ids)
+            if unknown:
+                raise NotFound(
+                    f"graph {graph!r} has no invocations {unknown[:10]}"
+                    f"{' (and more)' if len(unknown) > 10 else ''}; nothing was replayed"
+                )
         replay = Replay(
             id=uuid.uuid4().hex,
             namespace=namespace,

@@ -442,6 +442,15 @@ class InvocationRepository(RedisRepository):
         )
         return [r.decode() for r in raw]
 
+    async def not_in_graph(self, namespace: str, graph: str, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` that are not invocations of the graph (one round trip)."""
+        key = self.names.invocations_key(namespace, graph)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for inv in ids:
+                pipe.zscore(key, inv)
+            scores = await self._call(pipe.execute())
+        return [inv for inv, score in zip(ids, scores, strict=True) if score is None]
+
     async def delete_invocation(self, state: InvocationState) -> None:
         """Remove every key of the invocation whose summary is ``state``."""
         inv = state.invocation_id
