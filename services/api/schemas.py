@@ -113,8 +113,10 @@ class ReplayRequested(_Body):
 
 
 class ReplaySelection(_Body):
-    invocations: list[str] = Field(
-        max_length=100_000, description="the invocations to replay (ids of this graph)"
+    invocations: list[str] | None = Field(
+        default=None,
+        max_length=100_000,
+        description="the invocations to replay (ids of this graph); null or left out: all",
     )
 
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infra_scripts import run_script
+
 if TYPE_CHECKING:
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -63,17 +65,7 @@ class Cluster:
         self.unreachable: set[str] = set()
 
     def run(self, *args: str) -> str:
-        done = subprocess.run(
-            ["bash", str(SCRIPT), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"kafka-cluster.sh {' '.join(args)}: {done.stderr[-2000:]}")
-        return done.stdout.strip()
+        return run_script(SCRIPT, args, self.env, timeout=180)
 
     @property
     def bootstrap(self) -> str:

@@ -8,11 +8,12 @@ import os
 import random
 import secrets
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from infra_scripts import run_script
 
 from services.common.logging import get_logger
 from services.devstack import ProcessSpec
@@ -48,17 +49,7 @@ class Network:
         }
 
     def run(self, *args: str) -> str:
-        done = subprocess.run(
-            ["bash", str(SCRIPT), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"netns.sh {' '.join(args)}: {done.stderr[-2000:]}")
-        return done.stdout.strip()
+        return run_script(SCRIPT, args, self.env, timeout=120)
 
     def create(self) -> None:
         self.run("gc")  # networks of runs that were killed before their teardown

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from kafka_cluster import Cluster
-from workload import Submitted, check_invariants, map_reduce_graph
+from workload import Submitted, assert_exact, map_reduce_graph
 
 from indexify import create_client
 from indexify.errors import ApiError
@@ -86,16 +86,7 @@ def _submit_while(
 
 
 def _check(stack: DevStack, submitted: list[Submitted]) -> str:
-    client = create_client(service_url=stack.url)
-    reference = create_client(in_process=True, echo_output=False)
-    reference.register_compute_graph(map_reduce_graph())
-    try:
-        report = check_invariants(client, reference, submitted, timeout=240)
-    finally:
-        client.close()
-    assert report.ok, report.summary()
-    assert report.succeeded == len(submitted)
-    return report.summary()
+    return assert_exact(stack.url, submitted, [map_reduce_graph()])
 
 
 def test_partition_leader_killed_under_load(cluster: Cluster, cluster_stack: DevStack) -> None:

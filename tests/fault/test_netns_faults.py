@@ -21,7 +21,7 @@ import pytest
 from aiokafka.errors import KafkaError
 from flow import SteadyLoad, recovery, timings, write_csv
 from netns_cluster import NetnsCluster, problems
-from workload import Submitted, check_invariants, map_reduce_graph, slow_graph
+from workload import Submitted, assert_exact, map_reduce_graph, slow_graph
 
 from indexify import IndexifyClient, create_client
 from services.devstack import DevStack
@@ -92,17 +92,7 @@ def _flowing(
 
 
 def _check(stack: DevStack, submitted: list[Submitted]) -> str:
-    client = create_client(service_url=stack.url)
-    reference = create_client(in_process=True, echo_output=False)
-    reference.register_compute_graph(map_reduce_graph())
-    reference.register_compute_graph(slow_graph())
-    try:
-        report = check_invariants(client, reference, submitted, timeout=240)
-    finally:
-        client.close()
-    assert report.ok, report.summary()
-    assert report.succeeded == len(submitted)
-    return report.summary()
+    return assert_exact(stack.url, submitted, [map_reduce_graph(), slow_graph()])
 
 
 def test_executor_host_cut_off_mid_task(

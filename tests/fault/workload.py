@@ -331,3 +331,22 @@ def check_invariants(
             if sorted(map(repr, actual)) != sorted(map(repr, expected)):
                 report.mismatched.append(f"{item.invocation_id}:{fn}")
     return report
+
+
+def assert_exact(url: str, submitted: list[Submitted], graphs: list[Graph]) -> str:
+    """:func:`check_invariants` of ``submitted`` on the stack at ``url`` against in-process
+    runs of ``graphs``: fails unless every one succeeded with the same outputs; returns the
+    report's summary."""
+    from indexify import create_client
+
+    client = create_client(service_url=url)
+    reference = create_client(in_process=True, echo_output=False)
+    for graph in graphs:
+        reference.register_compute_graph(graph)
+    try:
+        report = check_invariants(client, reference, submitted, timeout=240)
+    finally:
+        client.close()
+    assert report.ok, report.summary()
+    assert report.succeeded == len(submitted)
+    return report.summary()
