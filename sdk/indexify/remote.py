@@ -113,9 +113,9 @@ class RemoteClient(IndexifyClient):
         self._transport: Transport = transport or ConnectionPool(self.service_url)
         self._lock = threading.Lock()
         self._registered: dict[str, _Registered] = {}
-        self._earlier: dict[str, list[Graph]] = {}
-        """The versions of each graph this client registered, newest first (the hints for
-        the outputs of a computation a replay replaced)."""
+        self._earlier: dict[str, dict[str, Graph]] = {}
+        """Each graph's versions this client registered, by version, the newest registered
+        last (the hints for the outputs of a computation a replay replaced)."""
         self._namespace_ready = namespace == DEFAULT_NAMESPACE
 
     def __repr__(self) -> str:
@@ -233,7 +233,9 @@ class RemoteClient(IndexifyClient):
             logger.warning("graph %r registered, but: %s", graph.name, warning)
         with self._lock:
             self._registered[graph.name] = _Registered(version=info.version, graph=graph)
-            self._earlier.setdefault(graph.name, []).insert(0, graph)
+            versions = self._earlier.setdefault(graph.name, {})
+            versions.pop(info.version, None)  # registered again: the newest
+            versions[info.version] = graph
         return info
 
     def graphs(self) -> list[str]:
@@ -481,7 +483,7 @@ class RemoteClient(IndexifyClient):
     def _output_hint(self, graph: str, fn_name: str) -> Any:
         with self._lock:
             registered = self._registered.get(graph)
-            earlier = list(self._earlier.get(graph, ()))
+            earlier = list(reversed(self._earlier.get(graph, {}).values()))
         local = registered.graph if registered is not None else Graph.built_here(graph)
         for candidate in [local, *earlier]:
             if candidate is not None and fn_name in candidate.nodes:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from indexify.engine import in_generation
+
 
 @dataclass(frozen=True)
 class Names:
@@ -72,14 +74,12 @@ class Names:
     def output_index_key(self, invocation_id: str, function: str, generation: int = 0) -> str:
         """List of JSON ValueRange: the accepted outputs of ``function`` in computation
         ``generation`` of the invocation, in order."""
-        suffix = f"~{generation}" if generation else ""
-        return f"{self.prefix}:inv:{invocation_id}:index:{function}{suffix}"
+        return in_generation(f"{self.prefix}:inv:{invocation_id}:index:{function}", generation)
 
     def reducer_queue_key(self, invocation_id: str, function: str, generation: int = 0) -> str:
         """List of JSON ValueRange: values waiting for reducer ``function`` (in computation
         ``generation``)."""
-        suffix = f"~{generation}" if generation else ""
-        return f"{self.prefix}:inv:{invocation_id}:queue:{function}{suffix}"
+        return in_generation(f"{self.prefix}:inv:{invocation_id}:queue:{function}", generation)
 
     def outputs_key(self, invocation_id: str) -> str:
         """Hash: task id (or 'input') -> JSON StoredValues."""

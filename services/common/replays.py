@@ -64,25 +64,33 @@ class ReplayRepository(RedisRepository):
             await self._call(pipe.execute())
 
     async def get(self, replay_id: str) -> Replay | None:
-        row = await self._call(
-            self._redis.hmget(
-                self.names.replay_key(replay_id), ["record", "done", "failed", "cancelled"]
-            )
-        )
-        if row[0] is None:
-            return None
-        replay = Replay.model_validate_json(row[0])
-        replay.done, replay.failed = int(row[1] or 0), int(row[2] or 0)
-        if row[3] is not None and replay.status == "running":
-            replay.status = "cancelled"
-        return replay
+        return (await self._get_many([replay_id]))[0]
 
     async def list_for_graph(self, namespace: str, graph: str, limit: int = 100) -> list[Replay]:
         ids = await self._call(
             self._redis.zrevrange(self.names.graph_replays_key(namespace, graph), 0, limit - 1)
         )
-        found = [await self.get(text(i)) for i in ids]
-        return [r for r in found if r is not None]
+        return [r for r in await self._get_many([text(i) for i in ids]) if r is not None]
+
+    async def _get_many(self, replay_ids: Sequence[str]) -> list[Replay | None]:
+        """Each replay with its counters (None: unknown), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for replay_id in replay_ids:
+                pipe.hmget(
+                    self.names.replay_key(replay_id), ["record", "done", "failed", "cancelled"]
+                )
+            rows = await self._call(pipe.execute())
+        found: list[Replay | None] = []
+        for row in rows:
+            if row[0] is None:
+                found.append(None)
+                continue
+            replay = Replay.model_validate_json(row[0])
+            replay.done, replay.failed = int(row[1] or 0), int(row[2] or 0)
+            if row[3] is not None and replay.status == "running":
+                replay.status = "cancelled"
+            found.append(replay)
+        return found
 
     async def cancel(self, replay_id: str) -> None:
         """Ask the replay to stop: its driver requests no more invocations."""

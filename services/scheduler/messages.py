@@ -265,12 +265,13 @@ def apply_reused(
             continue  # never computed, or its values are not recorded: run it
         source, record = found[0]
         stored = values.get(source)
+        queued = state.tasks.get(task_id)
+        if queued is None or queued.status != "queued":
+            continue  # settled meanwhile
         event = TaskReused(
             task_id=task_id, source=source, output_count=record.output_count, route=record.route
         )
         commands = engine.handle(state, event)
-        if not commands and state.tasks[task_id].reused_from is None:
-            continue  # not taken (settled meanwhile)
         reused += 1
         decision.changed = True
         if stored is not None:
