@@ -94,9 +94,14 @@ class _Envelope(_Frozen):
 
 
 class InvocationCreatedEvent(_Envelope):
+    """A new invocation. ``started``: the first tasks the API sent itself (their messages
+    were acknowledged before this event was sent); the scheduler records them as queued and
+    does not send them again (:mod:`.task_messages`)."""
+
     type: Literal["invocation.created"] = "invocation.created"
     graph_version: str
     input: StoredValues
+    started: tuple[str, ...] = ()
 
 
 class TaskFinishedEvent(_Envelope):

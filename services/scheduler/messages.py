@@ -13,7 +13,7 @@ import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -56,6 +56,15 @@ from services.common.events import (
 )
 from services.common.kafka_bus import Outgoing
 from services.common.names import Names
+from services.common.task_messages import (
+    MissingValues,
+    envelope,
+    message_key,
+    task_inputs,
+    task_message,
+    task_topic,
+    value_ids,
+)
 
 from .chunking import chunk_size, chunks
 
@@ -76,18 +85,6 @@ __all__ = [
     "task_topic",
     "to_engine_event",
 ]
-
-
-class MissingValues(LookupError):
-    """A task's input refers to outputs that were never recorded (state and outputs disagree)."""
-
-    def __init__(self, task_id: str, missing: Sequence[str]):
-        super().__init__(
-            f"task {task_id} needs the outputs of {list(missing)}, which are not recorded; "
-            "the invocation's Redis keys were probably deleted while it ran"
-        )
-        self.task_id = task_id
-        self.missing = tuple(missing)
 
 
 class DelayedItem(BaseModel):
@@ -125,6 +122,7 @@ class Decision:
     progress: list[ProgressEvent] = field(default_factory=list)
     task_progress: bool = True  # task.created/task.finished too (someone listens)
     continue_seq: int | None = None  # ask for the next slice of a fan-out (ContinueDelivery)
+    started: set[str] = field(default_factory=set)  # first tasks the API sent itself
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -191,17 +189,40 @@ def apply_events(
     decision = Decision(invocation_id=state.invocation_id, task_progress=task_progress)
     for event in events:
         engine_event = to_engine_event(event)
+        if isinstance(engine_event, TaskFinished) and _started_elsewhere(state, engine_event):
+            # The API started this invocation itself and its result came first (or its
+            # invocation.created never will): that result says it was created.
+            created = InvocationCreated(at=state.created_at)
+            commands = engine.handle(state, created)
+            first = {c.task.id for c in commands if isinstance(c, RunTask)}
+            if engine_event.task_id in first:  # else not the API's task: send them here
+                decision.started.update(first)
+            _collect(state, commands, decision)
+            decision.changed = True
         if not accepts(state, engine_event):
             continue
         decision.changed = True
         commands = engine.handle(state, engine_event)
         if isinstance(event, InvocationCreatedEvent):
             decision.known[INPUT_TASK_ID] = event.input
+            decision.started.update(event.started)
         if isinstance(event, TaskFinishedEvent):
             _record_finished(state, event, decision)
         _collect(state, commands, decision)
     decision.run = _still_wanted(state, decision.run)
     return decision
+
+
+def _started_elsewhere(state: InvocationState, event: TaskFinished) -> bool:
+    """Whether ``event`` is the result of a first task the API sent itself, reaching a new
+    invocation before its ``invocation.created`` (see :mod:`services.common.task_messages`):
+    nothing else can run a task of an invocation the scheduler has not started."""
+    return (
+        state.status == "pending"
+        and state.generation == 0
+        and not state.tasks
+        and generation_of(event.task_id) == 0
+    )
 
 
 def _collect(state: InvocationState, commands: Iterable[Any], decision: Decision) -> None:
@@ -355,30 +376,20 @@ def fail_permanently(
 # -- task messages --------------------------------------------------------------------------
 
 
-def _value_ids(task: Task) -> list[str]:
-    ids = [r.task_id for r in task.inputs]
-    if task.accumulator is not None:
-        ids.append(task.accumulator.task_id)
-    return ids
-
-
 def needed_values(decision: Decision) -> set[str]:
     """Task ids (``"input"`` for the invocation input) whose stored outputs the new tasks
     read and that this batch did not record itself: look these up in Redis."""
-    needed = {tid for command in decision.run for tid in _value_ids(command.task)}
+    needed = {
+        tid
+        for command in decision.run
+        if not _sent_by_api(command.task, decision)
+        for tid in value_ids(command.task)
+    }
     return needed - decision.outputs.keys() - decision.known.keys()
 
 
-def task_topic(names: Names, definition: GraphDefinition, namespace: str, function: str) -> str:
-    node = definition.nodes[function]
-    return names.task_topic(node.placement_key, namespace, definition.name, function)
-
-
-def message_key(invocation_id: str, task_id: str) -> str:
-    """The Kafka key of a task message: different across invocations and across the elements
-    of a fan-out, so a function's tasks spread over all partitions of its topic (and every
-    executor in its consumer group gets a share)."""
-    return f"{invocation_id}:{task_id}"
+def _sent_by_api(task: Task, decision: Decision) -> bool:
+    return task.attempt == 1 and task.id in decision.started
 
 
 def build_messages(
@@ -394,7 +405,8 @@ def build_messages(
     """Task messages to publish now, and ``(due_at, item)`` retries to publish later.
 
     ``values`` maps task ids to their stored outputs (the decision's own outputs are used
-    first). Ready tasks of one function that may share a worker (calls and routes without a
+    first). Tasks the API sent itself (``decision.started``) get no message. Ready tasks of
+    one function that may share a worker (calls and routes without a
     timeout, not batched: :func:`_alone`) travel as :class:`TaskChunkMessage` s sized by
     :func:`.chunking.chunk_size` for ``slots`` live worker slots. Adds a ``task.created``
     progress event per task to ``decision.progress``. Raises :class:`MissingValues` when an
@@ -409,7 +421,9 @@ def build_messages(
         task = command.task
         topic = task_topic(names, definition, state.namespace, task.function)
         key = message_key(state.invocation_id, task.id)
-        if command.delay_sec > 0:
+        if _sent_by_api(task, decision):
+            pass  # the API sent its message (services.common.task_messages)
+        elif command.delay_sec > 0:
             retry = task_message(task, state, definition, lookup)
             item = DelayedItem(topic=topic, key=key, value=encode_message(retry).decode())
             delayed.append((now + command.delay_sec, item))
@@ -419,7 +433,7 @@ def build_messages(
             )
         else:  # built once, as a chunk's item (or as a message of its own if alone)
             groups.setdefault(task.function, []).append(
-                ChunkItem(task=task, inputs=_inputs(task, lookup))
+                ChunkItem(task=task, inputs=task_inputs(task, lookup))
             )
         if decision.task_progress:
             decision.progress.append(
@@ -451,60 +465,14 @@ def build_messages(
             key = message_key(state.invocation_id, first.id)
             message: BaseModel
             if len(part) == 1:
-                message = _envelope(TaskMessage, state, first.id, task=first, inputs=part[0].inputs)
+                message = envelope(TaskMessage, state, first.id, task=first, inputs=part[0].inputs)
             else:
-                message = _envelope(
+                message = envelope(
                     TaskChunkMessage, state, first.id, function=function, items=tuple(part)
                 )
             spread = first_partition + index if len(parts) > 1 else None
             ready.append(Outgoing(topic, key, encode_message(message), spread))
     return ready, delayed
-
-
-def _inputs(task: Task, values: Mapping[str, StoredValues]) -> tuple[StoredValues, ...]:
-    """``task``'s inputs sliced from stored values (:class:`MissingValues` if unknown)."""
-    missing = [tid for tid in _value_ids(task) if tid not in values]
-    if missing:
-        raise MissingValues(task.id, missing)
-    return tuple(values[r.task_id].slice(r.start, r.stop) for r in task.inputs)
-
-
-_M = TypeVar("_M", TaskMessage, TaskChunkMessage)
-
-
-def _envelope(kind: type[_M], state: InvocationState, task_id: str, **fields: Any) -> _M:
-    return kind(
-        namespace=state.namespace,
-        graph=state.graph,
-        invocation_id=state.invocation_id,
-        task_id=task_id,
-        graph_version=state.graph_version,
-        **fields,
-    )
-
-
-def task_message(
-    task: Task,
-    state: InvocationState,
-    definition: GraphDefinition,
-    values: Mapping[str, StoredValues],
-) -> TaskMessage:
-    """The message an executor needs to run ``task``: inputs sliced from stored values."""
-    inputs = _inputs(task, values)
-    accumulator = None
-    if task.accumulator is not None:
-        acc = task.accumulator
-        accumulator = values[acc.task_id].slice(acc.start, acc.stop)
-    return _envelope(
-        TaskMessage,
-        state,
-        task.id,
-        task=task,
-        inputs=inputs,
-        accumulator=accumulator,
-        timeout_sec=definition.nodes[task.function].timeout_sec,
-        batch=definition.nodes[task.function].batch,
-    )
 
 
 def _alone(node: NodeDefinition) -> bool:

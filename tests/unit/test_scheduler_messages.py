@@ -20,6 +20,7 @@ from services.common.events import (
     encode_message,
 )
 from services.common.names import Names
+from services.common.task_messages import start_messages
 from services.scheduler.chunking import CHUNKS_PER_SLOT, MAX_CHUNK, chunk_size, chunks
 from services.scheduler.messages import (
     DelayedItem,
@@ -106,6 +107,78 @@ def test_created_emits_the_start_task_with_the_input_inline(engine, graph) -> No
     assert message.task.function == "start" and message.graph_version == "v1"
     assert message.inputs == (INPUT,)
     assert [p.type for p in decision.progress] == ["task.created"]
+
+
+def test_the_api_starts_an_invocation_with_the_message_the_scheduler_would_send(
+    engine, graph
+) -> None:
+    state = new_state(engine)
+    [(task_id, direct)] = start_messages(engine, state, NAMES, INPUT)
+    assert state.status == "pending" and not state.tasks  # the API's copy is untouched
+    decision = apply_events(engine, new_state(engine), [created()])
+    [(topic, key, value, _)], _ = build_messages(decision, new_state(engine), graph, NAMES, {})
+    assert (direct.topic, direct.key) == (topic, key)
+    sent, expected = decode_task_message(direct.value), decode_task_message(value)
+    assert sent.task == expected.task and sent.task_id == task_id == expected.task.id
+    assert sent.inputs == expected.inputs == (INPUT,)
+    with pytest.raises(ValueError, match="new invocation"):
+        start_messages(engine, state.model_copy(update={"status": "running"}), NAMES, INPUT)
+
+
+def test_tasks_the_api_sent_get_no_second_message(engine, graph) -> None:
+    state = new_state(engine)
+    [(task_id, _)] = start_messages(engine, new_state(engine), NAMES, INPUT)
+    event = created().model_copy(update={"started": (task_id,)})
+    decision = apply_events(engine, state, [event])
+    assert [c.task.id for c in decision.run] == [task_id]  # recorded as queued...
+    assert state.tasks[task_id].status == "queued"
+    ready, delayed = build_messages(decision, state, graph, NAMES, {})
+    assert ready == [] and delayed == []  # ...but not sent again
+    assert [p.type for p in decision.progress] == ["task.created"]
+
+
+def test_a_retry_of_a_task_the_api_sent_is_the_schedulers_to_send() -> None:
+    graph = definition()
+    start = graph.nodes["start"].model_copy(update={"retries": RetryPolicy(max_retries=1)})
+    graph = graph.model_copy(update={"nodes": {**graph.nodes, "start": start}})
+    engine = Engine(graph)
+    state = new_state(engine)
+    [(task_id, _)] = start_messages(engine, state, NAMES, INPUT)
+    apply_events(engine, state, [created().model_copy(update={"started": (task_id,)})])
+    retry = apply_events(engine, state, [finished(task_id, None, error=ErrorInfo(message="x"))])
+    [command] = retry.run
+    assert command.task.id == task_id and command.task.attempt == 2
+    assert needed_values(retry) == {INPUT_TASK_ID}  # not known from this batch: looked up
+    ready, delayed = build_messages(retry, state, graph, NAMES, {INPUT_TASK_ID: INPUT}, now=1)
+    [(_, item)] = delayed
+    assert ready == [] and decode_task_message(item.value.encode()).task.attempt == 2
+
+
+def test_a_result_before_its_created_event_starts_the_invocation(engine, graph) -> None:
+    """The API sent the first task and died (or its created event is just late): the
+    task's result says the invocation started; the created event is then a duplicate."""
+    state = new_state(engine)
+    [(task_id, _)] = start_messages(engine, new_state(engine), NAMES, INPUT)
+    decision = apply_events(engine, state, [finished(task_id, [1, 2])])
+    assert decision.changed and state.status == "running"
+    assert state.tasks[task_id].status == "succeeded"
+    ready, _ = build_messages(decision, state, graph, NAMES, {})
+    assert {item.topic for item in ready} == {"ix.tasks.any.ns.g.double"}  # the next step
+    assert not any(decode_task_message(v).task.id == task_id for _, _, v, _ in ready)
+    late = apply_events(engine, state, [created()])
+    assert not late.changed and late.run == []
+
+
+def test_a_result_for_a_task_the_scheduler_never_made_is_still_ignored(engine, graph) -> None:
+    state = new_state(engine)
+    apply_events(engine, state, [created()])
+    assert not apply_events(engine, state, [finished("not-a-task", [1])]).changed
+    # before the invocation started, such a result starts it with tasks the scheduler sends
+    state = new_state(engine)
+    decision = apply_events(engine, state, [finished("not-a-task", [1])])
+    assert state.status == "running" and decision.started == set()
+    ready, _ = build_messages(decision, state, graph, NAMES, {INPUT_TASK_ID: INPUT})
+    assert [decode_task_message(v).task.function for _, _, v, _ in ready] == ["start"]
 
 
 def test_fan_out_slices_the_outputs_one_value_per_task(engine, graph) -> None:
