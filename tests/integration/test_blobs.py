@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from indexify.encoding import JSON, PICKLE, Payload
 from services.common.blobs import (
+    UNSIGNED_FROM_BYTES,
     BlobStore,
     load_values,
     load_values_sync,
@@ -60,6 +63,33 @@ async def test_put_get_range_exists_and_delete_prefix(
     assert await blob_store.delete_prefix(base) == 2
     assert not blob_store.exists_sync(base + "a")
     assert await blob_store.delete_prefix(base) == 0
+
+
+def test_a_large_value_is_one_unsigned_put_and_reads_back_intact(
+    blob_store: BlobStore, infra_settings: InfraSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 MB: over minio-py's 5 MiB multipart threshold and over UNSIGNED_FROM_BYTES. The
+    server checks the signature of the headers; the bytes come back as written."""
+    sent: list[tuple[str, str | None]] = []
+    pool = blob_store._client._http  # the real connection pool, spied on
+    original = pool.urlopen
+
+    def urlopen(method: str, url: str, *args: object, **kwargs: object) -> object:
+        headers: Any = kwargs.get("headers") or {}  # a mapping (urllib3's HTTPHeaderDict)
+        sent.append((method, headers.get("x-amz-content-sha256")))
+        return original(method, url, *args, **kwargs)
+
+    monkeypatch.setattr(pool, "urlopen", urlopen)
+    key = f"{infra_settings.prefix}/large"
+    data = bytes(range(256)) * (12 * 1024 * 1024 // 256)
+    blob_store.put_sync(key, data)
+    small = f"{infra_settings.prefix}/small"
+    blob_store.put_sync(small, b"x" * (UNSIGNED_FROM_BYTES - 1))
+    puts = [header for method, header in sent if method == "PUT"]
+    assert puts[0] == "UNSIGNED-PAYLOAD" and len(puts) == 2  # one request, not multipart
+    assert puts[1] is not None and len(puts[1]) == 64  # small bodies stay signed (SHA-256)
+    assert blob_store.get_sync(key) == data
+    assert blob_store.get_range_sync(key, 5_000_000, 5_000_100) == data[5_000_000:5_000_100]
 
 
 async def test_missing_object_is_not_found(
