@@ -21,6 +21,11 @@ class DelayedQueue(RedisRepository):
         )
         return [r.decode() for r in raw]
 
+    async def next_due(self) -> float | None:
+        """When the earliest parked item is due (None: nothing is parked)."""
+        first = await self._call(self._redis.zrange(self.names.delayed_key, 0, 0, withscores=True))
+        return float(first[0][1]) if first else None
+
     async def remove_delayed(self, items: Iterable[str]) -> None:
         items = list(items)
         if items:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from indexify.definition import GraphDefinition
@@ -93,6 +93,7 @@ class EventHandler:
         *,
         topics: TaskTopics,
         states: StateCache,
+        on_parked: Callable[[], None] = lambda: None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -100,6 +101,7 @@ class EventHandler:
         self.names: Names = store.names
         self._topics = topics
         self._states = states
+        self._on_parked = on_parked  # a retry was parked: the delayed loop looks again
         self._engines: OrderedDict[tuple[str, str, str], tuple[Engine, GraphDefinition]]
         self._engines = OrderedDict()
         self._values: OrderedDict[tuple[str, str], StoredValues] = OrderedDict()
@@ -335,6 +337,8 @@ class EventHandler:
             (self.store.delayed.schedule_delayed(due, item.encode()) for due, item in delayed),
             _REDIS_CONCURRENCY,
         )
+        if delayed:
+            self._on_parked()
         logs = [
             (w.invocation_id, task_id, pointers)
             for w in works

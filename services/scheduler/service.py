@@ -122,7 +122,12 @@ class Scheduler:
             states = StateCache(self._store, window=2 * self.settings.max_reduce_batch)
             self.delayed = DelayedTasks(self._bus, self._store, topics)
             self._handler = EventHandler(
-                self._bus, self._store, self.settings, topics=topics, states=states
+                self._bus,
+                self._store,
+                self.settings,
+                topics=topics,
+                states=states,
+                on_parked=self.delayed.wake,
             )
             consumer = Consumer(
                 self.infra,

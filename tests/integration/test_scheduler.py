@@ -33,7 +33,10 @@ from services.common.names import Names
 from services.common.settings import InfraSettings, SchedulerSettings
 from services.common.state_store import StateStore
 from services.scheduler import Scheduler
+from services.scheduler.delayed import DelayedTasks
+from services.scheduler.messages import DelayedItem
 from services.scheduler.states import StateCache
+from services.scheduler.topics import TaskTopics
 
 pytestmark = pytest.mark.timeout(60)
 NS = "default"
@@ -287,6 +290,34 @@ async def test_a_failed_task_is_retried_after_its_backoff(
         assert retry.inputs == first.inputs
         await send(kafka_bus, names, done(retry, [14]))
         await until(lambda: _status(store, inv, "succeeded"))
+
+
+async def test_the_delayed_loop_publishes_an_item_when_due_without_polling(
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, store: StateStore
+) -> None:
+    """The loop sleeps until the earliest parked item is due (here a minute at most), and
+    parking one wakes it: an item due in 0.3 s is published although another, due in five
+    minutes, set the loop's sleep; the later one stays parked."""
+    names = store.names
+    topic = f"{names.prefix}.tasks.delayed-{uuid.uuid4().hex[:8]}"
+    await kafka_bus.ensure_topics({topic: 1})
+    delayed = DelayedTasks(kafka_bus, store, TaskTopics(kafka_bus, 1), max_sleep_sec=60)
+    later = DelayedItem(topic=topic, key="later", value="{}")
+    await store.delayed.schedule_delayed(time.time() + 300, later.encode())
+    stop = asyncio.Event()
+    loop = asyncio.create_task(delayed.run(stop))
+    try:
+        soon = DelayedItem(topic=topic, key="soon", value="{}")
+        await store.delayed.schedule_delayed(time.time() + 0.3, soon.encode())
+        delayed.wake()
+        async with reading(infra_settings, kafka_bus, topic, 1) as reader:
+            assert await reader.read(1) == [b"{}"]
+        due = await store.delayed.next_due()
+        assert due is not None and due > time.time() + 200  # the later one is still parked
+    finally:
+        stop.set()
+        await loop
+        await store.delayed.remove_delayed([later.encode()])
 
 
 async def test_two_schedulers_share_the_partitions(
