@@ -185,6 +185,10 @@ def _exit_error(function: str, exc: BaseException) -> ErrorInfo:
 # -- the worker process -------------------------------------------------------------------
 
 
+#: A reply up to this size is joined and sent at once.
+_JOINED_BYTES = 64 * 1024
+
+
 class _Connection:
     """The worker's end of the socket pair (blocking)."""
 
@@ -192,7 +196,11 @@ class _Connection:
         self.sock = sock
 
     def send(self, reply: WorkReply, data: bytes = b"") -> None:
-        for piece in encode_reply(reply, data):
+        pieces = encode_reply(reply, data)
+        if sum(len(piece) for piece in pieces) <= _JOINED_BYTES:
+            self.sock.sendall(b"".join(pieces))  # one system call, one wake-up of the executor
+            return
+        for piece in pieces:  # large values are not copied into one buffer
             if piece:
                 self.sock.sendall(piece)
 
