@@ -1,5 +1,5 @@
-"""``make chaos MINUTES=N``: a bounded mixed workload while executors and the scheduler are
-SIGKILLed and restarted at random; then every accepted invocation must be terminal and every
+"""``make chaos MINUTES=N``: a bounded mixed workload while executors, the scheduler and the
+API are SIGKILLed and restarted at random; then every accepted invocation must be terminal and every
 succeeded one must have the outputs of an in-process run of the same graph.
 
 ``make chaos CLUSTER=1`` (``--cluster``) runs the same on the cluster profile: three Kafka
@@ -109,6 +109,8 @@ def _run(
         else:
             stack.start_default(executors=args.executors)
         victims = ["scheduler"] + [f"executor-{i}" for i in range(args.executors)]
+        if "api" in stack.processes:  # in the middle of an invoke: between its first task
+            victims.append("api")  # (sent by the API itself) and its created event, say
         if cluster is not None:
             if netns is None:
                 stack.start(ProcessSpec("scheduler-2", "services.scheduler"))
