@@ -14,6 +14,12 @@ Why it looks like this:
 * :meth:`KafkaBus.dead_letter` parks any message, whatever its size: what would make the
   letter too big for Kafka is stored in MinIO first and referenced from the letter
   (:mod:`.dead_letters`), so a poison message can always be completed and committed.
+* A broker whose host drops off the network (no RST: packets just vanish) is noticed within
+  ``InfraSettings.kafka_unreachable_ms``, not after a request timeout: every connection of
+  every client gets TCP keepalive and ``TCP_USER_TIMEOUT`` (:func:`watch_connections`), so
+  the kernel breaks it, its requests in flight fail at once, the client refreshes its
+  metadata and retries on the partitions' new leaders, as after a broker's process died; and
+  opening a connection is bounded by ``kafka_connect_timeout_ms`` (a cut host answers no SYN).
 * aiokafka's exceptions stop here and in :mod:`.kafka_consumer`: :func:`kafka_errors` is the
   one map from them to :mod:`services.common.errors` (:class:`PlatformUnavailable` for
   "Kafka is not answering, retry later", :class:`CommitRejected` for a commit that came after
@@ -25,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -33,6 +41,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import client as aiokafka_client
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
@@ -72,6 +81,7 @@ __all__ = [
     "TopicPartition",
     "kafka_errors",
     "make_consumer",
+    "watch_connections",
 ]
 
 #: The broker's ``message.max.bytes`` (infra/kafka/server.properties.template); bigger values
@@ -152,6 +162,104 @@ async def kafka_errors(what: str) -> AsyncIterator[None]:
         raise _translate(exc, what) from exc
 
 
+# -- connections ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Watch:
+    connect_timeout_sec: float
+    unreachable_ms: int
+
+
+#: aiokafka's own connection factory, which :func:`_create_conn` wraps.
+_AIOKAFKA_CREATE_CONN = aiokafka_client.create_conn
+_watch: _Watch | None = None
+#: broker address -> until when (``time.monotonic()``) connecting to it fails at once: it let a
+#: connection attempt time out (see :func:`_create_conn`)
+_unreachable_until: dict[tuple[str, int], float] = {}
+
+
+def watch_connections(settings: InfraSettings) -> None:
+    """Make every Kafka connection this process opens from now on notice an unreachable broker
+    (idempotent; the last settings given apply).
+
+    Why: a request in flight to a broker whose host is cut off (cable, switch port, a network
+    partition: no RST) otherwise waits out its whole request timeout (30 s), and its partition
+    waits with it, although the other brokers moved the leadership away within seconds; a
+    producer learns of the move only from that timeout. With ``kafka_unreachable_ms`` the
+    kernel breaks such a connection (``TCP_USER_TIMEOUT`` for sent data, keepalive probes for
+    an idle one), aiokafka fails its requests with a connection error, refreshes its metadata
+    and retries them on the new leaders. A slow but reachable broker is not affected: its
+    kernel acknowledges what is sent whatever its process does.
+
+    aiokafka has no hook for socket options or a connect timeout: its client opens every
+    connection (bootstrap, leaders, coordinators) through ``aiokafka.client.create_conn``,
+    which this replaces with :func:`_create_conn` (tests/unit/test_kafka_connections.py checks
+    it is still the name aiokafka calls).
+    """
+    global _watch
+    _watch = _Watch(settings.kafka_connect_timeout_ms / 1000, settings.kafka_unreachable_ms)
+    aiokafka_client.create_conn = _create_conn
+
+
+async def _create_conn(host: str, port: int, **kwargs: Any) -> Any:
+    """aiokafka's ``create_conn``, bounded by the connect timeout, its socket set up by
+    :func:`detect_unreachable`.
+
+    A broker that let an attempt time out is not tried again for ``kafka_unreachable_ms``:
+    attempts fail at once meanwhile (aiokafka counts the node as not ready, asks another node
+    for metadata, retries later), as the Java client backs off reconnecting to a node. Without
+    that, each metadata refresh, coordinator lookup and send to a stale leader that picks the
+    cut host waits out the connect timeout anew, one after the other.
+    """
+    watch = _watch
+    if watch is None:
+        return await _AIOKAFKA_CREATE_CONN(host, port, **kwargs)
+    address = (host, port)
+    if _unreachable_until.get(address, 0.0) > time.monotonic():
+        raise KafkaConnectionError(
+            f"the broker at {host}:{port} did not answer a connection attempt within "
+            f"{watch.connect_timeout_sec:g} s lately; not tried again yet"
+        )
+    try:
+        conn = await asyncio.wait_for(
+            _AIOKAFKA_CREATE_CONN(host, port, **kwargs), watch.connect_timeout_sec
+        )
+    except TimeoutError as exc:
+        if watch.unreachable_ms > 0:
+            _unreachable_until[address] = time.monotonic() + watch.unreachable_ms / 1000
+        # aiokafka counts the node as not ready, refreshes its metadata and tries again
+        raise KafkaConnectionError(
+            f"no connection to the broker at {host}:{port} within {watch.connect_timeout_sec:g} s"
+        ) from exc
+    _unreachable_until.pop(address, None)
+    writer = getattr(conn, "_writer", None)  # aiokafka 0.14: the connection's StreamWriter
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is not None and watch.unreachable_ms > 0:
+        detect_unreachable(sock, watch.unreachable_ms)
+    return conn
+
+
+def detect_unreachable(sock: Any, unreachable_ms: int) -> None:
+    """Let the kernel break the TCP connection ``sock`` once its peer has acknowledged
+    nothing for about ``unreachable_ms``: sent data unacknowledged that long
+    (``TCP_USER_TIMEOUT``), or, while idle, keepalive probes (every ``unreachable_ms / 3``,
+    at least 1 s) unanswered that long. Options the platform lacks are skipped."""
+    probe_sec = max(1, unreachable_ms // 3000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    tcp_options = (
+        ("TCP_KEEPIDLE", probe_sec),
+        ("TCP_KEEPINTVL", probe_sec),
+        # where TCP_USER_TIMEOUT is missing, the probes alone end the connection
+        ("TCP_KEEPCNT", max(1, unreachable_ms // 1000 // probe_sec)),
+        ("TCP_USER_TIMEOUT", unreachable_ms),
+    )
+    for name, value in tcp_options:
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 # -- producing ------------------------------------------------------------------------------
 
 
@@ -211,6 +319,7 @@ class KafkaBus:
         self._replicas: int | None = None
 
     def _new_producer(self) -> AIOKafkaProducer:
+        watch_connections(self.settings)
         return AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=self.client_id,
@@ -220,7 +329,7 @@ class KafkaBus:
             compression_type=None,
             max_batch_size=1024 * 1024,
             max_request_size=MAX_MESSAGE_BYTES,
-            request_timeout_ms=30_000,
+            request_timeout_ms=self.settings.kafka_request_timeout_ms,
         )
 
     async def __aenter__(self) -> KafkaBus:
@@ -228,7 +337,7 @@ class KafkaBus:
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=f"{self.client_id}-admin",
-            request_timeout_ms=30_000,
+            request_timeout_ms=self.settings.kafka_request_timeout_ms,
         )
         try:
             async with kafka_errors(f"connecting to Kafka at {self.settings.kafka_bootstrap}"):
@@ -456,6 +565,7 @@ def make_consumer(
     long because user code runs in worker processes while the loop keeps heartbeating; a short
     ``metadata_max_age_ms`` lets a pattern subscription see new topics within seconds.
     """
+    watch_connections(settings)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group_id,
@@ -468,6 +578,7 @@ def make_consumer(
         max_poll_interval_ms=30 * 60 * 1000,
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
         metadata_max_age_ms=metadata_max_age_ms,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         consumer_timeout_ms=FETCHER_WAKE_MS,
     )

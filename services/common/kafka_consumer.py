@@ -67,9 +67,10 @@ IDLE_FETCH_WAIT_MS = 3_000
 BUSY_SEC = 1.0
 #: How old the consumer's metadata may get: subscriptions are explicit topic lists (a new
 #: topic is asked for when it is subscribed to) and partitions are never added; a leader that
-#: moved fails a fetch or a connection, which refreshes at once. What this still catches: a
-#: leader behind a cut link, whose fetch hangs until the request times out (40 s). An
-#: executor's refresh of hundreds of task topics every 5 s took a fifth of its idle CPU.
+#: moved fails a fetch or a connection, which refreshes at once (a leader behind a cut link
+#: too: the kernel breaks its connection after ``InfraSettings.kafka_unreachable_ms``, see
+#: :func:`.kafka_bus.watch_connections`). An executor's refresh of hundreds of task topics
+#: every 5 s took a fifth of its idle CPU.
 METADATA_MAX_AGE_MS = 20_000
 #: While a subscribed topic has no metadata, ask again after this long, then twice as long
 #: each time up to ``_MISSING_METADATA_MAX_SEC`` (a topic that stays missing, e.g. deleted,

@@ -109,6 +109,32 @@ class InfraSettings(BaseSettings):
         "a record ends at once): a partition that becomes fetchable meanwhile waits for it, "
         "so this bounds a hop's worst-case delay under load",
     )
+    kafka_request_timeout_ms: int = Field(
+        default=30_000,
+        ge=5_000,
+        description="how long every Kafka client (producers, consumers, admin) waits for a "
+        "broker's answer to one request before it drops the connection, refreshes its "
+        "metadata and retries; the backstop for a broker whose host answers but whose process "
+        "does not (an unreachable host is noticed sooner: kafka_unreachable_ms)",
+    )
+    kafka_connect_timeout_ms: int = Field(
+        default=3_000,
+        ge=100,
+        description="how long opening a connection to a broker may take (TCP handshake and "
+        "the API versions exchange, milliseconds on a LAN) before the client gives up on that "
+        "broker and asks another one for metadata: a broker whose host is cut off answers no "
+        "SYN. One that timed out is not tried again for kafka_unreachable_ms",
+    )
+    kafka_unreachable_ms: int = Field(
+        default=5_000,
+        ge=0,
+        description="a broker connection whose sent data stays unacknowledged this long (or "
+        "that answers no TCP keepalive probe for this long while idle) is dropped as broken "
+        "(TCP_USER_TIMEOUT with keepalive, Linux): its requests in flight fail at once and "
+        "are retried on the partitions' new leaders, as when a broker's process dies; without "
+        "it a host cut off the network (no RST) holds every request in flight for the whole "
+        "request timeout. 0 leaves the sockets as the OS makes them",
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="console", pattern="^(console|json)$")
 
