@@ -202,7 +202,20 @@ def _start_profiles(
     for name, running in processes.items():
         pid = running.process.pid  # type: ignore[attr-defined]
         out = folder / f"{name}.txt"
-        cmd = [binary, "record", "-p", str(pid), "-r", "200", "--gil", "-f", "raw", "-o", str(out)]
+        cmd = [
+            binary,
+            "record",
+            "-p",
+            str(pid),
+            "-r",
+            "200",
+            "--gil",
+            "--subprocesses",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+        ]
         spies.append((name, subprocess.Popen(cmd, stdout=subprocess.DEVNULL), out))
     time.sleep(1.0)  # py-spy attaches before the run starts
     return spies
