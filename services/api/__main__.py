@@ -41,7 +41,7 @@ def main() -> int:
         access_log=api.access_log,
         timeout_graceful_shutdown=10,
         # Slow or idle clients cannot hold connections: a request head must arrive within
-        # header_timeout_sec, each body chunk within body_timeout_sec (RequestGuardMiddleware),
+        # header_timeout_sec, each body chunk within body_timeout_sec (ApiMiddleware),
         # idle keep-alive connections close after keep_alive_sec, and beyond max_connections
         # new requests get a 503 at once.
         http=header_timeout_protocol(api.header_timeout_sec),

@@ -29,8 +29,8 @@ from . import routes_graphs, routes_invocations, routes_keys
 from .auth import AUTH_RESPONSES, Authenticator, Requires
 from .docs import install_docs
 from .errors import install_error_handlers
-from .limits import BodyLimitMiddleware, RequestGuardMiddleware
-from .metrics import HttpMetricsMiddleware, metrics_router
+from .metrics import metrics_router
+from .middleware import ApiMiddleware
 from .progress_hub import ProgressHub
 from .routes_graphs import Service
 from .schemas import ExecutorList, Health
@@ -43,12 +43,14 @@ __all__ = ["create_app"]
 _log = get_logger(__name__)
 
 
-async def _open(stack: AsyncExitStack, infra: InfraSettings) -> ApiService:
+async def _open(stack: AsyncExitStack, infra: InfraSettings, api: ApiSettings) -> ApiService:
     bus = await stack.enter_async_context(KafkaBus(infra, client_id=f"{infra.prefix}-api"))
     store = await stack.enter_async_context(StateStore(infra))
     hub = await stack.enter_async_context(ProgressHub(store))
     blobs = BlobStore(infra)
-    service = ApiService(infra, bus, store, blobs, hub)
+    service = ApiService(
+        infra, bus, store, blobs, hub, direct_start=api.direct_start, failpoint=api.failpoint
+    )
     await bus.ensure_topics(
         {service.names.events_topic: infra.events_partitions, service.names.deadletter_topic: 1}
     )
@@ -57,14 +59,14 @@ async def _open(stack: AsyncExitStack, infra: InfraSettings) -> ApiService:
 
 
 async def _open_with_retry(
-    stack: AsyncExitStack, infra: InfraSettings, timeout_sec: float
+    stack: AsyncExitStack, infra: InfraSettings, api: ApiSettings, timeout_sec: float
 ) -> ApiService:
     deadline = time.monotonic() + timeout_sec
     delay = 0.5
     while True:
         attempt = AsyncExitStack()
         try:
-            service = await _open(attempt, infra)
+            service = await _open(attempt, infra, api)
         except PlatformUnavailable as exc:
             await attempt.aclose()
             if time.monotonic() + delay > deadline:
@@ -86,7 +88,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            service = await _open_with_retry(stack, infra, startup_timeout_sec)
+            service = await _open_with_retry(stack, infra, api_settings, startup_timeout_sec)
             app.state.service = service
             app.state.authenticator = Authenticator(
                 api_settings, ApiKeyStore(service.store.redis, service.names)
@@ -109,6 +111,9 @@ def create_app(
         dependencies=[Depends(valid_path_ids)],  # ids checked before any key is built (400)
         docs_url=None,  # served with local assets instead of a CDN's (install_docs)
         redoc_url=None,
+        # No OpenTelemetry here: off, FastAPI skips looking up the global providers (a read
+        # of os.environ each) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.api_settings = api_settings
     if not api_settings.insecure_no_auth and not api_settings.admin_key_sha256:
@@ -122,14 +127,14 @@ def create_app(
             "as an admin of every namespace: anyone who reaches this port can run code on the "
             "executors. Use it only for local experiments on loopback."
         )
+    # metrics (refusals count too), then the body limit, then the request guards: one layer
     app.add_middleware(
-        RequestGuardMiddleware,
+        ApiMiddleware,
+        max_body_bytes=api_settings.max_body_bytes,
         max_json_depth=api_settings.max_json_depth,
         body_timeout_sec=api_settings.body_timeout_sec,
         allowed_origins=api_settings.allowed_origins,
     )
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=api_settings.max_body_bytes)
-    app.add_middleware(HttpMetricsMiddleware)  # outermost: refusals of the others count too
     install_error_handlers(app)
     install_docs(app)
     app.include_router(metrics_router(api_settings))

@@ -1,16 +1,12 @@
-"""Limits on what a request may hold or do, as pure ASGI middlewares and a uvicorn protocol.
+"""Limits on what a request may hold or do: the pieces :class:`.middleware.ApiMiddleware`
+applies to every request, and a uvicorn protocol.
 
-:class:`BodyLimitMiddleware`: the request body limit (``ApiSettings.max_body_bytes``).
-
-A declared ``Content-Length`` over the limit is refused before anything is read; a body
-without one (chunked) is counted as it streams, and reading past the limit raises a 413
-from inside the route (FastAPI re-raises ``HTTPException`` from body reading as is).
-Either way the route never sees more than the limit and nothing is stored or published.
-
-:class:`RequestGuardMiddleware`: the ``Origin`` check (CSRF), JSON Content-Type on bodies
-(any type on ``invoke_file``), the body read timeout and the JSON nesting limit.
-:func:`header_timeout_protocol`: the request head read timeout (the connection limit is
-uvicorn's ``limit_concurrency``).
+* The body limit (``ApiSettings.max_body_bytes``): :func:`content_length`, :func:`too_large`,
+  :func:`refuse`.
+* The request guards (:func:`request_problem`): the ``Origin`` check (CSRF), JSON
+  Content-Type on bodies (any type on ``invoke_file``); and :func:`json_depth_over`.
+* :func:`header_timeout_protocol`: the request head read timeout (the connection limit is
+  uvicorn's ``limit_concurrency``), writing through a :class:`CoalescingTransport`.
 """
 
 from __future__ import annotations
@@ -18,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Iterable
+from typing import Any, cast
 
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from indexify.encoding import CONTENT_TYPES, JSON
 
 
-def _too_large(limit: int, size: int | None = None) -> str:
+def too_large(limit: int, size: int | None = None) -> str:
     got = f" ({size} bytes)" if size is not None else ""
     return (
         f"request body is over the {limit} byte limit{got}; store large inputs elsewhere and "
@@ -34,35 +31,7 @@ def _too_large(limit: int, size: int | None = None) -> str:
     )
 
 
-class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
-        self.limit = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.limit:
-            await _refuse(send, _too_large(self.limit, declared))
-            return
-        received = 0
-        limit = self.limit
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise HTTPException(413, _too_large(limit))
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
@@ -72,7 +41,7 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(send: Send, detail: str) -> None:
+async def refuse(send: Send, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send(
         {
@@ -131,111 +100,50 @@ def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-class RequestGuardMiddleware:
-    """Refuses what no client of this API sends and a hostile page or peer would:
+def request_problem(
+    method: str,
+    headers: dict[str, str],
+    allowed_origins: frozenset[str],
+    *,
+    any_body: bool = False,
+) -> tuple[int, str] | None:
+    """``(status, detail)`` when a request's head shows what no client of this API sends and a
+    hostile page would, else None:
 
     * an unsafe request (POST, PUT, PATCH, DELETE) from a browser page of another origin
       (its ``Origin`` header, or ``Sec-Fetch-Site: cross-site``): 403, so a page cannot
       make a visitor's browser invoke, cancel or delete anything (CSRF);
     * a body on an unsafe request without a JSON Content-Type (or an SDK payload type,
       :data:`BODY_TYPES`): 415 (browsers send forms and ``text/plain`` cross-origin
-      without asking first); a file upload (:data:`ANY_BODY_PATH`) may have any type;
-    * a body that stalls: each chunk must arrive within ``body_timeout_sec`` (408);
-    * JSON nested deeper than ``max_json_depth``: 400 naming the limit, before anything
-      parses it.
+      without asking first); a file upload (:data:`ANY_BODY_PATH`, ``any_body``) may have
+      any type.
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        max_json_depth: int,
-        body_timeout_sec: float,
-        allowed_origins: frozenset[str] = frozenset(),
-    ) -> None:
-        self.app = app
-        self.max_json_depth = max_json_depth
-        self.body_timeout_sec = body_timeout_sec
-        self.allowed_origins = allowed_origins
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
-        }
-        method = scope["method"]
-        any_body = bool(ANY_BODY_PATH.fullmatch(scope.get("path", "")))
-        problem = self._problem(method, headers, any_body=any_body)
-        if problem is not None:
-            await _answer(send, *problem)
-            return
-        json_body = not any_body and media_type(headers.get("content-type", "")) == JSON
-        await self.app(scope, self._guarded(receive, json_body), send)
-
-    def _problem(
-        self, method: str, headers: dict[str, str], *, any_body: bool = False
-    ) -> tuple[int, str] | None:
-        if method not in _UNSAFE:
-            return None
-        origin = headers.get("origin")
-        cross_site = headers.get("sec-fetch-site", "").lower() == "cross-site"
-        if cross_site or (
-            origin is not None
-            and not origin_allowed(origin, headers.get("host", ""), self.allowed_origins)
-        ):
-            return 403, (
-                f"cross-origin {method} refused (Origin {origin!r}): the API only takes "
-                "changes from its own pages and from non-browser clients; list a trusted web "
-                "origin in INDEXIFY_API_ALLOWED_ORIGINS"
-            )
-        has_body = headers.get("content-length", "0") not in ("", "0") or (
-            "transfer-encoding" in headers
-        )
-        kind = media_type(headers.get("content-type", ""))
-        if has_body and kind not in BODY_TYPES and not any_body:
-            return 415, (
-                f"Content-Type {kind or 'missing'!r} is not accepted: send JSON with "
-                f"Content-Type: {JSON} (or an SDK-encoded payload of "
-                f"{' or '.join(sorted(CONTENT_TYPES))} with X-Indexify-Encoded: 1)"
-            )
+    if method not in _UNSAFE:
         return None
-
-    def _guarded(self, receive: Receive, json_body: bool) -> Receive:
-        """``receive`` with the body timeout (until the body is complete: a streaming
-        response's wait for a disconnect is not limited) and the JSON depth check."""
-        chunks: list[bytes] = []
-        complete = False
-        timeout, limit = self.body_timeout_sec, self.max_json_depth
-
-        async def guarded() -> Message:
-            nonlocal complete
-            if complete:
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), timeout)
-            except TimeoutError:
-                raise HTTPException(
-                    408, f"the request body stalled for {timeout:g} s; send it at once"
-                ) from None
-            if message["type"] != "http.request":
-                return message
-            complete = not message.get("more_body", False)
-            if json_body:
-                chunks.append(message.get("body", b""))
-                if complete and json_depth_over(b"".join(chunks), limit):
-                    raise HTTPException(
-                        400,
-                        f"the JSON body nests deeper than {limit} levels; flatten it (the "
-                        "limit is INDEXIFY_API_MAX_JSON_DEPTH)",
-                    )
-            return message
-
-        return guarded
+    origin = headers.get("origin")
+    cross_site = headers.get("sec-fetch-site", "").lower() == "cross-site"
+    if cross_site or (
+        origin is not None and not origin_allowed(origin, headers.get("host", ""), allowed_origins)
+    ):
+        return 403, (
+            f"cross-origin {method} refused (Origin {origin!r}): the API only takes "
+            "changes from its own pages and from non-browser clients; list a trusted web "
+            "origin in INDEXIFY_API_ALLOWED_ORIGINS"
+        )
+    has_body = headers.get("content-length", "0") not in ("", "0") or (
+        "transfer-encoding" in headers
+    )
+    kind = media_type(headers.get("content-type", ""))
+    if has_body and kind not in BODY_TYPES and not any_body:
+        return 415, (
+            f"Content-Type {kind or 'missing'!r} is not accepted: send JSON with "
+            f"Content-Type: {JSON} (or an SDK-encoded payload of "
+            f"{' or '.join(sorted(CONTENT_TYPES))} with X-Indexify-Encoded: 1)"
+        )
+    return None
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
+async def answer(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send(
         {
@@ -253,16 +161,75 @@ async def _answer(send: Send, status: int, detail: str) -> None:
 # -- the header read timeout ----------------------------------------------------------------
 
 
+_HOLD_BYTES = 16 * 1024
+
+
+class CoalescingTransport:
+    """A connection's transport that holds back one small write (uvicorn writes a response's
+    head, then its body) until the next write or the end of the event loop's turn, so that
+    head and body leave in one send: a system call less per response. Anything else is the
+    transport's own; a held write goes out before the transport is closed."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.writelines((held, data))
+        elif len(data) <= _HOLD_BYTES:
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        self.write(b"".join(lines))
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        held = len(self._held) if self._held is not None else 0
+        return self._transport.get_write_buffer_size() + held
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol (the C parser: h11's pure-Python one cost the API about a
     third of its CPU per request), closing a connection that has not sent a complete request
-    head within ``seconds`` of connecting (uvicorn itself waits forever: slowloris)."""
+    head within ``seconds`` of connecting (uvicorn itself waits forever: slowloris), and
+    writing through a :class:`CoalescingTransport` (a response's head and body in one send)."""
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            loop = asyncio.get_running_loop()
+            super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, loop)))
             self._head_timer = asyncio.get_running_loop().call_later(seconds, self._head_late)
 
         def _head_late(self) -> None:

@@ -51,12 +51,58 @@ async def _state_and_function(
     if generation is not None and generation != state.generation:
         state = _as_of(state, generation)
     record = await service.graph_version(state)
+    _check_function(record, graph, function)
+    return state, record
+
+
+async def _state_function_ranges(
+    service: ApiService,
+    namespace: str,
+    graph: str,
+    invocation_id: str,
+    function: str,
+    generation: int | None,
+    start: int,
+    stop: int,
+    *,
+    values: int = 0,
+    offset: int = 0,
+) -> tuple[InvocationState, list[ValueRange], dict[str, StoredValues]]:
+    """:func:`_state_and_function`, entries ``start`` to ``stop - 1`` of the function's
+    output index and the stored values of the tasks a page of ``values`` values from
+    ``offset`` needs, in one round trip when the computation is the one guessed (the asked
+    one, else the first); the graph version from :class:`GraphCache` when it is current as
+    of the graphs epoch read in that round trip."""
+    guess = generation if generation is not None else 0
+    loaded, ranges, epoch, stored = await service.store.invocations.load_invocation_outputs(
+        invocation_id,
+        function,
+        start,
+        stop,
+        generation=guess,
+        also_get=service.names.graphs_epoch_key,
+        values=values,
+        offset=offset,
+    )
+    state = await service.own_state(loaded, namespace, graph, invocation_id)
+    if generation is not None and generation != state.generation:
+        state = _as_of(state, generation)
+    record = await service.graph_version_at(state, int(epoch or 0))
+    _check_function(record, graph, function)
+    if state.generation != guess:
+        ranges = await service.store.invocations.output_ranges(
+            invocation_id, function, start, stop, generation=state.generation
+        )
+        stored = {}
+    return state, ranges, stored
+
+
+def _check_function(record: GraphRecord, graph: str, function: str) -> None:
     if function not in record.definition.nodes:
         raise NotFound(
             f"graph {graph!r} (version {record.version}) has no function {function!r}; it has "
             f"{sorted(record.definition.nodes)}"
         )
-    return state, record
 
 
 def _as_of(state: InvocationState, generation: int) -> InvocationState:
@@ -90,10 +136,18 @@ def _function_error(state: InvocationState, function: str) -> ErrorInfo | None:
 
 
 async def _stored(
-    service: ApiService, invocation_id: str, ranges: Sequence[ValueRange]
+    service: ApiService,
+    invocation_id: str,
+    ranges: Sequence[ValueRange],
+    read: dict[str, StoredValues] | None = None,
 ) -> dict[str, StoredValues]:
-    """The stored values of the tasks of ``ranges``; each must hold its range."""
-    stored = await service.store.invocations.get_outputs(invocation_id, [r.task_id for r in ranges])
+    """The stored values of the tasks of ``ranges``; each must hold its range (``read``:
+    stored values read already; read here unless they are all there)."""
+    if read is not None and all(r.task_id in read for r in ranges):
+        stored = read
+    else:
+        task_ids = [r.task_id for r in ranges]
+        stored = await service.store.invocations.get_outputs(invocation_id, task_ids)
     broken = sorted(
         {r.task_id for r in ranges if r.task_id not in stored or stored[r.task_id].count < r.stop}
     )
@@ -137,11 +191,17 @@ async def function_outputs(
     ``limit`` values from ``cursor`` (None: the first), at most ``limit + 1`` entries of the
     output index read; of computation ``generation`` (None: the current one)."""
     entry, offset = validation.parse_outputs_cursor(cursor)
-    state, _ = await _state_and_function(
-        service, namespace, graph, invocation_id, function, generation
-    )
-    ranges = await service.store.invocations.output_ranges(
-        invocation_id, function, entry, entry + limit + 1, generation=state.generation
+    state, ranges, read = await _state_function_ranges(
+        service,
+        namespace,
+        graph,
+        invocation_id,
+        function,
+        generation,
+        entry,
+        entry + limit + 1,
+        values=limit,
+        offset=offset,
     )
     if ranges and offset and offset >= ranges[0].size:
         raise BadRequest(
@@ -159,7 +219,7 @@ async def function_outputs(
         part = part.split(room)[0]
         candidates.append(part)
         room -= part.size
-    stored = await _stored(service, invocation_id, [c for c in candidates if c.size > 0])
+    stored = await _stored(service, invocation_id, [c for c in candidates if c.size > 0], read)
     # ... then by size: at least one value, about PAGE_BYTES at most.
     taken: list[ValueRange] = []
     budget = PAGE_BYTES

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from indexify.data_objects import FILE_METADATA_HEADER, OCTET_STREAM, file_attributes
@@ -29,8 +30,8 @@ from .schemas import (
     ReplaySelection,
     TaskLogsPage,
 )
-from .service import MAX_TASKS_PAGE, TASKS_PAGE, ApiService
-from .sse import follow_stream, invoke_streaming, stream_accepted, wait_until_terminal
+from .service import MAX_TASKS_PAGE, TASKS_PAGE, AcceptedInvocation, ApiService
+from .sse import LongPoll, follow_stream, invoke_streaming, stream_accepted
 
 router = APIRouter(responses={**ERROR_RESPONSES, **AUTH_RESPONSES}, tags=["invocations"])
 
@@ -129,25 +130,46 @@ async def invoke(
             settings.sse_keepalive_sec,
             may_pickle=may_pickle,
         )
-    invocation_id = await service.invoke(
+    accepted = await service.accept_invocation(
         namespace, graph, body, content_type, is_encoded, may_pickle=may_pickle
     )
+    return await _published(service, accepted, wait_sec, until_waiting)
+
+
+async def _published(
+    service: ApiService, accepted: AcceptedInvocation, wait_sec: float, until_waiting: bool
+) -> Response | InvocationAccepted:
+    """Publish, then (with ``wait_sec``) wait: a long poll that watches from before the
+    publication, so the status needs no check before the wait (it was pending); then answer
+    with the status and, if it still runs, why it waits (if it does)."""
     if wait_sec <= 0:
-        return InvocationAccepted(id=invocation_id)
-    return await _waited(service, invocation_id, wait_sec, until_waiting)
-
-
-async def _waited(
-    service: ApiService, invocation_id: str, wait_sec: float, until_waiting: bool
-) -> InvocationAccepted:
-    """Wait (a long poll), then answer with the status and, if it still runs, why it
-    waits (if it does)."""
-    await wait_until_terminal(service, invocation_id, wait_sec, until_waiting=until_waiting)
-    status = await service.store.invocations.invocation_status(invocation_id)
+        await service.publish_accepted([accepted])
+        return _accepted_json(accepted.id)
+    state = accepted.state
+    with LongPoll(service, accepted.id) as poll:
+        await service.publish_accepted([accepted])
+        known, status = await poll.wait(
+            wait_sec,
+            until_waiting=until_waiting,
+            checked=True,
+            version=(state.namespace, state.graph, state.graph_version),
+        )
+    invocation_id = accepted.id
+    if not known:
+        status = await service.store.invocations.invocation_status(invocation_id)
     waiting = None
     if status is not None and status not in TERMINAL_STATUSES:
         waiting = await service.waiting_note(invocation_id)
+    if waiting is None:
+        return _accepted_json(invocation_id, status)
     return InvocationAccepted(id=invocation_id, status=status, waiting=waiting)
+
+
+def _accepted_json(invocation_id: str, status: str | None = None) -> Response:
+    """:class:`InvocationAccepted` as FastAPI would send it (``id`` and ``status``, ``waiting``
+    null), encoded directly: an id and a status need no model."""
+    body = {"id": invocation_id, "status": status, "waiting": None}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 _FILE_BODY = {
@@ -193,10 +215,7 @@ async def invoke_file(
     if block_until_finish:
         settings: ApiSettings = request.app.state.api_settings
         return await stream_accepted(service, accepted, settings.sse_keepalive_sec)
-    await service.publish_accepted([accepted])
-    if wait_sec <= 0:
-        return InvocationAccepted(id=accepted.id)
-    return await _waited(service, accepted.id, wait_sec, until_waiting)
+    return await _published(service, accepted, wait_sec, until_waiting)
 
 
 @router.get(_GRAPH + "/invocations", dependencies=_READ)
@@ -243,11 +262,22 @@ async def get_invocation(
     While it runs, a task an executor runs now is ``running`` (with its executor, attempt
     and start time), and a task no live executor may take says why in ``waiting`` (so does
     the invocation, e.g. `no live executor offers gpu=h100`)."""
-    if wait_sec > 0:  # cheap status checks while it runs; the state is read once
-        await wait_until_terminal(service, invocation_id, wait_sec, until_waiting=until_waiting)
-    info = await service.invocation(
-        namespace, graph, invocation_id, tasks_cursor=tasks_cursor, limit=limit
-    )
+    cursor = service.tasks_cursor(tasks_cursor)
+    if wait_sec > 0:
+        # Watch, read the state (with its page of tasks); if it still runs, wait (cheap
+        # status checks meanwhile) and read it again.
+        with LongPoll(service, invocation_id) as poll:
+            state, read = await service.state_and_page(
+                namespace, graph, invocation_id, cursor, limit
+            )
+            if not state.terminal:
+                await poll.wait(wait_sec, until_waiting=until_waiting, checked=True, state=state)
+                state, read = await service.state_and_page(
+                    namespace, graph, invocation_id, cursor, limit
+                )
+    else:
+        state, read = await service.state_and_page(namespace, graph, invocation_id, cursor, limit)
+    info = await service.invocation_info(state, read, cursor, limit)
     # Serialized once by pydantic: the model is validated already, and long polls make
     # this the API's busiest route.
     return Response(info.model_dump_json(), media_type="application/json")

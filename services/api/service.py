@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from indexify.definition import GraphDefinition
 from indexify.encoding import Payload
-from indexify.engine import InvocationState
+from indexify.engine import Engine, InvocationState, TaskRecord
 from indexify.engine.model import InvocationStatus
 from indexify.models import GraphInfo, InvocationInfo, Replay
 from services.common.blobs import BlobStore, store_values
@@ -37,13 +39,14 @@ from services.common.events import (
     encode_message,
 )
 from services.common.executor_registry import queued_by_function
-from services.common.graphs import GraphRecord
+from services.common.graphs import GraphCache, GraphRecord
 from services.common.invocations import INPUT_FIELD
-from services.common.kafka_bus import KafkaBus
+from services.common.kafka_bus import KafkaBus, Outgoing
 from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import InfraSettings
 from services.common.state_store import StateStore
+from services.common.task_messages import start_messages
 
 from . import validation
 from .arguments import ArgumentChecker
@@ -53,10 +56,13 @@ from .schemas import FunctionQueues, GraphRegistered, GraphUpload, Health
 from .waiting import InvocationWaiting, PlacementWatch, describe
 
 _log = get_logger(__name__)
+_ENGINES = 64  # graph versions whose engine is kept (to compute first tasks)
 TASKS_PAGE = 1000
 """Task records per page of an invocation's status, unless the request asks otherwise."""
 MAX_TASKS_PAGE = 10_000
 _HEALTH_TIMEOUT_SEC = 3.0
+TasksPage = tuple[list[TaskRecord], int]
+"""Task records and the cursor after them (:meth:`InvocationRepository.tasks_page`)."""
 
 
 def graph_info(record: GraphRecord) -> GraphInfo:
@@ -69,10 +75,19 @@ class AcceptedInvocation:
 
     state: InvocationState
     event: InvocationCreatedEvent
+    start: Sequence[tuple[str, Outgoing]] = ()  # its first tasks, sent before the event
 
     @property
     def id(self) -> str:
         return self.state.invocation_id
+
+
+def _failpoint(spec: str) -> bool:
+    """The test failpoint ``exit_after_start`` (``ApiSettings.failpoint``): the process exits
+    once an invocation's first tasks are sent, before its created event is."""
+    if spec not in ("", "exit_after_start"):
+        raise ValueError(f"unknown API failpoint {spec!r}; use exit_after_start")
+    return spec == "exit_after_start"
 
 
 class ApiService:
@@ -83,8 +98,14 @@ class ApiService:
         store: StateStore,
         blobs: BlobStore,
         hub: ProgressHub,
+        *,
+        direct_start: bool = True,
+        failpoint: str = "",
     ) -> None:
         self.infra = infra
+        self.direct_start = direct_start
+        self._failpoint_after_start = _failpoint(failpoint)
+        self._engines: OrderedDict[tuple[str, str, str], Engine] = OrderedDict()
         self.names = Names(infra.prefix)
         self.bus = bus
         self.store = store
@@ -92,6 +113,7 @@ class ApiService:
         self.hub = hub
         self.arguments = ArgumentChecker()
         self.placement = PlacementWatch(store)
+        self.graph_cache = GraphCache(store.graphs)
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -117,6 +139,16 @@ class ApiService:
         self, namespace: str, graph: str, invocation_id: str
     ) -> InvocationState:
         loaded = await self.store.invocations.load_invocation(invocation_id)
+        return await self.own_state(loaded, namespace, graph, invocation_id)
+
+    async def own_state(
+        self,
+        loaded: tuple[InvocationState, int] | None,
+        namespace: str,
+        graph: str,
+        invocation_id: str,
+    ) -> InvocationState:
+        """The loaded summary if it is an invocation of the graph, else :class:`NotFound`."""
         if loaded is None or loaded[0].namespace != namespace or loaded[0].graph != graph:
             await self.require_graph(namespace, graph)
             raise NotFound(f"graph {graph!r} has no invocation {invocation_id!r}")
@@ -126,6 +158,14 @@ class ApiService:
         """The graph version an invocation runs on (the current one if that was deleted)."""
         record = await self.store.graphs.get_graph_version(
             state.namespace, state.graph, state.graph_version
+        )
+        return record or await self.require_graph(state.namespace, state.graph)
+
+    async def graph_version_at(self, state: InvocationState, epoch: int) -> GraphRecord:
+        """:meth:`graph_version`, from the cache when it holds that version as of the graphs
+        ``epoch`` read with ``state`` (:class:`GraphCache`)."""
+        record = await self.graph_cache.version(
+            state.namespace, state.graph, state.graph_version, epoch
         )
         return record or await self.require_graph(state.namespace, state.graph)
 
@@ -176,6 +216,7 @@ class ApiService:
         if code is not None and not await self.blobs.exists(stored.code_key):
             await self.blobs.put(stored.code_key, code)  # its first upload stopped half-way
         await self.store.graphs.make_current(stored)
+        self.graph_cache.forget(namespace, stored.name)
         warnings = await self.placement.warnings(stored.definition)
         _log.info(
             "graph registered",
@@ -246,6 +287,7 @@ class ApiService:
     async def delete_graph(self, namespace: str, graph: str) -> int:
         await self.require_graph(namespace, graph)
         invocation_ids = await self.store.graphs.delete_graph(namespace, graph)
+        self.graph_cache.forget(namespace, graph)
         for prefix in (
             f"{self.names.prefix}/graphs/{namespace}/{graph}/",
             f"{self.names.prefix}/invocations/{namespace}/{graph}/",
@@ -270,18 +312,51 @@ class ApiService:
     ) -> AcceptedInvocation:
         """Validate the arguments, store the input and the pending record (not published).
         Pickled arguments only ``may_pickle`` (the caller's key may deploy code)."""
-        record = await self.require_graph(namespace, graph)
-        payload = validation.invocation_payload(
-            record.definition,
-            body,
-            content_type,
-            encoded,
-            checker=self.arguments,
-            may_pickle=may_pickle,
+        return await self._accept_current(
+            namespace,
+            graph,
+            lambda definition: validation.invocation_payload(
+                definition,
+                body,
+                content_type,
+                encoded,
+                checker=self.arguments,
+                may_pickle=may_pickle,
+            ),
         )
-        return await self._accept(record, payload)
 
-    async def _accept(self, record: GraphRecord, payload: Payload) -> AcceptedInvocation:
+    async def _accept_current(
+        self, namespace: str, graph: str, payload_of: Callable[[GraphDefinition], Payload]
+    ) -> AcceptedInvocation:
+        """Accept an invocation of the graph's current version, as read when it is created.
+
+        The record kept from an earlier request (:class:`GraphCache`) is used when the graphs
+        epoch, read in the same atomic call that creates the invocation, shows that it was
+        still current then; else (or when the kept definition refuses the arguments) the graph
+        is read again and the invocation accepted as if nothing had been kept."""
+        kept = self.graph_cache.current(namespace, graph)
+        if kept is not None:
+            record, epoch = kept
+            try:
+                payload = payload_of(record.definition)
+            except ServiceError:
+                pass  # perhaps only refused by a version that is not current any more
+            else:
+                accepted = await self._accept(record, payload, epoch=epoch)
+                if accepted is not None:
+                    return accepted
+        current, _ = await self.graph_cache.read_current(namespace, graph)
+        record = current or await self.require_graph(namespace, graph)  # NotFound, hints
+        accepted = await self._accept(record, payload_of(record.definition))
+        assert accepted is not None  # no epoch to check
+        return accepted
+
+    async def _accept(
+        self, record: GraphRecord, payload: Payload, *, epoch: int | None = None
+    ) -> AcceptedInvocation | None:
+        """Store the input and the pending record; with ``epoch`` (the graphs epoch
+        ``record`` was read at), None when the graph's current version is another one now
+        (or it is gone): the invocation is removed again."""
         invocation_id = uuid.uuid4().hex
         key = self.names.input_object(record.namespace, record.name, invocation_id)
         stored = await store_values(self.blobs, [payload], key)
@@ -293,7 +368,17 @@ class ApiService:
             status="pending",
             created_at=time.time(),
         )
-        await self.store.invocations.create_invocation(state, stored)
+        if epoch is None:
+            await self.store.invocations.create_invocation(state, stored)
+        else:
+            now = await self.store.invocations.create_invocation_reading(
+                state, stored, self.names.graphs_epoch_key
+            )
+            if int(now or 0) != epoch:
+                current, _ = await self.graph_cache.read_current(record.namespace, record.name)
+                if current is None or current.version != record.version:
+                    await self.discard(state)
+                    return None
         event = InvocationCreatedEvent(
             namespace=record.namespace,
             graph=record.name,
@@ -301,14 +386,37 @@ class ApiService:
             graph_version=record.version,
             input=stored,
         )
-        return AcceptedInvocation(state=state, event=event)
+        start = start_messages(self._engine(record), state, self.names, stored)
+        return AcceptedInvocation(state=state, event=event, start=start)
+
+    def _engine(self, record: GraphRecord) -> Engine:
+        """The engine of a graph version (the last few used are kept)."""
+        key = (record.namespace, record.name, record.version)
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = self._engines[key] = Engine(record.definition)
+            while len(self._engines) > _ENGINES:
+                self._engines.popitem(last=False)
+        else:
+            self._engines.move_to_end(key)
+        return engine
 
     async def publish_accepted(self, accepted: Sequence[AcceptedInvocation]) -> None:
         """Publish the created events and await the acks; on failure remove the invocations
-        (they were never accepted) and raise :class:`PlatformUnavailable`."""
+        (they were never accepted) and raise :class:`PlatformUnavailable`.
+
+        With ``direct_start``, each invocation's first tasks are sent (and acknowledged)
+        before its created event, which names them: the scheduler does not send them again
+        (:mod:`services.common.task_messages`). If they cannot be sent, the scheduler sends
+        them as before."""
         topic = self.names.events_topic
+        events = [a.event for a in accepted]
+        if self.direct_start and any(a.start for a in accepted):
+            events = await self._start_directly(accepted)
         try:
-            await self.bus.publish_many([(topic, a.id, encode_message(a.event)) for a in accepted])
+            await self.bus.publish_many(
+                [(topic, e.invocation_id, encode_message(e)) for e in events]
+            )
         except ServiceError as exc:
             for a in accepted:
                 await self.discard(a.state)
@@ -326,6 +434,23 @@ class ApiService:
                 version=a.state.graph_version,
             )
 
+    async def _start_directly(
+        self, accepted: Sequence[AcceptedInvocation]
+    ) -> list[InvocationCreatedEvent]:
+        """Send the first tasks; the created events to send then (naming the tasks sent)."""
+        try:
+            await self.bus.publish_many([message for a in accepted for _, message in a.start])
+        except ServiceError as exc:  # e.g. a task topic is missing: the scheduler makes it
+            _log.warning("first tasks not sent; the scheduler sends them", error=str(exc))
+            return [a.event for a in accepted]
+        if self._failpoint_after_start:
+            _log.warning("failpoint exit_after_start hit: exiting")
+            os._exit(1)
+        return [
+            a.event.model_copy(update={"started": tuple(task_id for task_id, _ in a.start)})
+            for a in accepted
+        ]
+
     async def discard(self, state: InvocationState) -> None:
         """Remove an accepted invocation that was never published (best effort)."""
         try:
@@ -337,22 +462,6 @@ class ApiService:
                 error=str(exc),
             )
 
-    async def invoke(
-        self,
-        namespace: str,
-        graph: str,
-        body: bytes,
-        content_type: str | None,
-        encoded: bool,
-        *,
-        may_pickle: bool = False,
-    ) -> str:
-        accepted = await self.accept_invocation(
-            namespace, graph, body, content_type, encoded, may_pickle=may_pickle
-        )
-        await self.publish_accepted([accepted])
-        return accepted.id
-
     async def accept_file(
         self,
         namespace: str,
@@ -362,9 +471,11 @@ class ApiService:
         metadata: str | None,
     ) -> AcceptedInvocation:
         """Store an invocation whose input is the body as a File (not published)."""
-        record = await self.require_graph(namespace, graph)
-        payload = validation.file_payload(record.definition, body, content_type, metadata)
-        return await self._accept(record, payload)
+        return await self._accept_current(
+            namespace,
+            graph,
+            lambda definition: validation.file_payload(definition, body, content_type, metadata),
+        )
 
     # -- replays ---------------------------------------------------------------------------
 
@@ -489,9 +600,30 @@ class ApiService:
         (0: none, only the summary; ``next_tasks_cursor`` is then where the tasks start).
         While it runs, what executors do is overlaid (:mod:`.live_status`): tasks running
         now, and why tasks wait when no live executor may take them."""
-        cursor = validation.parse_scan_cursor(tasks_cursor, "tasks_cursor", "next_tasks_cursor")
-        state = await self.require_state(namespace, graph, invocation_id)
-        page = self._recorded_page(state, cursor, limit)
+        cursor = self.tasks_cursor(tasks_cursor)
+        state, read = await self.state_and_page(namespace, graph, invocation_id, cursor, limit)
+        return await self.invocation_info(state, read, cursor, limit)
+
+    @staticmethod
+    def tasks_cursor(tasks_cursor: str | None) -> int:
+        return validation.parse_scan_cursor(tasks_cursor, "tasks_cursor", "next_tasks_cursor")
+
+    async def state_and_page(
+        self, namespace: str, graph: str, invocation_id: str, cursor: int, limit: int
+    ) -> tuple[InvocationState, TasksPage | None]:
+        """:meth:`require_state` and, in the same round trip, the page of task records
+        :meth:`invocation_info` shows (None: it reads it itself)."""
+        loaded, page = await self.store.invocations.load_invocation_page(
+            invocation_id, cursor, limit
+        )
+        return await self.own_state(loaded, namespace, graph, invocation_id), page
+
+    async def invocation_info(
+        self, state: InvocationState, read: TasksPage | None, cursor: int, limit: int
+    ) -> InvocationInfo:
+        """What :meth:`invocation` answers for ``state`` and its page ``read`` (if read)."""
+        namespace, graph, invocation_id = state.namespace, state.graph, state.invocation_id
+        page = self._recorded_page(state, cursor, limit, read)
         if state.terminal or not state.task_counts.get("queued"):
             return await page
         info, activity, waiting = await asyncio.gather(
@@ -515,16 +647,20 @@ class ApiService:
         return await InvocationWaiting(self.placement, self.store, invocation_id).note()
 
     async def _recorded_page(
-        self, state: InvocationState, cursor: int, limit: int
+        self, state: InvocationState, cursor: int, limit: int, read: TasksPage | None = None
     ) -> InvocationInfo:
-        """The summary and one page of the task records, as the scheduler recorded them."""
+        """The summary and one page of the task records, as the scheduler recorded them
+        (``read``: that page, read with the summary)."""
         invocation_id = state.invocation_id
         if limit <= 0:
             has_tasks = cursor != 0 or any(n > 0 for n in state.task_counts.values())
             return InvocationInfo.from_summary(state, [], str(cursor) if has_tasks else None)
-        records, after = await self.store.invocations.tasks_page(
-            invocation_id, cursor, limit, generation=state.generation
-        )
+        if read is not None:
+            records, after = read
+        else:
+            records, after = await self.store.invocations.tasks_page(
+                invocation_id, cursor, limit, generation=state.generation
+            )
         return InvocationInfo.from_summary(state, records, validation.scan_cursor(after))
 
     async def cancel_invocation(

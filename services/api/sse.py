@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 
 from starlette.responses import StreamingResponse
 
-from indexify.engine import TERMINAL_STATUSES
+from indexify.engine import TERMINAL_STATUSES, InvocationState
 from indexify.models import InvocationInfo
 from services.common.errors import ServiceError
 from services.common.events import ProgressEvent
@@ -80,46 +80,69 @@ async def _final(
     return InvocationInfo.from_state(state, with_tasks=False) if state.terminal else None
 
 
-async def wait_until_terminal(
-    service: ApiService, invocation_id: str, wait_sec: float, *, until_waiting: bool = False
-) -> None:
-    """A long poll: return once the invocation is terminal or gone, or after ``wait_sec``;
-    with ``until_waiting`` also once it waits for an executor nobody offers.
+class LongPoll:
+    """``with LongPoll(service, invocation_id) as poll``: watches the finished channel from
+    its start, so a finish after that is not missed by :meth:`wait`, which then checks the
+    stored status (unless the caller just did, after the start) and waits."""
 
-    Watches the finished channel first, then checks the stored status, so a finish between
-    the two is not missed; the status is re-checked at least every second as well.
-    """
-    if wait_sec <= 0:
-        return
-    deadline = time.monotonic() + wait_sec
-    watch = service.hub.watch(invocation_id)
-    waiting = InvocationWaiting(service.placement, service.store, invocation_id)
-    try:
-        while not await _terminal_or_gone(service, invocation_id):
+    def __init__(self, service: ApiService, invocation_id: str) -> None:
+        self._service = service
+        self.invocation_id = invocation_id
+        self._watch = service.hub.watch(invocation_id)
+
+    def __enter__(self) -> LongPoll:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._service.hub.unwatch(self._watch)
+
+    async def wait(
+        self,
+        wait_sec: float,
+        *,
+        until_waiting: bool = False,
+        checked: bool = False,
+        state: InvocationState | None = None,
+        version: tuple[str, str, str] | None = None,
+    ) -> tuple[bool, str | None]:
+        """Return once the invocation is terminal or gone, or after ``wait_sec``; with
+        ``until_waiting`` also once it waits for an executor nobody offers. Returns
+        ``(True, status)`` when a status check ended the wait (None: gone), else
+        ``(False, None)``: the status is unknown (it finished, or the wait ended).
+
+        ``checked``: the caller read the status after the watch started, and it was not
+        terminal (``state``: the summary it read; ``version``: the invocation's ``(namespace,
+        graph, version)``, for the waiting note). The status is re-checked at least every
+        second as well (a pub/sub message can be lost)."""
+        service, invocation_id, watch = self._service, self.invocation_id, self._watch
+        deadline = time.monotonic() + wait_sec
+        waiting = InvocationWaiting(
+            service.placement, service.store, invocation_id, state=state, version=version
+        )
+        while True:
+            if not checked:
+                status = await service.store.invocations.invocation_status(invocation_id)
+                if status is None or status in TERMINAL_STATUSES:
+                    return True, status
+            checked = False
             if until_waiting and await waiting.note() is not None:
-                return
+                return False, None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                return False, None
             try:
-                await asyncio.wait_for(watch.event.wait(), min(_CHECK_EVERY_SEC, remaining))
+                async with asyncio.timeout(min(_CHECK_EVERY_SEC, remaining)):
+                    await watch.event.wait()
             except TimeoutError:
                 continue
             if watch.finished:
-                return  # published after the terminal state was saved (or the deletion)
+                return False, None  # published after the terminal state was saved (or deletion)
             watch.event.clear()
-    finally:
-        service.hub.unwatch(watch)
 
 
 def _waiting_event(invocation_id: str, note: str | None) -> bytes:
     event = ProgressEvent(type="invocation.waiting", invocation_id=invocation_id, waiting=note)
     return format_event(event.type, event.model_dump_json())
-
-
-async def _terminal_or_gone(service: ApiService, invocation_id: str) -> bool:
-    status = await service.store.invocations.invocation_status(invocation_id)
-    return status is None or status in TERMINAL_STATUSES
 
 
 async def _events(

@@ -142,15 +142,28 @@ class InvocationWaiting:
     """The waiting note of one invocation, asked again and again (a progress stream, a long
     poll): its summary is read only while a function of its graph has no live executor."""
 
-    def __init__(self, watch: PlacementWatch, store: StateStore, invocation_id: str) -> None:
+    def __init__(
+        self,
+        watch: PlacementWatch,
+        store: StateStore,
+        invocation_id: str,
+        *,
+        state: InvocationState | None = None,
+        version: tuple[str, str, str] | None = None,
+    ) -> None:
+        """``state``: its summary, read just now (the first :meth:`note` uses it);
+        ``version``: its ``(namespace, graph, version)``, when known."""
         self._watch = watch
         self._store = store
         self.invocation_id = invocation_id
-        self._version: tuple[str, str, str] | None = None
+        self._version = version
+        self._state = state
+        if state is not None:
+            self._version = (state.namespace, state.graph, state.graph_version)
 
     async def note(self) -> str | None:
         """Why the invocation waits now (:func:`describe`), or None."""
-        state = None
+        state, self._state = self._state, None
         if self._version is None:
             state = await self._summary()
             if state is None:

@@ -6,7 +6,7 @@ Every registration or deletion bumps an epoch that executors watch to resubscrib
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
@@ -19,7 +19,7 @@ from .redis_calls import RedisRepository
 if TYPE_CHECKING:
     from .invocations import InvocationRepository
 
-__all__ = ["DEFAULT_NAMESPACE", "GraphRecord", "GraphRepository"]
+__all__ = ["DEFAULT_NAMESPACE", "GraphCache", "GraphRecord", "GraphRepository"]
 
 DEFAULT_NAMESPACE = "default"
 _GRAPH_RECORDS_CACHED = 256
@@ -170,3 +170,86 @@ class GraphRepository(RedisRepository):
     async def graphs_epoch(self) -> int:
         raw = await self._call(self._redis.get(self.names.graphs_epoch_key))
         return int(raw or 0)
+
+    async def get_graph_at_epoch(self, namespace: str, name: str) -> tuple[GraphRecord | None, int]:
+        """:meth:`get_graph` and the graphs epoch, in one round trip. The epoch is read
+        first: a change after it bumps it past what is returned, so a record kept with
+        its epoch is current for as long as the epoch is still that one."""
+        return await self._at_epoch(self.names.graphs_key(namespace), name)
+
+    async def get_graph_version_at_epoch(
+        self, namespace: str, name: str, version: str
+    ) -> tuple[GraphRecord | None, int]:
+        """:meth:`get_graph_version` and the graphs epoch, as :meth:`get_graph_at_epoch`."""
+        return await self._at_epoch(self.names.graph_versions_key(namespace, name), version)
+
+    async def _at_epoch(self, key: str, field: str) -> tuple[GraphRecord | None, int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.names.graphs_epoch_key)
+            pipe.hget(key, field)
+            epoch, raw = await self._call(pipe.execute())
+        return (self._graph_record(raw) if raw else None), int(epoch or 0)
+
+
+_Entry = tuple[GraphRecord, int]
+
+
+class GraphCache:
+    """Graph records kept with the graphs epoch they were read at, for a reader that learns
+    the epoch in round trips it makes anyway (the API reads it with an invocation's state,
+    or in the transaction that creates one): a kept record is current while the epoch is
+    the one it was kept with, since every registration and deletion bumps it
+    (:meth:`GraphRepository._set_current`, :meth:`GraphRepository.delete_graph`).
+
+    * :meth:`current`: the graph's current version as last read, and its epoch; the caller
+      checks that epoch afterwards and reads again (:meth:`read_current`) if it moved.
+    * :meth:`version`: a version read at exactly ``epoch``, else read now.
+    """
+
+    def __init__(self, graphs: GraphRepository, limit: int = _GRAPH_RECORDS_CACHED) -> None:
+        self._graphs = graphs
+        self._limit = limit
+        self._current: dict[tuple[str, str], _Entry] = {}
+        self._versions: dict[tuple[str, str, str], _Entry] = {}
+
+    def current(self, namespace: str, name: str) -> _Entry | None:
+        """The graph's current record as last read, with its epoch (unchecked)."""
+        return self._current.get((namespace, name))
+
+    async def read_current(self, namespace: str, name: str) -> tuple[GraphRecord | None, int]:
+        """The graph's current record read now (None: not registered), and the epoch."""
+        record, epoch = await self._graphs.get_graph_at_epoch(namespace, name)
+        if record is None:
+            self._current.pop((namespace, name), None)
+        else:
+            self._keep(self._current, (namespace, name), (record, epoch))
+            self._keep(self._versions, (namespace, name, record.version), (record, epoch))
+        return record, epoch
+
+    async def version(
+        self, namespace: str, name: str, version: str, epoch: int
+    ) -> GraphRecord | None:
+        """Version ``version`` of the graph as of ``epoch`` (an epoch the caller just read):
+        the kept record if it was kept at that epoch, else read now."""
+        key = (namespace, name, version)
+        found = self._versions.get(key)
+        if found is not None and found[1] == epoch:
+            return found[0]
+        record, read_at = await self._graphs.get_graph_version_at_epoch(namespace, name, version)
+        if record is None:
+            self._versions.pop(key, None)
+        else:
+            self._keep(self._versions, key, (record, read_at))
+        return record
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is kept of a graph this process just changed (registered, deleted):
+        the epoch would tell, this saves finding out."""
+        self._current.pop((namespace, name), None)
+        for key in [k for k in self._versions if k[0] == namespace and k[1] == name]:
+            del self._versions[key]
+
+    def _keep(self, entries: dict[Any, _Entry], key: Any, entry: _Entry) -> None:
+        if key not in entries and len(entries) >= self._limit:
+            entries.clear()
+        entries[key] = entry

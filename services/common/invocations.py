@@ -83,6 +83,18 @@ def parse_summary(raw: bytes | str) -> InvocationState:
     return InvocationState.model_validate_json(raw)
 
 
+def _summary_of(row: Sequence[Any]) -> tuple[InvocationState, int] | None:
+    """``(summary, rev)`` from ``HMGET state rev status`` (None: no such invocation). A
+    finished invocation whose replay was requested and not started yet reads as
+    ``pending`` (its stored ``status``, see :mod:`.replays`)."""
+    if row[0] is None:
+        return None
+    state = parse_summary(row[0])
+    if state.terminal and row[2] == b"pending":
+        state.status = "pending"
+    return state, int(row[1] or 0)
+
+
 def _ranges(items: Sequence[Any]) -> list[ValueRange]:
     return _RANGES.validate_json(b"[" + b",".join(items) + b"]") if items else []
 
@@ -94,6 +106,8 @@ class InvocationRepository(RedisRepository):
     def __init__(self, redis: aioredis.Redis, names: Names):
         super().__init__(redis, names)
         self._save = register(redis, "save_invocation")
+        self._create_reading = register(redis, "create_invocation")
+        self._outputs_page = register(redis, "outputs_page")
 
     def save_call(
         self,
@@ -256,13 +270,73 @@ class InvocationRepository(RedisRepository):
             rows = await self._call(pipe.execute())
         loaded: dict[str, tuple[InvocationState, int]] = {}
         for inv, row in zip(ids, rows, strict=True):
-            if row[0] is None:
-                continue
-            state = parse_summary(row[0])
-            if state.terminal and row[2] == b"pending":
-                state.status = "pending"
-            loaded[inv] = (state, int(row[1] or 0))
+            summary = _summary_of(row)
+            if summary is not None:
+                loaded[inv] = summary
         return loaded
+
+    def _pipe_summary(self, pipe: Any, invocation_id: str) -> None:
+        """Queue what :meth:`load_invocations` reads of one invocation (see
+        :func:`_summary_of`)."""
+        pipe.hmget(self.names.invocation_key(invocation_id), ["state", "rev", "status"])
+
+    async def load_invocation_page(
+        self, invocation_id: str, cursor: int = 0, limit: int = 1000
+    ) -> tuple[tuple[InvocationState, int] | None, tuple[list[TaskRecord], int] | None]:
+        """:meth:`load_invocation` and, in the same round trip, :meth:`tasks_page` from
+        ``cursor`` (all functions); the page is None when it was not read (``limit`` <= 0,
+        or no such invocation) and is read on after loading the summary when the invocation
+        is in a later computation than the first (a replay: its records are filtered by
+        generation) or the first scan was not enough."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            self._pipe_summary(pipe, invocation_id)
+            if limit > 0:
+                pipe.hscan(self.names.tasks_key(invocation_id), cursor, count=limit)
+            rows = await self._call(pipe.execute())
+        loaded = _summary_of(rows[0])
+        if loaded is None or limit <= 0:
+            return loaded, None
+        generation = loaded[0].generation
+        first = tuple(rows[1]) if generation == 0 else None
+        page = await self._scan_tasks(
+            invocation_id, cursor, limit, generation=generation, first=first
+        )
+        return loaded, page
+
+    async def load_invocation_outputs(
+        self,
+        invocation_id: str,
+        function: str,
+        start: int,
+        stop: int,
+        *,
+        generation: int = 0,
+        also_get: str,
+        values: int = 0,
+        offset: int = 0,
+    ) -> tuple[tuple[InvocationState, int] | None, list[ValueRange], Any, dict[str, StoredValues]]:
+        """In one script call (one round trip): :meth:`load_invocation`, entries ``start``
+        to ``stop - 1`` of ``function``'s output index in computation ``generation`` (the
+        caller checks that it is the one it wants), the value of the string key
+        ``also_get``, and the stored values (:meth:`get_outputs`) of the tasks of the first
+        ``values`` values from ``offset`` in the first entry on: what a page of that many
+        values needs (a guess the caller checks: a task missing here is read again)."""
+        keys = [
+            also_get,
+            self.names.invocation_key(invocation_id),
+            self.names.output_index_key(invocation_id, function, generation),
+            self.names.outputs_key(invocation_id),
+        ]
+        extra, head, items, ids, raw = await self._call(
+            self._outputs_page(keys=keys, args=[start, stop - 1, values, offset])
+        )
+        stored = {
+            text(task_id): StoredValues.model_validate_json(value)
+            for task_id, value in zip(ids, raw, strict=True)
+            if value
+        }
+        ranges = _ranges(list(items)) if stop > start else []
+        return _summary_of(head), ranges, extra, stored
 
     async def tasks_page(
         self,
@@ -278,15 +352,34 @@ class InvocationRepository(RedisRepository):
         no more. A filtered page may be short (even empty) with a cursor to go on from: the
         scan stops after about ``_SCAN_ROUNDS`` times ``limit`` fields, whatever it found.
         (The records of every computation share one hash: a task id names its generation.)"""
+        return await self._scan_tasks(
+            invocation_id, cursor, limit, function=function, generation=generation
+        )
+
+    async def _scan_tasks(
+        self,
+        invocation_id: str,
+        cursor: int,
+        limit: int,
+        *,
+        function: str | None = None,
+        generation: int = 0,
+        first: tuple[int, Any] | None = None,
+    ) -> tuple[list[TaskRecord], int]:
+        """:meth:`tasks_page`'s scan; ``first``: the answer of its first HSCAN, read already
+        (in the round trip of :meth:`load_invocation_page`)."""
         key = self.names.tasks_key(invocation_id)
         records: list[TaskRecord] = []
         match = f"{function}-*" if function is not None else None
         if generation:
             match = f"{match or '*'}~{generation}"
         for _ in range(_SCAN_ROUNDS):
-            cursor, found = await self._call(
-                self._redis.hscan(key, cursor, match=match, count=limit)
-            )
+            if first is not None:
+                (cursor, found), first = first, None
+            else:
+                cursor, found = await self._call(
+                    self._redis.hscan(key, cursor, match=match, count=limit)
+                )
             assert isinstance(found, dict)
             for task_id, raw in found.items():
                 if generation_of(text(task_id)) != generation:
@@ -350,6 +443,32 @@ class InvocationRepository(RedisRepository):
 
     async def create_invocation(self, state: InvocationState, input_values: StoredValues) -> None:
         """Record an accepted invocation (status pending) before its event is published."""
+        await self._call(self._create_pipeline(state, input_values).execute())
+
+    async def create_invocation_reading(
+        self, state: InvocationState, input_values: StoredValues, key: str
+    ) -> Any:
+        """:meth:`create_invocation`, reading the string ``key`` in the same atomic call
+        (e.g. the graphs epoch: whether a cached graph was still current); its value. One
+        script call: one command and one reply, where a transaction has six."""
+        inv = state.invocation_id
+        keys = [
+            self.names.invocation_key(inv),
+            self.names.outputs_key(inv),
+            self.names.invocations_key(state.namespace, state.graph),
+            key,
+        ]
+        args = [
+            summary_json(state),
+            state.status,
+            INPUT_FIELD,
+            input_values.model_dump_json(),
+            repr(float(state.created_at or time.time())),
+            inv,
+        ]
+        return await self._call(self._create_reading(keys=keys, args=args))
+
+    def _create_pipeline(self, state: InvocationState, input_values: StoredValues) -> Any:
         inv = state.invocation_id
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(
@@ -361,7 +480,7 @@ class InvocationRepository(RedisRepository):
             self.names.invocations_key(state.namespace, state.graph),
             {state.invocation_id: state.created_at or time.time()},
         )
-        await self._call(pipe.execute())
+        return pipe
 
     async def load_invocation(self, invocation_id: str) -> tuple[InvocationState, int] | None:
         """The summary of an invocation (no task records, no outputs) and its revision."""

@@ -204,6 +204,17 @@ class ApiSettings(BaseSettings):
         description="log every HTTP request (one line each: about 5 % of the API's CPU under "
         "load); errors are logged either way",
     )
+    direct_start: bool = Field(
+        default=True,
+        description="send each new invocation's first task to its executors directly, not "
+        "through the scheduler (one Kafka hop less per invocation; "
+        "services/common/task_messages.py); off: the scheduler sends every task",
+    )
+    failpoint: str = Field(
+        default="",
+        description="tests only: exit_after_start exits once a new invocation's first task "
+        "is sent, before its created event is",
+    )
     admin_key_sha256: str = Field(
         default="",
         pattern="^([0-9a-fA-F]{64})?$",

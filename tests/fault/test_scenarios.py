@@ -155,6 +155,63 @@ def test_executor_dies_after_storing_outputs_no_duplicates(
     print(f"executor died at the failpoint; recovered in {recovery:.1f} s; {republished} recorded")
 
 
+# -- 1b. the API dies between an invocation's first task and its created event ----------------
+
+
+def test_api_dies_after_sending_the_first_task_invocation_still_completes(
+    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The API sends a new invocation's first task itself, then its ``invocation.created``
+    (services/common/task_messages.py). Failpoint ``INDEXIFY_API_FAILPOINT=exit_after_start``
+    makes it ``os._exit(1)`` between the two: the created event is never sent and the client's
+    request fails. Pass: the invocation still runs to the end (its first result tells the
+    scheduler it started), each step exactly once, with the outputs of an in-process run, and
+    it is the only invocation of the graph."""
+    stack.start(
+        ProcessSpec("api", "services.api", env={"INDEXIFY_API_FAILPOINT": "exit_after_start"})
+    )
+    stack.start(ProcessSpec("scheduler", "services.scheduler"))
+    _executor(stack, 0)
+    stack.wait_healthy()
+    client = _client(stack, request)
+    client.register_compute_graph(jobs_graph())
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    n = 3
+    with pytest.raises(Exception):  # noqa: B017 - the connection drops: any client error
+        client.invoke_graph_with_object("fault_jobs", marker_dir=str(markers), n=n)
+    victim = stack.processes["api"].process
+    wait_for(lambda: victim.poll() is not None, 30, "the failpoint to end the API")
+    assert victim.returncode == 1
+    died_at = time.monotonic()
+    stack.start(ProcessSpec("api", "services.api"))
+    stack.wait_healthy()
+
+    def only_invocation() -> str | None:
+        listed = client.invocations("fault_jobs")
+        assert len(listed) <= 1, listed
+        return listed[0].id if listed else None
+
+    wait_for(lambda: only_invocation() is not None, 30, "the invocation to be listed")
+    inv = only_invocation()
+    assert inv is not None
+    info = client.wait_for_invocation("fault_jobs", inv, timeout=90)
+    recovery = time.monotonic() - died_at
+    assert info.status == "succeeded", info.error
+    assert _count_by_x(markers, "step") == {x: 1 for x in range(n)}
+    assert _count_by_x(markers, "after") == {10 * x: 1 for x in range(n)}
+    reference = create_client(in_process=True, echo_output=False)
+    reference.register_compute_graph(jobs_graph())
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    ref = reference.invoke_graph_with_object("fault_jobs", marker_dir=str(ref_dir), n=n)
+    assert sorted(client.graph_outputs("fault_jobs", inv, "after_step")) == sorted(
+        reference.graph_outputs("fault_jobs", ref, "after_step")
+    )
+    assert "failpoint exit_after_start hit" in _log(stack, "api")
+    print(f"API died between first task and created event; invocation done {recovery:.1f} s on")
+
+
 # -- 2. Kafka restarted during 200 invocations --------------------------------------------------
 
 

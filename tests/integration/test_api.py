@@ -345,6 +345,44 @@ async def test_delete_graph_removes_invocations_and_code(api: Api) -> None:
     )
 
 
+@indexify_function()
+def shout(text: str) -> str:
+    return text.upper()
+
+
+async def test_invoke_follows_graph_changes_made_through_another_api(api: Api) -> None:
+    """An API keeps graph records it read (``GraphCache``); a registration or deletion
+    through another API process moves the graphs epoch, so the next invoke here sees it."""
+    url = "/namespaces/default/compute_graphs/calc"
+    first = await api.register(graph_v1())
+    kept = await api.invoke(n=1)
+    assert api.service.graph_cache.current("default", "calc") is not None
+    async with running_api(api.settings) as other:
+        second = await other.register(graph_v2())
+        changed = await api.invoke(n=1)
+        loaded = await api.store.invocations.load_invocation(changed)
+        assert loaded is not None and loaded[0].graph_version == second["version"]
+        # the arguments the kept version refuses, and the current one takes
+        third = await other.register(Graph(name="calc", start_node=shout))
+        response = await api.client.post(f"{url}/invoke_object", json={"text": "hi"})
+        assert response.status_code == 200, response.text
+        loaded = await api.store.invocations.load_invocation(response.json()["id"])
+        assert loaded is not None and loaded[0].graph_version == third["version"]
+        # outputs of an invocation of the first version still name its functions
+        outputs = await api.client.get(f"{url}/invocations/{kept}/fn/square/outputs")
+        assert outputs.status_code == 200, outputs.text
+        assert first["version"] != third["version"]
+        deleted = await other.client.delete(url)
+        assert deleted.status_code == 200, deleted.text
+        assert_error(await api.client.post(f"{url}/invoke_object", json={"text": "hi"}), 404)
+        assert await api.store.invocations.list_invocations("default", "calc") == []
+        again = await other.register(graph_v1())
+        assert again["version"] == first["version"]
+        revived = await api.invoke(n=2)
+        loaded = await api.store.invocations.load_invocation(revived)
+        assert loaded is not None and loaded[0].graph_version == first["version"]
+
+
 # -- invoking ------------------------------------------------------------------------------
 
 
@@ -791,7 +829,19 @@ async def test_function_outputs_are_paged(api: Api, monkeypatch: pytest.MonkeyPa
         reads.append(("values", len(task_ids), 0))
         return await original_outputs(inv, task_ids)
 
+    original_with_state = store.load_invocation_outputs
+
+    async def load_invocation_outputs(
+        inv: str, fn: str, start: int, stop: int, **options: Any
+    ) -> Any:  # the index entries read with the state (one round trip)
+        assert stop - start <= 101, (start, stop)
+        reads.append(("index", start, stop))
+        loaded = await original_with_state(inv, fn, start, stop, **options)
+        assert len(loaded[3]) <= 100  # and the stored values of at most one page
+        return loaded
+
     monkeypatch.setattr(store, "output_ranges", output_ranges)
+    monkeypatch.setattr(store, "load_invocation_outputs", load_invocation_outputs)
     monkeypatch.setattr(store, "get_outputs", get_outputs)
     url = f"/namespaces/default/compute_graphs/calc/invocations/{invocation}/fn/{{}}/outputs"
 
@@ -823,6 +873,7 @@ async def test_function_outputs_are_paged(api: Api, monkeypatch: pytest.MonkeyPa
     assert found == [i * i for i in range(250)] and ids == [f"{t}:0" for t in squares]
     assert cursors == ["100.0", "200.0", None]
     assert reads and all(kind != "values" or n <= 100 for kind, n, _ in reads)
+    assert any(kind == "index" for kind, _, _ in reads)
 
     monkeypatch.setattr(api_outputs, "PAGE_BYTES", 10)  # a page ends by size as well
     _, found, cursors = await read_all("square", limit=100)

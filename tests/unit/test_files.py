@@ -30,7 +30,7 @@ from indexify.encoding import JSON, PICKLE, Payload, coerce, decode, encode, enc
 from indexify.http import HttpRequest, HttpResponse
 from indexify.local import LocalClient
 from indexify.remote import RemoteClient
-from services.api.limits import RequestGuardMiddleware
+from services.api.middleware import ApiMiddleware
 from services.api.validation import file_payload
 from services.common.blobs import OCTET_STREAM, object_content_type
 from services.common.errors import BadRequest
@@ -261,7 +261,7 @@ def test_the_api_refuses_a_file_for_a_start_function_that_takes_none() -> None:
         file_payload(definition, b"x", "text/plain", None)
 
 
-def _guarded_app() -> RequestGuardMiddleware:
+def _guarded_app() -> ApiMiddleware:
     app = FastAPI()
 
     async def echo(request: Request) -> JSONResponse:
@@ -269,7 +269,7 @@ def _guarded_app() -> RequestGuardMiddleware:
 
     app.add_api_route("/namespaces/{ns}/compute_graphs/{g}/invoke_file", echo, methods=["POST"])
     app.add_api_route("/namespaces/{ns}/compute_graphs/{g}/invoke_object", echo, methods=["POST"])
-    return RequestGuardMiddleware(app, max_json_depth=3, body_timeout_sec=5.0)
+    return ApiMiddleware(app, max_body_bytes=1024 * 1024, max_json_depth=3, body_timeout_sec=5.0)
 
 
 def _post(path: str, content: bytes, headers: dict[str, str]) -> httpx.Response:

@@ -13,7 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from services.api.errors import ERROR_RESPONSES, document_errors
-from services.api.limits import RequestGuardMiddleware, json_depth_over, origin_allowed
+from services.api.limits import json_depth_over, origin_allowed
+from services.api.middleware import ApiMiddleware
 from services.api.validation import check_path_ids
 from services.common.errors import BadRequest
 from services.common.logging import redact_credentials
@@ -98,11 +99,15 @@ async def _echo(request: Request) -> JSONResponse:
     return JSONResponse({"bytes": len(body)})
 
 
-def _guard(**options: Any) -> RequestGuardMiddleware:
+def _guard(**options: Any) -> ApiMiddleware:
     app = FastAPI()
     app.add_api_route("/x", _echo, methods=["GET", "POST"])
-    settings: dict[str, Any] = {"max_json_depth": 10, "body_timeout_sec": 5.0}
-    return RequestGuardMiddleware(app, **{**settings, **options})
+    settings: dict[str, Any] = {
+        "max_body_bytes": 1024 * 1024,
+        "max_json_depth": 10,
+        "body_timeout_sec": 5.0,
+    }
+    return ApiMiddleware(app, **{**settings, **options})
 
 
 def _send(
