@@ -27,10 +27,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from indexify import Graph, IndexifyClient, create_client, indexify_function
+from indexify import Graph, IndexifyClient, indexify_function
 
-from .idle import _cpu, chain, infra_pids, private_infra
+from .idle import _cpu, chain, private_stack
 
+INFRA = frozenset({"kafka", "redis", "minio"})  # not Python: py-spy has nothing to say
 GRAPH = "cost_chain"
 PAYLOAD_GRAPH = "cost_payload"
 PAYLOAD_BYTES = 10 * 1024 * 1024
@@ -149,58 +150,43 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the data and logs directory")
     args = parser.parse_args()
 
-    from services.devstack import DevStack
-
-    with private_infra(args.keep) as infra_env:
-        logs = Path(infra_env["INDEXIFY_DATA_DIR"]) / "logs"
-        env = {**infra_env, "INDEXIFY_LOG_LEVEL": "WARNING"}
-        os.environ["INDEXIFY_DATA_DIR"] = infra_env["INDEXIFY_DATA_DIR"]
-        with DevStack(env, log_dir=logs) as stack:
-            stack.start_default(executors=1, concurrency=args.concurrency)
-            with create_client(service_url=stack.url) as client:
-                client.register_compute_graph(chain(GRAPH))
-                client.register_compute_graph(payload_graph())
-                sequential(client, 20)  # warm: imports, code caches, connections
-                roots = infra_pids(infra_env["INDEXIFY_DATA_DIR"])
-                roots.update({name: r.process.pid for name, r in stack.processes.items()})
-                if args.sequential:
-                    measured(
-                        "sequential",
-                        roots,
-                        args.sequential,
-                        lambda: sequential(client, args.sequential),
-                    )
-                if args.payloads:
-                    measured(
-                        "payload", roots, args.payloads, lambda: payloads(client, args.payloads)
-                    )
-                if args.concurrent:
-                    spies = _start_profiles(args.profile, stack.processes) if args.profile else []
-                    measured(
-                        "concurrent",
-                        roots,
-                        args.concurrent,
-                        lambda: concurrent(client, args.concurrent, args.threads),
-                    )
-                    for name, spy, out in spies:
-                        spy.send_signal(2)
-                        spy.wait(timeout=30)
-                        if out.exists():
-                            print(f"\npy-spy, {name}: self time")
-                            for frame, pct in top_frames(out):
-                                print(f"  {pct:5.1f}%  {frame}")
+    with private_stack(args.keep, args.concurrency) as (roots, client):
+        client.register_compute_graph(chain(GRAPH))
+        client.register_compute_graph(payload_graph())
+        sequential(client, 20)  # warm: imports, code caches, connections
+        if args.sequential:
+            measured(
+                "sequential", roots, args.sequential, lambda: sequential(client, args.sequential)
+            )
+        if args.payloads:
+            measured("payload", roots, args.payloads, lambda: payloads(client, args.payloads))
+        if args.concurrent:
+            services = {n: pid for n, pid in roots.items() if n not in INFRA}
+            spies = _start_profiles(args.profile, services) if args.profile else []
+            measured(
+                "concurrent",
+                roots,
+                args.concurrent,
+                lambda: concurrent(client, args.concurrent, args.threads),
+            )
+            for name, spy, out in spies:
+                spy.send_signal(2)
+                spy.wait(timeout=30)
+                if out.exists():
+                    print(f"\npy-spy, {name}: self time")
+                    for frame, pct in top_frames(out):
+                        print(f"  {pct:5.1f}%  {frame}")
 
 
 def _start_profiles(
-    folder: Path, processes: dict[str, object]
+    folder: Path, services: dict[str, int]
 ) -> list[tuple[str, subprocess.Popen[bytes], Path]]:
     binary = os.environ.get("PYSPY") or shutil.which("py-spy")
     if binary is None:
         raise SystemExit("py-spy not found: pip install py-spy, or set PYSPY to its path")
     folder.mkdir(parents=True, exist_ok=True)
     spies = []
-    for name, running in processes.items():
-        pid = running.process.pid  # type: ignore[attr-defined]
+    for name, pid in services.items():
         out = folder / f"{name}.txt"
         cmd = [
             binary,

@@ -164,6 +164,25 @@ def private_infra(keep: bool) -> Iterator[dict[str, str]]:
             shutil.rmtree(data, ignore_errors=True)
 
 
+@contextmanager
+def private_stack(keep: bool, concurrency: int) -> Iterator[tuple[dict[str, int], IndexifyClient]]:
+    """:func:`private_infra` plus the API, a scheduler and an executor with ``concurrency``
+    workers; yields every process's pid by name (Kafka, Redis and MinIO too) and a client."""
+    from services.devstack import DevStack
+
+    with private_infra(keep) as infra_env:
+        logs = Path(infra_env["INDEXIFY_DATA_DIR"]) / "logs"
+        env = {**infra_env, "INDEXIFY_LOG_LEVEL": "WARNING"}
+        # the settings of this process (the DevStack's key provisioning) read the same file
+        os.environ["INDEXIFY_DATA_DIR"] = infra_env["INDEXIFY_DATA_DIR"]
+        with DevStack(env, log_dir=logs) as stack:
+            stack.start_default(executors=1, concurrency=concurrency)
+            with create_client(service_url=stack.url) as client:
+                pids = infra_pids(infra_env["INDEXIFY_DATA_DIR"])
+                pids.update({name: r.process.pid for name, r in stack.processes.items()})
+                yield pids, client
+
+
 def infra_pids(data_dir: str) -> dict[str, int]:
     run = Path(data_dir) / "run"
     return {name: int((run / f"{name}.pid").read_text()) for name in ("kafka", "redis", "minio")}
@@ -185,37 +204,26 @@ def chain_latencies(client: IndexifyClient, graph: str, count: int) -> list[floa
 
 
 def one_run(args: argparse.Namespace) -> tuple[dict[str, float], list[float]]:
-    from services.devstack import DevStack
-
-    with private_infra(args.keep) as infra_env:
-        logs = Path(infra_env["INDEXIFY_DATA_DIR"]) / "logs"
-        env = {**infra_env, "INDEXIFY_LOG_LEVEL": "WARNING"}
-        # the settings of this process (the DevStack's key provisioning) read the same file
-        os.environ["INDEXIFY_DATA_DIR"] = infra_env["INDEXIFY_DATA_DIR"]
-        with DevStack(env, log_dir=logs) as stack:
-            stack.start_default(executors=1, concurrency=args.concurrency)
-            with create_client(service_url=stack.url) as client:
-                t0 = time.monotonic()
-                register(client, args.graphs)
-                print(f"registered {args.graphs} graphs in {time.monotonic() - t0:.1f} s")
-                chain_latencies(client, "idle_chain_0", 1)  # the stack works end to end
-                time.sleep(args.settle)
-                roots = infra_pids(infra_env["INDEXIFY_DATA_DIR"])
-                roots.update({name: r.process.pid for name, r in stack.processes.items()})
-                usage, per_thread = sample(roots, args.seconds, frozenset(args.threads))
-                for name, rows in per_thread.items():
-                    top = sorted(rows.items(), key=lambda item: -item[1])[:15]
-                    print(f"\nthreads of {name} (% of one core):")
-                    for thread, pct in top:
-                        print(f"  {thread:<24} {pct:6.2f}")
-                if args.hold:
-                    print(f"holding the stack for {args.hold:.0f} s: {roots}", flush=True)
-                    time.sleep(args.hold)
-                latencies = (
-                    chain_latencies(client, f"idle_chain_{args.graphs - 1}", args.chain)
-                    if args.chain
-                    else []
-                )
+    with private_stack(args.keep, args.concurrency) as (roots, client):
+        t0 = time.monotonic()
+        register(client, args.graphs)
+        print(f"registered {args.graphs} graphs in {time.monotonic() - t0:.1f} s")
+        chain_latencies(client, "idle_chain_0", 1)  # the stack works end to end
+        time.sleep(args.settle)
+        usage, per_thread = sample(roots, args.seconds, frozenset(args.threads))
+        for name, rows in per_thread.items():
+            top = sorted(rows.items(), key=lambda item: -item[1])[:15]
+            print(f"\nthreads of {name} (% of one core):")
+            for thread, pct in top:
+                print(f"  {thread:<24} {pct:6.2f}")
+        if args.hold:
+            print(f"holding the stack for {args.hold:.0f} s: {roots}", flush=True)
+            time.sleep(args.hold)
+        latencies = (
+            chain_latencies(client, f"idle_chain_{args.graphs - 1}", args.chain)
+            if args.chain
+            else []
+        )
     return usage, latencies
 
 

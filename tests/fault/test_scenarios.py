@@ -94,6 +94,23 @@ def _log(stack: DevStack, name: str) -> str:
     return (stack.log_dir / f"{name}.log").read_text(errors="replace")
 
 
+def _assert_jobs_exact(
+    client: IndexifyClient, inv: str, markers: Path, n: int, tmp_path: Path
+) -> None:
+    """``fault_jobs`` with ``n`` jobs ran each ``step`` and ``after_step`` exactly once (no
+    stored step re-ran), with the outputs of an in-process run."""
+    assert _count_by_x(markers, "step") == {x: 1 for x in range(n)}, "a stored step re-ran"
+    assert _count_by_x(markers, "after") == {10 * x: 1 for x in range(n)}
+    reference = create_client(in_process=True, echo_output=False)
+    reference.register_compute_graph(jobs_graph())
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    ref = reference.invoke_graph_with_object("fault_jobs", marker_dir=str(ref_dir), n=n)
+    assert sorted(client.graph_outputs("fault_jobs", inv, "after_step")) == sorted(
+        reference.graph_outputs("fault_jobs", ref, "after_step")
+    )
+
+
 def _wait_terminal(client: IndexifyClient, graph: str, inv: str, timeout: float) -> Any:
     """``wait_for_invocation``, asking again while the API answers 503 (Redis reconnecting)."""
     deadline = time.monotonic() + timeout
@@ -140,16 +157,7 @@ def test_executor_dies_after_storing_outputs_no_duplicates(
     info = client.wait_for_invocation("fault_jobs", inv, timeout=90)
     recovery = time.monotonic() - died_at
     assert info.status == "succeeded", info.error
-    assert _count_by_x(markers, "step") == {x: 1 for x in range(n)}, "a stored step re-ran"
-    assert _count_by_x(markers, "after") == {10 * x: 1 for x in range(n)}
-    reference = create_client(in_process=True, echo_output=False)
-    reference.register_compute_graph(jobs_graph())
-    ref_dir = tmp_path / "reference"
-    ref_dir.mkdir()
-    ref = reference.invoke_graph_with_object("fault_jobs", marker_dir=str(ref_dir), n=n)
-    assert sorted(client.graph_outputs("fault_jobs", inv, "after_step")) == sorted(
-        reference.graph_outputs("fault_jobs", ref, "after_step")
-    )
+    _assert_jobs_exact(client, inv, markers, n, tmp_path)
     republished = _log(stack, "executor-0").count("re-publishing it")
     assert republished >= 1, "the restarted executor should re-publish the recorded result"
     print(f"executor died at the failpoint; recovered in {recovery:.1f} s; {republished} recorded")
@@ -198,16 +206,7 @@ def test_api_dies_after_sending_the_first_task_invocation_still_completes(
     info = client.wait_for_invocation("fault_jobs", inv, timeout=90)
     recovery = time.monotonic() - died_at
     assert info.status == "succeeded", info.error
-    assert _count_by_x(markers, "step") == {x: 1 for x in range(n)}
-    assert _count_by_x(markers, "after") == {10 * x: 1 for x in range(n)}
-    reference = create_client(in_process=True, echo_output=False)
-    reference.register_compute_graph(jobs_graph())
-    ref_dir = tmp_path / "reference"
-    ref_dir.mkdir()
-    ref = reference.invoke_graph_with_object("fault_jobs", marker_dir=str(ref_dir), n=n)
-    assert sorted(client.graph_outputs("fault_jobs", inv, "after_step")) == sorted(
-        reference.graph_outputs("fault_jobs", ref, "after_step")
-    )
+    _assert_jobs_exact(client, inv, markers, n, tmp_path)
     assert "failpoint exit_after_start hit" in _log(stack, "api")
     print(f"API died between first task and created event; invocation done {recovery:.1f} s on")
 
