@@ -442,8 +442,9 @@ class InvocationRepository(RedisRepository):
         return keys
 
     async def create_invocation(self, state: InvocationState, input_values: StoredValues) -> None:
-        """Record an accepted invocation (status pending) before its event is published."""
-        await self._call(self._create_pipeline(state, input_values).execute())
+        """Record an accepted invocation (status pending) before its event is published
+        (one atomic call, ``lua/create_invocation.lua``)."""
+        await self.create_invocation_reading(state, input_values, self.names.graphs_epoch_key)
 
     async def create_invocation_reading(
         self, state: InvocationState, input_values: StoredValues, key: str
@@ -467,20 +468,6 @@ class InvocationRepository(RedisRepository):
             inv,
         ]
         return await self._call(self._create_reading(keys=keys, args=args))
-
-    def _create_pipeline(self, state: InvocationState, input_values: StoredValues) -> Any:
-        inv = state.invocation_id
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(
-            self.names.invocation_key(inv),
-            mapping={"state": summary_json(state), "status": state.status, "rev": 0},
-        )
-        pipe.hset(self.names.outputs_key(inv), INPUT_FIELD, input_values.model_dump_json())
-        pipe.zadd(
-            self.names.invocations_key(state.namespace, state.graph),
-            {state.invocation_id: state.created_at or time.time()},
-        )
-        return pipe
 
     async def load_invocation(self, invocation_id: str) -> tuple[InvocationState, int] | None:
         """The summary of an invocation (no task records, no outputs) and its revision."""

@@ -94,6 +94,17 @@ def _log(stack: DevStack, name: str) -> str:
     return (stack.log_dir / f"{name}.log").read_text(errors="replace")
 
 
+def _jobs(
+    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[IndexifyClient, Path]:
+    """A client with ``fault_jobs`` registered, and an empty directory for its markers."""
+    client = _client(stack, request)
+    client.register_compute_graph(jobs_graph())
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    return client, markers
+
+
 def _assert_jobs_exact(
     client: IndexifyClient, inv: str, markers: Path, n: int, tmp_path: Path
 ) -> None:
@@ -142,10 +153,7 @@ def test_executor_dies_after_storing_outputs_no_duplicates(
     _core(stack)
     _executor(stack, 0, concurrency=1, INDEXIFY_EXECUTOR_FAILPOINT="exit_before_finish:step")
     stack.wait_healthy()
-    client = _client(stack, request)
-    client.register_compute_graph(jobs_graph())
-    markers = tmp_path / "markers"
-    markers.mkdir()
+    client, markers = _jobs(stack, tmp_path, request)
     n = 1
     inv = client.invoke_graph_with_object("fault_jobs", marker_dir=str(markers), n=n)
     victim = stack.processes["executor-0"].process
@@ -181,10 +189,7 @@ def test_api_dies_after_sending_the_first_task_invocation_still_completes(
     stack.start(ProcessSpec("scheduler", "services.scheduler"))
     _executor(stack, 0)
     stack.wait_healthy()
-    client = _client(stack, request)
-    client.register_compute_graph(jobs_graph())
-    markers = tmp_path / "markers"
-    markers.mkdir()
+    client, markers = _jobs(stack, tmp_path, request)
     n = 3
     with pytest.raises(Exception):  # noqa: B017 - the connection drops: any client error
         client.invoke_graph_with_object("fault_jobs", marker_dir=str(markers), n=n)
@@ -394,10 +399,7 @@ def test_duplicate_task_delivery_has_one_effect(
     fan-out of one is continued on the executor that ran ``jobs`` (a chain), and has no task
     message to copy."""
     stack.start_default(executors=2)
-    client = _client(stack, request)
-    client.register_compute_graph(jobs_graph())
-    markers = tmp_path / "markers"
-    markers.mkdir()
+    client, markers = _jobs(stack, tmp_path, request)
     inv = client.invoke_graph_with_object("fault_jobs", marker_dir=str(markers), n=2, seconds=4.0)
     wait_for(lambda: _markers(markers, "step"), 30, "the step to start")
     infra = InfraSettings(prefix=stack.env["INDEXIFY_PREFIX"])
@@ -548,10 +550,7 @@ def test_cancel_mid_way_skips_queued_tasks(
     _core(stack)
     _executor(stack, 0)
     stack.wait_healthy()
-    client = _client(stack, request)
-    client.register_compute_graph(jobs_graph())
-    markers = tmp_path / "markers"
-    markers.mkdir()
+    client, markers = _jobs(stack, tmp_path, request)
     n = 20
     inv = client.invoke_graph_with_object("fault_jobs", marker_dir=str(markers), n=n, seconds=1.0)
     wait_for(lambda: len(_markers(markers, "step")) >= 2, 30, "two tasks to start")
