@@ -35,6 +35,7 @@ from .errors import (
     InvocationNotFinishedError,
     NotFoundError,
 )
+from .final_outputs import FinalOutputs
 from .functions import check_name
 from .graph import Graph
 from .http import (
@@ -117,6 +118,8 @@ class RemoteClient(IndexifyClient):
         """Each graph's versions this client registered, by version, the newest registered
         last (the hints for the outputs of a computation a replay replaced)."""
         self._namespace_ready = namespace == DEFAULT_NAMESPACE
+        self._finals = FinalOutputs()
+        """The final outputs answers carried, until ``graph_outputs`` reads them."""
 
     def __repr__(self) -> str:
         return f"RemoteClient({self.service_url!r}, namespace={self.namespace!r})"
@@ -247,6 +250,7 @@ class RemoteClient(IndexifyClient):
 
     def delete_graph(self, name: str) -> None:
         self._request("DELETE", self._graph_path(name))
+        self._finals.forget(name)
         with self._lock:
             self._registered.pop(name, None)
             self._earlier.pop(name, None)
@@ -287,10 +291,11 @@ class RemoteClient(IndexifyClient):
             path,
             content=body,
             headers=headers,
-            params={"wait_sec": f"{wait:.3f}", "until_waiting": "true"},
+            params={"wait_sec": f"{wait:.3f}", "until_waiting": "true", "with_outputs": "true"},
             timeout=self.timeout + wait,
         )
         invocation_id = str(accepted["id"])
+        self._finals.keep(graph, invocation_id, accepted.get("final_outputs"))
         if accepted.get("status") not in TERMINAL_STATUSES:
             waiting = accepted.get("waiting")
             if waiting:
@@ -340,7 +345,8 @@ class RemoteClient(IndexifyClient):
         """The status with one page of tasks (``limit=0``: none); with ``wait_sec`` the
         server answers once the invocation is terminal (or after ``wait_sec``; with
         ``until_waiting`` also once it waits for an executor nobody offers): a long poll
-        instead of repeated requests."""
+        instead of repeated requests, whose answer also carries the final outputs once the
+        invocation succeeded (kept for :meth:`graph_outputs`)."""
         path = self._graph_path(graph, "invocations", invocation_id)
         params: dict[str, str] = {}
         if tasks_cursor:
@@ -351,9 +357,12 @@ class RemoteClient(IndexifyClient):
         if wait_sec > 0:
             params["wait_sec"] = f"{wait_sec:.3f}"
             timeout = self.timeout + wait_sec
+            params["with_outputs"] = "true"
             if until_waiting:
                 params["until_waiting"] = "true"
         body = self._json("GET", path, params=params or None, timeout=timeout)
+        if isinstance(body, dict) and "final_outputs" in body:
+            self._finals.keep(graph, invocation_id, body.pop("final_outputs"))
         return _model(InvocationInfo, body)
 
     def invocations(self, graph: str) -> list[InvocationInfo]:
@@ -426,6 +435,9 @@ class RemoteClient(IndexifyClient):
     def graph_outputs(
         self, graph: str, invocation_id: str, fn_name: str, *, generation: int | None = None
     ) -> list[Any]:
+        kept = self._kept_outputs(graph, invocation_id, fn_name, generation)
+        if kept is not None:
+            return kept
         path = self._graph_path(graph, "invocations", invocation_id, "fn", fn_name, "outputs")
         params = {"limit": str(_OUTPUTS_PAGE)}
         if generation is not None:
@@ -434,6 +446,9 @@ class RemoteClient(IndexifyClient):
         if body.get("status") not in TERMINAL_STATUSES:
             # the in-process client's outputs are always final: wait for the same here
             self._wait(graph, invocation_id, self.wait_timeout, limit=0)
+            kept = self._kept_outputs(graph, invocation_id, fn_name, generation)
+            if kept is not None:
+                return kept
             body = self._json("GET", path, params=params)
         error = body.get("error")
         if error:
@@ -451,11 +466,18 @@ class RemoteClient(IndexifyClient):
             if body.get("next_cursor") == cursor:
                 raise ApiError(502, f"GET {path} answered the same page again ({cursor!r})")
             cursor = body.get("next_cursor")
-        payloads = [
-            Payload(content_type=item["content_type"], data=base64.b64decode(item["data"]))
-            for item in items
-        ]
-        return self._decode_outputs(graph, fn_name, payloads)
+        return self._decode_outputs(graph, fn_name, _payloads(items))
+
+    def _kept_outputs(
+        self, graph: str, invocation_id: str, fn_name: str, generation: int | None
+    ) -> list[Any] | None:
+        """The outputs of ``fn_name`` the answer that said the invocation succeeded carried
+        (:class:`FinalOutputs`), decoded; None when none are kept (or a computation is
+        asked for by number)."""
+        if generation is not None:
+            return None
+        kept = self._finals.take(graph, invocation_id, fn_name)
+        return None if kept is None else self._decode_outputs(graph, fn_name, _payloads(kept))
 
     def _decode_outputs(self, graph: str, fn_name: str, payloads: list[Payload]) -> list[Any]:
         """Outputs as values. JSON is typed with the caller's own classes (the return
@@ -514,12 +536,14 @@ class RemoteClient(IndexifyClient):
 
     def delete_invocation(self, graph: str, invocation_id: str) -> None:
         self._request("DELETE", self._graph_path(graph, "invocations", invocation_id))
+        self._finals.forget(graph, invocation_id)
 
     def rerun_invocation(
         self, graph: str, invocation_id: str, *, from_function: str | None = None
     ) -> str:
         path = self._graph_path(graph, "invocations", invocation_id, "rerun")
         params = {"from_function": from_function} if from_function is not None else None
+        self._finals.forget(graph, invocation_id)
         return str(self._json("POST", path, params=params)["id"])
 
     def rerun_graph(
@@ -533,6 +557,7 @@ class RemoteClient(IndexifyClient):
         params = {"from_function": from_function} if from_function is not None else None
         body = {"invocations": list(invocations)} if invocations is not None else None
         path = self._graph_path(graph, "rerun")
+        self._finals.forget(graph)
         replay = _model(Replay, self._json("POST", path, params=params, json=body))
         if not block_until_done:
             return replay
@@ -558,6 +583,14 @@ class RemoteClient(IndexifyClient):
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _payloads(items: Sequence[Mapping[str, Any]]) -> list[Payload]:
+    """Values as the server lists them (``content_type``, base64 ``data``) -> payloads."""
+    return [
+        Payload(content_type=item["content_type"], data=base64.b64decode(item["data"]))
+        for item in items
+    ]
 
 
 def _log_waiting(graph: str, invocation_id: str, waiting: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
+from indexify.definition import GraphDefinition
 from indexify.encoding import Payload
 from indexify.engine import ErrorInfo, InvocationState, ValueRange, generation_of
 from indexify.models import TaskLogs
@@ -32,6 +33,11 @@ OUTPUTS_PAGE = 100
 MAX_OUTPUTS_PAGE = 1000
 PAGE_BYTES = 8 * 1024 * 1024
 """A page of outputs ends once its values reach about this many bytes (base64 adds a third)."""
+FINAL_VALUES = 100
+"""An answer that waited for an invocation carries the values of its last functions when they
+are at most this many (``with_outputs``, :func:`final_outputs`) ..."""
+FINAL_BYTES = 64 * 1024
+"""... and at most this many bytes (before base64), all stored inline in Redis."""
 LOGS_PAGE = 100
 MAX_LOGS_PAGE = 1000
 _READS_AT_ONCE = 16  # concurrent MinIO reads of one request
@@ -260,6 +266,103 @@ async def function_outputs(
         outputs=values,
         next_cursor=validation.outputs_cursor(at, done) if more else None,
     )
+
+
+def last_functions(definition: GraphDefinition) -> list[str]:
+    """The functions of a graph that nothing follows (no edges out, not a router): the ones
+    whose values are an invocation's result."""
+    return [
+        fn
+        for fn in definition.nodes
+        if not definition.edges.get(fn) and not definition.routes.get(fn)
+    ]
+
+
+async def _final_functions(service: ApiService, state: InvocationState) -> list[str]:
+    """The last functions of ``state``'s graph version, unless its output counts say their
+    values are too many to carry (:data:`FINAL_VALUES`)."""
+    definition = await service.placement.definition(
+        state.namespace, state.graph, state.graph_version
+    )
+    leaves = last_functions(definition) if definition is not None else []
+    if sum(state.output_counts.get(fn, 0) for fn in leaves) > FINAL_VALUES:
+        return []
+    return leaves
+
+
+async def final_outputs(
+    service: ApiService, state: InvocationState
+) -> dict[str, list[dict[str, str]]] | None:
+    """The values of the last functions (:func:`last_functions`) of an invocation that
+    succeeded (``state``: its summary, read just now) as :class:`OutputValue` dicts, if they
+    are at most :data:`FINAL_VALUES` values and :data:`FINAL_BYTES` bytes, all inline in
+    Redis; else None (the client reads them page by page, :func:`function_outputs`)."""
+    if state.status != "succeeded":
+        return None
+    leaves = await _final_functions(service, state)
+    if not leaves:
+        return None
+    _, ranges, stored = await service.store.invocations.function_values(
+        state.invocation_id, leaves, generation=state.generation, limit=FINAL_VALUES + 1
+    )
+    return _inline_values(leaves, ranges, stored)
+
+
+async def ended_with_outputs(
+    service: ApiService, started: InvocationState
+) -> tuple[InvocationState | None, dict[str, list[dict[str, str]]] | None]:
+    """The summary of an invocation that was seen to end (None: deleted) and its
+    :func:`final_outputs`, read together in one round trip. ``started``: its summary when it
+    was created, whose graph version and computation name the values to read; they are
+    None unless the summary read with them agrees and says it succeeded."""
+    leaves = await _final_functions(service, started)
+    if not leaves:
+        loaded = await service.store.invocations.load_invocation(started.invocation_id)
+        return (loaded[0] if loaded is not None else None), None
+    loaded, ranges, stored = await service.store.invocations.function_values(
+        started.invocation_id, leaves, generation=started.generation, limit=FINAL_VALUES + 1
+    )
+    if loaded is None:
+        return None, None
+    state = loaded[0]
+    if (
+        state.status != "succeeded"
+        or state.generation != started.generation
+        or state.graph_version != started.graph_version
+    ):
+        return state, None
+    return state, _inline_values(leaves, ranges, stored)
+
+
+def _inline_values(
+    functions: Sequence[str],
+    ranges: dict[str, list[ValueRange]],
+    stored: dict[str, StoredValues],
+) -> dict[str, list[dict[str, str]]] | None:
+    """``functions``' values from their index entries and stored values, if they are all
+    inline and within :data:`FINAL_VALUES` and :data:`FINAL_BYTES`; else None."""
+    budget, room = FINAL_BYTES, FINAL_VALUES
+    found: dict[str, list[dict[str, str]]] = {}
+    for fn in functions:
+        values = found[fn] = []
+        for entry in ranges[fn]:
+            held = stored.get(entry.task_id)
+            if held is None or held.inline is None or held.count < entry.stop:
+                return None
+            for index in range(entry.start, entry.stop):
+                data = held.inline[index]
+                budget -= len(data)
+                room -= 1
+                if budget < 0 or room < 0:
+                    return None
+                values.append(
+                    {
+                        "id": f"{entry.task_id}:{index}",
+                        "content_type": held.content_types[index],
+                        "data": base64.b64encode(data).decode(),
+                    }
+                )
+    return found
 
 
 async def raw_output(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from indexify.data_objects import FILE_METADATA_HEADER, OCTET_STREAM, file_attributes
 from indexify.engine import TERMINAL_STATUSES
-from indexify.models import InvocationInfo, Replay
+from indexify.models import Replay
 from services.common.api_keys import Role
 from services.common.settings import ApiSettings
 
@@ -24,6 +24,7 @@ from .schemas import (
     InvocationAccepted,
     InvocationDeleted,
     InvocationList,
+    InvocationWithOutputs,
     OutputCounts,
     ReplayList,
     ReplayRequested,
@@ -44,6 +45,12 @@ _TRUE = frozenset({"1", "true", "yes"})
 _UNTIL_WAITING = Query(
     description="with `wait_sec`: answer as well as soon as the invocation waits for an "
     "executor nobody offers (`waiting` then says why)",
+)
+
+_WITH_OUTPUTS = Query(
+    description="with `wait_sec`: once the invocation succeeded, answer with the values of "
+    "the functions nothing follows too (`final_outputs`), when they are few and small: the "
+    "request that reads them is saved",
 )
 
 _INVOKE_BODY = {
@@ -111,6 +118,7 @@ async def invoke(
     wait_sec: _WaitSec = 0,
     encoded: Annotated[str | None, Header(alias="X-Indexify-Encoded")] = None,
     until_waiting: Annotated[bool, _UNTIL_WAITING] = False,
+    with_outputs: Annotated[bool, _WITH_OUTPUTS] = False,
 ) -> Response | InvocationAccepted:
     """Start an invocation; returns its id once the event is durable in Kafka (with
     ``wait_sec``: once it finished, or the wait ran out, with its status)."""
@@ -133,15 +141,20 @@ async def invoke(
     accepted = await service.accept_invocation(
         namespace, graph, body, content_type, is_encoded, may_pickle=may_pickle
     )
-    return await _published(service, accepted, wait_sec, until_waiting)
+    return await _published(service, accepted, wait_sec, until_waiting, with_outputs)
 
 
 async def _published(
-    service: ApiService, accepted: AcceptedInvocation, wait_sec: float, until_waiting: bool
+    service: ApiService,
+    accepted: AcceptedInvocation,
+    wait_sec: float,
+    until_waiting: bool,
+    with_outputs: bool = False,
 ) -> Response | InvocationAccepted:
     """Publish, then (with ``wait_sec``) wait: a long poll that watches from before the
     publication, so the status needs no check before the wait (it was pending); then answer
-    with the status and, if it still runs, why it waits (if it does)."""
+    with the status and, if it still runs, why it waits (if it does), or, if it succeeded
+    and ``with_outputs``, its final outputs (read with the status)."""
     if wait_sec <= 0:
         await service.publish_accepted([accepted])
         return _accepted_json(accepted.id)
@@ -155,20 +168,28 @@ async def _published(
             version=(state.namespace, state.graph, state.graph_version),
         )
     invocation_id = accepted.id
-    if not known:
+    values = None
+    if with_outputs and (not known or status == "succeeded"):
+        ended, values = await outputs.ended_with_outputs(service, state)
+        status = ended.status if ended is not None else None
+    elif not known:
         status = await service.store.invocations.invocation_status(invocation_id)
     waiting = None
     if status is not None and status not in TERMINAL_STATUSES:
         waiting = await service.waiting_note(invocation_id)
     if waiting is None:
-        return _accepted_json(invocation_id, status)
+        return _accepted_json(invocation_id, status, values)
     return InvocationAccepted(id=invocation_id, status=status, waiting=waiting)
 
 
-def _accepted_json(invocation_id: str, status: str | None = None) -> Response:
-    """:class:`InvocationAccepted` as FastAPI would send it (``id`` and ``status``, ``waiting``
-    null), encoded directly: an id and a status need no model."""
-    body = {"id": invocation_id, "status": status, "waiting": None}
+def _accepted_json(
+    invocation_id: str,
+    status: str | None = None,
+    final_outputs: dict[str, list[dict[str, str]]] | None = None,
+) -> Response:
+    """:class:`InvocationAccepted` as FastAPI would send it, encoded directly: an id, a
+    status and a few values need no model."""
+    body = {"id": invocation_id, "status": status, "waiting": None, "final_outputs": final_outputs}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
@@ -204,6 +225,7 @@ async def invoke_file(
         ),
     ] = None,
     until_waiting: Annotated[bool, _UNTIL_WAITING] = False,
+    with_outputs: Annotated[bool, _WITH_OUTPUTS] = False,
 ) -> Response | InvocationAccepted:
     """Start an invocation with the body as an `indexify.File` (data, mime type from the
     Content-Type, metadata from the header): the start function gets it as its single
@@ -215,7 +237,7 @@ async def invoke_file(
     if block_until_finish:
         settings: ApiSettings = request.app.state.api_settings
         return await stream_accepted(service, accepted, settings.sse_keepalive_sec)
-    return await _published(service, accepted, wait_sec, until_waiting)
+    return await _published(service, accepted, wait_sec, until_waiting, with_outputs)
 
 
 @router.get(_GRAPH + "/invocations", dependencies=_READ)
@@ -229,7 +251,7 @@ async def list_invocations(
     return InvocationList(invocations=await service.invocations(namespace, graph, limit))
 
 
-@router.get(_INVOCATION, response_model=InvocationInfo, dependencies=_READ)
+@router.get(_INVOCATION, response_model=InvocationWithOutputs, dependencies=_READ)
 async def get_invocation(
     namespace: str,
     graph: str,
@@ -250,6 +272,7 @@ async def get_invocation(
         ),
     ] = TASKS_PAGE,
     until_waiting: Annotated[bool, _UNTIL_WAITING] = False,
+    with_outputs: Annotated[bool, _WITH_OUTPUTS] = False,
 ) -> Response:
     """Status (pending, running, succeeded, failed, cancelled), error, counts of tasks by
     status and of outputs by function, and one page of the tasks: ask for the next page with
@@ -261,7 +284,10 @@ async def get_invocation(
 
     While it runs, a task an executor runs now is ``running`` (with its executor, attempt
     and start time), and a task no live executor may take says why in ``waiting`` (so does
-    the invocation, e.g. `no live executor offers gpu=h100`)."""
+    the invocation, e.g. `no live executor offers gpu=h100`).
+
+    With ``with_outputs``, a succeeded invocation's answer carries the values of the
+    functions nothing follows (``final_outputs``), when they are few and small."""
     cursor = service.tasks_cursor(tasks_cursor)
     if wait_sec > 0:
         # Watch, read the state (with its page of tasks); if it still runs, wait (cheap
@@ -280,7 +306,12 @@ async def get_invocation(
     info = await service.invocation_info(state, read, cursor, limit)
     # Serialized once by pydantic: the model is validated already, and long polls make
     # this the API's busiest route.
-    return Response(info.model_dump_json(), media_type="application/json")
+    body = info.model_dump_json().encode()
+    if with_outputs:
+        # InvocationWithOutputs: the status's JSON object with one more member
+        values = await outputs.final_outputs(service, state)
+        body = body[:-1] + b',"final_outputs":' + orjson.dumps(values) + b"}"
+    return Response(body, media_type="application/json")
 
 
 @router.delete(_INVOCATION, dependencies=_INVOKE)

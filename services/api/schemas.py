@@ -75,6 +75,19 @@ class GraphDeleted(_Body):
     invocations: int = Field(description="how many invocations were deleted with it")
 
 
+class OutputValue(_Body):
+    id: str = Field(description="'<task_id>:<index>', also the path of the raw value")
+    content_type: Literal["application/json", "application/x-cloudpickle"] | str
+    data: str = Field(description="base64 of the encoded value")
+
+
+_FINAL_OUTPUTS = (
+    "with `with_outputs`, once the invocation succeeded: function -> its values, for the "
+    "functions nothing follows, when they are at most 100 values of 64 KiB in all; null "
+    "otherwise (read them with `GET .../fn/{function}/outputs`)"
+)
+
+
 class InvocationAccepted(_Body):
     id: str
     status: InvocationStatus | None = Field(
@@ -86,6 +99,17 @@ class InvocationAccepted(_Body):
         default=None,
         description="with `wait_sec`, if it still runs: why it cannot go on, e.g. `no live "
         "executor offers gpu=h100 (function 'embed': 1 task)`",
+    )
+    final_outputs: dict[str, list[OutputValue]] | None = Field(
+        default=None, description=_FINAL_OUTPUTS
+    )
+
+
+class InvocationWithOutputs(InvocationInfo):
+    """An invocation's status; with ``with_outputs``, also its final outputs."""
+
+    final_outputs: dict[str, list[OutputValue]] | None = Field(
+        default=None, description=_FINAL_OUTPUTS
     )
 
 
@@ -127,12 +151,6 @@ class ReplayList(_Body):
 class OutputCounts(_Body):
     status: InvocationStatus
     outputs: dict[str, int]
-
-
-class OutputValue(_Body):
-    id: str = Field(description="'<task_id>:<index>', also the path of the raw value")
-    content_type: Literal["application/json", "application/x-cloudpickle"] | str
-    data: str = Field(description="base64 of the encoded value")
 
 
 class FunctionOutputs(_Body):

@@ -108,6 +108,7 @@ class InvocationRepository(RedisRepository):
         self._save = register(redis, "save_invocation")
         self._create_reading = register(redis, "create_invocation")
         self._outputs_page = register(redis, "outputs_page")
+        self._final_values = register(redis, "final_values")
 
     def save_call(
         self,
@@ -337,6 +338,29 @@ class InvocationRepository(RedisRepository):
         }
         ranges = _ranges(list(items)) if stop > start else []
         return _summary_of(head), ranges, extra, stored
+
+    async def function_values(
+        self, invocation_id: str, functions: Sequence[str], *, generation: int = 0, limit: int
+    ) -> tuple[
+        tuple[InvocationState, int] | None, dict[str, list[ValueRange]], dict[str, StoredValues]
+    ]:
+        """In one script call (one round trip): :meth:`load_invocation`, the first ``limit``
+        entries of each of ``functions``' output index in computation ``generation`` (the
+        caller checks that it is the invocation's) and the stored values of the tasks they
+        name."""
+        keys = [
+            self.names.invocation_key(invocation_id),
+            self.names.outputs_key(invocation_id),
+            *(self.names.output_index_key(invocation_id, fn, generation) for fn in functions),
+        ]
+        head, lists, ids, raw = await self._call(self._final_values(keys=keys, args=[limit]))
+        ranges = {fn: _ranges(list(items)) for fn, items in zip(functions, lists, strict=True)}
+        stored = {
+            text(task_id): StoredValues.model_validate_json(value)
+            for task_id, value in zip(ids, raw, strict=True)
+            if value
+        }
+        return _summary_of(head), ranges, stored
 
     async def tasks_page(
         self,

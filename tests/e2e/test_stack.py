@@ -4,6 +4,7 @@ Every test runs against real subprocesses (see ``conftest.py``) and waits on con
 deadlines; nothing sleeps for a fixed time.
 """
 
+import base64
 import json
 import os
 import subprocess
@@ -354,14 +355,66 @@ def test_invoke_and_wait_in_one_request(client: IndexifyClient, stack: DevStack)
     g = Graph(name="chain3w", start_node=chain_inc)
     g.add_edge(chain_inc, chain_double)
     client.register_compute_graph(g)
-    url = f"{stack.url}/namespaces/default/compute_graphs/chain3w/invoke_object?wait_sec=30"
+    answer = _post_json(stack, "chain3w/invoke_object?wait_sec=30", b'{"x": 1}')
+    assert answer["status"] == "succeeded"
+    assert answer["final_outputs"] is None  # not asked for
+    assert client.graph_outputs("chain3w", answer["id"], "chain_double") == [4]
+
+
+def _post_json(stack: DevStack, path: str, body: bytes) -> dict:
     request = urllib.request.Request(
-        url,
-        data=b'{"x": 1}',
+        f"{stack.url}/namespaces/default/compute_graphs/{path}",
+        data=body,
         headers={"Content-Type": "application/json", **stack.auth_headers},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=60) as response:
-        answer = json.loads(response.read())
+        return json.loads(response.read())
+
+
+def _get_json(stack: DevStack, path: str) -> dict:
+    request = urllib.request.Request(
+        f"{stack.url}/namespaces/default/compute_graphs/{path}", headers=stack.auth_headers
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+@indexify_function()
+def chain_pad(x: int) -> str:
+    return "p" * x
+
+
+def test_an_answer_that_waited_carries_the_final_outputs_when_small(
+    client: IndexifyClient, stack: DevStack
+) -> None:
+    """With ``with_outputs``, the invoke that waited and the status long poll carry the
+    values of the functions nothing follows (the ones a caller reads next), when they are
+    few and small; a large value is left to its own request."""
+    g = Graph(name="chain_final", start_node=chain_inc)
+    g.add_edge(chain_inc, chain_double)
+    g.add_edge(chain_inc, chain_pad)
+    client.register_compute_graph(g)
+    answer = _post_json(
+        stack, "chain_final/invoke_object?wait_sec=30&with_outputs=true", b'{"x": 2}'
+    )
     assert answer["status"] == "succeeded"
-    assert client.graph_outputs("chain3w", answer["id"], "chain_double") == [4]
+    final = answer["final_outputs"]
+    assert sorted(final) == ["chain_double", "chain_pad"]  # chain_inc is followed
+    assert [json.loads(base64.b64decode(v["data"])) for v in final["chain_double"]] == [6]
+    assert [json.loads(base64.b64decode(v["data"])) for v in final["chain_pad"]] == ["ppp"]
+    # the same values as the outputs route lists, ids included
+    listed = _get_json(stack, f"chain_final/invocations/{answer['id']}/fn/chain_double/outputs")
+    assert final["chain_double"] == listed["outputs"]
+    status = _get_json(
+        stack, f"chain_final/invocations/{answer['id']}?wait_sec=5&with_outputs=true&limit=0"
+    )
+    assert status["status"] == "succeeded" and status["final_outputs"] == final
+    plain = _get_json(stack, f"chain_final/invocations/{answer['id']}")
+    assert "final_outputs" not in plain
+
+    big = _post_json(
+        stack, "chain_final/invoke_object?wait_sec=30&with_outputs=true", b'{"x": 70000}'
+    )
+    assert big["status"] == "succeeded" and big["final_outputs"] is None
+    assert client.graph_outputs("chain_final", big["id"], "chain_pad") == ["p" * 70001]

@@ -272,6 +272,54 @@ def test_wait_for_invocation_long_polls_the_status() -> None:
     assert len(asked) == 1 and 0 < asked[0] <= 5
 
 
+def test_outputs_an_answer_carried_need_no_request_of_their_own() -> None:
+    """A blocking invoke asks for the final outputs with the status; ``graph_outputs`` of
+    the function they belong to is then answered from them, once."""
+    requests: list[tuple[str, str]] = []
+    final = outputs_body("succeeded", 41)["outputs"]
+
+    def handler(request: Seen) -> HttpResponse:
+        requests.append((request.method, request.path.rsplit("/", 1)[1]))
+        if request.method == "POST":
+            assert request.params["with_outputs"] == "true"
+            return ok({"id": "inv1", "status": "succeeded", "final_outputs": {"norm": final}})
+        if request.path.endswith("/outputs"):
+            return ok(outputs_body("succeeded", 41))
+        return ok(status_body("succeeded"))
+
+    client = client_for(handler)
+    invocation_id = client.invoke_graph_with_object("points", block_until_done=True, n=1)
+    assert requests == [("POST", "invoke_object")]
+    assert client.graph_outputs("points", invocation_id, "norm") == [41]
+    assert requests == [("POST", "invoke_object")]
+    # handed out once: asked again, the server answers (it may have replayed since)
+    assert client.graph_outputs("points", invocation_id, "norm") == [41]
+    assert requests[-1] == ("GET", "outputs")
+    # another function's outputs were not carried: read from the server
+    client.graph_outputs("points", invocation_id, "make_point")
+    assert requests[-1] == ("GET", "outputs")
+
+
+def test_outputs_a_long_poll_carried_are_dropped_by_a_rerun() -> None:
+    final = outputs_body("succeeded", 7)["outputs"]
+    requests: list[str] = []
+
+    def handler(request: Seen) -> HttpResponse:
+        requests.append(request.path.rsplit("/", 1)[1])
+        if request.path.endswith("/rerun"):
+            return ok({"id": "inv1"}, 202)
+        if request.path.endswith("/outputs"):
+            return ok(outputs_body("succeeded", 8))
+        assert request.params["with_outputs"] == "true"
+        return ok({**status_body("succeeded"), "final_outputs": {"norm": final}})
+
+    client = client_for(handler)
+    assert client.wait_for_invocation("points", "inv1", timeout=5).status == "succeeded"
+    client.rerun_invocation("points", "inv1")
+    assert client.graph_outputs("points", "inv1", "norm") == [8]  # the server's, not the kept
+    assert requests == ["inv1", "rerun", "outputs"]
+
+
 def test_wait_for_invocation_times_out_with_a_hint() -> None:
     client = client_for(lambda r: ok(status_body("running")))
     with pytest.raises(InvocationNotFinishedError, match="still running"):
