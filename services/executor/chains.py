@@ -13,7 +13,13 @@ executor (:class:`ChainRunner`, the loop around :class:`ChainPlanner`):
    sends the next task as usual, and the claim's lease keeps a second executor from running
    it while this one still might;
 2. runs the next task on its worker pool with the previous step's output as input (inline, or
-   the object the worker just wrote, read back from the executor's local value cache);
+   the object the worker just wrote, read back from the executor's local value cache),
+   started as that round trip leaves rather than after it (a chain's steps follow each other
+   without a Redis round trip between them): its result counts only if the claim took the
+   lease, else the run is stopped and never reported. Nothing else can hold that lease
+   unless the step before it ran twice (its message redelivered while this process stalled
+   past its lease), and a crash before the record lands repeats only what was not recorded,
+   as a crash just after a step does;
 3. repeats while the chain goes on, for at most :data:`MAX_STEPS` steps and only while the
    first held result is younger than ``INDEXIFY_EXECUTOR_CHAIN_HOLD_SEC`` (default
    :data:`HOLD_SEC`; a chain of slow steps reports each step at most one step late; 0 turns
@@ -30,9 +36,11 @@ its result, and the scheduler retries it (through its task topic) or ends the br
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from indexify.engine import Engine
@@ -162,14 +170,23 @@ class ChainRunner:
             if key in self._leases:
                 break
             unrecorded = [r.recorded_as() for r in results if not r.recorded]
-            kind, _ = await self._leases.record_and_claim(unrecorded, step)
-            for result in results:
-                result.recorded = True
-            if kind != "run":  # cancelled or finished meanwhile, or run elsewhere
-                log.info("chain ends here", next_task=step.task.id, verdict=kind)
-                break
             with self._leases.holding(key):
-                finished = await self._pool.run(step)  # never None: nothing to ask first
+                # The step starts on a worker while the round trip that records the steps
+                # before it and claims it is under way; its result counts only if the claim
+                # takes the lease, else it is stopped (and its worker replaced) unheard.
+                running = asyncio.ensure_future(self._pool.run(step))
+                try:
+                    kind, _ = await self._leases.record_and_claim(unrecorded, step)
+                except BaseException:
+                    await _stopped(running)
+                    raise
+                for result in results:
+                    result.recorded = True
+                if kind != "run":  # cancelled or finished meanwhile, or run elsewhere
+                    await _stopped(running)
+                    log.info("chain ends here", next_task=step.task.id, verdict=kind)
+                    break
+                finished = await running  # never None: nothing to ask first
             if finished is None:
                 break
             event = finished
@@ -181,3 +198,11 @@ class ChainRunner:
             )
             log_finished(step_log, step, event)
         return results
+
+
+async def _stopped(running: asyncio.Future[Any]) -> None:
+    """Stop a step started ahead of its claim, which did not take the lease: the pool
+    retires the worker running it (a cancelled run is never reported)."""
+    running.cancel()
+    with suppress(BaseException):
+        await running

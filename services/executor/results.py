@@ -29,7 +29,8 @@ MESSAGE_LIMIT = MAX_MESSAGE_BYTES - 1024
 @dataclass(eq=False)
 class Completion:
     """One attempt's result on its way out; ``recorded`` once it is kept in Redis (a step of a
-    chain is kept before the next step runs; a re-published result was kept by its run)."""
+    chain is kept in the round trip that claims the next step; a re-published result was
+    kept by its run)."""
 
     event: TaskFinishedEvent
     recorded: bool = False
