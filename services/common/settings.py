@@ -104,10 +104,10 @@ class InfraSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         default=20,
         ge=1,
-        description="how long the broker holds a busy consumer's fetch that found nothing (one "
-        "with a paused partition or records in the last second; an idle one waits 3 s, which "
-        "a record ends at once): a partition that becomes fetchable meanwhile waits for it, "
-        "so this bounds a hop's worst-case delay under load",
+        description="how long the broker holds the fetch that found nothing of a consumer "
+        "with a paused partition (one with records in the last second waits at least 100 ms, "
+        "an idle one 3 s; a record ends those waits at once): a partition resumed meanwhile "
+        "waits for it, so this bounds the delay of a resume under load",
     )
     kafka_request_timeout_ms: int = Field(
         default=30_000,

@@ -609,8 +609,8 @@ def test_executor_killed_in_a_continued_chain_repeats_no_finished_step(
     """chain_a -> chain_b -> chain_c; the executor runs chain_b itself right after chain_a
     and is SIGKILLed while chain_b runs. Pass: the invocation succeeds with the exact
     output; chain_a ran once (its result was kept in the round trip that claimed chain_b,
-    long before the kill: the redelivered task message re-publishes it), chain_c once; chain_b twice (killed mid-run, run again);
-    every task has one successful attempt."""
+    long before the kill: the redelivered task message re-publishes it), chain_c once;
+    chain_b twice (killed mid-run, run again); every task has one successful attempt."""
     client, markers, inv = _chain_started(stack, tmp_path, request)
     assert _markers(markers, "chain_a-0") and not _markers(markers, "chain_c-1")
     stack.kill("executor-0")

@@ -28,15 +28,16 @@ SERVICES = Path(__file__).resolve().parents[2] / "services"
         (False, float("inf"), 500),  # idle: the broker holds the fetch
         (False, BUSY_SEC + 0.1, 500),
         (True, float("inf"), 20),  # a resume must not wait for a long fetch in flight
-        (False, 0.0, 20),  # records just came: the fetcher may hold more of them
-        (False, BUSY_SEC - 0.1, 20),
+        (False, 0.0, 100),  # records just came: the fetcher may hold more of them
+        (False, BUSY_SEC - 0.1, 100),
         (True, 0.0, 20),
     ],
 )
-def test_fetch_wait_is_long_only_when_idle_and_nothing_is_paused(
+def test_fetch_wait_is_short_while_paused_busy_after_records_and_long_when_idle(
     paused: bool, idle_sec: float, expected: int
 ) -> None:
-    assert fetch_wait_ms(paused=paused, idle_sec=idle_sec, short_ms=20, long_ms=500) == expected
+    wait = fetch_wait_ms(paused=paused, idle_sec=idle_sec, short_ms=20, busy_ms=100, long_ms=500)
+    assert wait == expected
 
 
 def test_aiokafka_fetcher_reads_the_wait_for_every_request() -> None:
