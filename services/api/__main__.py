@@ -12,6 +12,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from services.common import event_loop
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import ApiSettings, InfraSettings, InsecureSettings, check_credentials
 
@@ -33,8 +34,10 @@ def main() -> int:
         return 2
     configure_logging(infra.log_level, infra.log_format, service="api")
     get_logger("services.api").info("starting api", host=api.host, port=api.port)
+    app = create_app(infra, api)
+    event_loop.freeze_startup_objects()
     uvicorn.run(
-        create_app(infra, api),
+        app,
         host=api.host,
         port=api.port,
         log_config=None,  # our structlog configuration renders uvicorn's logs too

@@ -299,9 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.uid is not None:
         drop_privileges(args.uid, args.gid if args.gid is not None else args.uid)
+    from services.common.event_loop import freeze_startup_objects
     from services.common.logging import configure_logging
 
     configure_logging(args.log_level, args.log_format, service="executor-worker")
+    freeze_startup_objects()  # user code's allocations are collected without scanning ours
     serve(_Connection(socket.socket(fileno=args.fd)))
     return 0
 
