@@ -10,7 +10,6 @@ not checked. Validators are built once per graph version.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from indexify.definition import GraphDefinition
+from services.common.lru import Lru
 
 __all__ = ["ArgumentChecker"]
 
@@ -29,8 +29,8 @@ class ArgumentChecker:
     """``problems(definition, kwargs)``: why the arguments do not fit, or None."""
 
     def __init__(self) -> None:
-        self._validators: OrderedDict[tuple[str, str], dict[str, Draft202012Validator]] = (
-            OrderedDict()
+        self._validators: Lru[tuple[str, str], dict[str, Draft202012Validator]] = Lru(
+            _CACHED_GRAPHS
         )
 
     def problems(self, definition: GraphDefinition, kwargs: Mapping[str, Any]) -> str | None:
@@ -64,11 +64,7 @@ class ArgumentChecker:
                 except SchemaError:
                     continue  # a schema we cannot use checks nothing (the worker still does)
                 validators[name] = Draft202012Validator(schema)
-            self._validators[key] = validators
-            if len(self._validators) > _CACHED_GRAPHS:
-                self._validators.popitem(last=False)
-        else:
-            self._validators.move_to_end(key)
+            self._validators.put(key, validators)
         return validators
 
 

@@ -271,11 +271,7 @@ async def function_outputs(
 def last_functions(definition: GraphDefinition) -> list[str]:
     """The functions of a graph that nothing follows (no edges out, not a router): the ones
     whose values are an invocation's result."""
-    return [
-        fn
-        for fn in definition.nodes
-        if not definition.edges.get(fn) and not definition.routes.get(fn)
-    ]
+    return [fn for fn in definition.nodes if not definition.children(fn)]
 
 
 async def _final_functions(service: ApiService, state: InvocationState) -> list[str]:
@@ -302,10 +298,8 @@ async def final_outputs(
     leaves = await _final_functions(service, state)
     if not leaves:
         return None
-    _, ranges, stored = await service.store.invocations.function_values(
-        state.invocation_id, leaves, generation=state.generation, limit=FINAL_VALUES + 1
-    )
-    return _inline_values(leaves, ranges, stored)
+    _, values = await _read_final(service, state, leaves)
+    return values
 
 
 async def ended_with_outputs(
@@ -313,22 +307,30 @@ async def ended_with_outputs(
 ) -> tuple[InvocationState | None, dict[str, list[dict[str, str]]] | None]:
     """The summary of an invocation that was seen to end (None: deleted) and its
     :func:`final_outputs`, read together in one round trip. ``started``: its summary when it
-    was created, whose graph version and computation name the values to read; they are
-    None unless the summary read with them agrees and says it succeeded."""
+    was created, whose graph version and computation name the values to read."""
     leaves = await _final_functions(service, started)
     if not leaves:
         loaded = await service.store.invocations.load_invocation(started.invocation_id)
         return (loaded[0] if loaded is not None else None), None
+    return await _read_final(service, started, leaves)
+
+
+async def _read_final(
+    service: ApiService, guess: InvocationState, leaves: Sequence[str]
+) -> tuple[InvocationState | None, dict[str, list[dict[str, str]]] | None]:
+    """The summary and the values of ``leaves`` in computation ``guess.generation``, in one
+    round trip; the values are None unless the summary read with them agrees with ``guess``
+    (computation, graph version) and says it succeeded."""
     loaded, ranges, stored = await service.store.invocations.function_values(
-        started.invocation_id, leaves, generation=started.generation, limit=FINAL_VALUES + 1
+        guess.invocation_id, leaves, generation=guess.generation, limit=FINAL_VALUES + 1
     )
     if loaded is None:
         return None, None
     state = loaded[0]
     if (
         state.status != "succeeded"
-        or state.generation != started.generation
-        or state.graph_version != started.graph_version
+        or state.generation != guess.generation
+        or state.graph_version != guess.graph_version
     ):
         return state, None
     return state, _inline_values(leaves, ranges, stored)

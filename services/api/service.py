@@ -13,7 +13,6 @@ import hashlib
 import os
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ from services.common.graphs import GraphCache, GraphRecord
 from services.common.invocations import INPUT_FIELD
 from services.common.kafka_bus import KafkaBus, Outgoing
 from services.common.logging import get_logger
+from services.common.lru import Lru
 from services.common.names import Names
 from services.common.settings import InfraSettings
 from services.common.state_store import StateStore
@@ -105,7 +105,7 @@ class ApiService:
         self.infra = infra
         self.direct_start = direct_start
         self._failpoint_after_start = _failpoint(failpoint)
-        self._engines: OrderedDict[tuple[str, str, str], Engine] = OrderedDict()
+        self._engines: Lru[tuple[str, str, str], Engine] = Lru(_ENGINES)
         self.names = Names(infra.prefix)
         self.bus = bus
         self.store = store
@@ -394,11 +394,7 @@ class ApiService:
         key = (record.namespace, record.name, record.version)
         engine = self._engines.get(key)
         if engine is None:
-            engine = self._engines[key] = Engine(record.definition)
-            while len(self._engines) > _ENGINES:
-                self._engines.popitem(last=False)
-        else:
-            self._engines.move_to_end(key)
+            engine = self._engines.put(key, Engine(record.definition))
         return engine
 
     async def publish_accepted(self, accepted: Sequence[AcceptedInvocation]) -> None:

@@ -20,12 +20,12 @@ more.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 from indexify.definition import GraphDefinition
 from indexify.engine import InvocationState
 from indexify.placement import IMAGE_LABEL, satisfies
+from services.common.lru import Lru
 from services.common.state_store import StateStore
 
 __all__ = ["InvocationWaiting", "PlacementWatch", "describe", "unmet", "unserved"]
@@ -91,7 +91,7 @@ class PlacementWatch:
         self.ttl_sec = ttl_sec
         self._offers: list[dict[str, str]] = []
         self._offers_at = float("-inf")
-        self._definitions: OrderedDict[tuple[str, str, str], GraphDefinition] = OrderedDict()
+        self._definitions: Lru[tuple[str, str, str], GraphDefinition] = Lru(_DEFINITIONS)
 
     async def offers(self) -> list[dict[str, str]]:
         """The label sets of the live executors (at most ``ttl_sec`` old)."""
@@ -107,15 +107,11 @@ class PlacementWatch:
         key = (namespace, graph, version)
         found = self._definitions.get(key)
         if found is not None:
-            self._definitions.move_to_end(key)
             return found
         record = await self._store.graphs.get_graph_version(namespace, graph, version)
         if record is None:
             return None
-        self._definitions[key] = record.definition
-        while len(self._definitions) > _DEFINITIONS:
-            self._definitions.popitem(last=False)
-        return record.definition
+        return self._definitions.put(key, record.definition)
 
     async def warnings(self, definition: GraphDefinition) -> list[str]:
         """A warning per function of a graph being registered that no live executor may run."""

@@ -95,6 +95,16 @@ def _summary_of(row: Sequence[Any]) -> tuple[InvocationState, int] | None:
     return state, int(row[1] or 0)
 
 
+def _stored_values(task_ids: Sequence[Any], raw: Sequence[Any]) -> dict[str, StoredValues]:
+    """``task id -> StoredValues`` from the ids asked and the values an ``HMGET`` of the
+    outputs hash answered (a missing one is left out)."""
+    return {
+        text(task_id): StoredValues.model_validate_json(value)
+        for task_id, value in zip(task_ids, raw, strict=True)
+        if value
+    }
+
+
 def _ranges(items: Sequence[Any]) -> list[ValueRange]:
     return _RANGES.validate_json(b"[" + b",".join(items) + b"]") if items else []
 
@@ -331,11 +341,7 @@ class InvocationRepository(RedisRepository):
         extra, head, items, ids, raw = await self._call(
             self._outputs_page(keys=keys, args=[start, stop - 1, values, offset])
         )
-        stored = {
-            text(task_id): StoredValues.model_validate_json(value)
-            for task_id, value in zip(ids, raw, strict=True)
-            if value
-        }
+        stored = _stored_values(ids, raw)
         ranges = _ranges(list(items)) if stop > start else []
         return _summary_of(head), ranges, extra, stored
 
@@ -355,11 +361,7 @@ class InvocationRepository(RedisRepository):
         ]
         head, lists, ids, raw = await self._call(self._final_values(keys=keys, args=[limit]))
         ranges = {fn: _ranges(list(items)) for fn, items in zip(functions, lists, strict=True)}
-        stored = {
-            text(task_id): StoredValues.model_validate_json(value)
-            for task_id, value in zip(ids, raw, strict=True)
-            if value
-        }
+        stored = _stored_values(ids, raw)
         return _summary_of(head), ranges, stored
 
     async def tasks_page(
@@ -597,11 +599,7 @@ class InvocationRepository(RedisRepository):
         if not ids:
             return {}
         raw = await self._call(self._redis.hmget(self.names.outputs_key(invocation_id), ids))
-        return {
-            task_id: StoredValues.model_validate_json(value)
-            for task_id, value in zip(ids, raw, strict=True)
-            if value is not None
-        }
+        return _stored_values(ids, raw)
 
     async def get_outputs_many(
         self, wanted: Mapping[str, Iterable[str]]
@@ -616,11 +614,7 @@ class InvocationRepository(RedisRepository):
             pipe.hmget(self.names.outputs_key(inv), ids)
         rows = await self._call(pipe.execute())
         return {
-            inv: {
-                task_id: StoredValues.model_validate_json(value)
-                for task_id, value in zip(ids, raw, strict=True)
-                if value is not None
-            }
+            inv: _stored_values(ids, raw)
             for (inv, ids), raw in zip(asked.items(), rows, strict=True)
         }
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,7 @@ from indexify.engine import Engine
 from indexify.placement import satisfies
 from services.common.errors import PlatformUnavailable
 from services.common.events import TaskFinishedEvent, TaskMessage
+from services.common.lru import Lru
 
 from .graph_versions import GraphVersions
 from .results import Completion
@@ -99,7 +99,7 @@ class ChainPlanner:
     def __init__(self, versions: GraphVersions, labels: Mapping[str, str]) -> None:
         self._versions = versions
         self._labels = dict(labels)
-        self._engines: OrderedDict[tuple[str, str, str], Engine] = OrderedDict()
+        self._engines: Lru[tuple[str, str, str], Engine] = Lru(_ENGINES)
 
     async def next_message(
         self, message: TaskMessage, event: TaskFinishedEvent
@@ -116,15 +116,11 @@ class ChainPlanner:
         key = (namespace, graph, version)
         found = self._engines.get(key)
         if found is not None:
-            self._engines.move_to_end(key)
             return found
         record = await self._versions.get(namespace, graph, version)
         if record is None:
             return None  # not cached: asked again next time
-        self._engines[key] = engine = Engine(record.definition)
-        while len(self._engines) > _ENGINES:
-            self._engines.popitem(last=False)
-        return engine
+        return self._engines.put(key, Engine(record.definition))
 
 
 class ChainRunner:

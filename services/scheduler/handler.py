@@ -32,6 +32,7 @@ from services.common.invocations import InvocationView
 from services.common.kafka_bus import KafkaBus
 from services.common.kafka_consumer import Record
 from services.common.logging import get_logger
+from services.common.lru import Lru
 from services.common.names import Names
 from services.common.settings import SchedulerSettings
 from services.common.state_store import StateStore
@@ -102,8 +103,8 @@ class EventHandler:
         self._topics = topics
         self._states = states
         self._on_parked = on_parked  # a retry was parked: the delayed loop looks again
-        self._engines: OrderedDict[tuple[str, str, str], tuple[Engine, GraphDefinition]]
-        self._engines = OrderedDict()
+        self._engines: Lru[tuple[str, str, str], tuple[Engine, GraphDefinition]]
+        self._engines = Lru(_ENGINE_CACHE)
         self._values: OrderedDict[tuple[str, str], StoredValues] = OrderedDict()
         self._slots = _DEFAULT_SLOTS
         self._slots_at = float("-inf")
@@ -247,9 +248,9 @@ class EventHandler:
         """The engine of a graph version (cached); None when the version is not registered
         (not cached: it is looked up again next time)."""
         key = (namespace, graph, version)
-        if key in self._engines:
-            self._engines.move_to_end(key)
-            return self._engines[key]
+        found = self._engines.get(key)
+        if found is not None:
+            return found
         record = await self.store.graphs.get_graph_version(namespace, graph, version)
         if record is None:
             return None
@@ -258,10 +259,7 @@ class EventHandler:
             max_reduce_batch=self.settings.max_reduce_batch,
             max_fanout_slice=self.settings.max_fanout_slice,
         )
-        self._engines[key] = found = (engine, record.definition)
-        while len(self._engines) > _ENGINE_CACHE:
-            self._engines.popitem(last=False)
-        return found
+        return self._engines.put(key, (engine, record.definition))
 
     async def _stored_values(self, works: list[_Work]) -> dict[str, dict[str, StoredValues]]:
         """The stored outputs the new tasks read. Outputs never change once recorded, so
