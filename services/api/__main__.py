@@ -12,7 +12,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from services.common import event_loop
+from services.common import event_loop, memory
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import ApiSettings, InfraSettings, InsecureSettings, check_credentials
 
@@ -33,6 +33,7 @@ def main() -> int:
         sys.stderr.write(f"refusing to start: {exc}\n")
         return 2
     configure_logging(infra.log_level, infra.log_format, service="api")
+    memory.retain_freed_memory(infra.malloc_retain_mb)
     get_logger("services.api").info("starting api", host=api.host, port=api.port)
     app = create_app(infra, api)
     event_loop.freeze_startup_objects()

@@ -135,6 +135,15 @@ class InfraSettings(BaseSettings):
         "it a host cut off the network (no RST) holds every request in flight for the whole "
         "request timeout. 0 leaves the sockets as the OS makes them",
     )
+    malloc_retain_mb: int = Field(
+        default=128,
+        ge=0,
+        le=1024,
+        description="each service and worker process takes blocks up to this size from its "
+        "heap and keeps up to this much freed memory mapped, so a large value's copies reuse "
+        "pages instead of faulting in new ones (glibc; services.common.memory); 0 keeps "
+        "glibc's defaults and the least resident memory",
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="console", pattern="^(console|json)$")
 

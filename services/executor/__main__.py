@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.common import event_loop, metrics
+from services.common import event_loop, memory, metrics
 from services.common.errors import PlatformUnavailable, ServiceError
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import (
@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     configure_logging(infra.log_level, infra.log_format, service="executor")
+    memory.retain_freed_memory(infra.malloc_retain_mb)
     try:
         metrics_server = metrics.serve(settings.metrics_port, settings.metrics_host)
     except metrics.MetricsPortUnavailable as exc:

@@ -290,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the socket to the executor")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="console")
+    parser.add_argument("--malloc-retain-mb", type=int, default=0, help="services.common.memory")
     parser.add_argument("--uid", type=int, help="switch to this user first (from root)")
     parser.add_argument("--gid", type=int, help="... and this group")
     args = parser.parse_args(argv)
@@ -301,8 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         drop_privileges(args.uid, args.gid if args.gid is not None else args.uid)
     from services.common.event_loop import freeze_startup_objects
     from services.common.logging import configure_logging
+    from services.common.memory import retain_freed_memory
 
     configure_logging(args.log_level, args.log_format, service="executor-worker")
+    retain_freed_memory(args.malloc_retain_mb)  # a value's copies reuse pages (the executor's)
     freeze_startup_objects()  # user code's allocations are collected without scanning ours
     serve(_Connection(socket.socket(fileno=args.fd)))
     return 0

@@ -500,7 +500,10 @@ class WorkerPool:
     async def _spawn(self) -> WorkerProcess:
         try:
             worker = await WorkerProcess.start(
-                self.identity, self.infra.log_level, self.infra.log_format
+                self.identity,
+                self.infra.log_level,
+                self.infra.log_format,
+                malloc_retain_mb=self.infra.malloc_retain_mb,
             )
         except OSError as exc:
             raise WorkerStartError(f"cannot start a worker process: {exc}") from exc

@@ -141,7 +141,12 @@ class WorkerProcess:
 
     @classmethod
     async def start(
-        cls, identity: WorkerIdentity, log_level: str, log_format: str
+        cls,
+        identity: WorkerIdentity,
+        log_level: str,
+        log_format: str,
+        *,
+        malloc_retain_mb: int = 0,
     ) -> WorkerProcess:
         parent_sock, child_sock = socket.socketpair()
         for sock in (parent_sock, child_sock):  # fewer wake-ups for values of megabytes
@@ -154,6 +159,7 @@ class WorkerProcess:
             f"--fd={child_sock.fileno()}",
             f"--log-level={log_level}",
             f"--log-format={log_format}",
+            f"--malloc-retain-mb={malloc_retain_mb}",
         ]
         if identity.uid is not None:
             command += [f"--uid={identity.uid}", f"--gid={identity.gid}"]

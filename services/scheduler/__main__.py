@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import cast
 
-from services.common import event_loop, metrics
+from services.common import event_loop, memory, metrics
 from services.common.errors import ServiceError
 from services.common.logging import LogFormat, configure_logging, get_logger
 from services.common.settings import (
@@ -45,6 +45,7 @@ def main() -> int:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     configure_logging(infra.log_level, cast(LogFormat, infra.log_format), service="scheduler")
+    memory.retain_freed_memory(infra.malloc_retain_mb)
     try:
         metrics_server = metrics.serve(settings.metrics_port, settings.metrics_host)
     except metrics.MetricsPortUnavailable as exc:

@@ -10,7 +10,7 @@ then read the output), and ``--concurrent`` invocations started at once from ``-
 threads sharing one client (W3: start all, then wait for each and read its output). For each
 it prints the wall time and every process's CPU milliseconds per invocation, this client
 process included. ``--profile DIR`` also records each Python service with py-spy during the
-concurrent run (``PYSPY`` names the binary) and prints the functions with the most samples.
+measured runs (pick them with the counts, e.g. ``--sequential 0 --concurrent 0 --payloads 20``) (``PYSPY`` names the binary) and prints the functions with the most samples.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--payloads", type=int, default=0, help="10 MB invocations (W4)")
     parser.add_argument("--concurrency", type=int, default=2, help="the executor's workers")
-    parser.add_argument("--profile", type=Path, help="py-spy profiles of the concurrent run")
+    parser.add_argument("--profile", type=Path, help="py-spy profiles of the measured runs")
     parser.add_argument("--keep", action="store_true", help="keep the data and logs directory")
     args = parser.parse_args()
 
@@ -154,6 +154,8 @@ def main() -> None:
         client.register_compute_graph(chain(GRAPH))
         client.register_compute_graph(payload_graph())
         sequential(client, 20)  # warm: imports, code caches, connections
+        services = {n: pid for n, pid in roots.items() if n not in INFRA}
+        spies = _start_profiles(args.profile, services) if args.profile else []
         if args.sequential:
             measured(
                 "sequential", roots, args.sequential, lambda: sequential(client, args.sequential)
@@ -161,21 +163,19 @@ def main() -> None:
         if args.payloads:
             measured("payload", roots, args.payloads, lambda: payloads(client, args.payloads))
         if args.concurrent:
-            services = {n: pid for n, pid in roots.items() if n not in INFRA}
-            spies = _start_profiles(args.profile, services) if args.profile else []
             measured(
                 "concurrent",
                 roots,
                 args.concurrent,
                 lambda: concurrent(client, args.concurrent, args.threads),
             )
-            for name, spy, out in spies:
-                spy.send_signal(2)
-                spy.wait(timeout=30)
-                if out.exists():
-                    print(f"\npy-spy, {name}: self time")
-                    for frame, pct in top_frames(out):
-                        print(f"  {pct:5.1f}%  {frame}")
+        for name, spy, out in spies:
+            spy.send_signal(2)
+            spy.wait(timeout=30)
+            if out.exists():
+                print(f"\npy-spy, {name}: self time")
+                for frame, pct in top_frames(out):
+                    print(f"  {pct:5.1f}%  {frame}")
 
 
 def _start_profiles(
