@@ -10,7 +10,9 @@ then read the output), and ``--concurrent`` invocations started at once from ``-
 threads sharing one client (W3: start all, then wait for each and read its output). For each
 it prints the wall time and every process's CPU milliseconds per invocation, this client
 process included. ``--profile DIR`` also records each Python service with py-spy during the
-measured runs (pick them with the counts, e.g. ``--sequential 0 --concurrent 0 --payloads 20``) (``PYSPY`` names the binary) and prints the functions with the most samples.
+measured runs (``PYSPY`` names the binary; pick the runs with the counts, e.g.
+``--sequential 0 --concurrent 0 --payloads 20``) and prints the functions with the most
+samples.
 """
 
 from __future__ import annotations
