@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from services.common.concurrency import cancel_and_wait
 from services.common.errors import PlatformUnavailable
 from services.common.logging import get_logger
 from services.common.state_store import StateStore
@@ -85,9 +86,7 @@ class ProgressHub:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await cancel_and_wait([self._reader])
         for channel in self._channels.values():
             if not channel.confirmed.done():
                 channel.confirmed.cancel()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from services.common.concurrency import cancel_and_wait
 from services.common.kafka_consumer import Record, TopicPartition
 from services.common.logging import get_logger
 
@@ -84,9 +85,7 @@ class InFlight:
             _log.warning(
                 "tasks still running at shutdown; they will be redelivered", tasks=len(pending)
             )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(pending)
 
     async def _handle(self, tp: TopicPartition, record: Record) -> None:
         counted = True

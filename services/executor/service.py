@@ -52,6 +52,7 @@ from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from services.common.concurrency import cancel_and_wait
 from services.common.executor_registry import QueuedTasks
 from services.common.kafka_bus import KafkaBus
 from services.common.kafka_consumer import Consumer
@@ -251,9 +252,7 @@ class Executor:
                 await parts.inflight.drain(self.drain_timeout_sec)
                 await _bounded(parts.intake.offsets.commit(), _SHUTDOWN_STEP_SEC, "final commit")
         finally:
-            for task in self._background:
-                task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
+            await cancel_and_wait(self._background)
             if parts is not None:
                 await _bounded(parts.reporter.close(), _SHUTDOWN_STEP_SEC, "sending results")
                 await parts.heartbeat.remove()

@@ -58,6 +58,7 @@ from pathlib import Path
 from indexify.engine import CANCELLED_ERROR_TYPE, ErrorInfo
 from indexify.timeouts import timeout_message
 from services.common.blobs import BlobStore
+from services.common.concurrency import cancel_and_wait
 from services.common.errors import ServiceError
 from services.common.events import TaskFinishedEvent, TaskMessage
 from services.common.logging import get_logger
@@ -562,9 +563,7 @@ class WorkerPool:
     async def close(self) -> None:
         """Stop every worker: idle ones finish, busy ones (the caller gave up) are killed."""
         self._closing = True
-        for task in list(self._spawners):
-            task.cancel()
-        await asyncio.gather(*self._spawners, return_exceptions=True)
+        await cancel_and_wait(list(self._spawners))
         idle: set[WorkerProcess] = set()
         while not self._idle.empty():
             idle.add(self._idle.get_nowait())
