@@ -39,11 +39,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from indexify.engine import Engine
 from indexify.placement import satisfies
+from services.common.concurrency import cancel_and_wait
 from services.common.errors import PlatformUnavailable
 from services.common.events import TaskFinishedEvent, TaskMessage
 from services.common.lru import Lru
@@ -198,7 +198,6 @@ class ChainRunner:
 
 async def _stopped(running: asyncio.Future[Any]) -> None:
     """Stop a step started ahead of its claim, which did not take the lease: the pool
-    retires the worker running it (a cancelled run is never reported)."""
-    running.cancel()
-    with suppress(BaseException):
-        await running
+    retires the worker running it (a cancelled run is never reported). A cancel the run
+    lost (see :func:`~services.common.concurrency.cancel_and_wait`) is sent again."""
+    await cancel_and_wait([running])
