@@ -18,7 +18,6 @@ behaviour). Elsewhere than glibc (musl, macOS) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 __all__ = ["retain_freed_memory"]
@@ -33,13 +32,9 @@ def retain_freed_memory(megabytes: int) -> bool:
     mapped (see the module docstring). False when nothing changed: 0, or no glibc."""
     if megabytes <= 0 or not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return False
+    # The process's own symbols, libc's among them: find_library("c") would run ldconfig
+    # in a subprocess at every start of a service or worker.
+    libc = ctypes.CDLL(None)
     if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl has mallopt, a no-op)
         return False
     mallopt = libc.mallopt

@@ -12,7 +12,6 @@ may be committed. A ``PlatformUnavailable`` leaves the batch to be retried from 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -105,7 +104,7 @@ class EventHandler:
         self._on_parked = on_parked  # a retry was parked: the delayed loop looks again
         self._engines: Lru[tuple[str, str, str], tuple[Engine, GraphDefinition]]
         self._engines = Lru(_ENGINE_CACHE)
-        self._values: OrderedDict[tuple[str, str], StoredValues] = OrderedDict()
+        self._values: Lru[tuple[str, str], StoredValues] = Lru(_VALUES_CACHED)
         self._slots = _DEFAULT_SLOTS
         self._slots_at = float("-inf")
 
@@ -278,7 +277,6 @@ class EventHandler:
             for task_id in needed_values(work.decision):
                 cached = self._values.get((inv, task_id))
                 if cached is not None:
-                    self._values.move_to_end((inv, task_id))
                     found.setdefault(inv, {})[task_id] = cached
                 else:
                     wanted.setdefault(inv, set()).add(task_id)
@@ -289,12 +287,8 @@ class EventHandler:
         return found
 
     def _remember_values(self, invocation_id: str, task_id: str, values: StoredValues) -> None:
-        if values.count < _FAN_OUT_VALUES:
-            return
-        self._values[(invocation_id, task_id)] = values
-        self._values.move_to_end((invocation_id, task_id))
-        while len(self._values) > _VALUES_CACHED:
-            self._values.popitem(last=False)
+        if values.count >= _FAN_OUT_VALUES:
+            self._values.put((invocation_id, task_id), values)
 
     def _build(self, work: _Work, values: dict[str, StoredValues]) -> None:
         assert work.view is not None
