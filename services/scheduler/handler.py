@@ -1,10 +1,11 @@
 """One poll batch of events: decide with the engine, publish tasks, save state, report.
 
-:class:`EventHandler` is the effectful shell around the pure :mod:`.messages`: per batch it
-groups the events by invocation, loads the states (:class:`.states.StateCache`), applies the
-events, resolves the new tasks' inputs, then publishes the task messages and parks retries,
-saves every changed state with its compare-and-set, which publishes its progress once saved
-(all in one round trip), in that order.
+:class:`EventHandler` is the effectful shell around the pure :mod:`services.common.decisions`
+and :mod:`.messages`: per batch it groups the events by invocation, loads the states
+(:class:`.states.StateCache`), applies the events, resolves the new tasks' inputs, then
+publishes the task messages and parks retries, saves every changed state with its
+compare-and-set, which publishes its progress once saved (all in one round trip), in that
+order.
 When :meth:`EventHandler.handle` returns, every effect of the batch is durable and its offsets
 may be committed. A ``PlatformUnavailable`` leaves the batch to be retried from the start.
 """
@@ -18,6 +19,14 @@ from dataclasses import dataclass
 from indexify.definition import GraphDefinition
 from indexify.engine import Engine, ErrorInfo
 from services.common.concurrency import gather_bounded
+from services.common.decisions import (
+    Decision,
+    apply_events,
+    apply_reused,
+    expand,
+    fail_permanently,
+    reuse_sources,
+)
 from services.common.errors import PlatformUnavailable
 from services.common.events import (
     InvocationReplayEvent,
@@ -36,19 +45,7 @@ from services.common.names import Names
 from services.common.settings import SchedulerSettings
 from services.common.state_store import StateStore
 
-from .messages import (
-    Decision,
-    DelayedItem,
-    MissingValues,
-    Outgoing,
-    apply_events,
-    apply_reused,
-    build_messages,
-    expand,
-    fail_permanently,
-    needed_values,
-    reuse_sources,
-)
+from .messages import DelayedItem, MissingValues, Outgoing, build_messages, needed_values
 from .metrics import observe_invocation
 from .states import StateCache
 from .topics import TaskTopics

@@ -9,7 +9,7 @@ Per poll batch (all partitions this process owns; the batch work is :mod:`.handl
    anything but ``PlatformUnavailable`` is dead-lettered with the error (:meth:`Scheduler.
    _apply`), so no one message stops the loop;
 2. group the events by invocation (partition order is kept), load the states in one pipeline,
-   and apply each invocation's events through the pure engine (:mod:`.messages`);
+   and apply each invocation's events through the pure engine (:mod:`services.common.decisions`);
 3. resolve the new tasks' inputs (this batch's outputs, else ``StateStore.get_outputs``);
 4. **publish** the task messages (``publish_many``, all acks awaited) and park retries in the
    delayed set, then **save** each changed state with its compare-and-set (new outputs and

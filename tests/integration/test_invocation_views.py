@@ -24,9 +24,9 @@ from indexify.engine import (
     RunTask,
     TaskFinished,
 )
+from services.common.decisions import accepts
 from services.common.events import StoredValues
 from services.common.state_store import StateStore
-from services.scheduler.messages import accepts
 
 INV = "inv-views"
 

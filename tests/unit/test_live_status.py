@@ -20,9 +20,9 @@ from indexify.engine import (
 from indexify.models import InvocationInfo
 from services.api.live_status import live_info
 from services.api.waiting import describe, unmet, unserved
+from services.common.decisions import accepts, apply_events
 from services.common.events import ProgressEvent, StoredValues, TaskFinishedEvent
 from services.common.task_claims import TaskActivity
-from services.scheduler.messages import accepts, apply_events
 
 
 @indexify_function()

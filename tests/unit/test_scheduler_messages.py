@@ -6,6 +6,7 @@ from indexify.definition import BatchDefinition, GraphDefinition, NodeDefinition
 from indexify.encoding import encode
 from indexify.engine import INPUT_TASK_ID, Engine, ErrorInfo, TaskFinished
 from indexify.retry import RetryPolicy
+from services.common.decisions import apply_events, expand, fail_permanently
 from services.common.events import (
     InvocationCancelEvent,
     InvocationContinueEvent,
@@ -22,15 +23,7 @@ from services.common.events import (
 from services.common.names import Names
 from services.common.task_messages import start_messages
 from services.scheduler.chunking import CHUNKS_PER_SLOT, MAX_CHUNK, chunk_size, chunks
-from services.scheduler.messages import (
-    DelayedItem,
-    MissingValues,
-    apply_events,
-    build_messages,
-    expand,
-    fail_permanently,
-    needed_values,
-)
+from services.scheduler.messages import DelayedItem, MissingValues, build_messages, needed_values
 
 NAMES = Names("ix")
 INPUT = StoredValues.from_payloads([encode({"x": 1})])
