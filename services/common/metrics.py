@@ -25,7 +25,7 @@ metric                                     kind       who
 ``indexify_executor_slots_busy``           gauge      executor: workers running a task
 ``indexify_task_consumer_lag``             gauge      scheduler: per function topic
 ``indexify_events_consumer_lag``           gauge      scheduler: the events topic
-``indexify_invocation_duration_seconds``   histogram  scheduler: accepted to finished
+``indexify_invocation_duration_seconds``   histogram  scheduler, executor: accepted to finished
 ``indexify_dead_letters_total``            counter    any: by service and reason kind
 ``indexify_backend_errors_total``          counter    any: Redis, Kafka, MinIO failures
 ``indexify_http_requests_total``           counter    api: by method, route and status
@@ -52,6 +52,8 @@ from prometheus_client import (
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.registry import Collector
 
+from indexify.engine import InvocationState
+
 from .logging import get_logger
 
 __all__ = [
@@ -77,6 +79,7 @@ __all__ = [
     "dead_letter_kind",
     "function_of_topic",
     "last_scraped",
+    "observe_invocation",
     "render",
     "serve",
 ]
@@ -152,6 +155,19 @@ INVOCATION_DURATION = Histogram(
     ["namespace", "graph", "outcome"],
     buckets=_INVOCATION_BUCKETS,
 )
+
+
+def observe_invocation(state: InvocationState, status: str) -> None:
+    """An invocation ended with ``status``: its time from acceptance (``created_at``) to its
+    end, observed by the process that saved its final state (the scheduler, or an executor
+    that finished it: :mod:`services.executor.finisher`)."""
+    if not state.created_at:
+        return
+    end = state.finished_at or time.time()
+    INVOCATION_DURATION.labels(state.namespace, state.graph, status).observe(
+        max(0.0, end - state.created_at)
+    )
+
 
 # -- every service ----------------------------------------------------------------------------
 

@@ -338,6 +338,13 @@ class ExecutorSettings(BaseSettings):
         "result waited less than this (services/executor/chains.py); 0: every step goes "
         "through the scheduler",
     )
+    finish_here: bool = Field(
+        default=True,
+        description="an executor whose task (or chain) ends its invocation saves that end "
+        "itself, with the scheduler's decision and compare-and-set, instead of sending the "
+        "results through the scheduler (services/executor/finisher.py); off: the scheduler "
+        "applies every result",
+    )
     worker_user: str = Field(
         default="nobody",
         description="when the executor runs as root, worker processes (user code) run as this "

@@ -107,12 +107,13 @@ class ChainPlanner:
         """The next step to run here after ``event``, or None (the scheduler decides)."""
         if event.outputs is None or message.task.kind == "reduce":
             return None  # never chained: no engine needed
-        engine = await self._engine(message.namespace, message.graph, message.graph_version)
+        engine = await self.engine(message.namespace, message.graph, message.graph_version)
         if engine is None:
             return None
         return chained_message(engine, self._labels, message, event)
 
-    async def _engine(self, namespace: str, graph: str, version: str) -> Engine | None:
+    async def engine(self, namespace: str, graph: str, version: str) -> Engine | None:
+        """The engine of a graph version (kept, LRU); None when it is not registered."""
         key = (namespace, graph, version)
         found = self._engines.get(key)
         if found is not None:
@@ -149,7 +150,7 @@ class ChainRunner:
         """The results of ``event`` and of the steps run here after it, in order, to be
         published together; every result but the last is recorded in Redis before the next
         step runs (so ``len(result) - 1`` steps ran here)."""
-        results = [Completion(event)]
+        results = [Completion(event, function=message.task.function)]
         held_since = time.monotonic()
         while (
             len(results) < self.max_steps
@@ -187,7 +188,7 @@ class ChainRunner:
                 break
             event = finished
             message = step
-            results.append(Completion(event))
+            results.append(Completion(event, function=step.task.function))
             task = step.task
             step_log = log.bind(
                 task=task.id, function=task.function, attempt=task.attempt, chained=True

@@ -45,6 +45,7 @@ from services.common.logging import get_logger
 from .assembly import BatchAssembler
 from .chains import ChainRunner
 from .chunks import ChunkRunner
+from .finisher import Finisher
 from .leases import Key, Leases, Verdict
 from .reporter import Reporter
 from .tasklog import log_finished, task_log
@@ -64,6 +65,7 @@ class TaskHandler:
         reporter: Reporter,
         pool: WorkerPool,
         chains: ChainRunner,
+        finisher: Finisher,
         *,
         stop: asyncio.Event,
     ) -> None:
@@ -71,6 +73,7 @@ class TaskHandler:
         self._reporter = reporter
         self._pool = pool
         self._chains = chains
+        self._finisher = finisher
         self._stop = stop
         self._chunks = ChunkRunner(leases, reporter, pool, single=self.process_task)
         self._batches = BatchAssembler(pool)
@@ -211,4 +214,6 @@ class TaskHandler:
         log_finished(log, message, event)
         results = await self._chains.continue_after(message, event, log)
         self._tasks_run += len(results) - 1
+        if await self._finisher.finish(message, results, log):
+            return  # they ended the invocation, saved here: nothing to publish
         await self._reporter.report(record, message, results, log)

@@ -63,6 +63,7 @@ from services.common.state_store import StateStore
 
 from .cancels import CancelWatch
 from .chains import ChainPlanner, ChainRunner
+from .finisher import Finisher
 from .graph_versions import GraphVersions
 from .handler import TaskHandler
 from .heartbeat import Heartbeat
@@ -195,14 +196,22 @@ class Executor:
             bus, leases, events_topic=self.names.events_topic, before_publish=self._failpoint
         )
         versions = GraphVersions(store.graphs)
+        planner = ChainPlanner(versions, self.labels)
         chains = ChainRunner(
-            ChainPlanner(versions, self.labels),
+            planner,
             leases,
             pool,
             stopping=self._stop.is_set,
             hold_sec=settings.chain_hold_sec,
         )
-        handler = TaskHandler(leases, reporter, pool, chains, stop=self._stop)
+        finisher = Finisher(
+            store.invocations,
+            leases,
+            planner.engine,
+            enabled=settings.finish_here,
+            before_save=self._failpoint,
+        )
+        handler = TaskHandler(leases, reporter, pool, chains, finisher, stop=self._stop)
         intake = Intake(
             consumer,
             stop=self._stop,

@@ -41,12 +41,12 @@ from services.common.kafka_bus import KafkaBus
 from services.common.kafka_consumer import Record
 from services.common.logging import get_logger
 from services.common.lru import Lru
+from services.common.metrics import observe_invocation
 from services.common.names import Names
 from services.common.settings import SchedulerSettings
 from services.common.state_store import StateStore
 
 from .messages import DelayedItem, MissingValues, Outgoing, build_messages, needed_values
-from .metrics import observe_invocation
 from .states import StateCache
 from .topics import TaskTopics
 

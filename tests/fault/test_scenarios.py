@@ -656,6 +656,42 @@ def test_a_continued_result_after_a_cancel_is_rejected(
     assert client.graph_outputs("fault_chain", inv, "chain_b") == []
 
 
+def test_executor_dies_before_saving_the_end_its_chain_decided(
+    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """chain_a -> chain_b -> chain_c run on one executor, which would save the invocation's
+    end itself (chain_c is a leaf: services/executor/finisher.py). The failpoint
+    ``exit_before_finish:chain_c`` ends the process once the three results are recorded,
+    before that save. Pass: the restarted executor re-publishes the recorded results (the
+    redelivered task message finds chain_a's, the scheduler sends chain_b and chain_c, which
+    find theirs), so the invocation succeeds with the exact output and each step ran once."""
+    _core(stack)
+    _executor(stack, 0, concurrency=1, INDEXIFY_EXECUTOR_FAILPOINT="exit_before_finish:chain_c")
+    stack.wait_healthy()
+    client = _client(stack, request)
+    client.register_compute_graph(chain_graph())
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=0.0)
+    victim = stack.processes["executor-0"].process
+    wait_for(lambda: victim.poll() is not None, 60, "the failpoint to end the executor")
+    assert victim.returncode == 1
+    assert "invocation finished here" not in _log(stack, "executor-0")
+    assert client.invocation_status("fault_chain", inv).status != "succeeded"
+    _executor(stack, 1, concurrency=1)
+
+    info = client.wait_for_invocation("fault_chain", inv, timeout=90)
+    assert info.status == "succeeded", info.error
+    assert client.graph_outputs("fault_chain", inv, "chain_c") == [11]
+    for step in ("chain_a-0", "chain_b-0", "chain_c-1"):
+        assert len(_markers(markers, step)) == 1, f"{step} ran again"
+    assert _log(stack, "executor-1").count("re-publishing it") >= 3  # one per step
+    tasks = {t.function: t for t in info.tasks}
+    assert set(tasks) == {"chain_a", "chain_b", "chain_c"}
+    for task in tasks.values():
+        assert [a.outcome for a in task.attempts] == ["success"], task
+
+
 # -- dead letters ---------------------------------------------------------------------------------
 
 
