@@ -22,6 +22,7 @@ from indexify.engine import Engine, InvocationState, TaskRecord
 from indexify.engine.model import InvocationStatus
 from indexify.models import GraphInfo, InvocationInfo, Replay
 from services.common.blobs import BlobStore, store_values
+from services.common.decisions import apply_events
 from services.common.errors import (
     BadRequest,
     Conflict,
@@ -39,7 +40,7 @@ from services.common.events import (
 )
 from services.common.executor_registry import queued_by_function
 from services.common.graphs import GraphCache, GraphRecord
-from services.common.invocations import INPUT_FIELD
+from services.common.invocations import INPUT_FIELD, InvocationView, ViewSave
 from services.common.kafka_bus import KafkaBus, Outgoing
 from services.common.logging import get_logger
 from services.common.lru import Lru
@@ -76,6 +77,7 @@ class AcceptedInvocation:
     state: InvocationState
     event: InvocationCreatedEvent
     start: Sequence[tuple[str, Outgoing]] = ()  # its first tasks, sent before the event
+    engine: Engine | None = None  # its graph version's, which decided the first tasks
 
     @property
     def id(self) -> str:
@@ -386,8 +388,9 @@ class ApiService:
             graph_version=record.version,
             input=stored,
         )
-        start = start_messages(self._engine(record), state, self.names, stored)
-        return AcceptedInvocation(state=state, event=event, start=start)
+        engine = self._engine(record)
+        start = start_messages(engine, state, self.names, stored)
+        return AcceptedInvocation(state=state, event=event, start=start, engine=engine)
 
     def _engine(self, record: GraphRecord) -> Engine:
         """The engine of a graph version (the last few used are kept)."""
@@ -404,11 +407,14 @@ class ApiService:
         With ``direct_start``, each invocation's first tasks are sent (and acknowledged)
         before its created event, which names them: the scheduler does not send them again
         (:mod:`services.common.task_messages`). If they cannot be sent, the scheduler sends
-        them as before."""
+        them as before. Once they are sent, the created event is applied here
+        (:meth:`_created_here`) instead of going through Kafka and the scheduler."""
         topic = self.names.events_topic
         events = [a.event for a in accepted]
         if self.direct_start and any(a.start for a in accepted):
-            events = await self._start_directly(accepted)
+            events = await self._created_here(accepted, await self._start_directly(accepted))
+            if not events:
+                return
         try:
             await self.bus.publish_many(
                 [(topic, e.invocation_id, encode_message(e)) for e in events]
@@ -446,6 +452,37 @@ class ApiService:
             a.event.model_copy(update={"started": tuple(task_id for task_id, _ in a.start)})
             for a in accepted
         ]
+
+    async def _created_here(
+        self, accepted: Sequence[AcceptedInvocation], events: Sequence[InvocationCreatedEvent]
+    ) -> list[InvocationCreatedEvent]:
+        """Apply the created event of each invocation whose first tasks were sent to its
+        record, as the scheduler would (:func:`~services.common.decisions.apply_events`),
+        and save that with a compare-and-set on the revision it was created with: all in
+        one round trip. Returns the events still to publish: those of invocations not
+        started here, or all of them when the save failed.
+
+        A save that loses means a first result (applied by the scheduler, or by the
+        executor that ended the invocation) started the invocation already, as it does when
+        the created event never comes (:mod:`services.common.task_messages`): nothing is
+        left to publish for it. A crash before the save leaves it to that first result."""
+        saves: list[ViewSave] = []
+        here: set[str] = set()
+        for item, event in zip(accepted, events, strict=True):
+            if not event.started or item.engine is None:
+                continue
+            view = InvocationView(state=item.state.model_copy(deep=True), rev=0)
+            decision = apply_events(item.engine, view.state, [event])
+            saves.append((view, decision.outputs, decision.done, decision.progress))
+            here.add(event.invocation_id)
+        if not saves:
+            return list(events)
+        try:
+            await self.store.invocations.save_views(saves)
+        except ServiceError as exc:
+            _log.warning("starting invocations here failed; publishing them", error=str(exc))
+            return list(events)
+        return [event for event in events if event.invocation_id not in here]
 
     async def discard(self, state: InvocationState) -> None:
         """Remove an accepted invocation that was never published (best effort)."""

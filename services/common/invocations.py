@@ -37,9 +37,9 @@ from .names import Names
 from .redis_calls import RedisRepository, text
 from .scripts import register
 
-__all__ = ["INPUT_FIELD", "InvocationRepository", "InvocationView", "summary_json"]
+__all__ = ["INPUT_FIELD", "InvocationRepository", "InvocationView", "ViewSave", "summary_json"]
 
-_ViewSave = tuple[
+ViewSave = tuple[
     "InvocationView", Mapping[str, StoredValues], Iterable[str], Iterable[ProgressEvent]
 ]
 """What :meth:`InvocationRepository.save_views` saves: view, new stored values, done tasks,
@@ -516,7 +516,7 @@ class InvocationRepository(RedisRepository):
 
     async def save_views(
         self,
-        saves: Iterable[_ViewSave],
+        saves: Iterable[ViewSave],
     ) -> list[int | None]:
         """Save each ``(view, new stored values, done task ids, progress)``: one atomic
         compare-and-set per invocation, all in one pipeline (one round trip); progress is

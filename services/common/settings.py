@@ -215,9 +215,10 @@ class ApiSettings(BaseSettings):
     )
     direct_start: bool = Field(
         default=True,
-        description="send each new invocation's first task to its executors directly, not "
-        "through the scheduler (one Kafka hop less per invocation; "
-        "services/common/task_messages.py); off: the scheduler sends every task",
+        description="send each new invocation's first task to its executors directly and "
+        "record it as started, not through the scheduler (one Kafka hop and one event less "
+        "per invocation; services/common/task_messages.py); off: the API publishes the "
+        "invocation's created event and the scheduler sends every task",
     )
     failpoint: str = Field(
         default="",

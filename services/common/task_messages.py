@@ -4,16 +4,21 @@ Shared by the scheduler, which sends every task of an invocation, and the API, w
 an invocation's first task itself (:func:`start_messages`): that saves the hop through the
 scheduler at the start of every invocation. No Kafka, Redis or MinIO here.
 
-Starting directly keeps the scheduler the only writer of the invocation's state:
+Starting directly, the invocation's record is the only thing that says it started:
 
-* The API sends the first task's message and awaits Kafka's ack, and only then sends
-  ``invocation.created`` naming the tasks it sent (``InvocationCreatedEvent.started``). The
-  scheduler records those tasks as queued and does not send them again.
-* If the API dies between the two, ``invocation.created`` never comes. The task still runs,
-  and its result tells the scheduler that the invocation started (``apply_events`` applies
-  the creation first: the invocation's record, written before anything was sent, holds the
-  rest). A result can also simply arrive before ``invocation.created``; it is handled the
-  same way, and the late ``invocation.created`` is then a duplicate.
+* The API sends the first task's message and awaits Kafka's ack, and only then applies
+  ``invocation.created`` naming the tasks it sent (``InvocationCreatedEvent.started``) to the
+  invocation's record itself, with the scheduler's decision code and a compare-and-set on
+  the revision it created the record with (``ApiService._created_here``): the record says
+  the invocation runs and those tasks are queued, and the scheduler gets no event. If that
+  save fails, the API publishes ``invocation.created`` instead, and the scheduler records
+  the tasks as queued without sending them again.
+* If the API dies between the two, the record stays ``pending``. The task still runs, and
+  its result tells whoever applies it (the scheduler, or the executor that ends the
+  invocation) that the invocation started (``apply_events`` applies the creation first: the
+  record, written before anything was sent, holds the rest). A result can also simply be
+  applied before the API's save; that save then loses its compare-and-set, and nothing is
+  left to do.
 * Task ids are deterministic (the engine is pure), so the API and the scheduler name the
   same task; a scheduler on another engine version would name another one and send that,
   which is only wasted work.

@@ -39,7 +39,9 @@ from services.common.events import (
     ProgressEvent,
     SchedulerEvent,
     StoredValues,
+    TaskMessage,
     decode_scheduler_event,
+    decode_task_topic_message,
 )
 from services.common.executor_registry import ExecutorInfo
 from services.common.invocations import InvocationView
@@ -134,7 +136,11 @@ async def _drop_keys(settings: InfraSettings) -> None:
 async def running_api(
     settings: InfraSettings, api_settings: ApiSettings | None = None
 ) -> AsyncIterator[Api]:
-    app = create_app(settings, api_settings or ApiSettings(max_body_bytes=MAX_BODY))
+    # The API's tests stand in for the scheduler: the API publishes each invocation's
+    # created event and nothing else (direct start: its own tests below).
+    app = create_app(
+        settings, api_settings or ApiSettings(max_body_bytes=MAX_BODY, direct_start=False)
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
@@ -409,6 +415,71 @@ async def test_invoke_publishes_exactly_one_created_event(api: Api) -> None:
         404,
         "nope",
     )
+
+
+async def _first_tasks(settings: InfraSettings, function: str) -> list[TaskMessage]:
+    """The task messages on ``calc``'s ``function`` topic (fresh group, from the start)."""
+    topic = Names(settings.prefix).task_topic("any", "default", "calc", function)
+    consumer = make_consumer(settings, group_id=f"test-{uuid.uuid4().hex[:8]}", topics=[topic])
+    await consumer.start()
+    found: list[TaskMessage] = []
+    try:
+        deadline = time.monotonic() + 10
+        while not found and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    message = decode_task_topic_message(record.value or b"")
+                    assert isinstance(message, TaskMessage)
+                    found.append(message)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_invoke_starts_the_invocation_itself_without_an_event(
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore, store: StateStore
+) -> None:
+    """Direct start (the default): the first task goes to its topic, and the invocation's
+    record says it runs, with that task queued, before the answer; the scheduler gets no
+    created event (nothing of it is left to decide)."""
+    async with running_api(infra_settings, ApiSettings(max_body_bytes=MAX_BODY)) as api:
+        await api.register(graph_v1())
+        invocation = await api.invoke(n=3)
+        loaded = await api.store.invocations.load_invocation(invocation)
+        assert loaded is not None
+        state = loaded[0]
+        assert state.status == "running"
+        [message] = await _first_tasks(api.settings, "start")
+        assert message.invocation_id == invocation and message.task.function == "start"
+        assert state.task_counts == {"queued": 1}
+        records = await api.store.invocations.get_tasks(invocation, [message.task.id])
+        assert records[message.task.id].status == "queued"
+        assert await consume_events(api.settings, expected=0) == []
+        status = await api.client.get(
+            f"/namespaces/default/compute_graphs/calc/invocations/{invocation}"
+        )
+        assert status.json()["status"] == "running"
+
+
+async def test_a_direct_start_that_a_first_result_overtook_publishes_nothing(
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore, store: StateStore
+) -> None:
+    """The record changed between its creation and the API's save (a first result was
+    applied already): the save loses, and nothing is published for it either."""
+    async with running_api(infra_settings, ApiSettings(max_body_bytes=MAX_BODY)) as api:
+        await api.register(graph_v1())
+        service = api.service
+        accepted = await service.accept_invocation(
+            "default", "calc", json.dumps({"n": 2}).encode(), "application/json", False
+        )
+        key = api.names.invocation_key(accepted.id)
+        await api.store.redis.hset(key, "rev", 5)  # another writer saved it meanwhile
+        await service.publish_accepted([accepted])
+        assert await consume_events(api.settings, expected=0) == []
+        [message] = await _first_tasks(api.settings, "start")
+        assert message.invocation_id == accepted.id
+        loaded = await api.store.invocations.load_invocation(accepted.id)
+        assert loaded is not None and loaded[0].status == "pending"  # left as it was
 
 
 async def test_invoke_with_sdk_encoded_payloads(api: Api) -> None:
@@ -896,7 +967,8 @@ async def test_raw_output_of_a_reducer_is_its_final_accumulator_only(
     infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore
 ) -> None:
     try:  # the graph's code (with the accumulator's model) is over the fixture's body limit
-        async with running_api(infra_settings, ApiSettings(max_body_bytes=1 << 20)) as api:
+        limits = ApiSettings(max_body_bytes=1 << 20, direct_start=False)
+        async with running_api(infra_settings, limits) as api:
             await _reducer_outputs(api)
     finally:
         await _drop_keys(infra_settings)
