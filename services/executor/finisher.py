@@ -37,7 +37,7 @@ from typing import Any
 from indexify.definition import GraphDefinition
 from indexify.engine import Engine
 from services.common.decisions import Decision, apply_events
-from services.common.errors import PlatformUnavailable
+from services.common.errors import ServiceError
 from services.common.events import TaskFinishedEvent, TaskMessage
 from services.common.invocations import InvocationRepository, InvocationView
 from services.common.metrics import observe_invocation
@@ -95,15 +95,23 @@ class Finisher:
     async def finish(self, message: TaskMessage, results: Sequence[Completion], log: Any) -> bool:
         """Try to end the invocation with ``results`` (``message``'s and its chain's, in
         order). True: its end is saved, nothing is to be published; False: publish them as
-        usual (the successes are recorded already when a load was tried)."""
+        usual (the successes are recorded already when a load was tried). Never raises but
+        on cancellation: whatever goes wrong here, the scheduler's path remains."""
         if not self.enabled or not results:
             return False
+        try:
+            return await self._finish(message, results, log)
+        except Exception:
+            log.exception("ending the invocation here failed; publishing the results")
+            return False
+
+    async def _finish(self, message: TaskMessage, results: Sequence[Completion], log: Any) -> bool:
         events = [completion.encoded()[0] for completion in results]
         if any(event.finished.outcome != "success" for event in events):
             return False  # a failure: the scheduler decides (retries with backoff)
         try:
             engine = await self._engine_of(message.namespace, message.graph, message.graph_version)
-        except PlatformUnavailable:
+        except ServiceError:
             return False
         if engine is None or not may_end(engine.definition, results[-1].function):
             return False
@@ -124,7 +132,7 @@ class Finisher:
             [rev] = await self._invocations.save_views(
                 [(view, decision.outputs, decision.done, decision.progress)]
             )
-        except PlatformUnavailable:
+        except ServiceError:
             return False
         if rev is None:
             return False  # the scheduler saved meanwhile: it decides

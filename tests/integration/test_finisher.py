@@ -230,3 +230,20 @@ async def test_a_failure_a_reducer_or_a_chain_that_goes_on_is_published(
     assert loaded is not None and loaded[0].status == "running"
     # none of them loaded anything, so none recorded anything either
     assert not any(r.recorded for r in results + failed)
+
+
+async def test_anything_going_wrong_here_leaves_the_results_to_the_scheduler(
+    store: StateStore,
+) -> None:
+    engine = Engine(_definition())
+    invocation = _Invocation(store, engine, "inv-broken")
+    first = await invocation.start()
+
+    async def broken(namespace: str, graph: str, version: str) -> Engine | None:
+        raise RuntimeError("a bug")
+
+    leases = Leases(store.claims, "exec-a", _TOKEN, ttl_sec=10)
+    finisher = Finisher(store.invocations, leases, broken)
+    assert not await finisher.finish(first, invocation.results(first), _LOG)
+    loaded = await store.invocations.load_invocation(invocation.id)
+    assert loaded is not None and loaded[0].status == "running"
