@@ -18,8 +18,11 @@
   flight (resumed after a pause, or whose buffered records were just handed out after the
   fetcher moved on without it) waits for that fetch to end. So the consumer uses the short
   wait (``InfraSettings.kafka_fetch_max_wait_ms``) while any partition is paused, a busy one
-  (:data:`BUSY_FETCH_WAIT_MS`) while records came back within the last :data:`BUSY_SEC`,
-  and the long one otherwise (:func:`fetch_wait_ms`).
+  (:data:`BUSY_FETCH_WAIT_MS`) until its fetches have found nothing for :data:`BUSY_SEC`,
+  and the long one then (:func:`fetch_wait_ms`). Idle means asked and found nothing: a
+  caller that stops asking because its backlog is full (an executor running a burst) is
+  busy however long it takes, else the partitions whose records were buffered when a long
+  fetch left would wait out that fetch (seconds) once those records are handed out.
 * **Metadata** is refreshed every :data:`METADATA_MAX_AGE_MS`, and sooner while a
   subscribed topic has none (after :data:`MISSING_METADATA_RETRY_SEC`, doubling): a topic
   created a moment ago may have no leader yet, and aiokafka leaves such a topic out of its
@@ -71,7 +74,8 @@ IDLE_FETCH_WAIT_MS = 3_000
 #: fetches that find nothing cost the broker more than the work: a 10 MB-payload chain took
 #: 40 ms of the broker's CPU per invocation at 20 ms, 18 ms at 100 ms.
 BUSY_FETCH_WAIT_MS = 100
-#: A consumer that got records within this many seconds is busy (:data:`BUSY_FETCH_WAIT_MS`).
+#: A consumer whose fetches found nothing for this many seconds is idle; busy until then
+#: (:data:`BUSY_FETCH_WAIT_MS`).
 BUSY_SEC = 1.0
 #: How old the consumer's metadata may get: subscriptions are explicit topic lists (a new
 #: topic is asked for when it is subscribed to) and partitions are never added; a leader that
@@ -92,9 +96,10 @@ def fetch_wait_ms(
     *, paused: bool, idle_sec: float, short_ms: int, busy_ms: int, long_ms: int
 ) -> int:
     """The fetch wait for the next fetch requests: ``short_ms`` while a partition is paused
-    (a resume must not wait for a long fetch in flight), ``busy_ms`` while records came back
-    less than :data:`BUSY_SEC` ago (the fetcher may hold more of them: their partition is
-    fetched again once they are handed out), else ``long_ms``."""
+    (a resume must not wait for a long fetch in flight), ``busy_ms`` until the consumer's
+    fetches have found nothing for :data:`BUSY_SEC` (``idle_sec``: how long they have; the
+    fetcher may hold more records, whose partition is fetched again once they are handed
+    out), else ``long_ms``."""
     if paused:
         return short_ms
     return busy_ms if idle_sec < BUSY_SEC else long_ms
@@ -154,7 +159,9 @@ class Consumer:
         self._short_wait_ms = settings.kafka_fetch_max_wait_ms
         self._busy_wait_ms = max(busy_fetch_wait_ms, self._short_wait_ms)
         self._long_wait_ms = max(idle_fetch_wait_ms, self._busy_wait_ms)
-        self._records_at = float("-inf")  # when getmany last returned records
+        # since when getmany has found nothing (None: its last call returned records); a
+        # caller too busy to ask (its backlog full) is not idle
+        self._empty_since: float | None = float("-inf")
         self._paused: set[TopicPartition] = set()  # paused through this wrapper
         self._unseen: set[str] = set()  # subscribed topics not in the metadata yet
         self._metadata_asked_at = float("-inf")
@@ -241,7 +248,9 @@ class Consumer:
                 *partitions, timeout_ms=timeout_ms, max_records=max_records
             )
         if batch:
-            self._records_at = time.monotonic()
+            self._empty_since = None
+        elif self._empty_since is None:
+            self._empty_since = time.monotonic()
         self._apply_fetch_wait()
         return batch
 
@@ -255,6 +264,7 @@ class Consumer:
         self._started.resume(*partitions)
         self._paused.difference_update(partitions)
         self._apply_fetch_wait()
+        self._wake_fetcher()
 
     def paused(self) -> set[TopicPartition]:
         """The assigned partitions paused by :meth:`pause` (kept here: asking aiokafka walks
@@ -272,6 +282,21 @@ class Consumer:
         the partitions meanwhile, ``PlatformUnavailable`` if Kafka is not answering."""
         async with kafka_errors(f"committing offsets of {len(offsets)} partition(s)"):
             await self._started.commit(dict(offsets))
+
+    def _wake_fetcher(self) -> None:
+        """Make aiokafka's fetcher look at its partitions again now. Its background routine
+        sleeps until a fetch ends, records are handed out, a partition it saw paused is
+        resumed, or ``fetcher_timeout`` passes; a resume it was not waiting for (seen under a
+        burst of task messages: the partition was not paused when it last looked) left every
+        partition of the node unfetched until then, and the executor idle for 2 s with
+        hundreds of messages waiting. aiokafka 0.14 (consumer/fetcher.py) has no public call
+        for it; its own ``seek_to`` wakes the routine through the same future. Should a later
+        aiokafka drop these, nothing breaks: the routine still wakes on its timeout
+        (tests/unit/test_kafka_boundary.py checks they are there)."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        notify = getattr(fetcher, "_notify", None)
+        if notify is not None:
+            notify(getattr(fetcher, "_wait_consume_future", None))
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -313,7 +338,7 @@ class Consumer:
         """Set the fetch wait for the next fetch requests (see :func:`fetch_wait_ms`)."""
         wait = fetch_wait_ms(
             paused=bool(self._paused),
-            idle_sec=time.monotonic() - self._records_at,
+            idle_sec=0.0 if self._empty_since is None else time.monotonic() - self._empty_since,
             short_ms=self._short_wait_ms,
             busy_ms=self._busy_wait_ms,
             long_ms=self._long_wait_ms,

@@ -71,8 +71,11 @@ async def test_consume_commit_and_the_fetch_wait(
         assert consumer.fetch_wait_ms == max(BUSY_FETCH_WAIT_MS, short)  # records just came
         await consumer.commit({TopicPartition(topic, record.partition): record.offset + 1})
 
-        await asyncio.sleep(1.1)  # nothing for a while: idle
-        await consumer.getmany(timeout_ms=0)
+        await asyncio.sleep(1.1)  # not asked for a while: still busy (the caller was)
+        assert await consumer.getmany(timeout_ms=0) == {}
+        assert consumer.fetch_wait_ms == max(BUSY_FETCH_WAIT_MS, short)
+        await asyncio.sleep(1.1)  # asked, and nothing for a while: idle
+        assert await consumer.getmany(timeout_ms=0) == {}
         assert consumer.fetch_wait_ms == IDLE_FETCH_WAIT_MS
 
         # A paused partition gets the short wait: once resumed, it must not wait for a long

@@ -46,6 +46,14 @@ def test_aiokafka_fetcher_reads_the_wait_for_every_request() -> None:
     assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher._get_actions_per_node)
 
 
+def test_aiokafka_fetcher_wakes_through_the_future_the_wrapper_sets_on_resume() -> None:
+    """``Consumer.resume`` wakes the fetcher's routine through these private names (a newer
+    aiokafka that drops them leaves a resumed partition to the routine's timeout)."""
+    assert "self._wait_consume_future" in inspect.getsource(Fetcher._fetch_requests_routine)
+    assert "self._notify(self._wait_consume_future)" in inspect.getsource(Fetcher.seek_to)
+    assert callable(Fetcher._notify)
+
+
 @pytest.mark.parametrize(
     ("raised", "expected"),
     [
