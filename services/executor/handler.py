@@ -189,6 +189,7 @@ class TaskHandler:
         """Run the claimed task. ``started``: the claim did not say the task started (no
         worker was free then): it is said when a worker is, by the claim asked again."""
         log.debug("task started")
+        early = self._finisher.prefetch(message)  # the invocation, loaded while it runs
         verdict: list[Verdict] = []
 
         async def still_wanted() -> bool:  # asked when the task waited for a free worker
@@ -214,6 +215,6 @@ class TaskHandler:
         log_finished(log, message, event)
         results = await self._chains.continue_after(message, event, log)
         self._tasks_run += len(results) - 1
-        if await self._finisher.finish(message, results, log):
+        if await self._finisher.finish(message, results, log, early):
             return  # they ended the invocation, saved here: nothing to publish
         await self._reporter.report(record, message, results, log)

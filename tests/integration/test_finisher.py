@@ -26,7 +26,7 @@ from services.common.events import (
 )
 from services.common.settings import InfraSettings
 from services.common.state_store import StateStore
-from services.executor.finisher import Finisher, may_end
+from services.executor.finisher import Finisher, leads_to_end, may_end
 from services.executor.leases import Leases
 from services.executor.results import Completion
 
@@ -133,6 +133,15 @@ def test_only_a_leaf_of_a_graph_without_reducers_may_end_it_here() -> None:
     assert not may_end(_definition(), "first")  # it has a successor
     assert not may_end(_definition(), "")  # not a chain's step: function unknown
     assert not may_end(_definition(reducer=True), "second")
+
+
+def test_a_chain_leads_to_the_end_through_single_edges_only() -> None:
+    assert leads_to_end(_definition(), "first") and leads_to_end(_definition(), "second")
+    assert not leads_to_end(_definition(reducer=True), "first")
+    fork = _definition().model_copy(update={"edges": {"first": ("second", "first")}})
+    assert not leads_to_end(fork, "first")
+    routed = _definition().model_copy(update={"routes": {"first": ("second",)}})
+    assert not leads_to_end(routed, "first")
 
 
 async def test_a_chain_that_ends_its_invocation_saves_the_end_here(store: StateStore) -> None:
@@ -247,3 +256,29 @@ async def test_anything_going_wrong_here_leaves_the_results_to_the_scheduler(
     assert not await finisher.finish(first, invocation.results(first), _LOG)
     loaded = await store.invocations.load_invocation(invocation.id)
     assert loaded is not None and loaded[0].status == "running"
+
+
+async def test_a_state_loaded_while_the_chain_ran_is_decided_again_when_it_went_stale(
+    store: StateStore, sync_redis: redis.Redis
+) -> None:
+    """The invocation is loaded early (:meth:`Finisher.prefetch`, as the handler does when
+    the task starts); another writer saves before this save: it loses, and the ending is
+    decided again on a fresh load and saved."""
+    engine = Engine(_definition())
+    invocation = _Invocation(store, engine, "inv-early")
+    first = await invocation.start()
+    key = store.names.invocation_key(invocation.id)
+    bumps = []
+
+    def another_writer_once(_events: object) -> None:
+        if not bumps:
+            bumps.append(sync_redis.hincrby(key, "rev", 1))
+
+    finisher = _finisher(store, engine, before_save=another_writer_once)
+    early = finisher.prefetch(first)
+    assert early is not None and (await early) is not None
+    assert await finisher.finish(first, invocation.results(first), _LOG, early)
+    assert bumps == [2]  # created at 0, started at 1, bumped to 2 once
+    loaded = await store.invocations.load_invocation(invocation.id)
+    assert loaded is not None and loaded[0].status == "succeeded"
+    assert _finisher(store, engine, enabled=False).prefetch(first) is None
