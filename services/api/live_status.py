@@ -1,7 +1,8 @@
 """An invocation's status as it is now: its recorded tasks, with what executors do with them.
 
-The scheduler, the single writer of invocation state, records a task ``queued`` until its
-result arrives. What happens in between is kept by the executors with their claims
+The invocation's record (saved by the scheduler, or by the API or an executor with the same
+compare-and-set) holds a task ``queued`` until its result is applied. What happens in
+between is kept by the executors with their claims
 (:class:`~services.common.task_claims.TaskActivity`, read in one call), and by the registry of
 live executors (:mod:`.waiting`). :func:`live_info` overlays both on a live invocation's
 status, a pure function of what was read:

@@ -10,7 +10,8 @@ An invocation is kept in pieces (keys in :class:`~services.common.names.Names`):
 * ``reducer_queue_key(fn)``: a list of the values waiting for reducer ``fn``;
 * ``outputs_key``: a hash, task id -> :class:`StoredValues` (where the values are).
 
-The scheduler (the single writer, guarded by the revision) loads a *view* per batch
+The scheduler (and the API starting an invocation, an executor ending one: every writer is
+guarded by the revision) loads a *view* per batch
 (:meth:`InvocationRepository.load_views`): the summary, the records of the tasks its events
 name, and a window of each reducer's queue big enough for the steps one batch can start.
 The engine changes the view; :meth:`InvocationRepository.save_views` writes back exactly the

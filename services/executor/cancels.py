@@ -1,7 +1,7 @@
 """Stopping the work of cancelled invocations: the worker processes running their tasks.
 
-A cancel reaches the executor through Redis, where the scheduler (the single writer of
-invocation state) saves the invocation ``cancelled``. Claims already refuse its tasks from
+A cancel reaches the executor through Redis, where the scheduler (which applies cancels)
+saves the invocation ``cancelled``. Claims already refuse its tasks from
 then on; :class:`CancelWatch` stops the ones running. Every ``interval_sec`` (1 s) while
 workers run tasks, it reads the status of their invocations in ONE pipelined call
 (:meth:`InvocationRepository.statuses`: nothing while idle, nothing per task) and asks the

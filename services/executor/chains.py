@@ -24,11 +24,12 @@ executor (:class:`ChainRunner`, the loop around :class:`ChainPlanner`):
    first held result is younger than ``INDEXIFY_EXECUTOR_CHAIN_HOLD_SEC`` (default
    :data:`HOLD_SEC`; a chain of slow steps reports each step at most one step late; 0 turns
    continuing off);
-4. publishes every step's result in ONE message. The scheduler, still the only writer of the
-   invocation's state, applies them in order: the first result creates the next task (the
-   same id), the next result finishes it, so no task message is ever sent for it. A result
-   the scheduler would not have asked for (the invocation was cancelled or failed meanwhile,
-   or the step was retried) is stale there and ignored, like any duplicate: rejected.
+4. publishes every step's result in ONE message (unless they end the invocation:
+   :mod:`.finisher` saves that end here). The scheduler applies them in order: the first
+   result creates the next task (the same id), the next result finishes it, so no task
+   message is ever sent for it. A result the scheduler would not have asked for (the
+   invocation was cancelled or failed meanwhile, or the step was retried) is stale there and
+   ignored, like any duplicate: rejected.
 
 Retries, timeouts and failures keep their meaning: a chained step that fails is reported as
 its result, and the scheduler retries it (through its task topic) or ends the branch.

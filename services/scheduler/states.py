@@ -1,9 +1,10 @@
 """Invocation summaries kept in memory between batches, trusted only while their revision holds.
 
-The partition owner is the only writer, so after a successful save the scheduler keeps the
-summary it saved, and on the next batch it asks Redis only for the revision (in the same
-round trip as the task records its events name): same revision, same summary. Any doubt
-(another revision, a rebalance) means reading the summary again.
+The partition owner writes every change the scheduler decides, so after a successful save
+it keeps the summary it saved, and on the next batch it asks Redis only for the revision (in
+the same round trip as the task records its events name): same revision, same summary. Any
+doubt (another revision: the API starting an invocation, an executor ending one; a
+rebalance) means reading the summary again.
 """
 
 from __future__ import annotations

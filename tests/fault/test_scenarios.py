@@ -586,11 +586,15 @@ def test_cancel_mid_way_skips_queued_tasks(
 # -- chains continued on an executor --------------------------------------------------------
 
 
-def _chain_started(
-    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest, **executor_env: str
+def _chain_invoked(
+    stack: DevStack,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    seconds: float,
+    **executor_env: str,
 ) -> tuple[IndexifyClient, Path, str]:
     """API, scheduler and one executor (one worker); a ``fault_chain`` invocation whose
-    chained ``chain_b`` is running (until ``<markers>/go`` exists)."""
+    chained ``chain_b`` runs until ``<markers>/go`` exists (at most ``seconds``)."""
     _core(stack)
     _executor(stack, 0, concurrency=1, **executor_env)
     stack.wait_healthy()
@@ -598,7 +602,15 @@ def _chain_started(
     client.register_compute_graph(chain_graph())
     markers = tmp_path / "markers"
     markers.mkdir()
-    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=60.0)
+    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=seconds)
+    return client, markers, inv
+
+
+def _chain_started(
+    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest, **executor_env: str
+) -> tuple[IndexifyClient, Path, str]:
+    """:func:`_chain_invoked`, returning once its chained ``chain_b`` is running."""
+    client, markers, inv = _chain_invoked(stack, tmp_path, request, 60.0, **executor_env)
     wait_for(lambda: _markers(markers, "chain_b-0"), 30, "the chained step to start")
     return client, markers, inv
 
@@ -665,14 +677,8 @@ def test_executor_dies_before_saving_the_end_its_chain_decided(
     before that save. Pass: the restarted executor re-publishes the recorded results (the
     redelivered task message finds chain_a's, the scheduler sends chain_b and chain_c, which
     find theirs), so the invocation succeeds with the exact output and each step ran once."""
-    _core(stack)
-    _executor(stack, 0, concurrency=1, INDEXIFY_EXECUTOR_FAILPOINT="exit_before_finish:chain_c")
-    stack.wait_healthy()
-    client = _client(stack, request)
-    client.register_compute_graph(chain_graph())
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=0.0)
+    failpoint = {"INDEXIFY_EXECUTOR_FAILPOINT": "exit_before_finish:chain_c"}
+    client, markers, inv = _chain_invoked(stack, tmp_path, request, 0.0, **failpoint)
     victim = stack.processes["executor-0"].process
     wait_for(lambda: victim.poll() is not None, 60, "the failpoint to end the executor")
     assert victim.returncode == 1

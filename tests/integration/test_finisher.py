@@ -94,22 +94,24 @@ class _Invocation:
         if fail:
             error = ErrorInfo(kind="user", type="ValueError", message="no")
             finished = TaskFinished(task_id=task_id, outcome="failure", error=error)
-            return TaskFinishedEvent(
-                namespace="default",
-                graph="g",
-                invocation_id=self.id,
-                task_id=task_id,
-                finished=finished,
-            )
-        finished = TaskFinished(task_id=task_id, outcome="success", output_count=1)
+        else:
+            finished = TaskFinished(task_id=task_id, outcome="success", output_count=1)
         return TaskFinishedEvent(
             namespace="default",
             graph="g",
             invocation_id=self.id,
             task_id=task_id,
             finished=finished,
-            outputs=_value(output),
+            outputs=None if fail else _value(output),
         )
+
+
+async def _started(store: StateStore, name: str) -> tuple[Engine, _Invocation, TaskMessage]:
+    """The engine of ``first -> second``, an invocation of it started as ``name``, and its
+    first task's message."""
+    engine = Engine(_definition())
+    invocation = _Invocation(store, engine, name)
+    return engine, invocation, await invocation.start()
 
 
 def _finisher(store: StateStore, engine: Engine, **kwargs: object) -> Finisher:
@@ -145,9 +147,7 @@ def test_a_chain_leads_to_the_end_through_single_edges_only() -> None:
 
 
 async def test_a_chain_that_ends_its_invocation_saves_the_end_here(store: StateStore) -> None:
-    engine = Engine(_definition())
-    invocation = _Invocation(store, engine, "inv-ends")
-    first = await invocation.start()
+    engine, invocation, first = await _started(store, "inv-ends")
     results = invocation.results(first)
     finished_channel = store.redis.pubsub()
     await finished_channel.subscribe(store.names.finished_channel)
@@ -183,9 +183,7 @@ async def test_a_chain_that_ends_its_invocation_saves_the_end_here(store: StateS
 async def test_a_cancelled_invocation_leaves_the_results_to_the_scheduler(
     store: StateStore,
 ) -> None:
-    engine = Engine(_definition())
-    invocation = _Invocation(store, engine, "inv-cancelled")
-    first = await invocation.start()
+    engine, invocation, first = await _started(store, "inv-cancelled")
     view = (await store.invocations.load_views({invocation.id: []}, {}, 0))[invocation.id]
     cancel = InvocationCancelEvent(namespace="default", graph="g", invocation_id=invocation.id)
     decision = apply_events(engine, view.state, [cancel])
@@ -204,9 +202,7 @@ async def test_a_cancelled_invocation_leaves_the_results_to_the_scheduler(
 async def test_a_save_that_loses_its_compare_and_set_leaves_the_results_to_the_scheduler(
     store: StateStore, sync_redis: redis.Redis
 ) -> None:
-    engine = Engine(_definition())
-    invocation = _Invocation(store, engine, "inv-raced")
-    first = await invocation.start()
+    engine, invocation, first = await _started(store, "inv-raced")
     key = store.names.invocation_key(invocation.id)
 
     def another_writer(_events: object) -> None:  # saves between this load and this save
@@ -222,9 +218,7 @@ async def test_a_save_that_loses_its_compare_and_set_leaves_the_results_to_the_s
 async def test_a_failure_a_reducer_or_a_chain_that_goes_on_is_published(
     store: StateStore,
 ) -> None:
-    engine = Engine(_definition())
-    invocation = _Invocation(store, engine, "inv-goes-on")
-    first = await invocation.start()
+    engine, invocation, first = await _started(store, "inv-goes-on")
     results = invocation.results(first)
     finisher = _finisher(store, engine)
 
@@ -244,9 +238,7 @@ async def test_a_failure_a_reducer_or_a_chain_that_goes_on_is_published(
 async def test_anything_going_wrong_here_leaves_the_results_to_the_scheduler(
     store: StateStore,
 ) -> None:
-    engine = Engine(_definition())
-    invocation = _Invocation(store, engine, "inv-broken")
-    first = await invocation.start()
+    _, invocation, first = await _started(store, "inv-broken")
 
     async def broken(namespace: str, graph: str, version: str) -> Engine | None:
         raise RuntimeError("a bug")
@@ -264,9 +256,7 @@ async def test_a_state_loaded_while_the_chain_ran_is_decided_again_when_it_went_
     """The invocation is loaded early (:meth:`Finisher.prefetch`, as the handler does when
     the task starts); another writer saves before this save: it loses, and the ending is
     decided again on a fresh load and saved."""
-    engine = Engine(_definition())
-    invocation = _Invocation(store, engine, "inv-early")
-    first = await invocation.start()
+    engine, invocation, first = await _started(store, "inv-early")
     key = store.names.invocation_key(invocation.id)
     bumps = []
 
