@@ -40,7 +40,7 @@ from services.common.events import (
 )
 from services.common.executor_registry import queued_by_function
 from services.common.graphs import GraphCache, GraphRecord
-from services.common.invocations import INPUT_FIELD, InvocationView, ViewSave
+from services.common.invocations import CREATED_REV, INPUT_FIELD, InvocationView, ViewSave
 from services.common.kafka_bus import KafkaBus, Outgoing
 from services.common.logging import get_logger
 from services.common.lru import Lru
@@ -471,7 +471,7 @@ class ApiService:
         for item, event in zip(accepted, events, strict=True):
             if not event.started or item.engine is None:
                 continue
-            view = InvocationView(state=item.state.model_copy(deep=True), rev=0)
+            view = InvocationView(state=item.state.model_copy(deep=True), rev=CREATED_REV)
             decision = apply_events(item.engine, view.state, [event])
             saves.append((view, decision.outputs, decision.done, decision.progress))
             here.add(event.invocation_id)

@@ -38,7 +38,14 @@ from .names import Names
 from .redis_calls import RedisRepository, text
 from .scripts import register
 
-__all__ = ["INPUT_FIELD", "InvocationRepository", "InvocationView", "ViewSave", "summary_json"]
+__all__ = [
+    "CREATED_REV",
+    "INPUT_FIELD",
+    "InvocationRepository",
+    "InvocationView",
+    "ViewSave",
+    "summary_json",
+]
 
 ViewSave = tuple[
     "InvocationView", Mapping[str, StoredValues], Iterable[str], Iterable[ProgressEvent]
@@ -47,6 +54,9 @@ ViewSave = tuple[
 progress."""
 
 INPUT_FIELD = "input"
+#: The revision :meth:`InvocationRepository.create_invocation` gives a new record: the API's
+#: own start of the invocation compares-and-sets on it.
+CREATED_REV = 0
 _SCAN_ROUNDS = 8
 _RANGES: TypeAdapter[list[ValueRange]] = TypeAdapter(list[ValueRange])
 _EXCLUDED: Any = {"tasks": True, "outputs": True}
@@ -493,6 +503,7 @@ class InvocationRepository(RedisRepository):
             input_values.model_dump_json(),
             repr(float(state.created_at or time.time())),
             inv,
+            str(CREATED_REV),
         ]
         return await self._call(self._create_reading(keys=keys, args=args))
 

@@ -151,7 +151,7 @@ class ChainRunner:
         """The results of ``event`` and of the steps run here after it, in order, to be
         published together; every result but the last is recorded in Redis before the next
         step runs (so ``len(result) - 1`` steps ran here)."""
-        results = [Completion(event, function=message.task.function)]
+        results = [Completion(event)]
         held_since = time.monotonic()
         while (
             len(results) < self.max_steps
@@ -189,7 +189,7 @@ class ChainRunner:
                 break
             event = finished
             message = step
-            results.append(Completion(event, function=step.task.function))
+            results.append(Completion(event))
             task = step.task
             step_log = log.bind(
                 task=task.id, function=task.function, attempt=task.attempt, chained=True

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from indexify.definition import GraphDefinition
-from indexify.engine import Engine
+from indexify.engine import Engine, function_of
 from services.common.decisions import Decision, apply_events
 from services.common.errors import ServiceError
 from services.common.events import TaskMessage
@@ -66,7 +66,7 @@ def may_end(definition: GraphDefinition, function: str) -> bool:
     """Whether a result of ``function`` may end an invocation of ``definition`` as decided
     here: it is a leaf (no edges, no routes) of a graph without reducers."""
     if function not in definition.nodes:
-        return False  # not known (e.g. not a chain's step)
+        return False  # not one of its functions
     if definition.edges.get(function) or definition.routes.get(function):
         return False
     return not any(node.reducer for node in definition.nodes.values())
@@ -171,7 +171,8 @@ class Finisher:
             engine = await self._engine_of(message.namespace, message.graph, message.graph_version)
         except ServiceError:
             return False
-        if engine is None or not may_end(engine.definition, results[-1].function):
+        last = function_of(events[-1].finished.task_id)
+        if engine is None or not may_end(engine.definition, last):
             return False
         recording = asyncio.ensure_future(self._record(results))
         try:

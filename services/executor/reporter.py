@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from indexify.engine import function_of
 from services.common.dead_letters import park
 from services.common.errors import ServiceError
 from services.common.events import TaskFinishedEvent, TaskMessage
@@ -122,15 +123,10 @@ def exit_before_finish(spec: str) -> BeforePublish | None:
 
     def before_publish(events: Sequence[TaskFinishedEvent]) -> None:
         if any(
-            _function_of(e.finished.task_id) == function and e.finished.outcome == "success"
+            function_of(e.finished.task_id) == function and e.finished.outcome == "success"
             for e in events
         ):
             _log.warning("failpoint exit_before_finish hit: exiting", function=function)
             os._exit(1)
 
     return before_publish
-
-
-def _function_of(task_id: str) -> str:
-    """``square-1a2b...`` and ``add_up-r3`` -> the function name (see ``task_id_for``)."""
-    return task_id.rsplit("-", 1)[0]

@@ -34,7 +34,6 @@ class Completion:
 
     event: TaskFinishedEvent
     recorded: bool = False
-    function: str = ""  # the task's function, when known (a chain's steps)
     _encoded: tuple[TaskFinishedEvent, bytes] | None = field(default=None, repr=False)
 
     def encoded(self) -> tuple[TaskFinishedEvent, bytes]:

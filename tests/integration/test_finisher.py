@@ -88,7 +88,7 @@ class _Invocation:
         [command] = self.engine.handle(probe, done.finished)
         assert isinstance(command, RunTask)
         second = self._event(command.task.id, 2, fail=fail_second)
-        return [Completion(done, function="first"), Completion(second, function="second")]
+        return [Completion(done), Completion(second)]
 
     def _event(self, task_id: str, output: int, *, fail: bool = False) -> TaskFinishedEvent:
         if fail:
@@ -133,7 +133,7 @@ def sync_redis(infra_settings: InfraSettings) -> Iterator[redis.Redis]:
 def test_only_a_leaf_of_a_graph_without_reducers_may_end_it_here() -> None:
     assert may_end(_definition(), "second")
     assert not may_end(_definition(), "first")  # it has a successor
-    assert not may_end(_definition(), "")  # not a chain's step: function unknown
+    assert not may_end(_definition(), "")  # not one of its functions
     assert not may_end(_definition(reducer=True), "second")
 
 

@@ -20,6 +20,8 @@ from indexify.engine import (
     Task,
     TaskFinished,
     ValueRange,
+    function_of,
+    in_generation,
     task_id_for,
 )
 from indexify.engine.engine import MAX_PLATFORM_RETRIES
@@ -732,3 +734,10 @@ def test_no_chained_task_after_a_failure_or_for_another_task() -> None:
     assert engine.chained_task(a, fail(a)) is None
     other = a.model_copy(update={"id": "a-other"})
     assert engine.chained_task(other, ok(a)) is None
+
+
+def test_a_task_id_names_its_function_in_every_shape() -> None:
+    assert function_of(task_id_for("square", "x")) == "square"
+    assert function_of(task_id_for("dash-ed", "x")) == "dash-ed"
+    assert function_of(in_generation(task_id_for("square", "x"), 2)) == "square"
+    assert function_of("add_up-r3") == "add_up"

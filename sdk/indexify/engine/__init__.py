@@ -1,6 +1,12 @@
 """The pure execution engine shared by the in-process runner and the scheduler service."""
 
-from .engine import DEFAULT_MAX_REDUCE_BATCH, Engine, stopped_by_cancel, task_id_for
+from .engine import (
+    DEFAULT_MAX_REDUCE_BATCH,
+    Engine,
+    function_of,
+    stopped_by_cancel,
+    task_id_for,
+)
 from .model import (
     CANCELLED_ERROR_TYPE,
     INPUT_TASK_ID,
@@ -59,6 +65,7 @@ __all__ = [
     "ValueRange",
     "content_of",
     "earlier_tasks",
+    "function_of",
     "generation_of",
     "in_generation",
     "stopped_by_cancel",

@@ -108,6 +108,12 @@ def task_id_for(function: str, origin: str) -> str:
     return f"{function}-{digest}"
 
 
+def function_of(task_id: str) -> str:
+    """The function a task id names: ``square-1a2b...``, ``add_up-r3`` and their replays
+    (``...~2``) -> ``square``, ``add_up`` (every id is ``<function>-<suffix>``)."""
+    return task_id.rsplit("-", 1)[0]
+
+
 def _take(values: list[ValueRange], room: int) -> list[ValueRange]:
     """Remove and return the first ``room`` values of ``values`` (a range cut in two if it
     straddles the limit)."""
