@@ -49,7 +49,14 @@ async def _open(stack: AsyncExitStack, infra: InfraSettings, api: ApiSettings) -
     hub = await stack.enter_async_context(ProgressHub(store))
     blobs = BlobStore(infra)
     service = ApiService(
-        infra, bus, store, blobs, hub, direct_start=api.direct_start, failpoint=api.failpoint
+        infra,
+        bus,
+        store,
+        blobs,
+        hub,
+        direct_start=api.direct_start,
+        task_hints=api.task_hints,
+        failpoint=api.failpoint,
     )
     await bus.ensure_topics(
         {service.names.events_topic: infra.events_partitions, service.names.deadletter_topic: 1}

@@ -47,6 +47,7 @@ from services.common.lru import Lru
 from services.common.names import Names
 from services.common.settings import InfraSettings
 from services.common.state_store import StateStore
+from services.common.task_hints import TaskHint
 from services.common.task_messages import start_messages
 
 from . import validation
@@ -102,10 +103,13 @@ class ApiService:
         hub: ProgressHub,
         *,
         direct_start: bool = True,
+        task_hints: bool = True,
         failpoint: str = "",
     ) -> None:
         self.infra = infra
         self.direct_start = direct_start
+        self.task_hints = task_hints
+        self._sending_first = 0  # first-task sends in flight (hints go out only when quiet)
         self._failpoint_after_start = _failpoint(failpoint)
         self._engines: Lru[tuple[str, str, str], Engine] = Lru(_ENGINES)
         self.names = Names(infra.prefix)
@@ -441,7 +445,7 @@ class ApiService:
     ) -> list[InvocationCreatedEvent]:
         """Send the first tasks; the created events to send then (naming the tasks sent)."""
         try:
-            await self.bus.publish_many([message for a in accepted for _, message in a.start])
+            await self._send_first([message for a in accepted for _, message in a.start])
         except ServiceError as exc:  # e.g. a task topic is missing: the scheduler makes it
             _log.warning("first tasks not sent; the scheduler sends them", error=str(exc))
             return [a.event for a in accepted]
@@ -452,6 +456,40 @@ class ApiService:
             a.event.model_copy(update={"started": tuple(task_id for task_id, _ in a.start)})
             for a in accepted
         ]
+
+    async def _send_first(self, start: Sequence[Outgoing]) -> None:
+        """Send first task messages and await their acks. While no other first tasks are
+        being sent by this process (a quiet stack: a task's head start matters most, and
+        its executor likely has a worker free), each one is pinned to its key's partition
+        and also published as a task hint (:mod:`services.common.task_hints`) while Kafka
+        takes the durable copy; a hint that cannot be published is only a head start lost."""
+        quiet = self.task_hints and self._sending_first == 0
+        self._sending_first += 1
+        try:
+            if not quiet:
+                await self.bus.publish_many(start)
+                return
+            pinned = [
+                o._replace(spread=await self.bus.partition_for(o.topic, o.key))
+                if o.spread is None
+                else o
+                for o in start
+            ]
+            hints = [
+                TaskHint(o.topic, o.spread, o.key.encode(), o.value)
+                for o, was in zip(pinned, start, strict=True)
+                if o.spread is not None and was.spread is None
+            ]
+            hinting = asyncio.ensure_future(self.store.hints.publish(hints))
+            try:
+                await self.bus.publish_many(pinned)
+            finally:
+                try:
+                    await hinting
+                except ServiceError as exc:
+                    _log.debug("task hints not published", error=str(exc))
+        finally:
+            self._sending_first -= 1
 
     async def _created_here(
         self, accepted: Sequence[AcceptedInvocation], events: Sequence[InvocationCreatedEvent]

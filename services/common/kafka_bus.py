@@ -61,6 +61,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
     for_code,
 )
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 
 from . import metrics
@@ -267,7 +268,8 @@ class Outgoing(NamedTuple):
     """One message to publish. Its partition is the key's hash, or, with ``spread`` set,
     ``spread`` modulo the topic's partition count: consecutive ``spread`` values land on
     consecutive partitions, so the chunks of one fan-out are shared evenly by the consumers
-    of a group (a hash spreads 16 chunks as unevenly as 13 to 3 about one time in fifty)."""
+    of a group (a hash spreads 16 chunks as unevenly as 13 to 3 about one time in fifty),
+    and a partition number (:meth:`KafkaBus.partition_for`) is that partition."""
 
     topic: str
     key: str
@@ -391,6 +393,13 @@ class KafkaBus:
         consumers are idempotent.
         """
         await self._send_all([_wire(Outgoing(*item)) for item in items])
+
+    async def partition_for(self, topic: str, key: str) -> int:
+        """The partition a message with ``key`` goes to (aiokafka's default partitioner over
+        the topic's partitions), to pin a message there with ``Outgoing(..., spread=it)``."""
+        async with kafka_errors(f"reading the partitions of {topic}"):
+            partitions = sorted(await self.producer.partitions_for(topic))
+        return int(DefaultPartitioner()(key.encode(), partitions, partitions))
 
     async def dead_letter(self, reason: str, record: SourceRecord) -> None:
         """Park a message that can never be processed, with the reason and its exact bytes,

@@ -56,10 +56,30 @@ __all__ = [
     "Record",
     "TopicPartition",
     "fetch_wait_ms",
+    "record_of",
 ]
 
 #: A consumed record: ``topic``, ``partition``, ``offset``, ``key`` and ``value`` (bytes).
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+def record_of(topic: str, partition: int, key: bytes, value: bytes) -> Record:
+    """A record that did not come from a fetch (a task hint's copy of one that will): offset
+    -1, timestamped now."""
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=-1,
+        timestamp=int(time.time() * 1000),
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key),
+        serialized_value_size=len(value),
+        headers=(),
+    )
+
 
 #: How long the broker may hold the fetch of a consumer with nothing paused and no records
 #: lately. A record arriving on any partition of the request ends the wait at once, so this

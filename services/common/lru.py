@@ -43,3 +43,7 @@ class Lru(Generic[_K, _V]):
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
         return value
+
+    def pop(self, key: _K) -> _V | None:
+        """Remove and return the entry of ``key``, or None."""
+        return self._entries.pop(key, None)

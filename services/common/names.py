@@ -124,6 +124,12 @@ class Names:
         (for long polls: one subscription per API process)."""
         return f"{self.prefix}:finished"
 
+    @property
+    def task_hints_channel(self) -> str:
+        """Redis pub/sub channel of task hints: copies of first task messages, for a head
+        start on their Kafka copies (:mod:`services.common.task_hints`)."""
+        return f"{self.prefix}:task-hints"
+
     def replay_key(self, replay_id: str) -> str:
         """Hash of one replay (backfill): ``record`` (JSON Replay), ``cursor`` (invocations
         requested so far), ``done``, ``failed``, ``cancelled``."""

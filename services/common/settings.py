@@ -220,6 +220,13 @@ class ApiSettings(BaseSettings):
         "per invocation; services/common/task_messages.py); off: the API publishes the "
         "invocation's created event and the scheduler sends every task",
     )
+    task_hints: bool = Field(
+        default=True,
+        description="while no other invocation is being started by this API process, also "
+        "publish a new invocation's first task message on Redis, so the executor owning its "
+        "partition may start it before the Kafka copy arrives (services/common/"
+        "task_hints.py); the Kafka message stays the durable copy",
+    )
     failpoint: str = Field(
         default="",
         description="tests only: exit_after_start exits once a new invocation's first task "

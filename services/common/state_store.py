@@ -10,6 +10,7 @@ named by what they keep (each translates Redis errors the same way, :mod:`.redis
 * ``store.delayed``: parked retries (:mod:`.delayed_queue`);
 * ``store.registry``: live executors (:mod:`.executor_registry`);
 * ``store.progress``: progress pub/sub (:mod:`.progress`);
+* ``store.hints``: first task messages' head start over pub/sub (:mod:`.task_hints`);
 * ``store.replays``: invocation generations and backfills (:mod:`.replays`).
 
 The Lua scripts are ``lua/*.lua``, loaded by name (:mod:`.scripts`).
@@ -31,6 +32,7 @@ from .redis_calls import REDIS_DOWN, unavailable
 from .replays import ReplayRepository
 from .settings import InfraSettings
 from .task_claims import TaskClaims
+from .task_hints import TaskHints
 
 __all__ = ["DEFAULT_NAMESPACE", "ExecutorInfo", "GraphRecord", "StateStore"]
 
@@ -63,6 +65,7 @@ class StateStore:
         self.replays = ReplayRepository(self._redis, self.names)
         self.registry = ExecutorRegistry(self._redis, self.names)
         self.progress = ProgressChannels(self._redis, self.names)
+        self.hints = TaskHints(self._redis, self.names)
 
     async def __aenter__(self) -> StateStore:
         await self.ping()

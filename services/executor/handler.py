@@ -32,6 +32,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from services.common.concurrency import cancel_and_wait
 from services.common.events import (
     MessageDecodeError,
     ProgressEvent,
@@ -39,8 +40,10 @@ from services.common.events import (
     TaskMessage,
     decode_task_topic_message,
 )
-from services.common.kafka_consumer import Record
+from services.common.kafka_consumer import Record, record_of
 from services.common.logging import get_logger
+from services.common.lru import Lru
+from services.common.task_hints import TaskHint
 
 from .assembly import BatchAssembler
 from .chains import ChainRunner
@@ -54,6 +57,8 @@ from .worker_pool import WorkerPool
 __all__ = ["TaskHandler"]
 
 _log = get_logger(__name__)
+#: Hinted runs remembered until their Kafka copies come (one that comes later is claimed).
+_HINTED_KEPT = 1024
 
 
 class TaskHandler:
@@ -79,6 +84,10 @@ class TaskHandler:
         self._batches = BatchAssembler(pool)
         self._tasks_run = 0
         self._starting = 0  # claims in flight that say their task starts (a worker is free)
+        # hinted runs (whether their effects are durable), until their Kafka copies come
+        self._hinted: Lru[Key, asyncio.Future[bool]] = Lru(_HINTED_KEPT)
+        self._hinted_runs: set[asyncio.Task[None]] = set()
+        self.hints_taken = 0
 
     def batch_waiting(self) -> dict[str, int]:
         """Claimed tasks waiting in batches, per topic (:meth:`BatchAssembler.waiting`)."""
@@ -120,6 +129,64 @@ class TaskHandler:
             return await self._chunks.process(message, record, ran)
         return await self.process_task(message, record, ran)
 
+    def take_hint(self, hint: TaskHint) -> bool:
+        """Start a hinted task (:mod:`services.common.task_hints`) now, ahead of its Kafka
+        copy, if a worker is free for it and it is a plain task not held here; ``True`` if
+        it started. Its Kafka copy, when it comes, completes once this run's effects are
+        durable (:meth:`process_task`), and is handled as usual if they are not."""
+        if self._stop.is_set() or self._pool.idle_workers <= self._starting:
+            return False  # a busy executor: the Kafka copy comes in its turn
+        try:
+            message = decode_task_topic_message(hint.value)
+        except MessageDecodeError:
+            return False  # the Kafka copy is dead-lettered with its reason
+        if not isinstance(message, TaskMessage) or message.batch is not None:
+            return False  # chunks and batches are assembled from Kafka only
+        key = (message.invocation_id, message.task.id)
+        if key in self._leases or key in self._hinted:
+            return False
+        record = record_of(hint.topic, hint.partition, hint.key, hint.value)
+        durable: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._hinted.put(key, durable)
+        run = asyncio.create_task(self._run_hinted(key, message, record, durable))
+        self._hinted_runs.add(run)
+        run.add_done_callback(self._hinted_runs.discard)
+        run.add_done_callback(lambda _: _settle(durable))  # cancelled before it began
+        self.hints_taken += 1
+        return True
+
+    async def _run_hinted(
+        self, key: Key, message: TaskMessage, record: Record, durable: asyncio.Future[bool]
+    ) -> None:
+        """A hinted task: claim and run it as usual; ``durable`` says whether its effects are
+        (another verdict, a failure or a stop leaves it to the Kafka copy)."""
+        done = False
+        try:
+            log = task_log(record, message)
+            started = self._leases.started(message)
+            (kind, _), marked = await self._claim(key, started)
+            if kind != "run":
+                log.info("hinted task not run here", verdict=kind)
+                return
+            with self._leases.holding(key):
+                await self._run(
+                    record,
+                    message,
+                    log,
+                    lambda: None,
+                    started=None if marked else started,
+                    prefetch=False,
+                )
+            done = True
+        except Exception:
+            _log.exception("a hinted task failed here; its Kafka copy is handled as usual")
+        finally:
+            durable.set_result(done)
+
+    async def stop_hinted(self) -> None:
+        """Stop the hinted runs (at shutdown): their Kafka copies are redelivered."""
+        await cancel_and_wait(list(self._hinted_runs))
+
     async def process_task(
         self,
         message: TaskMessage,
@@ -133,6 +200,12 @@ class TaskHandler:
         leases = self._leases
         log = task_log(record, message)
         key = (message.invocation_id, message.task.id)
+        hinted = self._hinted.pop(key) if verdict is None else None
+        if hinted is not None:  # this message's hint ran here, or runs
+            ran()
+            if await asyncio.shield(hinted):
+                log.debug("task ran from its hint")
+                return True
         started = leases.started(message)
         marked = False  # whether the claim said the task started (a worker was free)
         if verdict is None:
@@ -185,11 +258,15 @@ class TaskHandler:
         ran: Callable[[], None],
         *,
         started: ProgressEvent | None,
+        prefetch: bool = True,
     ) -> None:
         """Run the claimed task. ``started``: the claim did not say the task started (no
-        worker was free then): it is said when a worker is, by the claim asked again."""
+        worker was free then): it is said when a worker is, by the claim asked again.
+        ``prefetch``: load the invocation for the finisher while the task runs (not for a
+        hinted task: the API's save starting the invocation lands while it runs, and would
+        make that early state stale)."""
         log.debug("task started")
-        early = self._finisher.prefetch(message)  # the invocation, loaded while it runs
+        early = self._finisher.prefetch(message) if prefetch else None
         verdict: list[Verdict] = []
 
         async def still_wanted() -> bool:  # asked when the task waited for a free worker
@@ -218,3 +295,8 @@ class TaskHandler:
         if await self._finisher.finish(message, results, log, early):
             return  # they ended the invocation, saved here: nothing to publish
         await self._reporter.report(record, message, results, log)
+
+
+def _settle(durable: asyncio.Future[bool]) -> None:
+    if not durable.done():
+        durable.set_result(False)

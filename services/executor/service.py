@@ -32,6 +32,10 @@ store and the Kafka bus may be passed in) and owns the lifecycle. Who does what:
   instead of running again. Completions that happen together are sent as one batch (one
   Redis pipeline, one ``publish_many``, one ``tasks.finished`` message per invocation:
   :mod:`.results`); the offset is complete once Kafka acknowledged them.
+* **Task hints** (:class:`.hints.HintListener`): a new invocation's first task, published
+  on Redis by the API beside its Kafka message while the stack is quiet, starts here at
+  once when this executor owns its partition and has a free worker; its Kafka copy then
+  completes without running it again (:mod:`services.common.task_hints`).
 * **Cancels** (:class:`.cancels.CancelWatch`): every second while tasks run, one call reads
   their invocations' status; the workers running tasks of a cancelled one are killed and
   replaced, and those tasks report an error of type ``Cancelled``.
@@ -55,7 +59,7 @@ from dataclasses import dataclass
 from services.common.concurrency import cancel_and_wait
 from services.common.executor_registry import QueuedTasks
 from services.common.kafka_bus import KafkaBus
-from services.common.kafka_consumer import Consumer
+from services.common.kafka_consumer import Consumer, TopicPartition
 from services.common.logging import get_logger
 from services.common.names import Names
 from services.common.settings import ExecutorSettings, InfraSettings
@@ -67,6 +71,7 @@ from .finisher import Finisher
 from .graph_versions import GraphVersions
 from .handler import TaskHandler
 from .heartbeat import Heartbeat
+from .hints import HintListener
 from .inflight import InFlight
 from .intake import Intake
 from .leases import Leases
@@ -94,6 +99,7 @@ class _Parts:
     subscription: Subscription
     heartbeat: Heartbeat
     cancels: CancelWatch
+    hints: HintListener
 
 
 class Executor:
@@ -150,6 +156,7 @@ class Executor:
             asyncio.create_task(parts.cancels.loop()),
             asyncio.create_task(parts.intake.offsets.commit_loop()),
             asyncio.create_task(self._queue_depth_loop(parts)),
+            asyncio.create_task(parts.hints.run()),
         ]
         watch_slots(self.settings.concurrency, lambda: parts.pool.busy)
         _log.info(
@@ -249,6 +256,9 @@ class Executor:
                 queues=self._queues,
             ),
             cancels=CancelWatch(store.invocations, pool),
+            hints=HintListener(
+                store.hints, lambda tp: tp in consumer.assignment(), handler.take_hint
+            ),
         )
 
     async def __aexit__(self, *exc: object) -> None:
@@ -259,6 +269,7 @@ class Executor:
         try:
             if parts is not None:
                 await parts.inflight.drain(self.drain_timeout_sec)
+                await parts.handler.stop_hinted()
                 await _bounded(parts.intake.offsets.commit(), _SHUTDOWN_STEP_SEC, "final commit")
         finally:
             await cancel_and_wait(self._background)
@@ -299,6 +310,21 @@ class Executor:
     def tasks_run(self) -> int:
         """Functions run to a result here (chained steps and chunk elements included)."""
         return self._parts.handler.tasks_run if self._parts is not None else 0
+
+    @property
+    def hints_taken(self) -> int:
+        """Task hints whose task started here ahead of its Kafka copy."""
+        return self._parts.handler.hints_taken if self._parts is not None else 0
+
+    async def hints_ready(self, topic: str, partition: int) -> bool:
+        """Whether a task hint for ``partition`` of ``topic`` would be acted on here now:
+        the hints channel is subscribed and this executor owns the partition."""
+        parts = self._parts
+        return (
+            parts is not None
+            and parts.hints.subscribed.is_set()
+            and parts.hints.owns(TopicPartition(topic, partition))
+        )
 
     @property
     def topics(self) -> frozenset[str]:

@@ -49,6 +49,7 @@ from services.common.kafka_bus import KafkaBus, make_consumer
 from services.common.names import Names
 from services.common.settings import ApiSettings, InfraSettings
 from services.common.state_store import StateStore
+from services.common.task_hints import decode_hint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -459,6 +460,53 @@ async def test_invoke_starts_the_invocation_itself_without_an_event(
             f"/namespaces/default/compute_graphs/calc/invocations/{invocation}"
         )
         assert status.json()["status"] == "running"
+
+
+async def test_a_first_task_sent_while_quiet_is_also_hinted_on_redis(
+    infra_settings: InfraSettings, kafka_bus: KafkaBus, blob_store: BlobStore, store: StateStore
+) -> None:
+    """A task hint is the first task's message, pinned to the partition its Kafka copy went
+    to; with ``task_hints`` off, none is published (the first hint read is the second
+    invocation's)."""
+    names = Names(infra_settings.prefix)
+    hints = store.hints.pubsub()
+    await hints.subscribe(names.task_hints_channel)
+    try:
+        off = ApiSettings(max_body_bytes=MAX_BODY, task_hints=False)
+        async with running_api(infra_settings, off) as api:
+            await api.register(graph_v1())
+            await api.invoke(n=1)
+        async with running_api(infra_settings, ApiSettings(max_body_bytes=MAX_BODY)) as api:
+            invocation = await api.invoke(n=2)
+        hint, deadline = None, time.monotonic() + 10
+        while hint is None:  # (None also for the subscription's confirmation)
+            assert time.monotonic() < deadline, "no task hint published"
+            message = await hints.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                hint = decode_hint(message["data"])
+    finally:
+        await hints.aclose()
+    sent = {r.key: r for r in await _first_task_records(infra_settings, "start", 2)}
+    record = sent[hint.key]
+    assert (hint.topic, hint.partition, hint.value) == (record.topic, record.partition, record.value)
+    hinted = decode_task_topic_message(hint.value)
+    assert isinstance(hinted, TaskMessage) and hinted.invocation_id == invocation
+
+
+async def _first_task_records(settings: InfraSettings, function: str, count: int) -> list[Any]:
+    """The first ``count`` records on ``calc``'s ``function`` topic (fresh group)."""
+    topic = Names(settings.prefix).task_topic("any", "default", "calc", function)
+    consumer = make_consumer(settings, group_id=f"test-{uuid.uuid4().hex[:8]}", topics=[topic])
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(found) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                found.extend(records)
+    finally:
+        await consumer.stop()
+    return found
 
 
 async def test_a_direct_start_that_a_first_result_overtook_publishes_nothing(

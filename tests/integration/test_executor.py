@@ -43,6 +43,7 @@ from services.common.kafka_bus import KafkaBus
 from services.common.names import Names
 from services.common.settings import ExecutorSettings, InfraSettings
 from services.common.state_store import StateStore
+from services.common.task_hints import TaskHint
 from services.executor.service import Executor
 from services.executor.worker_pool import CHUNK_TURN_SEC
 
@@ -880,3 +881,70 @@ async def test_a_cancel_stops_a_running_chunk_at_the_end_of_its_turn(
         ran = sum(1 for item in chunk.items if events.seen[item.task.id])
         assert 1 <= ran <= 2 * int(CHUNK_TURN_SEC / 0.1) + 2, ran  # a turn or two, not 40
         assert executor.pool.dispatches >= 1
+
+
+# -- task hints -----------------------------------------------------------------------------
+
+
+async def _hint(stack: Stack, record: GraphRecord, message: TaskMessage) -> tuple[str, int]:
+    """Publish ``message`` as a task hint, pinned to its key's partition (as the API does);
+    returns that topic and partition."""
+    topic = stack.topic(record.definition, message.task.function)
+    partition = await stack.bus.partition_for(topic, message.task.id)
+    hint = TaskHint(topic, partition, message.task.id.encode(), encode_message(message))
+    await stack.store.hints.publish([hint])
+    return topic, partition
+
+
+async def test_a_hinted_task_runs_before_its_kafka_copy_which_then_completes_without_running(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("hinted"))
+    inv = await stack.invocation(record, a=2, b=3)
+    first, second = (stack.task(record, inv, "add", a=i, b=3) for i in (2, 4))
+    topic = stack.topic(record.definition, "add")
+    async with running(stack.infra, _settings()) as executor:
+        partition = await stack.bus.partition_for(topic, first.task.id)
+        await _eventually(
+            lambda: executor.hints_ready(topic, partition), what="hints followed, partition owned"
+        )
+        await stack.store.redis.publish(stack.names.task_hints_channel, b"junk")  # ignored
+        await _hint(stack, record, first)
+        # the result comes from the hint alone: nothing is on Kafka yet
+        assert await stack.outputs(await events.wait_for(first.task.id)) == [5]
+        assert executor.hints_taken == 1
+        await stack.send(record, first, second)  # the hinted task's copy completes unrun
+        assert await stack.outputs(await events.wait_for(second.task.id)) == [7]
+        group = executor.group_id
+        await _eventually(lambda: _committed_is(stack.bus, group, topic, 2), what="commits")
+        await events.catch_up()
+        assert events.seen[first.task.id] == 1  # neither run nor re-published again
+        assert executor.tasks_run == 2 and executor.hints_taken == 1
+
+
+async def test_hints_an_executor_does_not_own_or_has_no_worker_for_are_left_to_kafka(
+    stack: Stack, events: EventsReader
+) -> None:
+    record = await stack.register(_graph("unhinted", slow))
+    inv = await stack.invocation(record, a=0, b=0)
+    busy = stack.task(record, inv, "slow", 1)
+    message = stack.task(record, inv, "add", a=1, b=1)
+    topic = stack.topic(record.definition, "add")
+    settings = _settings(concurrency=1, chain_hold_sec=0)  # add's result is not continued
+    async with running(stack.infra, settings) as executor:
+        partition = await stack.bus.partition_for(topic, message.task.id)
+        await _eventually(
+            lambda: executor.hints_ready(topic, partition), what="hints followed, partition owned"
+        )
+        elsewhere = TaskHint("another-stack.tasks", 0, b"k", encode_message(message))
+        await stack.store.hints.publish([elsewhere])  # a partition it does not own
+        await stack.send(record, busy)
+        await _eventually(
+            lambda: _is(executor.in_flight, 1), what="the slow task holding the only worker"
+        )
+        await _hint(stack, record, message)  # no worker free: the hint is passed over
+        await stack.send(record, message)
+        assert await stack.outputs(await events.wait_for(message.task.id)) == [2]
+        assert await stack.outputs(await events.wait_for(busy.task.id)) == [1]
+        assert executor.hints_taken == 0
+        assert executor.tasks_run == 2

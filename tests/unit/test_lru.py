@@ -28,3 +28,10 @@ def test_put_returns_the_value_and_replaces_an_entry() -> None:
 def test_a_cache_holds_at_least_one_entry() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Lru(0)
+
+
+def test_pop_removes_an_entry() -> None:
+    cache: Lru[str, int] = Lru(2)
+    cache.put("a", 1)
+    assert cache.pop("a") == 1 and "a" not in cache and len(cache) == 0
+    assert cache.pop("a") is None
