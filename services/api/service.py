@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from indexify.definition import GraphDefinition
 from indexify.encoding import Payload
@@ -22,7 +20,6 @@ from indexify.engine import Engine, InvocationState, TaskRecord
 from indexify.engine.model import InvocationStatus
 from indexify.models import GraphInfo, InvocationInfo, Replay
 from services.common.blobs import BlobStore, store_values
-from services.common.decisions import apply_events
 from services.common.errors import (
     BadRequest,
     Conflict,
@@ -40,18 +37,18 @@ from services.common.events import (
 )
 from services.common.executor_registry import queued_by_function
 from services.common.graphs import GraphCache, GraphRecord
-from services.common.invocations import CREATED_REV, INPUT_FIELD, InvocationView, ViewSave
-from services.common.kafka_bus import KafkaBus, Outgoing
+from services.common.invocations import INPUT_FIELD
+from services.common.kafka_bus import KafkaBus
 from services.common.logging import get_logger
 from services.common.lru import Lru
 from services.common.names import Names
 from services.common.settings import InfraSettings
 from services.common.state_store import StateStore
-from services.common.task_hints import TaskHint
 from services.common.task_messages import start_messages
 
 from . import validation
 from .arguments import ArgumentChecker
+from .first_tasks import AcceptedInvocation, FirstTasks
 from .live_status import live_info
 from .progress_hub import ProgressHub
 from .schemas import FunctionQueues, GraphRegistered, GraphUpload, Health
@@ -69,20 +66,6 @@ TasksPage = tuple[list[TaskRecord], int]
 
 def graph_info(record: GraphRecord) -> GraphInfo:
     return GraphInfo.of(record.namespace, record.definition, record.created_at)
-
-
-@dataclass(frozen=True)
-class AcceptedInvocation:
-    """Stored (record + input) but not yet published."""
-
-    state: InvocationState
-    event: InvocationCreatedEvent
-    start: Sequence[tuple[str, Outgoing]] = ()  # its first tasks, sent before the event
-    engine: Engine | None = None  # its graph version's, which decided the first tasks
-
-    @property
-    def id(self) -> str:
-        return self.state.invocation_id
 
 
 def _failpoint(spec: str) -> bool:
@@ -108,15 +91,19 @@ class ApiService:
     ) -> None:
         self.infra = infra
         self.direct_start = direct_start
-        self.task_hints = task_hints
-        self._sending_first = 0  # first-task sends in flight (hints go out only when quiet)
-        self._failpoint_after_start = _failpoint(failpoint)
         self._engines: Lru[tuple[str, str, str], Engine] = Lru(_ENGINES)
         self.names = Names(infra.prefix)
         self.bus = bus
         self.store = store
         self.blobs = blobs
         self.hub = hub
+        self.first_tasks = FirstTasks(
+            bus,
+            store.invocations,
+            store.hints,
+            hints=task_hints,
+            exit_after_start=_failpoint(failpoint),
+        )
         self.arguments = ArgumentChecker()
         self.placement = PlacementWatch(store)
         self.graph_cache = GraphCache(store.graphs)
@@ -408,15 +395,13 @@ class ApiService:
         """Publish the created events and await the acks; on failure remove the invocations
         (they were never accepted) and raise :class:`PlatformUnavailable`.
 
-        With ``direct_start``, each invocation's first tasks are sent (and acknowledged)
-        before its created event, which names them: the scheduler does not send them again
-        (:mod:`services.common.task_messages`). If they cannot be sent, the scheduler sends
-        them as before. Once they are sent, the created event is applied here
-        (:meth:`_created_here`) instead of going through Kafka and the scheduler."""
+        With ``direct_start``, each invocation's first tasks are sent here and its record
+        saved started (:mod:`.first_tasks`): a created event is published only for what is
+        left to the scheduler (e.g. tasks that could not be sent)."""
         topic = self.names.events_topic
         events = [a.event for a in accepted]
         if self.direct_start and any(a.start for a in accepted):
-            events = await self._created_here(accepted, await self._start_directly(accepted))
+            events = await self.first_tasks.start(accepted)
             if not events:
                 return
         try:
@@ -439,88 +424,6 @@ class ApiService:
                 invocation=a.id,
                 version=a.state.graph_version,
             )
-
-    async def _start_directly(
-        self, accepted: Sequence[AcceptedInvocation]
-    ) -> list[InvocationCreatedEvent]:
-        """Send the first tasks; the created events to send then (naming the tasks sent)."""
-        try:
-            await self._send_first([message for a in accepted for _, message in a.start])
-        except ServiceError as exc:  # e.g. a task topic is missing: the scheduler makes it
-            _log.warning("first tasks not sent; the scheduler sends them", error=str(exc))
-            return [a.event for a in accepted]
-        if self._failpoint_after_start:
-            _log.warning("failpoint exit_after_start hit: exiting")
-            os._exit(1)
-        return [
-            a.event.model_copy(update={"started": tuple(task_id for task_id, _ in a.start)})
-            for a in accepted
-        ]
-
-    async def _send_first(self, start: Sequence[Outgoing]) -> None:
-        """Send first task messages and await their acks. While no other first tasks are
-        being sent by this process (a quiet stack: a task's head start matters most, and
-        its executor likely has a worker free), each one is pinned to its key's partition
-        and also published as a task hint (:mod:`services.common.task_hints`) while Kafka
-        takes the durable copy; a hint that cannot be published is only a head start lost."""
-        quiet = self.task_hints and self._sending_first == 0
-        self._sending_first += 1
-        try:
-            if not quiet:
-                await self.bus.publish_many(start)
-                return
-            pinned = [
-                o._replace(spread=await self.bus.partition_for(o.topic, o.key))
-                if o.spread is None
-                else o
-                for o in start
-            ]
-            hints = [
-                TaskHint(o.topic, o.spread, o.key.encode(), o.value)
-                for o, was in zip(pinned, start, strict=True)
-                if o.spread is not None and was.spread is None
-            ]
-            hinting = asyncio.ensure_future(self.store.hints.publish(hints))
-            try:
-                await self.bus.publish_many(pinned)
-            finally:
-                try:
-                    await hinting
-                except ServiceError as exc:
-                    _log.debug("task hints not published", error=str(exc))
-        finally:
-            self._sending_first -= 1
-
-    async def _created_here(
-        self, accepted: Sequence[AcceptedInvocation], events: Sequence[InvocationCreatedEvent]
-    ) -> list[InvocationCreatedEvent]:
-        """Apply the created event of each invocation whose first tasks were sent to its
-        record, as the scheduler would (:func:`~services.common.decisions.apply_events`),
-        and save that with a compare-and-set on the revision it was created with: all in
-        one round trip. Returns the events still to publish: those of invocations not
-        started here, or all of them when the save failed.
-
-        A save that loses means a first result (applied by the scheduler, or by the
-        executor that ended the invocation) started the invocation already, as it does when
-        the created event never comes (:mod:`services.common.task_messages`): nothing is
-        left to publish for it. A crash before the save leaves it to that first result."""
-        saves: list[ViewSave] = []
-        here: set[str] = set()
-        for item, event in zip(accepted, events, strict=True):
-            if not event.started or item.engine is None:
-                continue
-            view = InvocationView(state=item.state.model_copy(deep=True), rev=CREATED_REV)
-            decision = apply_events(item.engine, view.state, [event])
-            saves.append((view, decision.outputs, decision.done, decision.progress))
-            here.add(event.invocation_id)
-        if not saves:
-            return list(events)
-        try:
-            await self.store.invocations.save_views(saves)
-        except ServiceError as exc:
-            _log.warning("starting invocations here failed; publishing them", error=str(exc))
-            return list(events)
-        return [event for event in events if event.invocation_id not in here]
 
     async def discard(self, state: InvocationState) -> None:
         """Remove an accepted invocation that was never published (best effort)."""

@@ -9,7 +9,7 @@ Starting directly, the invocation's record is the only thing that says it starte
 * The API sends the first task's message and awaits Kafka's ack, and only then applies
   ``invocation.created`` naming the tasks it sent (``InvocationCreatedEvent.started``) to the
   invocation's record itself, with the scheduler's decision code and a compare-and-set on
-  the revision it created the record with (``ApiService._created_here``): the record says
+  the revision it created the record with (``services/api/first_tasks.py``): the record says
   the invocation runs and those tasks are queued, and the scheduler gets no event. If that
   save fails, the API publishes ``invocation.created`` instead, and the scheduler records
   the tasks as queued without sending them again.

@@ -488,7 +488,11 @@ async def test_a_first_task_sent_while_quiet_is_also_hinted_on_redis(
         await hints.aclose()
     sent = {r.key: r for r in await _first_task_records(infra_settings, "start", 2)}
     record = sent[hint.key]
-    assert (hint.topic, hint.partition, hint.value) == (record.topic, record.partition, record.value)
+    assert (hint.topic, hint.partition, hint.value) == (
+        record.topic,
+        record.partition,
+        record.value,
+    )
     hinted = decode_task_topic_message(hint.value)
     assert isinstance(hinted, TaskMessage) and hinted.invocation_id == invocation
 
