@@ -66,6 +66,7 @@ class HintListener:
                     continue
                 if message.get("type") == "subscribe":
                     self.subscribed.set()
+                    _log.info("following task hints", channel=channel)
                 elif message.get("type") == "message":
                     try:
                         self.handle(message["data"])

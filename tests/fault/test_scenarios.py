@@ -668,6 +668,43 @@ def test_a_continued_result_after_a_cancel_is_rejected(
     assert client.graph_outputs("fault_chain", inv, "chain_b") == []
 
 
+def test_executor_killed_in_a_hinted_chain_repeats_no_finished_step(
+    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The same kill, with chain_a started from its task hint (services/common/
+    task_hints.py: the API published its message on Redis too, the executor started it before
+    Kafka delivered it). Pass: as in the test above; the Kafka copy of chain_a's message,
+    redelivered to the restarted executor, re-publishes chain_a's recorded result."""
+    _core(stack)
+    _executor(stack, 0, concurrency=1, INDEXIFY_LOG_LEVEL="DEBUG")
+    stack.wait_healthy()
+    client = _client(stack, request)
+    client.register_compute_graph(chain_graph())
+    ready = ("following task hints", "partitions=12")  # every partition of the 3 topics
+    wait_for(lambda: all(s in _log(stack, "executor-0") for s in ready), 60, "hints followed")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    inv = client.invoke_graph_with_object("fault_chain", dir=str(markers), seconds=60.0)
+    wait_for(lambda: _markers(markers, "chain_b-0"), 30, "the chained step to start")
+    started = [
+        line
+        for line in _log(stack, "executor-0").splitlines()
+        if "task started" in line and "function=chain_a" in line
+    ]
+    assert len(started) == 1 and "offset=-1" in started[0], started  # from the hint
+    stack.kill("executor-0")
+    _executor(stack, 1, concurrency=1)
+    wait_for(lambda: len(_markers(markers, "chain_b-0")) >= 2, 90, "chain_b to run again")
+    (markers / "go").write_text("")
+    info = client.wait_for_invocation("fault_chain", inv, timeout=90)
+    assert info.status == "succeeded", info.error
+    assert client.graph_outputs("fault_chain", inv, "chain_c") == [11]
+    assert len(_markers(markers, "chain_a-0")) == 1
+    assert len(_markers(markers, "chain_b-0")) == 2
+    assert len(_markers(markers, "chain_c-1")) == 1
+    assert "re-publishing it" in _log(stack, "executor-1")  # chain_a's, from its Kafka copy
+
+
 def test_executor_dies_before_saving_the_end_its_chain_decided(
     stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
