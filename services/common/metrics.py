@@ -71,6 +71,7 @@ __all__ = [
     "TASKS",
     "TASK_CONSUMER_LAG",
     "TASK_DURATION",
+    "TASK_HINTS",
     "TASK_QUEUE_DEPTH",
     "FunctionKey",
     "MetricsPortUnavailable",
@@ -132,6 +133,12 @@ BATCH_WAIT = Histogram(
 EXECUTOR_SLOTS = Gauge("indexify_executor_slots", "Worker processes of this executor")
 EXECUTOR_SLOTS_BUSY = Gauge(
     "indexify_executor_slots_busy", "Worker processes of this executor running a task now"
+)
+TASK_HINTS = Counter(
+    "indexify_executor_task_hints",
+    "Task hints received: started here (taken), passed over (no free worker, not a plain "
+    "task), or for a partition of another executor (elsewhere)",
+    ["outcome"],
 )
 
 # -- scheduler --------------------------------------------------------------------------------

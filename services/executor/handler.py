@@ -16,6 +16,11 @@
 * ``wait``: another live process (or this one) holds its lease: wait for its result or for
   the lease to lapse, instead of running the function a second time.
 
+A task hint (:mod:`services.common.task_hints`: a first task's message, published on Redis
+by the API beside its Kafka copy) goes through the same claim and run when a worker is free
+for it (:meth:`TaskHandler.take_hint`); its Kafka copy then completes once that run's effects
+are durable, without a claim, and is handled as above if they are not.
+
 A message of any size or shape that cannot be decoded, or whose handling fails with anything
 but ``PlatformUnavailable``, is dead-lettered (:mod:`services.common.dead_letters`) and so
 completed: no one message stops the intake or holds back its partition's offsets.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from services.common import metrics
 from services.common.events import MessageDecodeError
 from services.common.kafka_consumer import TopicPartition
 from services.common.logging import get_logger
@@ -87,5 +88,8 @@ class HintListener:
             _log.warning("task hint ignored", reason=exc.reason)
             return False
         if not self.owns(TopicPartition(hint.topic, hint.partition)):
+            metrics.TASK_HINTS.labels("elsewhere").inc()
             return False  # another executor's partition (or none of ours any more)
-        return self._take(hint)
+        taken = self._take(hint)
+        metrics.TASK_HINTS.labels("taken" if taken else "passed").inc()
+        return taken

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from indexify import Graph, indexify_function
@@ -886,6 +887,13 @@ async def test_a_cancel_stops_a_running_chunk_at_the_end_of_its_turn(
 # -- task hints -----------------------------------------------------------------------------
 
 
+def _hints_counted(outcome: str) -> float:
+    """``indexify_executor_task_hints_total{outcome}`` in this process (the executors here)."""
+    return (
+        REGISTRY.get_sample_value("indexify_executor_task_hints_total", {"outcome": outcome}) or 0.0
+    )
+
+
 async def _hint(stack: Stack, record: GraphRecord, message: TaskMessage) -> tuple[str, int]:
     """Publish ``message`` as a task hint, pinned to its key's partition (as the API does);
     returns that topic and partition."""
@@ -909,10 +917,11 @@ async def test_a_hinted_task_runs_before_its_kafka_copy_which_then_completes_wit
             lambda: executor.hints_ready(topic, partition), what="hints followed, partition owned"
         )
         await stack.store.redis.publish(stack.names.task_hints_channel, b"junk")  # ignored
+        taken = _hints_counted("taken")
         await _hint(stack, record, first)
         # the result comes from the hint alone: nothing is on Kafka yet
         assert await stack.outputs(await events.wait_for(first.task.id)) == [5]
-        assert executor.hints_taken == 1
+        assert executor.hints_taken == 1 and _hints_counted("taken") == taken + 1
         await stack.send(record, first, second)  # the hinted task's copy completes unrun
         assert await stack.outputs(await events.wait_for(second.task.id)) == [7]
         group = executor.group_id
@@ -936,6 +945,7 @@ async def test_hints_an_executor_does_not_own_or_has_no_worker_for_are_left_to_k
         await _eventually(
             lambda: executor.hints_ready(topic, partition), what="hints followed, partition owned"
         )
+        counted = {outcome: _hints_counted(outcome) for outcome in ("elsewhere", "passed")}
         elsewhere = TaskHint("another-stack.tasks", 0, b"k", encode_message(message))
         await stack.store.hints.publish([elsewhere])  # a partition it does not own
         await stack.send(record, busy)
@@ -948,3 +958,5 @@ async def test_hints_an_executor_does_not_own_or_has_no_worker_for_are_left_to_k
         assert await stack.outputs(await events.wait_for(busy.task.id)) == [1]
         assert executor.hints_taken == 0
         assert executor.tasks_run == 2
+        assert _hints_counted("elsewhere") == counted["elsewhere"] + 1
+        assert _hints_counted("passed") == counted["passed"] + 1
