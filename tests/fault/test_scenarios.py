@@ -32,6 +32,7 @@ from workload import (
 
 from indexify import IndexifyClient, create_client
 from indexify.errors import ApiError
+from indexify.models import InvocationInfo
 from services.common.events import SCHEMA_VERSION
 from services.common.kafka_bus import KafkaBus, make_consumer
 from services.common.names import Names
@@ -615,16 +616,12 @@ def _chain_started(
     return client, markers, inv
 
 
-def test_executor_killed_in_a_continued_chain_repeats_no_finished_step(
-    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    """chain_a -> chain_b -> chain_c; the executor runs chain_b itself right after chain_a
-    and is SIGKILLed while chain_b runs. Pass: the invocation succeeds with the exact
-    output; chain_a ran once (its result was kept in the round trip that claimed chain_b,
-    long before the kill: the redelivered task message re-publishes it), chain_c once;
-    chain_b twice (killed mid-run, run again); every task has one successful attempt."""
-    client, markers, inv = _chain_started(stack, tmp_path, request)
-    assert _markers(markers, "chain_a-0") and not _markers(markers, "chain_c-1")
+def _killed_in_chain_b(
+    stack: DevStack, client: IndexifyClient, markers: Path, inv: str
+) -> InvocationInfo:
+    """SIGKILL executor-0 while chain_b runs, start executor-1, let chain_b's second run
+    finish; asserts the invocation succeeded exactly: chain_a and chain_c ran once, chain_b
+    twice (killed mid-run, run again). Its final status."""
     stack.kill("executor-0")
     _executor(stack, 1, concurrency=1)
     wait_for(lambda: len(_markers(markers, "chain_b-0")) >= 2, 90, "chain_b to run again")
@@ -635,6 +632,20 @@ def test_executor_killed_in_a_continued_chain_repeats_no_finished_step(
     assert len(_markers(markers, "chain_a-0")) == 1
     assert len(_markers(markers, "chain_b-0")) == 2
     assert len(_markers(markers, "chain_c-1")) == 1
+    return info
+
+
+def test_executor_killed_in_a_continued_chain_repeats_no_finished_step(
+    stack: DevStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """chain_a -> chain_b -> chain_c; the executor runs chain_b itself right after chain_a
+    and is SIGKILLed while chain_b runs. Pass: the invocation succeeds with the exact
+    output; chain_a ran once (its result was kept in the round trip that claimed chain_b,
+    long before the kill: the redelivered task message re-publishes it), chain_c once;
+    chain_b twice (killed mid-run, run again); every task has one successful attempt."""
+    client, markers, inv = _chain_started(stack, tmp_path, request)
+    assert _markers(markers, "chain_a-0") and not _markers(markers, "chain_c-1")
+    info = _killed_in_chain_b(stack, client, markers, inv)
     tasks = {t.function: t for t in info.tasks}
     assert set(tasks) == {"chain_a", "chain_b", "chain_c"}
     for task in tasks.values():
@@ -692,16 +703,7 @@ def test_executor_killed_in_a_hinted_chain_repeats_no_finished_step(
         if "task started" in line and "function=chain_a" in line
     ]
     assert len(started) == 1 and "offset=-1" in started[0], started  # from the hint
-    stack.kill("executor-0")
-    _executor(stack, 1, concurrency=1)
-    wait_for(lambda: len(_markers(markers, "chain_b-0")) >= 2, 90, "chain_b to run again")
-    (markers / "go").write_text("")
-    info = client.wait_for_invocation("fault_chain", inv, timeout=90)
-    assert info.status == "succeeded", info.error
-    assert client.graph_outputs("fault_chain", inv, "chain_c") == [11]
-    assert len(_markers(markers, "chain_a-0")) == 1
-    assert len(_markers(markers, "chain_b-0")) == 2
-    assert len(_markers(markers, "chain_c-1")) == 1
+    _killed_in_chain_b(stack, client, markers, inv)
     assert "re-publishing it" in _log(stack, "executor-1")  # chain_a's, from its Kafka copy
 
 

@@ -420,20 +420,11 @@ async def test_invoke_publishes_exactly_one_created_event(api: Api) -> None:
 
 async def _first_tasks(settings: InfraSettings, function: str) -> list[TaskMessage]:
     """The task messages on ``calc``'s ``function`` topic (fresh group, from the start)."""
-    topic = Names(settings.prefix).task_topic("any", "default", "calc", function)
-    consumer = make_consumer(settings, group_id=f"test-{uuid.uuid4().hex[:8]}", topics=[topic])
-    await consumer.start()
     found: list[TaskMessage] = []
-    try:
-        deadline = time.monotonic() + 10
-        while not found and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for record in records:
-                    message = decode_task_topic_message(record.value or b"")
-                    assert isinstance(message, TaskMessage)
-                    found.append(message)
-    finally:
-        await consumer.stop()
+    for record in await _first_task_records(settings, function, 1):
+        message = decode_task_topic_message(record.value or b"")
+        assert isinstance(message, TaskMessage)
+        found.append(message)
     return found
 
 
