@@ -35,7 +35,7 @@ from indexify.engine import InvocationState, TaskRecord, ValueRange, generation_
 
 from .events import ProgressEvent, StoredValues
 from .names import Names
-from .redis_calls import RedisRepository, text
+from .redis_calls import RedisRepository, ScriptCall, text
 from .scripts import register
 
 __all__ = [
@@ -527,21 +527,22 @@ class InvocationRepository(RedisRepository):
         return raw.decode() if raw else None
 
     async def save_views(
-        self,
-        saves: Iterable[ViewSave],
+        self, saves: Iterable[ViewSave], *, first: Sequence[ScriptCall] = ()
     ) -> list[int | None]:
         """Save each ``(view, new stored values, done task ids, progress)``: one atomic
         compare-and-set per invocation, all in one pipeline (one round trip); progress is
         published only by the saves that succeeded. Returns each new revision (None: another
         writer saved first). A saved view becomes its summary (see
-        :meth:`InvocationRepository.saved`)."""
+        :meth:`InvocationRepository.saved`). ``first``: other script calls run before the
+        saves in the same round trip, whatever the saves' outcome (e.g. recording results)."""
         saves = list(saves)
         calls = [
-            self.save_call(view, values, done, progress) for view, values, done, progress in saves
+            (self._save, *self.save_call(view, values, done, progress))
+            for view, values, done, progress in saves
         ]
         if not calls:
             return []
-        results = await self._call(self._scripts(self._save, calls))
+        results = (await self._call(self._pipeline([*first, *calls])))[len(first) :]
         revs: list[int | None] = []
         for (view, *_), result in zip(saves, results, strict=True):
             rev = int(result)

@@ -40,6 +40,10 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+ScriptCall = tuple[Any, list[str], list[Any]]
+"""One Lua script call: ``(script, keys, args)``, as :meth:`RedisRepository._pipeline` runs it."""
+
+
 class RedisRepository:
     """Base of the repositories: the shared client and the key names."""
 
@@ -57,7 +61,7 @@ class RedisRepository:
         """Run ``script`` once per ``(keys, args)`` in one pipeline (see :meth:`_pipeline`)."""
         return await self._pipeline([(script, keys, args) for keys, args in calls])
 
-    async def _pipeline(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+    async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
         """Run each ``(script, keys, args)`` in one pipeline (one round trip; each call atomic
         on its own), answers in order. Calls refused with NOSCRIPT (script cache flushed) are
         re-run after loading their script; no call runs twice."""

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from .events import ProgressEvent
 from .names import Names
-from .redis_calls import RedisRepository, ms, text
+from .redis_calls import RedisRepository, ScriptCall, ms, text
 from .scripts import register
 
 __all__ = ["TaskActivity", "TaskClaims"]
@@ -138,7 +138,7 @@ class TaskClaims(RedisRepository):
     ) -> tuple[str, str]:
         """:meth:`record_results` then :meth:`claim_tasks` of one task, in ONE round trip:
         an executor continuing a chain keeps each step's result before it runs the next."""
-        calls = [*self._record_calls(results, token), self._claim_call(*task, token, ttl_sec)]
+        calls = [*self.record_calls(results, token), self._claim_call(*task, token, ttl_sec)]
         answers = await self._call(self._pipeline(calls))
         verdict, detail = answers[-1]
         return text(verdict), text(detail)
@@ -196,13 +196,15 @@ class TaskClaims(RedisRepository):
         """For ``(invocation id, task id, success event json or None)``: keep the successes
         (first writer wins), then release ``token``'s leases; one call per invocation
         (``lua/record_results.lua``), all in one round trip."""
-        calls = self._record_calls(results, token)
+        calls = self.record_calls(results, token)
         if calls:
             await self._call(self._pipeline(calls))
 
-    def _record_calls(
+    def record_calls(
         self, results: Iterable[tuple[str, str, bytes | None]], token: str
-    ) -> list[tuple[Any, list[str], list[Any]]]:
+    ) -> list[ScriptCall]:
+        """The script calls of :meth:`record_results`, to run in another pipeline (e.g.
+        before a save: ``InvocationRepository.save_views(..., first=...)``)."""
         grouped: dict[str, list[Any]] = {}
         for invocation_id, task_id, event_json in results:
             grouped.setdefault(invocation_id, []).extend((task_id, event_json or b""))

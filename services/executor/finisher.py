@@ -14,10 +14,12 @@ executor (:class:`Finisher`) may apply those results itself, with the scheduler'
    published as usual;
 3. save the ended state with the scheduler's compare-and-set on the revision it loaded
    (``InvocationRepository.save_views``, which publishes the progress, ``invocation.finished``
-   included, as the scheduler's save does), while recording the results (as before
-   publishing: their leases go, and a redelivered task message finds its result). Nothing is
-   published to Kafka then. A save that loses (a state loaded early may be stale) loads and
-   decides once more before the results go to the scheduler.
+   included, as the scheduler's save does), in the same Redis round trip that records the
+   results first (as before publishing: their leases go, and a redelivered task message
+   finds its result), whether the save wins or loses. Nothing is published to Kafka then. A
+   save that loses (a state loaded early may be stale) loads and decides once more before
+   the results go to the scheduler. Results that do not end the invocation are recorded by
+   the reporter before it publishes them, as ever.
 
 The scheduler stays the writer of everything else. Its saves are compare-and-sets on the same
 revision, so whichever of the two saves second re-reads and decides again: a cancel, or the
@@ -174,34 +176,30 @@ class Finisher:
         last = function_of(events[-1].finished.task_id)
         if engine is None or not may_end(engine.definition, last):
             return False
-        recording = asyncio.ensure_future(self._record(results))
-        try:
-            view = (await early) if early is not None else None
-            task_ids = [event.finished.task_id for event in events]
+        view = (await early) if early is not None else None
+        task_ids = [event.finished.task_id for event in events]
+        if view is None:
+            view = await self._load(message.invocation_id, task_ids)
+        for _ in range(_SAVES):
             if view is None:
-                view = await self._load(message.invocation_id, task_ids)
-            for _ in range(_SAVES):
-                if view is None:
-                    return False
-                decision = apply_events(engine, view.state, events, task_progress=view.listened)
-                if not ends(decision):
-                    return False
-                if self._before_save is not None:
-                    await recording  # the hook runs once the results are recorded
-                    self._before_save(events)
-                rev = await self._save(message.invocation_id, view, decision)
-                if rev is not None:
-                    assert decision.finished is not None
-                    self.finished += 1
-                    observe_invocation(view.state, decision.finished.status)
-                    log.info("invocation finished here", status=decision.finished.status)
-                    return True
-                # another writer saved since the load (the API starting it, a cancel, the
-                # scheduler): decide again on what it saved
-                view = await self._load(message.invocation_id, task_ids)
-            return False  # it keeps changing: the scheduler decides
-        finally:
-            await recording
+                return False
+            decision = apply_events(engine, view.state, events, task_progress=view.listened)
+            if not ends(decision):
+                return False  # the reporter records the results and publishes them
+            if self._before_save is not None:  # the hook runs once the results are recorded
+                await self._record(results)
+                self._before_save(events)
+            rev = await self._save(message.invocation_id, view, decision, results)
+            if rev is not None:
+                assert decision.finished is not None
+                self.finished += 1
+                observe_invocation(view.state, decision.finished.status)
+                log.info("invocation finished here", status=decision.finished.status)
+                return True
+            # another writer saved since the load (the API starting it, a cancel, the
+            # scheduler): decide again on what it saved
+            view = await self._load(message.invocation_id, task_ids)
+        return False  # it keeps changing: the scheduler decides
 
     async def _record(self, results: Sequence[Completion]) -> None:
         """Record the unrecorded results (their leases go), marking them recorded; a failure
@@ -226,10 +224,16 @@ class Finisher:
         return views.get(invocation_id)
 
     async def _save(
-        self, invocation_id: str, view: InvocationView, decision: Decision
+        self,
+        invocation_id: str,
+        view: InvocationView,
+        decision: Decision,
+        results: Sequence[Completion],
     ) -> int | None:
-        """The compare-and-set of the ended state (its log pointers first); its new
+        """The compare-and-set of the ended state (its log pointers first), in the round
+        trip that records the unrecorded ``results`` (whether the save wins or loses); its new
         revision, or None when another writer saved first or Redis does not answer."""
+        unrecorded = [c for c in results if not c.recorded]
         try:
             if decision.logs:
                 await self._invocations.put_logs_many(
@@ -237,10 +241,13 @@ class Finisher:
                     for task_id, pointers in decision.logs.items()
                 )
             [rev] = await self._invocations.save_views(
-                [(view, decision.outputs, decision.done, decision.progress)]
+                [(view, decision.outputs, decision.done, decision.progress)],
+                first=self._leases.record_calls([c.recorded_as() for c in unrecorded]),
             )
         except ServiceError:
             return None
+        for completion in unrecorded:
+            completion.recorded = True
         return rev
 
 

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from services.common.errors import ServiceError
 from services.common.events import ProgressEvent, TaskMessage
 from services.common.logging import get_logger
+from services.common.redis_calls import ScriptCall
 from services.common.task_claims import TaskClaims
 
 from .batcher import BatchCaller
@@ -140,6 +141,11 @@ class Leases:
         await retrying(
             "recording task results", lambda: self._claims.record_results(results, self.token)
         )
+
+    def record_calls(self, results: Sequence[tuple[str, str, bytes | None]]) -> list[ScriptCall]:
+        """The script calls of :meth:`record_results`, to run in another round trip (the
+        finisher's save)."""
+        return self._claims.record_calls(results, self.token)
 
     async def _claim_batch(self, tasks: list[_ClaimAsked]) -> list[Verdict]:
         """``TaskClaims.claim_tasks`` for the tasks asked about together, in one round trip."""

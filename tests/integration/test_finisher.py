@@ -164,7 +164,7 @@ async def test_a_chain_that_ends_its_invocation_saves_the_end_here(store: StateS
         invocation.id, [r.event.finished.task_id for r in results]
     )
     assert [v.inline for v in outputs.values()] == [(encode(1).data,), (encode(2).data,)]
-    assert all(r.recorded for r in results)  # recorded (leases released) before the save
+    assert all(r.recorded for r in results)  # recorded (leases released) with the save
     # the long polls hear of it as from the scheduler's save
     ids = []
     async with asyncio.timeout(5):
@@ -195,8 +195,8 @@ async def test_a_cancelled_invocation_leaves_the_results_to_the_scheduler(
 
     loaded = await store.invocations.load_invocation(invocation.id)
     assert loaded is not None and loaded[0].status == "cancelled"
-    # recorded all the same: the reporter publishes them without recording them again
-    assert all(r.recorded for r in results)
+    # not recorded here: the reporter records them before it publishes them
+    assert not any(r.recorded for r in results)
 
 
 async def test_a_save_that_loses_its_compare_and_set_leaves_the_results_to_the_scheduler(
