@@ -253,6 +253,11 @@ class Consumer:
         """The partitions this member owns now."""
         return set(self._started.assignment())
 
+    def owns(self, partition: TopicPartition) -> bool:
+        """Whether this member owns ``partition`` now (no copy of the assignment, which lists
+        every partition: over a thousand for an executor with 100 graphs)."""
+        return partition in self._started.assignment()
+
     # -- reading --------------------------------------------------------------------------
 
     async def getmany(

@@ -256,9 +256,7 @@ class Executor:
                 queues=self._queues,
             ),
             cancels=CancelWatch(store.invocations, pool),
-            hints=HintListener(
-                store.hints, lambda tp: tp in consumer.assignment(), handler.take_hint
-            ),
+            hints=HintListener(store.hints, consumer.owns, handler.take_hint),
         )
 
     async def __aexit__(self, *exc: object) -> None:
