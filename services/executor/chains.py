@@ -171,8 +171,10 @@ class ChainRunner:
             with self._leases.holding(key):
                 # The step starts on a worker while the round trip that records the steps
                 # before it and claims it is under way; its result counts only if the claim
-                # takes the lease, else it is stopped (and its worker replaced) unheard.
-                running = asyncio.ensure_future(self._pool.run(step))
+                # takes the lease, else it is stopped (and its worker replaced) unheard. It
+                # shares a worker's frame with other quick tasks only once claimed.
+                claimed = asyncio.Event()
+                running = asyncio.ensure_future(self._pool.run(step, claimed=claimed))
                 try:
                     kind, _ = await self._leases.record_and_claim(unrecorded, step)
                 except BaseException:
@@ -184,6 +186,7 @@ class ChainRunner:
                     await _stopped(running)
                     log.info("chain ends here", next_task=step.task.id, verdict=kind)
                     break
+                claimed.set()
                 finished = await running  # never None: nothing to ask first
             if finished is None:
                 break

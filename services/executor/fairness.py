@@ -9,7 +9,9 @@ one task that arrives meanwhile must not wait for all of them. Two places decide
   next partition's);
 * :class:`FairHandout` gives a free worker to the waiter whose owner holds the fewest workers
   (first come, first served among equals), so a started task does not queue behind every
-  chunk that started before it.
+  chunk that started before it. A waiter may offer itself as a *rider*: the one that gets a
+  worker can take such waiters along (:meth:`FairHandout.take_along`, in the same order), to
+  run their quick tasks on its worker in one round trip.
 
 Both are plain data structures (no I/O).
 """
@@ -26,6 +28,7 @@ from typing import Generic, TypeVar
 __all__ = ["FairHandout", "RoundRobin"]
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class RoundRobin(Generic[_T]):
@@ -69,24 +72,28 @@ class RoundRobin(Generic[_T]):
 
 
 @dataclass(order=True)
-class _Waiter(Generic[_T]):
+class _Waiter(Generic[_T, _R]):
     seq: int
     owner: str = field(compare=False)
-    future: asyncio.Future[_T] = field(compare=False)
+    #: the item, or None: taken along as a rider (:meth:`FairHandout.take_along`)
+    future: asyncio.Future[_T | None] = field(compare=False)
+    rider: _R | None = field(default=None, compare=False)
 
 
-class FairHandout(Generic[_T]):
+class FairHandout(Generic[_T, _R]):
     """Free items (workers) handed to waiters fairly across owners.
 
     ``await get(owner)`` takes an item; the owner then *holds* it until ``release(owner)``
     (called once per ``get``, whether the item came back with ``put_nowait`` or was replaced).
     When an item frees up, the waiter whose owner holds the fewest items gets it; among
-    equals, the one that asked first.
+    equals, the one that asked first. ``await get_or_ride(owner, rider)`` is ``get`` for a
+    waiter that another may take along instead (it then returns None; the owner holds a share
+    all the same, released once as after ``get``).
     """
 
     def __init__(self, items: Iterable[_T] = ()) -> None:
         self._items: deque[_T] = deque(items)
-        self._waiters: list[_Waiter[_T]] = []
+        self._waiters: list[_Waiter[_T, _R]] = []
         self._held: Counter[str] = Counter()
         self._seq = itertools.count()
 
@@ -110,11 +117,43 @@ class FairHandout(Generic[_T]):
         return self._items.popleft()
 
     async def get(self, owner: str) -> _T:
+        item = await self._get(owner, None)
+        assert item is not None  # only riders are taken along
+        return item
+
+    async def get_or_ride(self, owner: str, rider: _R) -> _T | None:
+        """:meth:`get`, or None when :meth:`take_along` took ``rider`` meanwhile."""
+        return await self._get(owner, rider)
+
+    def take_along(self, can_ride: Callable[[_R], bool], limit: int) -> list[_R]:
+        """Up to ``limit`` waiting riders for which ``can_ride`` holds, in the order they would
+        get an item; each leaves the line (its ``get_or_ride`` returns None) and its owner
+        holds a share as if it got an item."""
+        if limit <= 0 or not self._waiters:
+            return []
+        riders = sorted(
+            (
+                w
+                for w in self._waiters
+                if w.rider is not None and not w.future.done() and can_ride(w.rider)
+            ),
+            key=lambda w: (self._held[w.owner], w.seq),
+        )[:limit]
+        taken: list[_R] = []
+        for waiter in riders:
+            self._waiters.remove(waiter)
+            self._held[waiter.owner] += 1
+            waiter.future.set_result(None)
+            assert waiter.rider is not None
+            taken.append(waiter.rider)
+        return taken
+
+    async def _get(self, owner: str, rider: _R | None) -> _T | None:
         if self._items and not self._waiters:
             self._held[owner] += 1
             return self._items.popleft()
-        waiter: _Waiter[_T] = _Waiter(
-            next(self._seq), owner, asyncio.get_running_loop().create_future()
+        waiter: _Waiter[_T, _R] = _Waiter(
+            next(self._seq), owner, asyncio.get_running_loop().create_future(), rider
         )
         self._waiters.append(waiter)
         try:
@@ -123,8 +162,11 @@ class FairHandout(Generic[_T]):
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
             elif waiter.future.done() and not waiter.future.cancelled():
-                self.release(owner)  # handed out just before the cancel: give it back
-                self.put_nowait(waiter.future.result())
+                item = waiter.future.result()
+                if item is not None:  # handed out just before the cancel: give it back
+                    self.release(owner)
+                    self.put_nowait(item)
+                # else taken along: the caller's cancel handling gives up its ride
             raise
 
     def release(self, owner: str) -> None:

@@ -62,6 +62,7 @@ from services.common.concurrency import cancel_and_wait
 from services.common.errors import ServiceError
 from services.common.events import TaskFinishedEvent, TaskMessage
 from services.common.logging import get_logger
+from services.common.lru import Lru
 from services.common.names import Names
 from services.common.settings import InfraSettings
 
@@ -73,9 +74,16 @@ from .value_cache import ValueCache, cache_directory
 from .worker_process import WorkerDied, WorkerProcess, worker_identity
 from .worker_wire import WireError, WorkReply, WorkRequest, describe
 
-__all__ = ["CHUNK_TURN_SEC", "WorkerPool", "WorkerStartError"]
+__all__ = ["CHUNK_TURN_SEC", "FRAME_TASKS", "QUICK_SEC", "WorkerPool", "WorkerStartError"]
 
 _SETUP_TIMEOUT_SEC = 600.0  # loading the code of a task with a timeout
+#: A run that gets a worker takes up to this many waiting tasks in all to it, in one frame.
+FRAME_TASKS = 8
+#: Only tasks of functions whose recent runs here took at most this long on average (and
+#: without a timeout) share a frame: a frame's tasks run one after another.
+QUICK_SEC = 0.005
+_DURATION_WEIGHT = 0.2  # of a run's duration in its function's moving average
+_FUNCTIONS_TIMED = 1024
 _log = get_logger(__name__)
 
 
@@ -93,6 +101,13 @@ def _ignore(event: TaskFinishedEvent) -> None:
     pass
 
 
+def _again(riders: list[_Rider]) -> None:
+    """Riders whose tasks did not run (their frame ended first) wait for a worker again."""
+    for rider in riders:
+        if not rider.outcome.done():
+            rider.outcome.set_result(_AGAIN)
+
+
 def _cancelled(function: str) -> ErrorInfo:
     return ErrorInfo(
         kind="permanent",
@@ -107,6 +122,26 @@ def _died(function: str, exitcode: int | None) -> str:
         f"the worker process running {function!r} died (exit code {exitcode}); "
         "the task is retried without counting against its retries"
     )
+
+
+class _Again:
+    """A rider's outcome when its task never ran in the frame: it waits for a worker again."""
+
+
+_AGAIN = _Again()
+
+
+@dataclass(eq=False)
+class _Rider:
+    """A task waiting for a worker that a run getting one may take along in its frame."""
+
+    message: TaskMessage
+    check: Callable[[], Awaitable[bool]] | None
+    #: set once the task may run (a chain's next step: when its claim took the lease); a
+    #: task in a frame cannot be stopped alone, so only such a task rides
+    claimed: asyncio.Event | None
+    outcome: asyncio.Future[TaskFinishedEvent | _Again | None]
+    taken: bool = False
 
 
 @dataclass
@@ -146,14 +181,21 @@ class WorkerPool:
         self.values_dir: Path | None = None  # the executor's ValueCache, while started
         self.data: TaskData | None = None  # while started
         self._workers: set[WorkerProcess] = set()
-        self._idle: FairHandout[WorkerProcess] = FairHandout()
+        self._idle: FairHandout[WorkerProcess, _Rider] = FairHandout()
         self._spawners: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._serving: dict[WorkerProcess, str] = {}  # busy worker -> its task's invocation
-        self._stopped: set[WorkerProcess] = set()  # killed by a cancel, not replaced yet
+        #: busy worker -> the invocations of the tasks it runs
+        self._serving: dict[WorkerProcess, set[str]] = {}
+        #: killed by a cancel (of that invocation), not replaced yet
+        self._stopped: dict[WorkerProcess, str] = {}
+        #: (namespace, graph, function) -> moving average of its runs' seconds here
+        self._durations: Lru[tuple[str, str, str], float] = Lru(_FUNCTIONS_TIMED)
         self.busy = 0
-        #: Round trips to workers (one per :meth:`run`, one per :meth:`run_many` chunk).
+        #: Round trips to workers (one per :meth:`run` or frame, one per :meth:`run_many`
+        #: chunk).
         self.dispatches = 0
+        #: Tasks that rode along in another run's frame.
+        self.riders = 0
 
     async def __aenter__(self) -> WorkerPool:
         await self.start()
@@ -193,7 +235,7 @@ class WorkerPool:
 
     def serving(self) -> set[str]:
         """The invocations whose tasks run on workers now."""
-        return set(self._serving.values())
+        return set().union(*self._serving.values())
 
     def cancel(self, invocation_id: str) -> int:
         """Stop the workers running tasks of ``invocation_id`` (it was cancelled): each is
@@ -201,8 +243,8 @@ class WorkerPool:
         Returns how many were stopped."""
         stopped = 0
         for worker, serving in list(self._serving.items()):
-            if serving == invocation_id and worker not in self._stopped:
-                self._stopped.add(worker)
+            if invocation_id in serving and worker not in self._stopped:
+                self._stopped[worker] = invocation_id
                 worker.kill()
                 stopped += 1
                 _log.info(
@@ -218,6 +260,7 @@ class WorkerPool:
         still_wanted: Callable[[], Awaitable[bool]] | None = None,
         *,
         always_ask: bool = False,
+        claimed: asyncio.Event | None = None,
     ) -> TaskFinishedEvent | None:
         """Run ``message`` on the next free worker; failures come back as the event.
 
@@ -225,30 +268,71 @@ class WorkerPool:
         once one is free (e.g. the invocation was cancelled meanwhile): ``False`` returns
         None without running. Workers are shared fairly between invocations
         (:class:`.fairness.FairHandout`).
+
+        Quick tasks share round trips while they wait: the run that gets a worker takes up
+        to :data:`FRAME_TASKS` - 1 waiting tasks along (each asked ``still_wanted`` first,
+        together), and the worker runs them one after another in one frame, as a chunk's
+        (:data:`QUICK_SEC`; never a task with a timeout, nor one whose ``claimed`` is not
+        set yet: a task of a frame cannot be stopped alone). A task that never ran in its
+        frame (the worker died under an earlier one, or its turn ended) waits again.
         """
         owner = _owner(message)
         check = still_wanted if always_ask or self._idle.empty() else None
-        worker = await self._acquire(owner, check)
-        if worker is None:
-            return None
-        self.busy += 1
-        self._serving[worker] = message.invocation_id
-        try:
-            event = await self._run_on(worker, message)
-            observe_task(message, event)
-            return event
-        finally:
-            self._serving.pop(worker, None)
-            self.busy -= 1
-            self._idle.release(owner)
+        while True:
+            rider = None
+            if self._quick(message):
+                loop = asyncio.get_running_loop()
+                rider = _Rider(message, check, claimed, loop.create_future())
+            worker = await self._acquire(owner, check, rider)
+            if rider is not None and rider.taken:
+                outcome = await self._ride(owner, rider)
+                if isinstance(outcome, _Again):
+                    check = still_wanted  # it waited: ask again when a worker is free
+                    continue
+                return outcome
+            if worker is None:
+                return None
+            riders = self._take_riders() if rider is not None else []
+            if riders:
+                event = await self._lead(worker, owner, message, riders)
+                if event is None:  # its turn ended before it ran (cannot happen: it is first)
+                    check = still_wanted
+                    continue
+                return event
+            self.busy += 1
+            self._serving[worker] = {message.invocation_id}
+            try:
+                event = await self._run_on(worker, message)
+                self._observe(message, event)
+                return event
+            finally:
+                self._serving.pop(worker, None)
+                self.busy -= 1
+                self._idle.release(owner)
 
     async def _acquire(
-        self, owner: str, check: Callable[[], Awaitable[bool]] | None
+        self,
+        owner: str,
+        check: Callable[[], Awaitable[bool]] | None,
+        rider: _Rider | None = None,
     ) -> WorkerProcess | None:
         """The next free worker for ``owner`` (fairly, see :class:`.fairness.FairHandout`),
         once ``check`` (if given) said the work is still wanted; None (the worker handed
-        back) when it is not. The caller releases ``owner`` when done with the worker."""
-        worker = await self._idle.get(owner)
+        back) when it is not, or when another run took ``rider`` along (``rider.taken``).
+        The caller releases ``owner`` when done with the worker (or the ride)."""
+        if rider is None:
+            worker = await self._idle.get(owner)
+        else:
+            try:
+                got = await self._idle.get_or_ride(owner, rider)
+            except asyncio.CancelledError:
+                if rider.taken:  # taken along just before the cancel: the frame drops it
+                    rider.outcome.cancel()
+                    self._idle.release(owner)
+                raise
+            if got is None:
+                return None
+            worker = got
         if check is None:
             return worker
         try:
@@ -262,6 +346,95 @@ class WorkerPool:
             self._idle.release(owner)
             return None
         return worker
+
+    # -- frames: quick tasks taken along ---------------------------------------------------
+
+    def _quick(self, message: TaskMessage) -> bool:
+        """Whether ``message`` may share a frame (:data:`QUICK_SEC`)."""
+        if message.timeout_sec is not None or message.batch is not None:
+            return False
+        task = message.task
+        average = self._durations.get((message.namespace, message.graph, task.function))
+        return average is not None and average <= QUICK_SEC
+
+    def _can_ride(self, rider: _Rider) -> bool:
+        return (rider.claimed is None or rider.claimed.is_set()) and self._quick(rider.message)
+
+    def _take_riders(self) -> list[_Rider]:
+        riders = self._idle.take_along(self._can_ride, FRAME_TASKS - 1)
+        for rider in riders:
+            rider.taken = True
+        return riders
+
+    async def _ride(self, owner: str, rider: _Rider) -> TaskFinishedEvent | _Again | None:
+        """The outcome of a task another run took along (see :meth:`_lead`)."""
+        try:
+            return await rider.outcome
+        except asyncio.CancelledError:
+            rider.outcome.cancel()  # not sent yet: the frame leaves it out; else ignored
+            raise
+        finally:
+            self._idle.release(owner)
+
+    async def _lead(
+        self, worker: WorkerProcess, owner: str, message: TaskMessage, riders: list[_Rider]
+    ) -> TaskFinishedEvent | None:
+        """Run ``message`` and the ``riders`` still wanted in one frame on ``worker``; each
+        rider's outcome is set (its event, None when not wanted, or :data:`_AGAIN`)."""
+        aboard: dict[tuple[str, str], _Rider] = {}
+        try:
+            asked = [r for r in riders if r.check is not None]
+            answers = await asyncio.gather(
+                *(r.check() for r in asked if r.check is not None), return_exceptions=True
+            )
+            verdicts = dict(zip(map(id, asked), answers, strict=True))
+            for rider in riders:
+                answer = verdicts.get(id(rider), True)
+                if rider.outcome.done():  # cancelled meanwhile
+                    continue
+                if isinstance(answer, BaseException):
+                    rider.outcome.set_exception(answer)
+                elif not answer:
+                    rider.outcome.set_result(None)
+                else:
+                    aboard[(rider.message.invocation_id, rider.message.task.id)] = rider
+        except BaseException:  # cancelled while asking: nothing ran yet
+            _again(riders)
+            self._idle.put_nowait(worker)
+            self._idle.release(owner)
+            raise
+        frame = [message, *(r.message for r in aboard.values() if not r.outcome.done())]
+        self.riders += len(frame) - 1
+        own: list[TaskFinishedEvent] = []
+
+        def deliver(event: TaskFinishedEvent) -> None:
+            rider = aboard.get((event.invocation_id, event.task_id or ""))
+            if rider is None:
+                own.append(event)
+            elif not rider.outcome.done():
+                rider.outcome.set_result(event)
+
+        self.busy += 1
+        self._serving[worker] = {m.invocation_id for m in frame}
+        try:
+            await self._run_chunk_on(worker, frame, deliver, [])
+        finally:
+            self._serving.pop(worker, None)
+            self.busy -= 1
+            self._idle.release(owner)
+            _again(list(aboard.values()))  # those that never ran (or it was cancelled)
+        return own[0] if own else None
+
+    def _observe(self, message: TaskMessage, event: TaskFinishedEvent) -> None:
+        """Count the run (metrics) and keep its function's moving average (frames)."""
+        observe_task(message, event)
+        finished = event.finished
+        seconds = max(0.0, finished.finished_at - finished.started_at)
+        key = (message.namespace, message.graph, message.task.function)
+        average = self._durations.get(key)
+        if average is not None:
+            seconds = average + _DURATION_WEIGHT * (seconds - average)
+        self._durations.put(key, seconds)
 
     async def run_many(
         self,
@@ -306,7 +479,7 @@ class WorkerPool:
             if worker is None:
                 break
             self.busy += 1
-            self._serving[worker] = todo[0].invocation_id
+            self._serving[worker] = {todo[0].invocation_id}
             try:
                 todo = await self._run_chunk_on(worker, todo, on_result or _ignore, results)
             finally:
@@ -383,16 +556,16 @@ class WorkerPool:
         self.dispatches += 1
         pending: deque[_Prepared] = deque()
 
-        def emit(event: TaskFinishedEvent) -> None:
-            observe_task(messages[0], event)  # a chunk's tasks are of one function
+        def emit(message: TaskMessage, event: TaskFinishedEvent) -> None:
+            self._observe(message, event)
             results.append(event)
             on_result(event)
 
         def flush_failures() -> None:  # messages that failed before reaching the worker
             while pending and pending[0].request is None:
-                failed = pending.popleft().failure
-                assert failed is not None
-                emit(failed)
+                failed = pending.popleft()
+                assert failed.failure is not None
+                emit(failed.message, failed.failure)
 
         try:
             pending.extend(await self._prepared(worker, messages))
@@ -402,13 +575,14 @@ class WorkerPool:
                 await worker.send(requests)
                 reply, data = await worker.receive(None)
                 while reply.kind != "chunk-end" and pending:
-                    emit(await self._finish(worker, pending.popleft(), reply, data))
+                    item = pending.popleft()
+                    emit(item.message, await self._finish(worker, item, reply, data))
                     flush_failures()
                     reply, data = await worker.receive(None)
                 if reply.kind != "chunk-end":
                     raise WireError(f"unexpected reply from a worker process: {describe(reply)}")
         except (WorkerDied, WireError, OSError) as exc:
-            stopped = worker in self._stopped
+            stopped_for = self._stopped.get(worker)  # the invocation a cancel stopped it for
             exitcode = await self._reap(worker)
             if not pending:  # every task reported: only the end marker went wrong
                 return []
@@ -417,9 +591,9 @@ class WorkerPool:
             if isinstance(exc, WireError):
                 message = f"{exc}; the worker process was replaced"
             error = ErrorInfo(kind="platform", type="WorkerDied", message=message)
-            if stopped:
+            if stopped_for == culprit.invocation_id:
                 error = _cancelled(culprit.task.function)
-            emit(failure_event(culprit, error, self.executor_id, started_at))
+            emit(culprit, failure_event(culprit, error, self.executor_id, started_at))
             return [p.message for p in pending]
         except BaseException:  # cancelled (shutdown) or confused: the worker is mid-chunk
             self._replace(worker)
@@ -525,7 +699,7 @@ class WorkerPool:
 
     def _replace(self, worker: WorkerProcess) -> None:
         """Kill ``worker`` (it is mid-task or broken) and start another in the background."""
-        self._stopped.discard(worker)
+        self._stopped.pop(worker, None)
         worker.kill()
         task = asyncio.create_task(self._respawn(worker))
         self._spawners.add(task)

@@ -78,6 +78,13 @@ def dies(x: int) -> int:
     os._exit(3)
 
 
+@indexify_function()
+def dies_if(x: int) -> int:
+    if x:
+        os._exit(3)
+    return x
+
+
 @indexify_function(timeout=1)
 def sleepy(x: int) -> int:
     time.sleep(30)
@@ -86,7 +93,17 @@ def sleepy(x: int) -> int:
 
 def _graph() -> Graph:
     graph = Graph(name=f"big{uuid.uuid4().hex[:6]}", start_node=start)
-    for node in (many, many_timed, size_of, size_of_timed, count, count_timed, dies, sleepy):
+    for node in (
+        many,
+        many_timed,
+        size_of,
+        size_of_timed,
+        count,
+        count_timed,
+        dies,
+        dies_if,
+        sleepy,
+    ):
         graph.add_edge(start, node)
     return graph
 
@@ -232,6 +249,86 @@ async def test_run_many_runs_a_chunk_in_one_round_trip(
         with pytest.raises(ValueError, match="timeout"):
             await pool.run_many([tasks.message("size_of_timed", ["a"])])
         assert pool.busy == 0
+
+
+async def _queued_behind_one(
+    pool: WorkerPool, tasks: _Tasks, runs: Sequence[Any]
+) -> tuple[TaskFinishedEvent | None, list[TaskFinishedEvent | None]]:
+    """Run one task, then (while it holds the only worker) the coroutines ``runs``, which
+    wait for the worker; returns the first one's event and theirs."""
+    first = asyncio.create_task(pool.run(tasks.message("size_of", ["first"])))
+    await asyncio.sleep(0)  # one turn of the loop: ``first`` takes the only worker
+    events = await asyncio.gather(*runs)
+    return await first, list(events)
+
+
+async def test_quick_tasks_waiting_for_a_worker_share_one_round_trip(
+    infra_settings: InfraSettings, blob_store: BlobStore
+) -> None:
+    tasks = _Tasks(infra_settings, blob_store)
+    async with WorkerPool(infra_settings, "exec-frame", size=1, start_timeout_sec=120) as pool:
+        # a function is quick once it ran here: its first run goes alone, like any run
+        assert await pool.run(tasks.message("size_of", ["warm"])) is not None
+        assert pool.dispatches == 1
+
+        # five tasks queue behind a running one: the first to get the worker takes the
+        # other four along, and each gets its own result
+        words = ["a", "bb", "ccc", "dddd", "eeeee"]
+        queued = [tasks.message("size_of", [w]) for w in words]
+        first, events = await _queued_behind_one(pool, tasks, [pool.run(m) for m in queued])
+        assert first is not None and tasks.outputs(first) == [5]
+        assert [e.task_id if e else None for e in events] == [m.task.id for m in queued]
+        assert [tasks.outputs(e) for e in events if e] == [[1], [2], [3], [4], [5]]
+        assert (pool.dispatches, pool.riders, pool.busy) == (3, 4, 0)
+
+        # only a task that may run rides: not one whose claim was not answered yet (a
+        # chain's next step), nor one no longer wanted (asked once, and never run)
+        unclaimed = asyncio.Event()
+        asked: list[str] = []
+
+        async def unwanted() -> bool:
+            asked.append("unwanted")
+            return False
+
+        plain = tasks.message("size_of", ["xy"])
+        gated = tasks.message("size_of", ["xyz"])
+        dropped = tasks.message("size_of", ["never"])
+        first, events = await _queued_behind_one(
+            pool,
+            tasks,
+            [
+                pool.run(plain),
+                pool.run(gated, claimed=unclaimed),
+                pool.run(dropped, unwanted),
+                pool.run(tasks.message("size_of", ["abcd"])),
+            ],
+        )
+        assert [tasks.outputs(e) if e else None for e in events] == [[2], [3], None, [4]]
+        assert asked == ["unwanted"]
+        # the first task, a frame (``plain`` taking the last one along), then ``gated``
+        assert (pool.dispatches, pool.riders) == (6, 5)
+
+
+async def test_a_worker_dying_in_a_frame_fails_one_task_and_runs_the_rest_again(
+    infra_settings: InfraSettings, blob_store: BlobStore
+) -> None:
+    tasks = _Tasks(infra_settings, blob_store)
+    async with WorkerPool(infra_settings, "exec-frame-die", size=1, start_timeout_sec=120) as pool:
+        for function, value in (("dies_if", 0), ("size_of", "warm")):  # quick once seen
+            assert await pool.run(tasks.message(function, [value])) is not None
+        queued = [
+            tasks.message("size_of", ["a"]),
+            tasks.message("dies_if", [1]),
+            tasks.message("size_of", ["bc"]),
+        ]
+        _, events = await _queued_behind_one(pool, tasks, [pool.run(m) for m in queued])
+        before, died, after = events
+        assert before is not None and tasks.outputs(before) == [1]
+        assert died is not None and died.finished.error is not None
+        assert (died.finished.error.kind, died.finished.error.type) == ("platform", "WorkerDied")
+        # the task after it never ran in that frame: it ran on the replacement worker
+        assert after is not None and tasks.outputs(after) == [2]
+        assert pool.riders == 2 and pool.busy == 0
 
 
 def test_a_chunk_reads_its_inputs_from_one_object_with_one_get(

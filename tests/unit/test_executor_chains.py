@@ -113,8 +113,13 @@ class _Pool:
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.cancelled = False
+        self.claimed: asyncio.Event | None = None
+        self.claimed_at_start: bool | None = None
 
-    async def run(self, message: TaskMessage) -> TaskFinishedEvent:
+    async def run(
+        self, message: TaskMessage, *, claimed: asyncio.Event | None = None
+    ) -> TaskFinishedEvent:
+        self.claimed, self.claimed_at_start = claimed, claimed is not None and claimed.is_set()
         self.started.set()
         try:
             await self.release.wait()
@@ -160,6 +165,9 @@ async def test_a_claimed_step_ran_while_the_claim_was_asked() -> None:
     assert claims.recorded == [results[0].event.finished.task_id]
     assert results[0].recorded and not results[1].recorded
     assert not pool.cancelled
+    # the pool may put the step in a frame with others only once its claim took the lease
+    assert pool.claimed is not None and pool.claimed.is_set()
+    assert pool.claimed_at_start is False
 
 
 async def test_a_step_whose_claim_does_not_take_the_lease_is_stopped_unreported() -> None:
@@ -168,3 +176,4 @@ async def test_a_step_whose_claim_does_not_take_the_lease_is_stopped_unreported(
         assert len(results) == 1 and results[0].recorded  # the first step's result, kept
         assert claims.recorded == [results[0].event.finished.task_id]
         assert pool.cancelled  # the step started ahead of its claim was stopped
+        assert pool.claimed is not None and not pool.claimed.is_set()
