@@ -34,7 +34,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(f"data: {i}\n\n".encode())
                 self.wfile.flush()
             return
-        body = f"{self.command} {self.path}".encode()
+        if self.path.startswith("/chunked"):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (b"first,", b"second"):
+                self.wfile.write(b"%x;ext=1\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\nX-Trailer: t\r\n\r\n")
+            return
+        if self.path.startswith("/empty"):
+            self.send_response(204)
+            self.end_headers()
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        received = self.rfile.read(length) if length else b""
+        body = f"{self.command} {self.path}".encode() + (b" " + received if received else b"")
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         if type(self).close_next:  # the server drops the connection after this answer
@@ -91,8 +105,40 @@ def test_a_connection_the_server_closed_is_replaced(server: str) -> None:
     _Handler.close_next = True
     assert pool.send(HttpRequest("GET", "/a"), timeout=5, stream=False).text == "GET /a"
     time.sleep(0.1)  # let the close reach us: the next send finds a dead kept-alive socket
-    assert pool.send(HttpRequest("POST", "/b", {}, b"x"), timeout=5, stream=False).text == "POST /b"
+    assert (
+        pool.send(HttpRequest("POST", "/b", {}, b"x"), timeout=5, stream=False).text == "POST /b x"
+    )
     assert len(_Handler.connections) == 2
+    pool.close()
+
+
+def test_chunked_and_empty_answers_are_read_whole_on_the_kept_alive_connection(
+    server: str,
+) -> None:
+    pool = ConnectionPool(server)
+    for _ in range(2):
+        answer = pool.send(HttpRequest("GET", "/chunked"), timeout=5, stream=False)
+        assert (answer.status_code, answer.text) == (200, "first,second")
+        empty = pool.send(HttpRequest("GET", "/empty"), timeout=5, stream=False)
+        assert (empty.status_code, empty.content) == (204, b"")
+        posted = pool.send(HttpRequest("POST", "/p", {}, b'{"x": 1}'), timeout=5, stream=False)
+        assert posted.text == 'POST /p {"x": 1}'
+    assert len(_Handler.connections) == 1
+    pool.close()
+
+
+def test_a_header_or_path_with_a_line_break_is_refused_before_anything_is_sent(
+    server: str,
+) -> None:
+    pool = ConnectionPool(server)
+    with pytest.raises(ValueError, match="line break"):
+        pool.send(
+            HttpRequest("GET", "/a", {"X-Evil": "1\r\nX-Injected: 2"}), timeout=5, stream=False
+        )
+    with pytest.raises(ValueError, match="control character"):
+        pool.send(HttpRequest("GET", "/a b"), timeout=5, stream=False)
+    assert _Handler.connections == set()
+    assert pool.send(HttpRequest("GET", "/fine"), timeout=5, stream=False).text == "GET /fine"
     pool.close()
 
 
