@@ -90,8 +90,15 @@ async def _open_with_retry(
 
 
 def create_app(
-    infra: InfraSettings, api_settings: ApiSettings, *, startup_timeout_sec: float = 60.0
+    infra: InfraSettings,
+    api_settings: ApiSettings,
+    *,
+    startup_timeout_sec: float = 60.0,
+    fast_routes: bool = True,
 ) -> FastAPI:
+    """The app; ``fast_routes=False`` serves the hot routes through FastAPI too (they are
+    otherwise answered by :class:`.fast_routes.FastRoutes`; the parity tests compare)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -134,14 +141,6 @@ def create_app(
             "as an admin of every namespace: anyone who reaches this port can run code on the "
             "executors. Use it only for local experiments on loopback."
         )
-    # metrics (refusals count too), then the body limit, then the request guards: one layer
-    app.add_middleware(
-        ApiMiddleware,
-        max_body_bytes=api_settings.max_body_bytes,
-        max_json_depth=api_settings.max_json_depth,
-        body_timeout_sec=api_settings.body_timeout_sec,
-        allowed_origins=api_settings.allowed_origins,
-    )
     install_error_handlers(app)
     install_docs(app)
     app.include_router(metrics_router(api_settings))
@@ -167,4 +166,14 @@ def create_app(
         """Executors that sent a heartbeat recently, with their labels and load."""
         return ExecutorList(executors=await service.store.registry.executors())
 
+    # metrics (refusals count too), then the body limit, then the request guards, then the
+    # hot routes' own dispatch: one layer, added once every route is declared
+    app.add_middleware(
+        ApiMiddleware,
+        max_body_bytes=api_settings.max_body_bytes,
+        max_json_depth=api_settings.max_json_depth,
+        body_timeout_sec=api_settings.body_timeout_sec,
+        allowed_origins=api_settings.allowed_origins,
+        fast_routes=routes_invocations.fast_routes(app) if fast_routes else None,
+    )
     return app

@@ -15,6 +15,9 @@ request). In this order, for every HTTP request:
 4. The body as it is read: each chunk must arrive within ``body_timeout_sec`` (408), and
    JSON nested deeper than ``max_json_depth`` is refused (400, naming the limit) before
    anything parses it.
+5. Then the request goes to the router, or, for the hot routes, straight to their endpoint
+   (:class:`.fast_routes.FastRoutes`, when the app was built with them): the same limits,
+   guards and counts apply either way.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from indexify.encoding import JSON
 from services.common import metrics
 
+from .fast_routes import FastRoutes
 from .limits import (
     ANY_BODY_PATH,
     answer,
@@ -52,8 +56,10 @@ class ApiMiddleware:
         max_json_depth: int,
         body_timeout_sec: float,
         allowed_origins: frozenset[str] = frozenset(),
+        fast_routes: FastRoutes | None = None,
     ) -> None:
         self.app = app
+        self.fast_routes = fast_routes
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
         self.body_timeout_sec = body_timeout_sec
@@ -133,4 +139,9 @@ class ApiMiddleware:
                     )
             return message
 
-        await self.app(scope, guarded, send)
+        fast = self.fast_routes.match(scope) if self.fast_routes is not None else None
+        if fast is not None:
+            assert self.fast_routes is not None
+            await self.fast_routes.serve(fast, scope, guarded, send)
+        else:
+            await self.app(scope, guarded, send)

@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 
 from indexify.data_objects import FILE_METADATA_HEADER, OCTET_STREAM, file_attributes
 from indexify.engine import TERMINAL_STATUSES
@@ -17,6 +17,7 @@ from services.common.settings import ApiSettings
 from . import outputs
 from .auth import AUTH_RESPONSES, Requires, has_role
 from .errors import ERROR_RESPONSES
+from .fast_routes import FastRoute, FastRoutes
 from .routes_graphs import Service
 from .schemas import (
     CancelRequested,
@@ -119,7 +120,7 @@ async def invoke(
     encoded: Annotated[str | None, Header(alias="X-Indexify-Encoded")] = None,
     until_waiting: Annotated[bool, _UNTIL_WAITING] = False,
     with_outputs: Annotated[bool, _WITH_OUTPUTS] = False,
-) -> Response | InvocationAccepted:
+) -> Response:
     """Start an invocation; returns its id once the event is durable in Kafka (with
     ``wait_sec``: once it finished, or the wait ran out, with its status)."""
     body = await _read_body(request)
@@ -150,7 +151,7 @@ async def _published(
     wait_sec: float,
     until_waiting: bool,
     with_outputs: bool = False,
-) -> Response | InvocationAccepted:
+) -> Response:
     """Publish, then (with ``wait_sec``) wait: a long poll that watches from before the
     publication, so the status needs no check before the wait (it was pending); then answer
     with the status and, if it still runs, why it waits (if it does), or, if it succeeded
@@ -179,7 +180,9 @@ async def _published(
         waiting = await service.waiting_note(invocation_id)
     if waiting is None:
         return _accepted_json(invocation_id, status, values)
-    return InvocationAccepted(id=invocation_id, status=status, waiting=waiting)
+    # as FastAPI encodes a returned response_model (pydantic's JSON, by alias)
+    accepted_body = InvocationAccepted(id=invocation_id, status=status, waiting=waiting)
+    return Response(accepted_body.model_dump_json(by_alias=True), media_type="application/json")
 
 
 def _accepted_json(
@@ -226,7 +229,7 @@ async def invoke_file(
     ] = None,
     until_waiting: Annotated[bool, _UNTIL_WAITING] = False,
     with_outputs: Annotated[bool, _WITH_OUTPUTS] = False,
-) -> Response | InvocationAccepted:
+) -> Response:
     """Start an invocation with the body as an `indexify.File` (data, mime type from the
     Content-Type, metadata from the header): the start function gets it as its single
     argument. The file is stored as bytes, so the `invoke` role is enough."""
@@ -518,4 +521,16 @@ async def task_logs(
     next page with ``cursor=<next_cursor>`` until ``next_cursor`` is null."""
     return await outputs.task_logs(
         service, namespace, graph, invocation_id, function, cursor=cursor, limit=limit
+    )
+
+
+def fast_routes(app: FastAPI) -> FastRoutes:
+    """The hot routes, answered by their endpoints without FastAPI's machinery
+    (:mod:`.fast_routes`): invoke (not its ``block_until_finish`` stream) and the status."""
+    return FastRoutes(
+        app,
+        [
+            FastRoute.of(app, router, invoke, leave={"block_until_finish"}),
+            FastRoute.of(app, router, get_invocation, leave=()),
+        ],
     )
