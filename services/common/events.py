@@ -8,8 +8,8 @@ keeps the raw bytes for the dead-letter topic.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -24,7 +24,8 @@ _T = TypeVar("_T")
 
 
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits, as ``uuid4().hex`` but without building a UUID (one per event)."""
+    return os.urandom(16).hex()
 
 
 class _Frozen(BaseModel):
