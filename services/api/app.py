@@ -105,7 +105,7 @@ def create_app(
             service = await _open_with_retry(stack, infra, api_settings, startup_timeout_sec)
             app.state.service = service
             app.state.authenticator = Authenticator(
-                api_settings, ApiKeyStore(service.store.redis, service.names)
+                api_settings, ApiKeyStore(service.store.redis, service.names, service.store.link)
             )
             _log.info(
                 "api ready",

@@ -199,10 +199,11 @@ class ApiKeyStore(RedisRepository):
         return bool(await self._call(self._redis.delete(self._key(key_id))))
 
     async def _record(self, key_id: str) -> dict[str, str] | None:
-        record = await self._call(self._redis.hgetall(self._key(key_id)))
-        if not record:
+        """The key's hash (read on the link: every request with a stored key reads one)."""
+        [flat] = await self._call(self._commands([("HGETALL", self._key(key_id))]))
+        if not flat:
             return None
-        return {text(k): text(v) for k, v in record.items()}
+        return {text(k): text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
 
 
 def _key_of(fields: dict[str, str]) -> ApiKey:

@@ -15,6 +15,7 @@ from indexify.definition import GraphDefinition
 
 from .names import Names
 from .redis_calls import RedisRepository
+from .redis_link import RedisLink
 
 if TYPE_CHECKING:
     from .invocations import InvocationRepository
@@ -46,9 +47,13 @@ class GraphRepository(RedisRepository):
     """Namespaces, graphs and versions (deleting a graph deletes its invocations)."""
 
     def __init__(
-        self, redis: aioredis.Redis, names: Names, invocations: InvocationRepository
+        self,
+        redis: aioredis.Redis,
+        names: Names,
+        link: RedisLink,
+        invocations: InvocationRepository,
     ) -> None:
-        super().__init__(redis, names)
+        super().__init__(redis, names, link)
         self._invocations = invocations
         self._graph_records: dict[bytes, GraphRecord] = {}
 

@@ -36,6 +36,7 @@ from indexify.engine import InvocationState, TaskRecord, ValueRange, generation_
 from .events import ProgressEvent, StoredValues
 from .names import Names
 from .redis_calls import RedisRepository, ScriptCall, text
+from .redis_link import RedisLink
 from .scripts import register
 
 __all__ = [
@@ -116,6 +117,13 @@ def _stored_values(task_ids: Sequence[Any], raw: Sequence[Any]) -> dict[str, Sto
     }
 
 
+def _hscan(reply: Sequence[Any]) -> tuple[int, dict[bytes, bytes]]:
+    """``(next cursor, {field: value})`` from an HSCAN's raw reply ``[cursor, [field, value,
+    ...]]`` (what redis-py's response callback makes of it)."""
+    cursor, flat = reply
+    return int(cursor), dict(zip(flat[0::2], flat[1::2], strict=True))
+
+
 def _ranges(items: Sequence[Any]) -> list[ValueRange]:
     return _RANGES.validate_json(b"[" + b",".join(items) + b"]") if items else []
 
@@ -124,8 +132,8 @@ class InvocationRepository(RedisRepository):
     """The Redis side of invocation state (see the module docstring): its pieces, its
     stored values and log pointers, and the per-graph index of invocations."""
 
-    def __init__(self, redis: aioredis.Redis, names: Names):
-        super().__init__(redis, names)
+    def __init__(self, redis: aioredis.Redis, names: Names, link: RedisLink):
+        super().__init__(redis, names, link)
         self._save = register(redis, "save_invocation")
         self._create_reading = register(redis, "create_invocation")
         self._outputs_page = register(redis, "outputs_page")
@@ -216,28 +224,30 @@ class InvocationRepository(RedisRepository):
         invocations are left out. Two round trips at most."""
         names = self.names
         asked = {inv: list(dict.fromkeys(ids)) for inv, ids in wanted.items()}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for inv, task_ids in asked.items():
-                if inv in cached:
-                    pipe.hmget(names.invocation_key(inv), ["rev"])
-                else:
-                    pipe.hmget(names.invocation_key(inv), ["rev", "state"])
-                if task_ids:
-                    pipe.hmget(names.tasks_key(inv), task_ids)
-                pipe.pubsub_numsub(names.progress_channel(inv))
-            rows = iter(await self._call(pipe.execute()))
+        commands: list[tuple[Any, ...]] = []
+        for inv, task_ids in asked.items():
+            if inv in cached:
+                commands.append(("HMGET", names.invocation_key(inv), "rev"))
+            else:
+                commands.append(("HMGET", names.invocation_key(inv), "rev", "state"))
+            if task_ids:
+                commands.append(("HMGET", names.tasks_key(inv), *task_ids))
+            commands.append(("PUBSUB", "NUMSUB", names.progress_channel(inv)))
+        rows = iter(await self._call(self._commands(commands)))
         views: dict[str, InvocationView] = {}
         for inv, task_ids in asked.items():
             head = next(rows)
             records = next(rows) if task_ids else []
-            [(_, listeners)] = next(rows)
+            _, listeners = next(rows)  # [channel, subscribers]
             if head[0] is None:
                 continue  # deleted (or never created)
             rev = int(head[0])
             if inv in cached and cached[inv][1] == rev:
                 state = cached[inv][0]
             elif inv in cached:  # another writer moved it on: read the summary again
-                raw = await self._call(self._redis.hget(names.invocation_key(inv), "state"))
+                [raw] = await self._call(
+                    self._commands([("HGET", names.invocation_key(inv), "state")])
+                )
                 if raw is None:
                     continue
                 state = parse_summary(raw)
@@ -266,12 +276,12 @@ class InvocationRepository(RedisRepository):
         ]
         if not todo:
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for view, name in todo:
-                state = view.state
-                key = self.names.reducer_queue_key(state.invocation_id, name, state.generation)
-                pipe.lrange(key, 0, window - 1)
-            rows = await self._call(pipe.execute())
+        commands = []
+        for view, name in todo:
+            state = view.state
+            key = self.names.reducer_queue_key(state.invocation_id, name, state.generation)
+            commands.append(("LRANGE", key, 0, window - 1))
+        rows = await self._call(self._commands(commands))
         for (view, name), items in zip(todo, rows, strict=True):
             reducer = view.state.reducers[name]
             loaded = _ranges(items)
@@ -286,10 +296,7 @@ class InvocationRepository(RedisRepository):
         ids = list(ids)
         if not ids:
             return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for inv in ids:
-                pipe.hmget(self.names.invocation_key(inv), ["state", "rev", "status"])
-            rows = await self._call(pipe.execute())
+        rows = await self._call(self._commands([self._summary_command(inv) for inv in ids]))
         loaded: dict[str, tuple[InvocationState, int]] = {}
         for inv, row in zip(ids, rows, strict=True):
             summary = _summary_of(row)
@@ -297,10 +304,9 @@ class InvocationRepository(RedisRepository):
                 loaded[inv] = summary
         return loaded
 
-    def _pipe_summary(self, pipe: Any, invocation_id: str) -> None:
-        """Queue what :meth:`load_invocations` reads of one invocation (see
-        :func:`_summary_of`)."""
-        pipe.hmget(self.names.invocation_key(invocation_id), ["state", "rev", "status"])
+    def _summary_command(self, invocation_id: str) -> tuple[str, ...]:
+        """What :meth:`load_invocations` reads of one invocation (see :func:`_summary_of`)."""
+        return ("HMGET", self.names.invocation_key(invocation_id), "state", "rev", "status")
 
     async def load_invocation_page(
         self, invocation_id: str, cursor: int = 0, limit: int = 1000
@@ -310,16 +316,15 @@ class InvocationRepository(RedisRepository):
         or no such invocation) and is read on after loading the summary when the invocation
         is in a later computation than the first (a replay: its records are filtered by
         generation) or the first scan was not enough."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self._pipe_summary(pipe, invocation_id)
-            if limit > 0:
-                pipe.hscan(self.names.tasks_key(invocation_id), cursor, count=limit)
-            rows = await self._call(pipe.execute())
+        commands: list[tuple[Any, ...]] = [self._summary_command(invocation_id)]
+        if limit > 0:
+            commands.append(("HSCAN", self.names.tasks_key(invocation_id), cursor, "COUNT", limit))
+        rows = await self._call(self._commands(commands))
         loaded = _summary_of(rows[0])
         if loaded is None or limit <= 0:
             return loaded, None
         generation = loaded[0].generation
-        first = tuple(rows[1]) if generation == 0 else None
+        first = _hscan(rows[1]) if generation == 0 else None
         page = await self._scan_tasks(
             invocation_id, cursor, limit, generation=generation, first=first
         )
@@ -350,7 +355,7 @@ class InvocationRepository(RedisRepository):
             self.names.outputs_key(invocation_id),
         ]
         extra, head, items, ids, raw = await self._call(
-            self._outputs_page(keys=keys, args=[start, stop - 1, values, offset])
+            self._script(self._outputs_page, keys, [start, stop - 1, values, offset])
         )
         stored = _stored_values(ids, raw)
         ranges = _ranges(list(items)) if stop > start else []
@@ -370,7 +375,7 @@ class InvocationRepository(RedisRepository):
             self.names.outputs_key(invocation_id),
             *(self.names.output_index_key(invocation_id, fn, generation) for fn in functions),
         ]
-        head, lists, ids, raw = await self._call(self._final_values(keys=keys, args=[limit]))
+        head, lists, ids, raw = await self._call(self._script(self._final_values, keys, [limit]))
         ranges = {fn: _ranges(list(items)) for fn, items in zip(functions, lists, strict=True)}
         stored = _stored_values(ids, raw)
         return _summary_of(head), ranges, stored
@@ -401,7 +406,7 @@ class InvocationRepository(RedisRepository):
         *,
         function: str | None = None,
         generation: int = 0,
-        first: tuple[int, Any] | None = None,
+        first: tuple[int, dict[bytes, bytes]] | None = None,
     ) -> tuple[list[TaskRecord], int]:
         """:meth:`tasks_page`'s scan; ``first``: the answer of its first HSCAN, read already
         (in the round trip of :meth:`load_invocation_page`)."""
@@ -414,10 +419,11 @@ class InvocationRepository(RedisRepository):
             if first is not None:
                 (cursor, found), first = first, None
             else:
-                cursor, found = await self._call(
-                    self._redis.hscan(key, cursor, match=match, count=limit)
-                )
-            assert isinstance(found, dict)
+                command: list[Any] = ["HSCAN", key, cursor]
+                if match is not None:
+                    command += ["MATCH", match]
+                [reply] = await self._call(self._commands([(*command, "COUNT", limit)]))
+                cursor, found = _hscan(reply)
             for task_id, raw in found.items():
                 if generation_of(text(task_id)) != generation:
                     continue
@@ -431,8 +437,8 @@ class InvocationRepository(RedisRepository):
     async def get_tasks(self, invocation_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
         if not task_ids:
             return {}
-        rows = await self._call(
-            self._redis.hmget(self.names.tasks_key(invocation_id), list(task_ids))
+        [rows] = await self._call(
+            self._commands([("HMGET", self.names.tasks_key(invocation_id), *task_ids)])
         )
         return {
             task_id: TaskRecord.model_validate_json(raw)
@@ -455,7 +461,8 @@ class InvocationRepository(RedisRepository):
         if stop is not None and stop <= start:
             return []
         key = self.names.output_index_key(invocation_id, function, generation)
-        return _ranges(list(await self._call(self._redis.lrange(key, start, end))))
+        [items] = await self._call(self._commands([("LRANGE", key, start, end)]))
+        return _ranges(items)
 
     def invocation_keys(self, invocation_id: str, state: InvocationState | None) -> list[str]:
         """Every Redis key of one invocation (``state``: its summary, for the per-function
@@ -505,7 +512,7 @@ class InvocationRepository(RedisRepository):
             inv,
             str(CREATED_REV),
         ]
-        return await self._call(self._create_reading(keys=keys, args=args))
+        return await self._call(self._script(self._create_reading, keys, args))
 
     async def load_invocation(self, invocation_id: str) -> tuple[InvocationState, int] | None:
         """The summary of an invocation (no task records, no outputs) and its revision."""
@@ -516,14 +523,13 @@ class InvocationRepository(RedisRepository):
         ids = list(dict.fromkeys(invocation_ids))
         if not ids:
             return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for inv in ids:
-                pipe.hget(self.names.invocation_key(inv), "status")
-            rows = await self._call(pipe.execute())
+        commands = [("HGET", self.names.invocation_key(inv), "status") for inv in ids]
+        rows = await self._call(self._commands(commands))
         return {inv: raw.decode() if raw else None for inv, raw in zip(ids, rows, strict=True)}
 
     async def invocation_status(self, invocation_id: str) -> str | None:
-        raw = await self._call(self._redis.hget(self.names.invocation_key(invocation_id), "status"))
+        key = self.names.invocation_key(invocation_id)
+        [raw] = await self._call(self._commands([("HGET", key, "status")]))
         return raw.decode() if raw else None
 
     async def save_views(
@@ -611,7 +617,8 @@ class InvocationRepository(RedisRepository):
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return {}
-        raw = await self._call(self._redis.hmget(self.names.outputs_key(invocation_id), ids))
+        key = self.names.outputs_key(invocation_id)
+        [raw] = await self._call(self._commands([("HMGET", key, *ids)]))
         return _stored_values(ids, raw)
 
     async def get_outputs_many(
@@ -622,10 +629,8 @@ class InvocationRepository(RedisRepository):
         asked = {inv: ids for inv, ids in asked.items() if ids}
         if not asked:
             return {}
-        pipe = self._redis.pipeline(transaction=False)
-        for inv, ids in asked.items():
-            pipe.hmget(self.names.outputs_key(inv), ids)
-        rows = await self._call(pipe.execute())
+        commands = [("HMGET", self.names.outputs_key(inv), *ids) for inv, ids in asked.items()]
+        rows = await self._call(self._commands(commands))
         return {
             inv: _stored_values(ids, raw)
             for (inv, ids), raw in zip(asked.items(), rows, strict=True)
@@ -653,10 +658,9 @@ class InvocationRepository(RedisRepository):
 
     async def put_logs_many(self, logs: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
         """:meth:`put_logs` for ``(invocation id, task id, pointers)`` each, in one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
-        count = 0
-        for invocation_id, task_id, pointers in logs:
-            pipe.hset(self.names.logs_key(invocation_id), task_id, json.dumps(pointers))
-            count += 1
-        if count:
-            await self._call(pipe.execute())
+        commands = [
+            ("HSET", self.names.logs_key(invocation_id), task_id, json.dumps(pointers))
+            for invocation_id, task_id, pointers in logs
+        ]
+        if commands:
+            await self._call(self._commands(commands))

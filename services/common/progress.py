@@ -20,13 +20,12 @@ class ProgressChannels(RedisRepository):
         return self._redis.pubsub()
 
     async def publish_progress(self, events: Iterable[ProgressEvent]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        count = 0
-        for event in events:
-            pipe.publish(self.names.progress_channel(event.invocation_id), event.model_dump_json())
-            count += 1
-        if count:
-            await self._call(pipe.execute())
+        commands = [
+            ("PUBLISH", self.names.progress_channel(event.invocation_id), event.model_dump_json())
+            for event in events
+        ]
+        if commands:
+            await self._call(self._commands(commands))
 
     async def subscribe_progress(self, invocation_id: str) -> AsyncIterator[ProgressEvent | None]:
         """Progress events of one invocation as they are published; None every idle second.

@@ -1,6 +1,8 @@
 """Redis, the system of record: one client shared by small repositories, one per owner.
 
-``StateStore`` owns the connection pool and its lifecycle; the data lives in repositories
+``StateStore`` owns the clients and their lifecycle: redis-py's connection pool, and the
+:class:`~.redis_link.RedisLink` that carries the hot calls of every invocation (Lua scripts,
+reads of invocation state) on one pipelining connection. The data lives in repositories
 named by what they keep (each translates Redis errors the same way, :mod:`.redis_calls`):
 
 * ``store.graphs``: namespaces, graphs and versions (:mod:`.graphs`);
@@ -18,6 +20,8 @@ The Lua scripts are ``lua/*.lua``, loaded by name (:mod:`.scripts`).
 
 from __future__ import annotations
 
+import os
+
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -29,6 +33,7 @@ from .invocations import InvocationRepository
 from .names import Names
 from .progress import ProgressChannels
 from .redis_calls import REDIS_DOWN, unavailable
+from .redis_link import RedisLink
 from .replays import ReplayRepository
 from .settings import InfraSettings
 from .task_claims import TaskClaims
@@ -38,6 +43,8 @@ __all__ = ["DEFAULT_NAMESPACE", "ExecutorInfo", "GraphRecord", "StateStore"]
 
 _MAX_CONNECTIONS = 64
 _POOL_WAIT_SEC = 10.0
+_CONNECT_TIMEOUT_SEC = 5.0
+_REPLY_TIMEOUT_SEC = 10.0
 
 
 class StateStore:
@@ -53,19 +60,29 @@ class StateStore:
             settings.redis_url,
             max_connections=_MAX_CONNECTIONS,
             timeout=_POOL_WAIT_SEC,
-            socket_timeout=10,
-            socket_connect_timeout=5,
+            socket_timeout=_REPLY_TIMEOUT_SEC,
+            socket_connect_timeout=_CONNECT_TIMEOUT_SEC,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
         )
         self._redis = aioredis.Redis.from_pool(pool)
-        self.invocations = InvocationRepository(self._redis, self.names)
-        self.graphs = GraphRepository(self._redis, self.names, self.invocations)
-        self.claims = TaskClaims(self._redis, self.names)
-        self.delayed = DelayedQueue(self._redis, self.names)
-        self.replays = ReplayRepository(self._redis, self.names)
-        self.registry = ExecutorRegistry(self._redis, self.names)
-        self.progress = ProgressChannels(self._redis, self.names)
-        self.hints = TaskHints(self._redis, self.names)
+        # The same timeouts and retries as the pool's; connects on first use.
+        self.link = RedisLink.from_url(
+            settings.redis_url,
+            name=f"{settings.prefix}-link-{os.getpid()}",
+            connect_timeout=_CONNECT_TIMEOUT_SEC,
+            reply_timeout=_REPLY_TIMEOUT_SEC,
+            retries=2,
+            backoff=ExponentialBackoff(cap=0.2, base=0.02),
+        )
+        redis, names, link = self._redis, self.names, self.link
+        self.invocations = InvocationRepository(redis, names, link)
+        self.graphs = GraphRepository(redis, names, link, self.invocations)
+        self.claims = TaskClaims(redis, names, link)
+        self.delayed = DelayedQueue(redis, names, link)
+        self.replays = ReplayRepository(redis, names, link)
+        self.registry = ExecutorRegistry(redis, names, link)
+        self.progress = ProgressChannels(redis, names, link)
+        self.hints = TaskHints(redis, names, link)
 
     async def __aenter__(self) -> StateStore:
         await self.ping()
@@ -75,6 +92,7 @@ class StateStore:
         await self.close()
 
     async def close(self) -> None:
+        await self.link.close()
         await self._redis.aclose()
 
     @property

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from .events import ProgressEvent
 from .names import Names
 from .redis_calls import RedisRepository, ScriptCall, ms, text
+from .redis_link import RedisLink
 from .scripts import register
 
 __all__ = ["TaskActivity", "TaskClaims"]
@@ -48,8 +49,8 @@ def _by_invocation(tasks: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 class TaskClaims(RedisRepository):
     """Claims, leases and recorded results of tasks (used by executors)."""
 
-    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
-        super().__init__(redis, names)
+    def __init__(self, redis: aioredis.Redis, names: Names, link: RedisLink) -> None:
+        super().__init__(redis, names, link)
         self._claim = register(redis, "claim_task")
         self._claim_many = register(redis, "claim_tasks")
         self._renew = register(redis, "renew_leases")

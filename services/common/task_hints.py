@@ -88,7 +88,6 @@ class TaskHints(RedisRepository):
         if not hints:
             return
         channel = self.names.task_hints_channel
-        pipe = self._redis.pipeline(transaction=False)
-        for hint in hints:
-            pipe.publish(channel, encode_hint(hint))
-        await self._call(pipe.execute())
+        await self._call(
+            self._commands([("PUBLISH", channel, encode_hint(hint)) for hint in hints])
+        )

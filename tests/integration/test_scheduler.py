@@ -362,7 +362,7 @@ class FlakyStore(StateStore):
 
     def __init__(self, settings: InfraSettings) -> None:
         super().__init__(settings)
-        self.invocations = self.flaky = FlakyInvocations(self.redis, self.names)
+        self.invocations = self.flaky = FlakyInvocations(self.redis, self.names, self.link)
 
 
 async def test_a_batch_is_retried_when_redis_fails_mid_batch(

@@ -129,7 +129,7 @@ def test_task_outcomes_and_durations() -> None:
 def _app(settings: ApiSettings) -> FastAPI:
     """The API app without its lifespan (no backends): docs, metrics and routing only."""
     app = create_app(InfraSettings(prefix="unit"), settings)
-    keys = ApiKeyStore(None, NAMES)  # type: ignore[arg-type]  # never asked: no Redis here
+    keys = ApiKeyStore(None, NAMES, None)  # type: ignore[arg-type]  # never asked: no Redis here
     app.state.authenticator = Authenticator(settings, keys)
     return app
 
