@@ -29,6 +29,7 @@ from services.common.blobs import BlobStore
 from services.common.kafka_bus import KafkaBus
 from services.common.settings import ApiSettings, InfraSettings
 from services.common.state_store import StateStore
+from tests.integration.keys import create_key
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -171,16 +172,6 @@ class Api:
         return await self.client.request(case.method, case.path(params), headers=headers, **body)
 
 
-async def _create_key(client: httpx.AsyncClient, admin: str, namespace: str, role: Role) -> str:
-    response = await client.post(
-        "/keys",
-        json={"namespace": namespace, "role": role.value, "name": f"{role.value} test"},
-        headers={"Authorization": f"Bearer {admin}"},
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["token"])
-
-
 @contextlib.asynccontextmanager
 async def running_api(settings: InfraSettings) -> AsyncIterator[Api]:
     admin = new_token()
@@ -190,8 +181,8 @@ async def running_api(settings: InfraSettings) -> AsyncIterator[Api]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            alpha = {role: await _create_key(client, admin, NS, role) for role in _ROLES}
-            beta = await _create_key(client, admin, OTHER, Role.admin)
+            alpha = {role: await create_key(client, admin, NS, role) for role in _ROLES}
+            beta = await create_key(client, admin, OTHER, Role.admin)
             auth = {"Authorization": f"Bearer {admin}"}
             graphs = f"/namespaces/{NS}/compute_graphs"
             registered = await client.post(graphs, json=_upload(), headers=auth)

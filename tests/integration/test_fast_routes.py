@@ -31,6 +31,7 @@ from services.common.blobs import BlobStore
 from services.common.kafka_bus import KafkaBus
 from services.common.settings import ApiSettings, InfraSettings
 from services.common.state_store import StateStore
+from tests.integration.keys import create_key
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -105,16 +106,6 @@ def _upload() -> dict[str, Any]:
     }
 
 
-async def _key(client: httpx.AsyncClient, admin: str, namespace: str, role: Role) -> str:
-    response = await client.post(
-        "/keys",
-        json={"namespace": namespace, "role": role.value, "name": f"{role.value} test"},
-        headers={"Authorization": f"Bearer {admin}"},
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["token"])
-
-
 @contextlib.asynccontextmanager
 async def _stacks(settings: InfraSettings) -> AsyncIterator[tuple[Stack, Stack, FastAPI]]:
     """The app with fast routes and the app without, on one prefix, with keys and a graph."""
@@ -139,10 +130,10 @@ async def _stacks(settings: InfraSettings) -> AsyncIterator[tuple[Stack, Stack, 
     ):
         keys = Keys(
             admin=admin,
-            read=await _key(fast, admin, NS, Role.read),
-            invoke=await _key(fast, admin, NS, Role.invoke),
-            deploy=await _key(fast, admin, NS, Role.deploy),
-            other=await _key(fast, admin, OTHER, Role.admin),
+            read=await create_key(fast, admin, NS, Role.read),
+            invoke=await create_key(fast, admin, NS, Role.invoke),
+            deploy=await create_key(fast, admin, NS, Role.deploy),
+            other=await create_key(fast, admin, OTHER, Role.admin),
         )
         auth = {"Authorization": f"Bearer {admin}"}
         registered = await fast.post(
