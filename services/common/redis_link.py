@@ -178,14 +178,16 @@ class _Batch:
 
 
 class _Connection(asyncio.Protocol):
-    """One connection: batches written as they come, replies handed out in order. One timer
-    watches the oldest pending batch's deadline (not one per call)."""
+    """One connection: the batches sent in one turn of the event loop written together at its
+    end, replies handed out in order. One timer watches the oldest pending batch's deadline
+    (not one per call)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout: float) -> None:
         self._loop = loop
         self._reply_timeout = reply_timeout
         self._reader = hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=_NOT_YET)
         self._pending: deque[_Batch] = deque()
+        self._outbox: list[bytes] = []  # batches sent this turn of the loop, written at its end
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.error: tuple[type[Exception], str] | None = None  # why it is closed
@@ -234,10 +236,19 @@ class _Connection(asyncio.Protocol):
         future = self._loop.create_future()
         deadline = self._loop.time() + self._reply_timeout
         self._pending.append(_Batch(future, count, deadline))
-        self._transport.write(payload)
+        if not self._outbox:
+            self._loop.call_soon(self._flush)
+        self._outbox.append(payload)
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._check_deadline)
         return future
+
+    def _flush(self) -> None:
+        """Write the batches of this turn of the loop in one system call: callers that send
+        together (a burst of requests, the tasks of a frame) wake Redis once."""
+        outbox, self._outbox = self._outbox, []
+        if self.error is None and self._transport is not None and outbox:
+            self._transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
 
     def _check_deadline(self) -> None:
         self._timer = None
@@ -261,6 +272,7 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._outbox = []
         if self._transport is not None:
             self._transport.abort()
         while self._pending:
