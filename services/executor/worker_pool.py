@@ -350,8 +350,14 @@ class WorkerPool:
     # -- frames: quick tasks taken along ---------------------------------------------------
 
     def _quick(self, message: TaskMessage) -> bool:
-        """Whether ``message`` may share a frame (:data:`QUICK_SEC`)."""
+        """Whether ``message`` may share a frame (:data:`QUICK_SEC`): no timeout, not part
+        of a batch, every input inline (a frame reads nothing from MinIO, holds no large
+        value), and its function quick here."""
         if message.timeout_sec is not None or message.batch is not None:
+            return False
+        if any(values.inline is None for values in message.inputs):
+            return False
+        if message.accumulator is not None and message.accumulator.inline is None:
             return False
         task = message.task
         average = self._durations.get((message.namespace, message.graph, task.function))

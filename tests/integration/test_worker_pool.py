@@ -282,7 +282,8 @@ async def test_quick_tasks_waiting_for_a_worker_share_one_round_trip(
         assert (pool.dispatches, pool.riders, pool.busy) == (3, 4, 0)
 
         # only a task that may run rides: not one whose claim was not answered yet (a
-        # chain's next step), nor one no longer wanted (asked once, and never run)
+        # chain's next step), nor one no longer wanted (asked once, and never run), nor
+        # one whose input is in MinIO (a frame reads nothing and holds no large value)
         unclaimed = asyncio.Event()
         asked: list[str] = []
 
@@ -290,9 +291,13 @@ async def test_quick_tasks_waiting_for_a_worker_share_one_round_trip(
             asked.append("unwanted")
             return False
 
+        key = f"{infra_settings.prefix}/frame-input"
+        big = store_values_sync(blob_store, [encode("x" * 100_000)], key)
+        assert big.object_key == key
         plain = tasks.message("size_of", ["xy"])
         gated = tasks.message("size_of", ["xyz"])
         dropped = tasks.message("size_of", ["never"])
+        stored = tasks.message("size_of", [None]).model_copy(update={"inputs": (big,)})
         first, events = await _queued_behind_one(
             pool,
             tasks,
@@ -300,13 +305,15 @@ async def test_quick_tasks_waiting_for_a_worker_share_one_round_trip(
                 pool.run(plain),
                 pool.run(gated, claimed=unclaimed),
                 pool.run(dropped, unwanted),
+                pool.run(stored),
                 pool.run(tasks.message("size_of", ["abcd"])),
             ],
         )
-        assert [tasks.outputs(e) if e else None for e in events] == [[2], [3], None, [4]]
+        outputs = [tasks.outputs(e) if e else None for e in events]
+        assert outputs == [[2], [3], None, [100_000], [4]]
         assert asked == ["unwanted"]
-        # the first task, a frame (``plain`` taking the last one along), then ``gated``
-        assert (pool.dispatches, pool.riders) == (6, 5)
+        # the first task, a frame (``plain`` taking the last one along), ``gated``, ``stored``
+        assert (pool.dispatches, pool.riders) == (7, 5)
 
 
 async def test_a_worker_dying_in_a_frame_fails_one_task_and_runs_the_rest_again(
