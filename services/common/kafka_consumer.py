@@ -268,6 +268,8 @@ class Consumer:
         listeners run inside this call."""
         if self._unseen:
             self._ask_for_missing_metadata()
+        if timeout_ms > 0 and self._fetch_pending() is False:
+            self._wake_fetcher()  # asleep with no fetch out: see _fetch_pending
         async with kafka_errors("fetching records"):
             batch = await self._started.getmany(
                 *partitions, timeout_ms=timeout_ms, max_records=max_records
@@ -322,6 +324,21 @@ class Consumer:
         notify = getattr(fetcher, "_notify", None)
         if notify is not None:
             notify(getattr(fetcher, "_wait_consume_future", None))
+
+    def _fetch_pending(self) -> bool | None:
+        """Whether aiokafka's fetcher has a fetch out (None: it does not say). A caller about
+        to wait for records while none is out wakes it (:meth:`_wake_fetcher`): its routine
+        can fall asleep for its whole timeout (``FETCHER_WAKE_MS``, 2 s) with nothing asked
+        of the broker. Seen under W3 bursts, about one run in ten: a fetch ended in the same
+        turn of the loop as records were handed out; the routine, woken by the hand-out,
+        dropped the finished fetch from its pending tasks before the fetch's own callback
+        cleared the broker from its in-flight set, so it built no request (the broker "had
+        one in flight") and then waited on nothing but its timeout, the executor idle with
+        hundreds of task messages on the broker. aiokafka 0.14 (consumer/fetcher.py) keeps
+        the fetches out in ``_pending_tasks``; without it, this check does nothing."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        pending = getattr(fetcher, "_pending_tasks", None)
+        return None if pending is None else bool(pending)
 
     # -- metadata -------------------------------------------------------------------------
 

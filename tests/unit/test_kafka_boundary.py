@@ -54,6 +54,16 @@ def test_aiokafka_fetcher_wakes_through_the_future_the_wrapper_sets_on_resume() 
     assert callable(Fetcher._notify)
 
 
+def test_aiokafka_fetcher_keeps_the_fetches_out_in_the_set_the_wrapper_reads() -> None:
+    """``Consumer.getmany`` wakes a fetcher with no fetch out (``Consumer._fetch_pending``):
+    the routine adds each fetch to ``_pending_tasks`` and counts its broker in ``_in_flight``
+    until the fetch's own callback runs (the race that let it sleep)."""
+    source = inspect.getsource(Fetcher._fetch_requests_routine)
+    assert "self._pending_tasks.add(task)" in source
+    assert "self._in_flight.add(node_id)" in source
+    assert "elif node_id in self._in_flight:" in inspect.getsource(Fetcher._get_actions_per_node)
+
+
 @pytest.mark.parametrize(
     ("raised", "expected"),
     [
