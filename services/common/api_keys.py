@@ -200,7 +200,7 @@ class ApiKeyStore(RedisRepository):
 
     async def _record(self, key_id: str) -> dict[str, str] | None:
         """The key's hash (read on the link: every request with a stored key reads one)."""
-        [flat] = await self._call(self._commands([("HGETALL", self._key(key_id))]))
+        flat = await self._command("HGETALL", self._key(key_id))
         if not flat:
             return None
         return {text(k): text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}

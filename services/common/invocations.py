@@ -245,9 +245,7 @@ class InvocationRepository(RedisRepository):
             if inv in cached and cached[inv][1] == rev:
                 state = cached[inv][0]
             elif inv in cached:  # another writer moved it on: read the summary again
-                [raw] = await self._call(
-                    self._commands([("HGET", names.invocation_key(inv), "state")])
-                )
+                raw = await self._command("HGET", names.invocation_key(inv), "state")
                 if raw is None:
                     continue
                 state = parse_summary(raw)
@@ -422,7 +420,7 @@ class InvocationRepository(RedisRepository):
                 command: list[Any] = ["HSCAN", key, cursor]
                 if match is not None:
                     command += ["MATCH", match]
-                [reply] = await self._call(self._commands([(*command, "COUNT", limit)]))
+                reply = await self._command(*command, "COUNT", limit)
                 cursor, found = _hscan(reply)
             for task_id, raw in found.items():
                 if generation_of(text(task_id)) != generation:
@@ -437,9 +435,7 @@ class InvocationRepository(RedisRepository):
     async def get_tasks(self, invocation_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
         if not task_ids:
             return {}
-        [rows] = await self._call(
-            self._commands([("HMGET", self.names.tasks_key(invocation_id), *task_ids)])
-        )
+        rows = await self._command("HMGET", self.names.tasks_key(invocation_id), *task_ids)
         return {
             task_id: TaskRecord.model_validate_json(raw)
             for task_id, raw in zip(task_ids, rows, strict=True)
@@ -461,7 +457,7 @@ class InvocationRepository(RedisRepository):
         if stop is not None and stop <= start:
             return []
         key = self.names.output_index_key(invocation_id, function, generation)
-        [items] = await self._call(self._commands([("LRANGE", key, start, end)]))
+        items = await self._command("LRANGE", key, start, end)
         return _ranges(items)
 
     def invocation_keys(self, invocation_id: str, state: InvocationState | None) -> list[str]:
@@ -529,7 +525,7 @@ class InvocationRepository(RedisRepository):
 
     async def invocation_status(self, invocation_id: str) -> str | None:
         key = self.names.invocation_key(invocation_id)
-        [raw] = await self._call(self._commands([("HGET", key, "status")]))
+        raw = await self._command("HGET", key, "status")
         return raw.decode() if raw else None
 
     async def save_views(
@@ -618,7 +614,7 @@ class InvocationRepository(RedisRepository):
         if not ids:
             return {}
         key = self.names.outputs_key(invocation_id)
-        [raw] = await self._call(self._commands([("HMGET", key, *ids)]))
+        raw = await self._command("HMGET", key, *ids)
         return _stored_values(ids, raw)
 
     async def get_outputs_many(

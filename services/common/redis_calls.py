@@ -76,6 +76,12 @@ class RedisRepository:
                 raise reply
         return replies
 
+    async def _command(self, *command: Any) -> Any:
+        """:meth:`_commands` of one command, Redis errors translated (:meth:`_call`): its
+        raw reply."""
+        [reply] = await self._call(self._commands([command]))
+        return reply
+
     async def _scripts(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run ``script`` once per ``(keys, args)`` in one pipeline (see :meth:`_pipeline`)."""
         return await self._pipeline([(script, keys, args) for keys, args in calls])

@@ -294,11 +294,7 @@ class WorkerPool:
                 return None
             riders = self._take_riders() if rider is not None else []
             if riders:
-                event = await self._lead(worker, owner, message, riders)
-                if event is None:  # its turn ended before it ran (cannot happen: it is first)
-                    check = still_wanted
-                    continue
-                return event
+                return await self._lead(worker, owner, message, riders)
             self.busy += 1
             self._serving[worker] = {message.invocation_id}
             try:
@@ -384,7 +380,7 @@ class WorkerPool:
 
     async def _lead(
         self, worker: WorkerProcess, owner: str, message: TaskMessage, riders: list[_Rider]
-    ) -> TaskFinishedEvent | None:
+    ) -> TaskFinishedEvent:
         """Run ``message`` and the ``riders`` still wanted in one frame on ``worker``; each
         rider's outcome is set (its event, None when not wanted, or :data:`_AGAIN`)."""
         aboard: dict[tuple[str, str], _Rider] = {}
@@ -429,7 +425,10 @@ class WorkerPool:
             self.busy -= 1
             self._idle.release(owner)
             _again(list(aboard.values()))  # those that never ran (or it was cancelled)
-        return own[0] if own else None
+        # first in its frame, it always ends with an event: its result, or the failure of its
+        # preparation or of its worker (the frame raises only when cancelled)
+        (event,) = own
+        return event
 
     def _observe(self, message: TaskMessage, event: TaskFinishedEvent) -> None:
         """Count the run (metrics) and keep its function's moving average (frames)."""
